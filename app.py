@@ -1,0 +1,24 @@
+"""KD Workbench: the Streamlit app. Pages live in pages/; the logic lives in workbench/."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._shared import init_session, show_error
+
+st.set_page_config(page_title="KD Workbench", page_icon=":material/school:", layout="wide")
+init_session()
+
+page = st.navigation(
+    [
+        st.Page("pages/models.py", title="Models", icon=":material/account_tree:", default=True),
+        st.Page("pages/distill.py", title="Distill", icon=":material/tune:"),
+        st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    ]
+)
+st.set_page_config(page_title="KD Workbench")  # st.navigation sets the page's own title
+try:
+    page.run()
+except Exception as exc:  # the last net: a bug on a page shows a short error, no traceback
+    show_error(exc)

@@ -1,0 +1,242 @@
+"""Streamlit helpers shared by the pages: the process-wide job manager, session defaults, errors.
+
+Imported as ``pages._shared``: Streamlit puts the folder of ``app.py`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from workbench.config import COMPONENTS, PRESETS, RunConfig
+from workbench.errors import WorkbenchError
+from workbench.forms import FormError, pairs_from_rows
+from workbench.jobs import JobManager
+from workbench.store import Store, default_home
+from workbench.views import ModelPair, inspect_pair
+
+log = logging.getLogger("kdwb.app")
+
+TEACHER_MODES = ("train one now", "pick a trained teacher", "upload a checkpoint")
+POLL_S = 1.0  # how often live views refresh while something runs
+DEFAULT_PRESET = next(iter(PRESETS))
+
+
+@st.cache_resource(show_spinner=False)
+def _manager_for(home: str) -> JobManager:
+    # One per store home and process, shared by every browser session; its worker threads call
+    # engine.run only and never touch Streamlit.
+    return JobManager(Store(home))
+
+
+def manager() -> JobManager:
+    """The process-wide job manager of the store at ``$KDWB_HOME`` (or ./cache)."""
+    return _manager_for(str(default_home().resolve()))
+
+
+def store() -> Store:
+    return manager().store
+
+
+def init_session() -> None:
+    """Defaults for the choices that every page shares (kept in ``st.session_state``)."""
+    defaults = RunConfig()
+    values = {
+        "dataset": defaults.dataset,
+        "data_path": "",
+        "teacher": defaults.teacher,
+        "student": defaults.student,
+        "teacher_mode": TEACHER_MODES[0],
+        "teacher_epochs": defaults.teacher_epochs,
+        "teacher_run": "",
+        "layer_pairs": None,  # None: not set yet; () means pair automatically
+        "temperature": defaults.temperature,
+        "feature_kind": defaults.feature_kind,
+        "relation_kind": defaults.relation_kind,
+        "weighting": defaults.weighting,
+        "epochs": defaults.epochs,
+        "batch_size": defaults.batch_size,
+        "lr": defaults.lr,
+        "seeds": "1",
+        "device": "auto",
+        "compare_runs": [],
+    }
+    values.update({f"w_{k}": v for k, v in PRESETS[DEFAULT_PRESET].as_dict().items()})
+    for key, value in values.items():
+        st.session_state.setdefault(key, value)
+
+
+def show_error(exc: BaseException, where=None) -> None:
+    """Show an error without a traceback: the library's message, or a short line for a bug."""
+    target = where if where is not None else st
+    if isinstance(exc, WorkbenchError):
+        target.error(str(exc), icon=":material/error:")
+        return
+    log.exception("unexpected error in the app", exc_info=exc)
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    target.error(
+        f"Something went wrong ({type(exc).__name__}{': ' + first if first else ''}). "
+        "The details are in the server log.",
+        icon=":material/error:",
+    )
+
+
+@contextmanager
+def errors_shown(where=None) -> Iterator[None]:
+    """Run a page action; any error becomes an ``st.error`` (Streamlit's reruns pass through)."""
+    try:
+        yield
+    except Exception as exc:  # st.rerun/st.stop raise BaseExceptions, which pass
+        show_error(exc, where)
+
+
+def live(fn: Callable[..., None], *, polling: bool) -> Callable[..., None]:
+    """``fn`` as a fragment that reruns itself every ``POLL_S`` while ``polling``; its errors
+    become an ``st.error``. Pass ``polling`` on to ``fn`` too: when it sees that nothing is
+    active any more it calls ``st.rerun()``, and the full rerun draws it without polling."""
+
+    @functools.wraps(fn)
+    def body(*args: object, **kwargs: object) -> None:
+        with errors_shown():
+            fn(*args, **kwargs)
+
+    return st.fragment(body, run_every=POLL_S if polling else None)
+
+
+def field_error(errors: dict[str, str], *fields: str) -> None:
+    """Show the messages of ``fields`` from a ``FormError`` right here (next to their widget)."""
+    for name in fields:
+        if name in errors:
+            st.error(errors[name], icon=":material/error:")
+
+
+@st.cache_data(show_spinner="Building the models...", max_entries=32)
+def model_pair(teacher: str, student: str, dataset: str, data_path: str) -> ModelPair:
+    return inspect_pair(teacher, student, dataset, data_path)
+
+
+def choices_key() -> tuple[str, str, str, str]:
+    ss = st.session_state
+    return (ss["teacher"], ss["student"], ss["dataset"], ss["data_path"])
+
+
+def choices_slug() -> str:
+    """A short stable key for the current teacher/student/dataset choice (widget keys)."""
+    return hashlib.sha1(repr(choices_key()).encode()).hexdigest()[:10]
+
+
+def pairs_editor(
+    key: str, student_paths: Sequence[str], teacher_paths: Sequence[str]
+) -> tuple[tuple[str, str], ...]:
+    """An editable table of (student layer, teacher layer) pairs bound to
+    ``st.session_state["layer_pairs"]``; cells are selectboxes of the valid layer paths.
+
+    The editor starts from the pairs in the session when it appears and writes the edited pairs
+    back; its own edit state is dropped by Streamlit when the page changes, so the next page
+    starts from the edited pairs.
+    """
+    ss = st.session_state
+    base_key = f"{key}__base"
+    if key not in ss or base_key not in ss:  # freshly shown: start from the shared pairs
+        ss[base_key] = pd.DataFrame(
+            [{"student": s, "teacher": t} for s, t in ss.get("layer_pairs") or ()],
+            columns=["student", "teacher"],
+            dtype="object",
+        )
+    edited = st.data_editor(
+        ss[base_key],
+        key=key,
+        num_rows="dynamic",
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "student": st.column_config.SelectboxColumn(
+                "student layer", options=list(student_paths), required=True
+            ),
+            "teacher": st.column_config.SelectboxColumn(
+                "teacher layer", options=list(teacher_paths), required=True
+            ),
+        },
+    )
+    try:
+        pairs = pairs_from_rows(edited.to_dict("records"))
+    except FormError as exc:
+        st.error(exc.errors["layer_pairs"], icon=":material/error:")
+        return tuple(ss.get("layer_pairs") or ())
+    ss["layer_pairs"] = pairs
+    return pairs
+
+
+def choices_caption() -> str:
+    ss = st.session_state
+    dataset = ss["dataset"] + (f" ({ss['data_path']})" if ss["dataset"] == "image_folder" else "")
+    if ss["teacher_mode"] == TEACHER_MODES[0] or not ss.get("teacher_run"):
+        teacher = f"{ss['teacher']} (trained for {ss['teacher_epochs']} epochs, or reused)"
+    else:
+        teacher = f"{ss['teacher']} (run {ss['teacher_run']})"
+    return f"**Teacher** {teacher} → **student** {ss['student']} on **{dataset}**"
+
+
+# ---------------------------------------------------------------------------------- figures
+def losses_figure(history: Sequence[dict]) -> go.Figure:
+    """Each loss term (the active ones) and the total against the step, for one run."""
+    frame = pd.DataFrame(history)
+    terms = [c for c in (*COMPONENTS, "total") if c in frame and (frame[c] != 0).any()]
+    long = frame.melt(id_vars="step", value_vars=terms, var_name="term", value_name="loss")
+    fig = px.line(long, x="step", y="loss", color="term", title="Loss terms")
+    return fig.update_layout(legend_title_text="", margin={"t": 40, "b": 0})
+
+
+def accuracy_figure(epochs: dict[str, Sequence[dict]], labels: dict[str, str]) -> go.Figure:
+    """Validation accuracy against the epoch, one line per run."""
+    rows = [
+        {"run": labels.get(run_id, run_id), "epoch": r["epoch"], "val_acc": r["val_acc"]}
+        for run_id, run_rows in epochs.items()
+        for r in run_rows
+    ]
+    frame = pd.DataFrame(rows, columns=["run", "epoch", "val_acc"])
+    fig = px.line(
+        frame, x="epoch", y="val_acc", color="run", markers=True, title="Validation accuracy"
+    )
+    fig.update_yaxes(tickformat=".0%", title="val acc")
+    return fig.update_layout(legend_title_text="", margin={"t": 40, "b": 0})
+
+
+def total_loss_figure(histories: dict[str, Sequence[dict]], labels: dict[str, str]) -> go.Figure:
+    """The total training loss against the step, one line per run."""
+    rows = [
+        {"run": labels.get(run_id, run_id), "step": r["step"], "total": r["total"]}
+        for run_id, run_rows in histories.items()
+        for r in run_rows
+    ]
+    frame = pd.DataFrame(rows, columns=["run", "step", "total"])
+    fig = px.line(frame, x="step", y="total", color="run", title="Total training loss")
+    return fig.update_layout(legend_title_text="", margin={"t": 40, "b": 0})
+
+
+# ---------------------------------------------------------------------------------- callbacks
+def guarded(fn: Callable[..., object]) -> Callable[..., None]:
+    """A widget callback that keeps its error for ``show_action_error`` instead of raising."""
+
+    def callback(*args: object, **kwargs: object) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            st.session_state["_action_error"] = exc
+
+    return callback
+
+
+def show_action_error() -> None:
+    """Show (once) the error of the last guarded callback, if it failed."""
+    exc = st.session_state.pop("_action_error", None)
+    if exc is not None:
+        show_error(exc)

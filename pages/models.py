@@ -1,0 +1,238 @@
+"""Models: the dataset, the teacher (train, pick or upload) and the student, side by side."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from pages._shared import (
+    TEACHER_MODES,
+    choices_key,
+    choices_slug,
+    errors_shown,
+    live,
+    manager,
+    model_pair,
+    pairs_editor,
+    show_error,
+    store,
+)
+from workbench.config import RunConfig
+from workbench.data import DATASETS, list_datasets, load_dataset
+from workbench.engine import import_teacher
+from workbench.models import MODELS, list_models
+from workbench.views import layer_rows, progress_fraction, progress_text, teacher_choices
+
+ss = st.session_state
+st.title("Models")
+st.caption("Pick the data, a teacher and a student. Your choices carry over to Distill.")
+
+# ---------------------------------------------------------------------------------- dataset
+st.selectbox(
+    "Dataset",
+    list_datasets(),
+    key="dataset",
+    persist_state="session",
+    format_func=lambda name: f"{name}: {DATASETS[name].description}",
+)
+if ss["dataset"] == "image_folder":
+    st.text_input(
+        "Image folder",
+        key="data_path",
+        persist_state="session",
+        placeholder="/path/to/folder with one sub-folder of images per class",
+        help="A folder with one sub-folder per class, each holding that class's images.",
+    )
+dataset_ok = False
+if ss["dataset"] == "image_folder" and not ss["data_path"].strip():
+    st.info("Type the path of an image folder on the server to use it.")
+else:
+    try:
+        load_dataset(ss["dataset"], data_path=ss["data_path"])
+        dataset_ok = True
+    except Exception as exc:  # DatasetUnavailableError says how to get the files
+        show_error(exc)
+
+# ---------------------------------------------------------------------------------- teacher
+st.subheader("Teacher")
+st.selectbox(
+    "Teacher architecture",
+    list_models(),
+    key="teacher",
+    persist_state="session",
+    format_func=lambda name: f"{name}: {MODELS[name].description}",
+)
+st.radio(
+    "Teacher from", TEACHER_MODES, key="teacher_mode", persist_state="session", horizontal=True
+)
+mode = ss["teacher_mode"]
+
+
+def teacher_job(run_id: str, polling: bool) -> None:
+    """Live progress of the teacher being trained; polls only while it is queued or running."""
+    try:
+        record = store().get_run(run_id)
+    except KeyError:
+        st.warning(f"Teacher run {run_id} is no longer in the store.")
+        return
+    active = record["status"] in ("queued", "running")
+    st.progress(progress_fraction(record), text=f"Teacher {run_id}: {progress_text(record)}")
+    if record["status"] == "completed":
+        acc = (record.get("metrics") or {}).get("val_acc")
+        st.success(f"Teacher trained: val acc {acc:.1%}. Students on this recipe reuse it.")
+    elif not active:
+        st.error(f"Teacher run {record['status']}: {record.get('error') or 'no message'}")
+    if polling and not active:
+        st.rerun()  # a full rerun redraws this fragment without polling
+
+
+if mode == TEACHER_MODES[0]:  # train one now
+    ss["teacher_run"] = ""
+    col_epochs, col_button = st.columns([3, 1], vertical_alignment="bottom")
+    col_epochs.number_input(
+        "Teacher epochs",
+        min_value=1,
+        max_value=500,
+        step=1,
+        key="teacher_epochs",
+        persist_state="session",
+        help="Students distilled from this teacher reuse it when they ask for the same epochs.",
+    )
+    if col_button.button("Train teacher", key="train_teacher", disabled=not dataset_ok):
+        with errors_shown():
+            config = RunConfig(
+                teacher=ss["teacher"],
+                dataset=ss["dataset"],
+                data_path=ss["data_path"],
+                teacher_epochs=int(ss["teacher_epochs"]),
+            ).teacher_config()
+            found = store().find_teacher(config.fingerprint())
+            if found:
+                st.info(f"This teacher is trained already (run {found}); students will reuse it.")
+                ss["teacher_job"] = found
+            else:
+                ss["teacher_job"] = manager().submit(config, name=f"teacher {ss['teacher']}")
+    job = ss.get("teacher_job")
+    if job and store().has_run(job):
+        status = store().get_run(job)["status"]
+        polling = status in ("queued", "running")
+        live(teacher_job, polling=polling)(job, polling)
+
+elif mode == TEACHER_MODES[1]:  # pick a trained teacher
+    choices = teacher_choices(
+        store().list_runs(role="teacher", status="completed"),
+        dataset=ss["dataset"],
+        teacher=ss["teacher"],
+        data_path=ss["data_path"],
+    )
+    if not choices:
+        st.info(
+            f"No trained {ss['teacher']} on {ss['dataset']} yet: train one now or upload a "
+            "checkpoint."
+        )
+        ss["teacher_run"] = ""
+    else:
+        current = ss.get("teacher_run") if ss.get("teacher_run") in choices else None
+        picked = st.selectbox(
+            "Trained teacher",
+            list(choices),
+            index=list(choices).index(current) if current else 0,
+            format_func=choices.get,
+            key="teacher_pick",
+        )
+        ss["teacher_run"] = picked
+
+else:  # upload a checkpoint
+    uploaded = st.file_uploader(
+        "Teacher checkpoint (.pt / .pth state dict)",
+        type=["pt", "pth"],
+        key="teacher_upload",
+        help=f"torch.save(model.state_dict(), path) of a {ss['teacher']} trained on "
+        f"{ss['dataset']}; loaded with weights_only=True.",
+    )
+    if uploaded is None:
+        ss["teacher_run"] = ""
+    else:
+        done = ss.get("teacher_upload_done") or {}
+        stamp = (uploaded.file_id, ss["teacher"], ss["dataset"], ss["data_path"])
+        if done.get("stamp") != stamp:  # import each upload once, not on every rerun
+            done = {"stamp": stamp, "run_id": "", "error": None}
+            fd, tmp = tempfile.mkstemp(suffix=Path(uploaded.name).suffix or ".pt")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(uploaded.getbuffer())
+                with st.spinner("Checking the checkpoint..."):
+                    done["run_id"] = import_teacher(
+                        store(),
+                        tmp,
+                        teacher=ss["teacher"],
+                        dataset=ss["dataset"],
+                        data_path=ss["data_path"],
+                        name=f"uploaded {uploaded.name}",
+                    )
+            except Exception as exc:  # CheckpointError says what to save instead
+                done["error"] = exc
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            ss["teacher_upload_done"] = done
+        if done["error"] is not None:
+            show_error(done["error"])
+            ss["teacher_run"] = ""
+        else:
+            acc = (store().get_run(done["run_id"]).get("metrics") or {}).get("val_acc")
+            st.success(f"Teacher imported as run {done['run_id']} (val acc {acc:.1%}).")
+            ss["teacher_run"] = done["run_id"]
+
+# ---------------------------------------------------------------------------------- student
+st.subheader("Student")
+st.selectbox(
+    "Student architecture",
+    list_models(),
+    key="student",
+    persist_state="session",
+    format_func=lambda name: f"{name}: {MODELS[name].description}",
+)
+
+# ---------------------------------------------------------------------------------- side by side
+if not dataset_ok:
+    st.stop()
+try:
+    pair = model_pair(*choices_key())
+except Exception as exc:
+    show_error(exc)
+    st.stop()
+
+if ss.get("pairs_for") != choices_key():  # new models: start from the suggested pairs
+    ss["pairs_for"] = choices_key()
+    ss["layer_pairs"] = pair.suggested_pairs
+
+st.subheader("Side by side")
+st.caption(
+    f"Input {' x '.join(map(str, pair.input_shape))}, {pair.num_classes} classes on {pair.dataset}."
+)
+left, middle, right = st.columns([2, 1, 2])
+with left:
+    st.metric(f"Teacher {pair.teacher}", f"{pair.teacher_params:,} params")
+    st.dataframe(layer_rows(pair.teacher_layers), hide_index=True, key="teacher_layers")
+with middle:
+    st.metric("Size ratio", f"{pair.size_ratio:,.1f}x", help="teacher params / student params")
+with right:
+    st.metric(f"Student {pair.student}", f"{pair.student_params:,} params")
+    st.dataframe(layer_rows(pair.student_layers), hide_index=True, key="student_layers")
+
+st.subheader("Layer pairs for feature and relation losses")
+st.caption(
+    "Suggested by relative depth; edit, add or delete rows. An empty table pairs the layers "
+    "automatically."
+)
+if pair.pairing_error:
+    st.warning(pair.pairing_error)
+pairs_editor(
+    "models_pairs_" + choices_slug(),
+    [li.path for li in pair.student_layers],
+    [li.path for li in pair.teacher_layers],
+)
+st.page_link("pages/distill.py", label="Next: set the loss and launch", icon=":material/tune:")

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from workbench.cli import main
+
+
+def test_run_json_then_runs_and_show(home, capsys):
+    code = main(["run", "--teacher", "small_cnn", "--student", "mlp", "--epochs", "1", "--teacher-epochs", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    result = json.loads(out)
+    assert result["status"] == "completed"
+    assert set(result) >= {"run_id", "val_acc", "teacher_acc", "losses", "seconds"}
+    assert set(result["losses"]) == {"label", "response", "feature", "relation", "total"}
+    assert "[teacher] epoch 1/1" in err and "[student]" in err and "ETA" in err
+    assert main(["runs"]) == 0
+    assert result["run_id"] in capsys.readouterr().out
+    assert main(["show", result["run_id"]]) == 0
+    assert "val_acc" in capsys.readouterr().out
+
+
+def test_config_file_and_flag_override(home, tmp_path, capsys):
+    from workbench.config import RunConfig
+
+    path = tmp_path / "run.toml"
+    path.write_text(RunConfig(teacher="small_cnn", student="mlp", epochs=2, teacher_epochs=1).to_toml())
+    assert main(["run", "--config", str(path), "--epochs", "1", "--weights", "label=1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "completed"
+
+
+def _cli(*args, home):
+    env = {**os.environ, "KDWB_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_bad_input_is_a_message_and_a_nonzero_exit(home):
+    cases = [
+        (["run", "--teacher", "resnet999"], "unknown teacher model 'resnet999'; choose one of:"),
+        (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["run", "--weights", "label=-1"], "weight label must be >= 0"),
+        (["run", "--weights", "label=0,response=0"], "all loss weights are zero"),
+        (["run", "--temperature", "0"], "temperature must be > 0"),
+        (["run", "--epochs", "0"], "epochs must be a whole number >= 1"),
+        (["show", "nope"], "no run 'nope'"),
+    ]
+    for args, message in cases:
+        proc = _cli(*args, home=home)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_dataset_missing_offline_and_unpairable_layers_fail_cleanly(home):
+    proc = _cli("run", "--dataset", "mnist", "--weights", "label=1", home=home)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "download" in proc.stderr
+    proc = _cli("run", "--teacher", "small_cnn", "--student", "mlp", "--feature-kind", "at", home=home)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "attention" in proc.stderr.lower()
+    proc = _cli("run", "--teacher", "small_cnn", "--student", "mlp", "--layer-pairs", "layer9:block1", home=home)
+    assert proc.returncode == 2 and "layer9" in proc.stderr

@@ -1,0 +1,132 @@
+"""Job manager: queue order, concurrency limit, cancel, failure capture, recovery."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from workbench.config import LossWeights, RunConfig
+from workbench.jobs import JobManager, device_key
+from workbench.store import Store
+
+SCRATCH = RunConfig(weights=LossWeights(1, 0, 0, 0), device="cpu")
+
+
+class FakeRunner:
+    """Records the order and overlap of runs; each run waits until released or stopped."""
+
+    def __init__(self, store: Store, hold: bool = True):
+        self.store = store
+        self.order: list[str] = []
+        self.active = 0
+        self.max_active = 0
+        self.release = threading.Event()
+        self.hold = hold
+        self._lock = threading.Lock()
+
+    def __call__(self, config, store, stop=None, run_id=None):
+        with self._lock:
+            self.order.append(run_id)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        store.update_run(run_id, status="running")
+        try:
+            if config.seed == 99:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            while self.hold and not self.release.is_set():
+                if stop is not None and stop.is_set():
+                    return store.update_run(run_id, status="cancelled")
+                time.sleep(0.01)
+            return store.update_run(run_id, status="completed")
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def _wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_device_key():
+    assert device_key("cpu") == "cpu"
+    assert device_key("cuda") == "cuda:0"
+    assert device_key("cuda:1") == "cuda:1"
+
+
+def test_queue_order_and_concurrency_limit(store):
+    runner = FakeRunner(store)
+    manager = JobManager(store, runner=runner)
+    ids = [manager.submit(SCRATCH.replace(seed=i)) for i in range(3)]
+    assert _wait_for(lambda: len(runner.order) == 1)
+    time.sleep(0.1)
+    assert runner.order == ids[:1]  # one at a time on the CPU
+    assert store.get_run(ids[1])["status"] == "queued"
+    runner.release.set()
+    assert manager.wait(timeout=5)
+    assert runner.order == ids
+    assert runner.max_active == 1
+    assert [store.get_run(i)["status"] for i in ids] == ["completed"] * 3
+
+
+def test_limit_of_two_runs_two_at_once(store):
+    runner = FakeRunner(store)
+    manager = JobManager(store, limits={"cpu": 2}, runner=runner)
+    for i in range(4):
+        manager.submit(SCRATCH.replace(seed=i))
+    assert _wait_for(lambda: runner.max_active == 2)
+    runner.release.set()
+    assert manager.wait(timeout=5)
+    assert runner.max_active == 2
+
+
+def test_cancel_queued_and_running(store):
+    runner = FakeRunner(store)
+    manager = JobManager(store, runner=runner)
+    first = manager.submit(SCRATCH)
+    second = manager.submit(SCRATCH.replace(seed=1))
+    assert _wait_for(lambda: store.get_run(first)["status"] == "running")
+    manager.cancel(second)
+    assert store.get_run(second)["status"] == "cancelled"
+    manager.cancel(first)
+    assert manager.wait(timeout=5)
+    assert store.get_run(first)["status"] == "cancelled"
+    assert runner.order == [first]  # the cancelled queued run never started
+
+
+def test_failure_is_captured_and_others_go_on(store):
+    runner = FakeRunner(store, hold=False)
+    manager = JobManager(store, runner=runner)
+    bad = manager.submit(SCRATCH.replace(seed=99))
+    good = manager.submit(SCRATCH.replace(seed=1))
+    assert manager.wait(timeout=5)
+    assert store.get_run(bad)["status"] == "failed"
+    assert "out of memory" in store.get_run(bad)["error"]
+    assert store.get_run(good)["status"] == "completed"
+
+
+def test_a_new_manager_sees_the_same_runs(store, home):
+    runner = FakeRunner(store)
+    manager = JobManager(store, runner=runner)
+    run_id = manager.submit(SCRATCH)
+    assert _wait_for(lambda: store.get_run(run_id)["status"] == "running")
+    other = JobManager(Store(home), runner=runner)  # a second session / a reloaded page
+    assert other.busy()
+    assert [r["id"] for r in other.store.list_runs(status="running")] == [run_id]
+    runner.release.set()
+    assert manager.wait(timeout=5)
+    assert not other.busy()
+    restarted = other.restart(run_id)
+    assert other.wait(timeout=5)
+    assert store.get_run(restarted)["config"] == store.get_run(run_id)["config"]
+
+
+def test_runs_left_by_a_dead_process_show_as_interrupted(home):
+    store = Store(home)
+    run_id = store.create_run(SCRATCH)
+    store.update_run(run_id, status="running", pid=2**22 + 12345)  # no such process
+    assert Store(home).get_run(run_id)["status"] == "interrupted"

@@ -1,0 +1,368 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from workbench.ablation import contributions
+from workbench.plots import (
+    NOT_SIGNIFICANT,
+    PlotDataError,
+    accuracy_curves,
+    cka_difference,
+    cka_heatmaps,
+    config_diff,
+    contribution_bars,
+    curve_figure,
+    gram_heatmaps,
+    group_runs,
+    loss_curves,
+    parallel_coordinates,
+    run_table,
+    weight_curves,
+)
+
+
+# ---------------------------------------------------------------------- fabricated run data
+def config(**changes):
+    """A config dict shaped like ``RunConfig.to_dict()``."""
+    data = {
+        "role": "student",
+        "dataset": "digits",
+        "data_path": "",
+        "teacher": "resnet18",
+        "student": "small_cnn",
+        "teacher_run": "",
+        "weights": {"label": 0.3, "response": 0.3, "feature": 0.2, "relation": 0.2},
+        "temperature": 4.0,
+        "feature_kind": "cosine",
+        "relation_kind": "sp",
+        "layer_pairs": [],
+        "weighting": "fixed",
+        "epochs": 3,
+        "teacher_epochs": 5,
+        "batch_size": 64,
+        "lr": 0.002,
+        "seed": 0,
+        "device": "auto",
+        "augment": False,
+        "teacher_cache": True,
+        "log_every": 10,
+    }
+    data.update(changes)
+    return data
+
+
+def record(run_id, name="", *, acc=0.9, status="completed", variant=None, **config_changes):
+    return {
+        "id": run_id,
+        "name": name,
+        "tags": ["sweep", "t4"],
+        "role": "student",
+        "status": status,
+        "config": config(**config_changes),
+        "metrics": {"val_acc": acc, "teacher_acc": 0.95, "agreement": 0.9} if acc else {},
+        "created_at": 1_700_000_000.0,
+        "seconds": 12.5,
+        "suite": None,
+        "variant": variant,
+    }
+
+
+def epoch_rows(accs, agreement=None):
+    return [
+        {"epoch": e, "val_acc": a, "agreement": agreement, "train_loss": 1.0 / e, "time": 2.0 * e}
+        for e, a in enumerate(accs, start=1)
+    ]
+
+
+def history_rows(totals, w_feature=0.2):
+    rows = []
+    for step, total in enumerate(totals):
+        row = {"step": step * 10, "epoch": 1, "time": 0.1 * step, "total": total}
+        row |= {"label": 1.0, "response": 0.5, "feature": 0.25, "relation": 0.125}
+        row |= {"w_label": 0.3, "w_response": 0.3, "w_feature": w_feature, "w_relation": 0.0}
+        rows.append(row)
+    return rows
+
+
+STUDENT = ["conv1", "conv2", "fc"]
+TEACHER = ["layer1", "layer2", "layer3", "layer4"]
+
+
+def probe(seed=0, cka=True, labels=(0, 0, 1, 1, 1, 2)):
+    rng = np.random.default_rng(seed)
+    m = len(labels)
+    return {
+        "student_layers": STUDENT,
+        "teacher_layers": TEACHER,
+        "cka": rng.uniform(size=(3, 4)) if cka else None,
+        "pairs": [["conv2", "layer3"]],
+        "pair_cosine": [0.5],
+        "gram_labels": np.array(labels),
+        "class_names": ["zero", "one", "two"],
+        "grams": [
+            {
+                "pair": ["conv2", "layer3"],
+                "student": rng.uniform(size=(m, m)),
+                "teacher": rng.uniform(size=(m, m)),
+            }
+        ],
+        "per_class_acc": [0.9, 0.8, 0.7],
+        "agreement": 0.9,
+    }
+
+
+def traces(fig, kind):
+    return [t for t in fig.data if isinstance(t, kind)]
+
+
+# ---------------------------------------------------------------------- curves
+def test_single_runs_are_lines():
+    fig = accuracy_curves({"a": epoch_rows([0.5, 0.6]), "b": epoch_rows([0.4, 0.7, 0.8])})
+    assert [t.name for t in fig.data] == ["a", "b"]
+    assert all(isinstance(t, go.Scatter) and t.fill is None for t in fig.data)
+    assert list(fig.data[1].x) == [1, 2, 3]
+    assert list(fig.data[1].y) == [0.4, 0.7, 0.8]
+    assert fig.layout.xaxis.title.text == "epoch"
+
+
+def test_group_is_mean_with_std_band():
+    group = [epoch_rows([0.5, 0.7]), epoch_rows([0.6, 0.8]), epoch_rows([0.7, 0.9])]
+    fig = accuracy_curves({"KD (3 seeds)": group, "scratch": epoch_rows([0.4, 0.5])})
+    names = [t.name for t in fig.data]
+    assert names == ["KD (3 seeds) +std", "KD (3 seeds) -std", "KD (3 seeds)", "scratch"]
+    upper, lower, mean, _ = fig.data
+    # by hand: means [0.6, 0.8]; sample std of (0.5, 0.6, 0.7) and (0.7, 0.8, 0.9) is 0.1
+    np.testing.assert_allclose(mean.y, [0.6, 0.8])
+    np.testing.assert_allclose(upper.y, [0.7, 0.9])
+    np.testing.assert_allclose(lower.y, [0.5, 0.7])
+    assert lower.fill == "tonexty" and upper.fill is None
+    assert not upper.showlegend and not lower.showlegend
+    assert upper.legendgroup == lower.legendgroup == mean.legendgroup
+    assert len(accuracy_curves({"KD": group}, band=False).data) == 1
+
+
+def test_missing_values_are_skipped():
+    rows = epoch_rows([0.5, 0.6, 0.7], agreement=0.8)
+    rows[1]["agreement"] = float("nan")
+    runs = {"scratch": epoch_rows([0.5, 0.6]), "KD": rows}  # no agreement without a teacher
+    fig = accuracy_curves(runs, metric="agreement")
+    assert [t.name for t in fig.data] == ["KD"]
+    assert list(fig.data[0].x) == [1, 3]
+
+
+def test_curve_figure_from_tidy_frame():
+    frame = pd.DataFrame(
+        {"label": ["a"] * 4 + ["b"], "x": [0, 1, 0, 1, 0], "y": [1.0, 2.0, 3.0, 4.0, 5.0]}
+    )
+    fig = curve_figure(frame, x_title="step")
+    mean = next(t for t in fig.data if t.name == "a")
+    np.testing.assert_allclose(mean.y, [2.0, 3.0])  # rows sharing label and x are seeds
+    assert [t.name for t in fig.data][-1] == "b"
+
+
+def test_loss_and_weight_curves():
+    runs = {"run 1": history_rows([3.0, 2.0, 1.0]), "run 2": history_rows([2.0, 1.0, 0.5], 0.4)}
+    fig = loss_curves(runs, "total")
+    assert list(fig.data[0].x) == [0, 10, 20]
+    assert list(fig.data[1].y) == [2.0, 1.0, 0.5]
+    assert list(loss_curves(runs, "feature").data[0].y) == [0.25] * 3
+    with pytest.raises(PlotDataError, match="unknown loss component"):
+        loss_curves(runs, "kd")
+    assert list(weight_curves(runs, "feature").data[1].y) == [0.4] * 3
+    # every component that is ever non-zero (relation weight stays 0)
+    names = [t.name for t in weight_curves(runs).data]
+    assert names == [f"{r}: {c}" for r in runs for c in ("label", "response", "feature")]
+    assert [t.name for t in weight_curves({"one": runs["run 1"]}).data] == [
+        "label",
+        "response",
+        "feature",
+    ]
+
+
+def test_group_runs_by_config_without_seed():
+    records = [
+        record("r1", "KD", seed=0),
+        record("r2", "KD", seed=1),
+        record("r3", "KD", seed=2, device="cpu"),
+        record("r4", "KD hot", seed=0, temperature=8.0),
+        record("r5", "", seed=0, lr=0.01),
+        record("r6", "", seed=1, lr=0.01),
+    ]
+    groups = group_runs(records)
+    assert list(groups) == [
+        "KD (3 seeds)",
+        "KD hot",
+        "resnet18 -> small_cnn on digits: lab 0.3 res 0.3 fea 0.2 rel 0.2, T=4 (2 seeds)",
+    ]
+    assert [r["id"] for r in groups["KD (3 seeds)"]] == ["r1", "r2", "r3"]
+    suite = [record(f"s{i}", f"suite / full / seed {i}", seed=i, variant="full") for i in range(2)]
+    assert list(group_runs(suite)) == ["full (2 seeds)"]
+
+
+# ---------------------------------------------------------------------- layer comparison
+def test_cka_heatmaps_share_one_colour_scale():
+    probes = {"hybrid": probe(0), "KD only": probe(1)}
+    fig = cka_heatmaps(probes)
+    heatmaps = traces(fig, go.Heatmap)
+    assert len(heatmaps) == 2
+    for trace, p in zip(heatmaps, probes.values(), strict=True):
+        assert list(trace.x) == TEACHER and list(trace.y) == STUDENT
+        np.testing.assert_allclose(trace.z, p["cka"])
+        assert trace.coloraxis == "coloraxis"
+        assert (trace.zmin, trace.zmax) == (0.0, 1.0)
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.0, 1.0)
+    for axis in ("xaxis", "xaxis2"):
+        assert list(fig.layout[axis].ticktext) == TEACHER
+        assert fig.layout[axis].type == "category"
+    for axis in ("yaxis", "yaxis2"):
+        assert list(fig.layout[axis].ticktext) == STUDENT
+    assert [a.text for a in fig.layout.annotations] == ["hybrid", "KD only"]
+
+
+def test_cka_heatmaps_skip_runs_without_teacher():
+    fig = cka_heatmaps({"hybrid": probe(0), "scratch": probe(1, cka=False)})
+    assert len(traces(fig, go.Heatmap)) == 1
+    assert "no CKA: scratch" in fig.layout.title.text
+    with pytest.raises(ValueError, match="no CKA|CKA matrix"):
+        cka_heatmaps({"scratch": probe(1, cka=False)})
+
+
+def test_cka_difference_is_centred_at_zero():
+    a, b = probe(0), probe(1)
+    fig = cka_difference(a, b, label="hybrid", baseline_label="KD only")
+    (heatmap,) = traces(fig, go.Heatmap)
+    np.testing.assert_allclose(heatmap.z, a["cka"] - b["cka"])
+    assert heatmap.zmid == 0
+    assert list(fig.layout.xaxis.ticktext) == TEACHER
+    other = probe(2) | {"student_layers": ["conv1", "fc"], "cka": np.zeros((2, 4))}
+    with pytest.raises(ValueError, match="same student layers"):
+        cka_difference(a, other)
+
+
+def test_gram_heatmaps_mark_class_boundaries():
+    p = probe(0)
+    fig = gram_heatmaps(p, 0)
+    teacher, student, diff = traces(fig, go.Heatmap)
+    grams = p["grams"][0]
+    np.testing.assert_allclose(teacher.z, grams["teacher"])
+    np.testing.assert_allclose(student.z, grams["student"])
+    np.testing.assert_allclose(diff.z, np.abs(grams["teacher"] - grams["student"]))
+    assert teacher.coloraxis == student.coloraxis != diff.coloraxis
+    # labels (0, 0, 1, 1, 1, 2): boundaries before samples 2 and 5 -> lines at 1.5 and 4.5
+    vertical = sorted(s.x0 for s in fig.layout.shapes if s.x0 == s.x1)
+    horizontal = sorted(s.y0 for s in fig.layout.shapes if s.y0 == s.y1)
+    assert vertical == horizontal == [1.5, 1.5, 1.5, 4.5, 4.5, 4.5]
+    assert {s.xref for s in fig.layout.shapes} == {"x", "x2", "x3"}
+    # one tick per class at its block centre: (0+1)/2, (2+4)/2, 5
+    assert list(fig.layout.xaxis.tickvals) == [0.5, 3.0, 5.0]
+    assert list(fig.layout.yaxis3.ticktext) == ["zero", "one", "two"]
+
+
+def test_gram_heatmaps_sort_samples_by_class():
+    p = probe(0, labels=(1, 0, 1))
+    fig = gram_heatmaps(p)
+    order = [1, 0, 2]
+    teacher = np.asarray(p["grams"][0]["teacher"])
+    np.testing.assert_allclose(fig.data[0].z, teacher[np.ix_(order, order)])
+    assert list(fig.layout.xaxis.ticktext) == ["zero", "one"]
+    with pytest.raises(ValueError, match="out of range"):
+        gram_heatmaps(p, 3)
+
+
+# ---------------------------------------------------------------------- sweeps and ablations
+def test_parallel_coordinates():
+    records = [
+        record("a", acc=0.8, temperature=2.0),
+        record("b", acc=0.9, weights={"label": 1.0, "response": 0, "feature": 0, "relation": 0}),
+        record("c", acc=None, status="running"),
+    ]
+    fig = parallel_coordinates(records)
+    (par,) = traces(fig, go.Parcoords)
+    dims = {d.label: list(d.values) for d in par.dimensions}
+    assert dims == {
+        "label weight": [0.3, 1.0],
+        "response weight": [0.3, 0.0],
+        "feature weight": [0.2, 0.0],
+        "relation weight": [0.2, 0.0],
+        "temperature": [2.0, 4.0],
+        "val accuracy": [0.8, 0.9],
+    }
+    assert list(par.line.color) == [0.8, 0.9]
+    assert [tuple(d.range) for d in par.dimensions[:4]] == [(0.0, 1.0)] * 4
+    with pytest.raises(ValueError, match="no run"):
+        parallel_coordinates(records[2:])
+
+
+def test_contribution_bars_error_bars_are_ci_half_widths():
+    results = {
+        "full": [0.80, 0.82, 0.81],
+        "without feature": [0.78, 0.78, 0.78],  # +0.03 +- 0.024841: distinguishable
+        "without relation": [0.80, 0.80, 0.83],  # +0.0 +- ...: not distinguishable
+    }
+    table = contributions(results)
+    fig = contribution_bars(table)
+    (bar,) = traces(fig, go.Bar)
+    assert list(bar.x) == ["feature", "relation"]
+    np.testing.assert_allclose(bar.y, table["contribution"])
+    np.testing.assert_allclose(bar.error_y.array, table["half_width"])
+    assert bar.error_y.symmetric is True
+    assert bar.error_y.array[0] == pytest.approx(0.024841, abs=1e-6)
+    assert bar.marker.color[0] != NOT_SIGNIFICANT and bar.marker.color[1] == NOT_SIGNIFICANT
+    assert [(a.x, a.text) for a in fig.layout.annotations] == [("relation", "n.s.")]
+
+
+def test_contribution_bars_without_intervals():
+    shapley = pd.DataFrame({"component": ["label", "response"], "contribution": [0.2, 0.1]})
+    (bar,) = contribution_bars(shapley).data
+    assert bar.error_y.array is None
+    assert not contribution_bars(shapley).layout.annotations
+
+
+# ---------------------------------------------------------------------- tables
+def test_config_diff_keeps_only_differing_fields():
+    records = [
+        record("r1", "hybrid", seed=0),
+        record("r2", "hybrid", seed=1, temperature=2.0),
+        record(
+            "r3",
+            "scratch",
+            weights={"label": 1.0, "response": 0.3, "feature": 0.2, "relation": 0.2},
+        ),
+    ]
+    diff = config_diff(records)
+    assert list(diff.index) == ["weights.label", "temperature", "seed"]
+    assert list(diff.columns) == ["hybrid (r1)", "hybrid (r2)", "scratch"]
+    assert diff.loc["weights.label"].tolist() == [0.3, 0.3, 1.0]
+    assert diff.loc["temperature"].tolist() == [4.0, 2.0, 4.0]
+    assert config_diff(records[:1]).empty
+
+
+def test_run_table():
+    records = [record("r1", "hybrid"), record("r2", "running", acc=None, status="running")]
+    table = run_table(records)
+    assert list(table.columns) == [
+        "id",
+        "name",
+        "status",
+        "dataset",
+        "teacher",
+        "student",
+        "weights",
+        "temperature",
+        "seed",
+        "val_acc",
+        "teacher_acc",
+        "agreement",
+        "seconds",
+        "tags",
+        "created",
+    ]
+    first = table.iloc[0]
+    assert first["weights"] == "label=0.3,response=0.3,feature=0.2,relation=0.2"
+    assert (first["val_acc"], first["teacher_acc"], first["tags"]) == (0.9, 0.95, "sweep, t4")
+    assert pd.isna(table.iloc[1]["val_acc"])
+    assert pd.api.types.is_datetime64_any_dtype(table["created"])
+    assert run_table([]).empty

@@ -1,0 +1,1 @@
+"""KD Workbench: a visual lab for knowledge distillation."""

@@ -1,0 +1,221 @@
+"""Command line: ``python -m workbench run|runs|show|download``, the same engine as the app."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from workbench.config import COMPONENTS, RunConfig, parse_weights
+from workbench.errors import WorkbenchError
+
+__all__ = ["main"]
+
+# CLI flag -> RunConfig field, for the flags that map one to one.
+_FLAGS = {
+    "dataset": str,
+    "data_path": str,
+    "teacher": str,
+    "student": str,
+    "teacher_run": str,
+    "epochs": int,
+    "teacher_epochs": int,
+    "batch_size": int,
+    "lr": float,
+    "temperature": float,
+    "feature_kind": str,
+    "relation_kind": str,
+    "weighting": str,
+    "seed": int,
+    "device": str,
+    "log_every": int,
+}
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a TOML file of RunConfig fields; flags override it")
+    for field, kind in _FLAGS.items():
+        parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None)
+    parser.add_argument("--weights", help="e.g. label=0.3,response=0.3,feature=0.2,relation=0.2")
+    parser.add_argument("--layer-pairs", help="student:teacher module paths, e.g. block2:layer2.1,block3:layer4.1")
+    parser.add_argument("--augment", action="store_true", default=None, help="random shifts (and flips for RGB)")
+    parser.add_argument("--no-teacher-cache", dest="teacher_cache", action="store_false", default=None)
+    parser.add_argument("--name", default="", help="a name for the run in the store")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """A RunConfig from ``--config`` (if any) overridden by the flags given."""
+    base = RunConfig.from_toml(args.config).to_dict() if args.config else {}
+    for field in (*_FLAGS, "augment", "teacher_cache"):
+        value = getattr(args, field, None)
+        if value is not None:
+            base[field] = value
+    if args.weights:
+        base["weights"] = parse_weights(args.weights).as_dict()
+    if args.layer_pairs:
+        base["layer_pairs"] = [_parse_pair(p) for p in args.layer_pairs.split(",") if p.strip()]
+    return RunConfig.from_dict(base)
+
+
+def _parse_pair(text: str) -> tuple[str, str]:
+    student, sep, teacher = text.strip().partition(":")
+    if not sep or not student or not teacher:
+        raise WorkbenchError(f"a layer pair looks like student_path:teacher_path, got {text!r}")
+    return student, teacher
+
+
+class Progress:
+    """Prints engine events to stderr: epoch, step, loss, ETA."""
+
+    def __init__(self, stream=None):
+        self._stream = stream
+
+    @property
+    def stream(self):
+        return self._stream or sys.stderr  # looked up late, so redirections apply
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        who = "teacher" if event["role"] == "teacher" else "student"
+        phase = event["phase"]
+        if phase == "step":
+            eta = event.get("eta_s")
+            eta_text = f" ETA {eta:.0f}s" if eta is not None else ""
+            print(
+                f"[{who}] epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['total_steps']} "
+                f"loss {event['losses']['total']:.4f}{eta_text}",
+                file=self.stream,
+            )
+        elif phase == "epoch":
+            line = f"[{who}] epoch {event['epoch']}/{event['epochs']} val_acc {event['val_acc']:.4f}"
+            if event.get("agreement") is not None:
+                line += f" agreement {event['agreement']:.4f}"
+            print(line, file=self.stream)
+        elif phase == "end":
+            print(f"[{who}] {event['status']}" + (f": {event['error']}" if event.get("error") else ""), file=self.stream)
+
+
+def result_json(record: dict[str, Any]) -> dict[str, Any]:
+    metrics = record.get("metrics") or {}
+    return {
+        "run_id": record["id"],
+        "status": record["status"],
+        "val_acc": metrics.get("val_acc"),
+        "teacher_acc": metrics.get("teacher_acc"),
+        "agreement": metrics.get("agreement"),
+        "losses": metrics.get("final_losses", {}),
+        "seconds": record.get("seconds"),
+        "teacher_source": record.get("teacher_source"),
+        "error": record.get("error"),
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from workbench.engine import preflight, run
+    from workbench.store import Store
+
+    config = config_from_args(args)
+    preflight(config)  # a missing dataset or unpairable layers: a message, no failed run
+    store = Store()
+    run_id = store.create_run(config, name=args.name)
+    record = run(config, store, on_step=Progress(), run_id=run_id)
+    if args.json:
+        print(json.dumps(result_json(record)))
+    else:
+        _print_record(record)
+    return 0 if record["status"] == "completed" else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from workbench.store import Store
+
+    records = Store().list_runs(status=args.status, role=args.role)
+    if args.json:
+        print(json.dumps([result_json(r) | {"summary": RunConfig.from_dict(r["config"]).summary()} for r in records]))
+        return 0
+    if not records:
+        print("no runs yet: start one with `python -m workbench run`")
+    for r in records:
+        acc = (r.get("metrics") or {}).get("val_acc")
+        acc_text = f"{acc:.4f}" if acc is not None else "  -   "
+        summary = RunConfig.from_dict(r["config"]).summary()
+        print(f"{r['id']}  {r['status']:<11} {acc_text}  {r.get('name') or ''}  {summary}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from workbench.store import Store
+
+    store = Store()
+    try:
+        record = store.get_run(args.run_id)
+    except KeyError as exc:
+        raise WorkbenchError(f"{exc.args[0]}; list runs with `python -m workbench runs`") from None
+    if args.json:
+        print(json.dumps(record | {"epochs": store.epochs(args.run_id)}, default=str))
+    else:
+        _print_record(record)
+        for row in store.epochs(args.run_id):
+            print(f"  epoch {row['epoch']}: val_acc {row['val_acc']:.4f}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from workbench.data import download_dataset
+
+    path = download_dataset(args.dataset)
+    print(f"{args.dataset} is in {path}")
+    return 0
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    metrics = record.get("metrics") or {}
+    config = RunConfig.from_dict(record["config"])
+    print(f"run {record['id']} ({record['status']}): {config.summary()}")
+    if record.get("error"):
+        print(f"  error: {record['error']}")
+    for key in ("val_acc", "teacher_acc", "agreement"):
+        if metrics.get(key) is not None:
+            print(f"  {key}: {metrics[key]:.4f}")
+    for key in COMPONENTS:
+        value = metrics.get("final_losses", {}).get(key)
+        if value is not None and getattr(config.weights, key) > 0:
+            print(f"  final {key} loss: {value:.4f}")
+    if record.get("seconds") is not None:
+        print(f"  seconds: {record['seconds']:.1f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workbench", description="KD Workbench command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="train one run (the teacher first, if needed)")
+    _add_run_flags(p_run)
+    p_run.set_defaults(func=cmd_run)
+    p_runs = sub.add_parser("runs", help="list the runs in the store")
+    p_runs.add_argument("--status")
+    p_runs.add_argument("--role", choices=["student", "teacher"])
+    p_runs.add_argument("--json", action="store_true")
+    p_runs.set_defaults(func=cmd_runs)
+    p_show = sub.add_parser("show", help="show one run")
+    p_show.add_argument("run_id")
+    p_show.add_argument("--json", action="store_true")
+    p_show.set_defaults(func=cmd_show)
+    p_dl = sub.add_parser("download", help="download a torchvision dataset into the store (needs internet)")
+    p_dl.add_argument("dataset")
+    p_dl.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.time()
+    try:
+        return args.func(args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.time() - started:.0f}s", file=sys.stderr)
+        return 130

@@ -1,0 +1,48 @@
+"""Errors the library raises for bad input.
+
+Every message is written for the person at the keyboard: it says what is wrong and what to
+change. The app shows it with ``st.error`` and the CLI prints it and exits non-zero; neither
+shows a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DatasetUnavailableError",
+    "IncompatibleModelsError",
+    "UnknownNameError",
+    "WorkbenchError",
+]
+
+
+class WorkbenchError(Exception):
+    """Base class: the message is shown to the user as it is."""
+
+
+class ConfigError(WorkbenchError, ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name (model, dataset, loss kind, ...) is not in its registry."""
+
+    def __init__(self, what: str, name: str, valid: list[str] | tuple[str, ...]):
+        self.what, self.name, self.valid = what, name, tuple(valid)
+        super().__init__(f"unknown {what} {name!r}; choose one of: {', '.join(valid)}")
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.args[0]
+
+
+class DatasetUnavailableError(WorkbenchError):
+    """The dataset's files are not on disk and may not be downloaded."""
+
+
+class IncompatibleModelsError(WorkbenchError):
+    """The teacher and student cannot be paired on the chosen layers or loss kinds."""
+
+
+class CheckpointError(WorkbenchError):
+    """A checkpoint is missing, unreadable or does not match the architecture."""

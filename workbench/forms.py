@@ -1,0 +1,153 @@
+"""From form values to run configs: what the app's Distill page submits.
+
+A form is a flat mapping of ``RunConfig`` field values (``weights`` as a dict). Each field is
+validated on its own, on top of the defaults, so that an error can be shown next to the widget
+that caused it; what only fails in combination is reported under ``"form"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from workbench.config import COMPONENTS, LossWeights, RunConfig
+from workbench.errors import ConfigError, WorkbenchError
+
+__all__ = [
+    "FIELDS",
+    "MAX_SEEDS",
+    "FormError",
+    "build_configs",
+    "field_errors",
+    "hybrid_formula",
+    "pairs_from_rows",
+    "parse_seeds",
+]
+
+FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+MAX_SEEDS = 20
+# A field that is only valid together with another one is checked with it.
+_CHECKED_WITH = {"dataset": ("data_path",), "data_path": ("dataset",), "weights": ("role",)}
+
+
+class FormError(ConfigError):
+    """One or more form fields are invalid; ``errors`` maps a field (or ``"form"``) to a message."""
+
+    def __init__(self, errors: Mapping[str, str]):
+        self.errors = dict(errors)
+        super().__init__("; ".join(self.errors.values()))
+
+
+def parse_seeds(text: str | int) -> tuple[int, ...]:
+    """``"3"`` is three seeds ``(0, 1, 2)``; a comma list ``"0, 4, 7"`` (or ``"5,"``) is those seeds."""
+    raw = str(text).strip()
+    how = f"seeds: give a number of seeds (1 to {MAX_SEEDS}) or a comma list of seeds like 0, 4, 7"
+    if not raw:
+        raise FormError({"seeds": f"{how}; the field is empty"})
+    if "," not in raw:
+        try:
+            count = int(raw)
+        except ValueError:
+            raise FormError({"seeds": f"{how}; got {raw!r}"}) from None
+        if not 1 <= count <= MAX_SEEDS:
+            raise FormError({"seeds": f"{how}; got {count}"})
+        return tuple(range(count))
+    seeds = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            seed = int(part)
+        except ValueError:
+            raise FormError({"seeds": f"{how}; {part!r} is not a whole number"}) from None
+        if seed < 0:
+            raise FormError({"seeds": f"seeds must be >= 0, got {seed}"})
+        seeds.append(seed)
+    if not seeds:
+        raise FormError({"seeds": f"{how}; got {raw!r}"})
+    if len(set(seeds)) != len(seeds):
+        raise FormError({"seeds": f"each seed once, please: {raw!r} repeats a seed"})
+    if len(seeds) > MAX_SEEDS:
+        raise FormError({"seeds": f"at most {MAX_SEEDS} seeds at once, got {len(seeds)}"})
+    return tuple(seeds)
+
+
+def pairs_from_rows(rows: Iterable[Mapping[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """Rows ``{"student": path, "teacher": path}`` of the layer-pair table -> layer pairs.
+
+    Blank rows are skipped; a row with only one side filled in is an error.
+    """
+    pairs = []
+    for number, row in enumerate(rows, start=1):
+        student, teacher = (_cell(row.get(side)) for side in ("student", "teacher"))
+        if not student and not teacher:
+            continue
+        if not student or not teacher:
+            missing = "student" if not student else "teacher"
+            raise FormError(
+                {
+                    "layer_pairs": f"layer pair row {number} has no {missing} layer: pick one or "
+                    "delete the row"
+                }
+            )
+        pairs.append((student, teacher))
+    return tuple(pairs)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
+        return ""
+    return str(value).strip()
+
+
+def field_errors(values: Mapping[str, Any]) -> dict[str, str]:
+    """A message for each field of ``values`` that is invalid on its own (on the defaults)."""
+    errors = {}
+    for name, value in values.items():
+        if name not in FIELDS:
+            errors[name] = f"{name} is not a run setting; valid ones: {', '.join(FIELDS)}"
+            continue
+        fields = {name: value}
+        fields.update({k: values[k] for k in _CHECKED_WITH.get(name, ()) if k in values})
+        try:
+            RunConfig(**fields)
+        except WorkbenchError as exc:
+            errors[name] = str(exc)
+        except (TypeError, ValueError) as exc:  # e.g. LossWeights(**{"bogus": 1})
+            errors[name] = f"{name}: {exc}"
+    return errors
+
+
+def build_configs(values: Mapping[str, Any], seeds: Iterable[int]) -> list[RunConfig]:
+    """One ``RunConfig`` per seed from the form ``values``; a ``FormError`` says what to fix."""
+    errors = field_errors(values)
+    if errors:
+        raise FormError(errors)
+    try:
+        base = RunConfig(**values)
+        return [base.replace(seed=seed) for seed in seeds]
+    except WorkbenchError as exc:
+        raise FormError({"form": str(exc)}) from None
+
+
+def hybrid_formula(
+    weights: LossWeights | Mapping[str, float],
+    temperature: float,
+    *,
+    feature_kind: str = "cosine",
+    relation_kind: str = "sp",
+) -> str:
+    """The hybrid loss with the current numbers, as LaTeX (Hinton's T^2 KL for the response)."""
+    w = weights.as_dict() if isinstance(weights, LossWeights) else dict(weights)
+    t = f"{temperature:g}"
+    terms = {
+        "label": r"\mathrm{CE}(y,\, z_s)",
+        "response": rf"{t}^2\, \mathrm{{KL}}\big(\sigma(z_t/{t}) \,\|\, \sigma(z_s/{t})\big)",
+        "feature": rf"\mathcal{{L}}_{{\mathrm{{feat}}}}^{{\mathrm{{{feature_kind}}}}}",
+        "relation": rf"\mathcal{{L}}_{{\mathrm{{rel}}}}^{{\mathrm{{{relation_kind}}}}}",
+    }
+    parts = []
+    for name in COMPONENTS:
+        value = float(w.get(name, 0.0))
+        part = rf"{value:g} \cdot {terms[name]}"
+        parts.append(part if value > 0 else rf"{{\color{{gray}} {part}}}")
+    return r"\mathcal{L} = " + " + ".join(parts)

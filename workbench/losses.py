@@ -1,0 +1,366 @@
+"""Distillation losses: pure functions of tensors, and ``HybridLoss``, which wires them.
+
+Four kinds of knowledge, one function each:
+
+- label: cross-entropy with the ground truth;
+- response: the teacher's softened class distribution (Hinton, Vinyals and Dean, "Distilling
+  the Knowledge in a Neural Network", NIPS 2014 Deep Learning Workshop, arXiv 2015);
+- feature: intermediate features, after an adapter maps the student's onto the teacher's shape
+  (cosine; FitNets hints, Romero et al., ICLR 2015; attention transfer, Zagoruyko and
+  Komodakis, ICLR 2017);
+- relation: how the samples of a batch relate to each other, on the raw features, whose widths
+  may differ (similarity-preserving KD, Tung and Mori, ICCV 2019; relational KD, Park et al.,
+  CVPR 2019).
+
+Every loss is computed and returned in float32 (float64 inputs stay float64), also under
+autocast: the relation losses run with autocast off, since a bf16 Gram matrix loses the small
+differences they compare (RKD's geometry even runs in float64, see ``_rkd_geometry``). Nothing
+here calls ``.item()`` or otherwise waits for the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workbench.config import COMPONENTS, LossWeights
+from workbench.errors import ConfigError, IncompatibleModelsError, UnknownNameError
+from workbench.weighting import WEIGHTINGS
+
+__all__ = [
+    "FEATURE_LOSSES",
+    "RELATION_LOSSES",
+    "HybridLoss",
+    "feature_loss",
+    "label_loss",
+    "relation_loss",
+    "response_loss",
+]
+
+
+def _full(x: Tensor) -> Tensor:
+    """``x`` in float32, or float64 if it already is (bf16/fp16 features from autocast)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+# ------------------------------------------------------------------------------ label, response
+def label_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy with the labels, mean over the batch. logits [B, K], targets [B] (int64)."""
+    return F.cross_entropy(_full(logits), targets)
+
+
+def response_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Soft-target loss of Hinton, Vinyals and Dean (2015), "Distilling the Knowledge in a Neural
+    Network":
+
+        L = T^2 * KL(softmax(z_t / T) || softmax(z_s / T)),  summed over classes, mean over batch
+
+    (PyTorch's ``"batchmean"``). The ``T^2`` keeps the gradient's magnitude independent of ``T``
+    (the soft gradient scales as ``1 / T^2``). Logits [B, K].
+    """
+    t = float(temperature)
+    log_p_s = F.log_softmax(_full(student_logits) / t, dim=1)  # [B, K]
+    log_p_t = F.log_softmax(_full(teacher_logits) / t, dim=1)  # [B, K]
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+
+
+# ------------------------------------------------------------------------------------- features
+def _vector_dim(x: Tensor) -> int:
+    """The dimension that holds one feature vector: channels of [B, C, H, W] (every spatial
+    position is one vector), the last of [B, T, D] (one vector per token), the features of
+    [B, D]."""
+    if x.ndim == 3:
+        return 2
+    if x.ndim >= 2:
+        return 1
+    raise IncompatibleModelsError(
+        f"a feature needs a batch dimension and at least one more, got shape {list(x.shape)}"
+    )
+
+
+def _check_same_shape(student_feat: Tensor, teacher_feat: Tensor) -> None:
+    if student_feat.shape != teacher_feat.shape:
+        raise IncompatibleModelsError(
+            f"the adapted student feature {list(student_feat.shape)} does not match the teacher "
+            f"feature {list(teacher_feat.shape)}: the adapter must map the student layer to the "
+            "teacher layer's shape (pick another layer pair or build the adapters for these layers)"
+        )
+
+
+def _cosine(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """Mean over samples and positions of ``1 - cos(s, t)``; no temperature factor.
+
+    The course sketch multiplies this by ``T^2``; that factor belongs to the softened softmax of
+    the response loss only, and here would just rescale the feature weight by ``T^2``.
+    """
+    dim = _vector_dim(teacher_feat)
+    cos = F.cosine_similarity(_full(student_feat), _full(teacher_feat), dim=dim, eps=1e-8)
+    return (1.0 - cos).mean()  # cos: [B, H, W], [B, T] or [B]
+
+
+def _mse(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """FitNets hint loss (Romero, Ballas, Kahou, Chassang, Gatta and Bengio, "FitNets: Hints for
+    Thin Deep Nets", ICLR 2015): mean over all elements of ``(r(s) - t)^2``, ``r`` the adapter
+    (the paper's regressor)."""
+    return F.mse_loss(_full(student_feat), _full(teacher_feat))
+
+
+def _attention_map(feat: Tensor) -> Tensor:
+    """a(f) = l2_normalize(flatten(mean_c f^2)), [B, C, H, W] -> [B, H*W]."""
+    if feat.ndim != 4:
+        raise IncompatibleModelsError(
+            f"attention transfer needs 4-D feature maps [B, C, H, W], got shape "
+            f"{list(feat.shape)}: choose feature kind cosine or mse, or convolutional layers"
+        )
+    a = _full(feat).pow(2).mean(dim=1).flatten(1)  # [B, H*W]
+    return F.normalize(a, p=2, dim=1)  # [B, H*W]
+
+
+def _attention(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """Activation-based attention transfer (Zagoruyko and Komodakis, "Paying More Attention to
+    Attention", ICLR 2017), with the authors' choice p = 2 and mean-of-squares over channels:
+
+        a(f) = l2_normalize(flatten(mean_c f^2)),   L = mean((a(s) - a(t))^2)
+
+    (mean over samples and positions, as in the authors' code). Maps [B, C, H, W].
+    """
+    return (_attention_map(student_feat) - _attention_map(teacher_feat)).pow(2).mean()
+
+
+FEATURE_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cosine": _cosine,
+    "mse": _mse,
+    "at": _attention,
+}
+
+
+def feature_loss(student_feat: Tensor, teacher_feat: Tensor, kind: str) -> Tensor:
+    """Feature loss ``kind`` (a key of ``FEATURE_LOSSES``) between a student feature already
+    adapted to the teacher's shape and the teacher feature, both [B, ...] of the same shape."""
+    if kind not in FEATURE_LOSSES:
+        raise UnknownNameError("feature kind", kind, list(FEATURE_LOSSES))
+    _check_same_shape(student_feat, teacher_feat)
+    return FEATURE_LOSSES[kind](student_feat, teacher_feat)
+
+
+# ------------------------------------------------------------------------------------ relations
+def _sp_gram(f: Tensor) -> Tensor:
+    """G = row_l2_normalize(F F^T), F [B, D] -> [B, B]."""
+    return F.normalize(f @ f.T, p=2, dim=1)
+
+
+def _similarity_preserving(student_flat: Tensor, teacher_flat: Tensor) -> Tensor:
+    """Similarity-preserving KD (Tung and Mori, "Similarity-Preserving Knowledge Distillation",
+    ICCV 2019), for one layer pair:
+
+        G = row_l2_normalize(F F^T),   L = ||G_s - G_t||_F^2 / B^2
+
+    with F the [B, D] flattened features (D may differ between student and teacher).
+    """
+    b = student_flat.shape[0]
+    diff = _sp_gram(student_flat) - _sp_gram(teacher_flat)  # [B, B]
+    return diff.pow(2).sum() / (b * b)
+
+
+def _rkd_geometry(f: Tensor) -> tuple[Tensor, Tensor]:
+    """Pairwise distances normalized by their mean over off-diagonal pairs [B, B], and the
+    cosines of the angles ``cos(x_j - x_i, x_k - x_i)`` at every anchor i [B, B, B], of the
+    flattened features f [B, D]; a distance or angle involving two coincident samples is 0 (the
+    reference code's ``normalize(0) = 0``).
+
+    Both come from the Gram matrix, so memory is O(B D + B^3) rather than the reference code's
+    [B, B, D] difference tensor (1 GiB in float32 for B = 64 and D = 64 x 32 x 32). Gram differences cancel
+    for close samples, so the batch mean is subtracted first (distances and angles do not
+    change) and the geometry is computed in float64: a B^2 D matmul, cheap next to the model.
+    """
+    b = f.shape[0]
+    f = f.double()
+    f = f - f.mean(dim=0, keepdim=True)  # [B, D]
+    g = f @ f.T  # [B, B]
+    sq = g.diagonal()  # [B], |f_i|^2
+    d2 = sq[:, None] + sq[None, :] - 2.0 * g  # [B, B]
+    # Coincident up to rounding (the diagonal, duplicate or all-zero samples): distance 0,
+    # with no gradient through sqrt at 0.
+    coincident = d2 <= 1e-9 * (sq[:, None] + sq[None, :])  # [B, B]
+    d = torch.where(coincident, 0.0, d2.clamp_min(1e-300).sqrt())  # [B, B]
+    mean_d = d.sum() / (b * (b - 1))  # mean over the B(B-1) off-diagonal pairs
+    dist = d / mean_d.clamp_min(1e-300)  # [B, B]
+    # <f_j - f_i, f_k - f_i> = G_jk - G_ij - G_ik + G_ii, indexed [i, j, k].
+    dot = g[None, :, :] - g[:, :, None] - g[:, None, :] + sq[:, None, None]  # [B, B, B]
+    degenerate = coincident[:, :, None] | coincident[:, None, :]  # [B, B, B]
+    norms = torch.where(degenerate, 1.0, d[:, :, None] * d[:, None, :])  # [B, B, B]
+    angle = torch.where(degenerate, 0.0, (dot / norms).clamp(-1.0, 1.0))  # [B, B, B]
+    return dist, angle
+
+
+def _relational(student_flat: Tensor, teacher_flat: Tensor) -> Tensor:
+    """Relational KD (Park, Kim, Lu and Cho, "Relational Knowledge Distillation", CVPR 2019),
+    distance-wise plus angle-wise with the paper's weights 25 : 50, i.e.
+
+        L = smoothL1(psi_D(s), psi_D(t)) + 2 * smoothL1(psi_A(s), psi_A(t))
+
+    psi_D(x)_ij = ||x_i - x_j|| / mu, mu the mean distance over the B(B-1) off-diagonal pairs;
+    psi_A(x)_ijk = <e(x_j - x_i), e(x_k - x_i)>, e(v) = v / ||v|| (0 for v = 0).
+    Smooth-L1 (beta = 1) is averaged over all B^2 ordered pairs and all B^3 ordered triplets,
+    as in the authors' code. The teacher side is detached.
+    """
+    s_dist, s_angle = _rkd_geometry(student_flat)
+    with torch.no_grad():
+        t_dist, t_angle = _rkd_geometry(teacher_flat.detach())
+    loss = F.smooth_l1_loss(s_dist, t_dist) + 2.0 * F.smooth_l1_loss(s_angle, t_angle)
+    return loss.to(student_flat.dtype)
+
+
+RELATION_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "sp": _similarity_preserving,
+    "rkd": _relational,
+}
+
+
+def relation_loss(student_feat: Tensor, teacher_feat: Tensor, kind: str) -> Tensor:
+    """Relation loss ``kind`` (a key of ``RELATION_LOSSES``) between raw student and teacher
+    features [B, ...], each flattened per sample to [B, D_s] and [B, D_t] (widths may differ).
+    A batch of one sample has no relations: the loss is then 0."""
+    if kind not in RELATION_LOSSES:
+        raise UnknownNameError("relation kind", kind, list(RELATION_LOSSES))
+    b = student_feat.shape[0]
+    if teacher_feat.shape[0] != b:
+        raise ValueError(
+            f"student and teacher batches differ: {b} vs {teacher_feat.shape[0]} samples"
+        )
+    s = student_feat.reshape(b, -1)  # [B, D_s]
+    t = teacher_feat.reshape(b, -1)  # [B, D_t]
+    if b < 2:
+        return _full(s).sum().float() * 0.0
+    with torch.autocast(s.device.type, enabled=False):
+        return RELATION_LOSSES[kind](_full(s), _full(t))
+
+
+# ----------------------------------------------------------------------------------- the hybrid
+def _same(x: Tensor) -> Tensor:
+    return x
+
+
+class HybridLoss(nn.Module):
+    """Weighted sum of the label, response, feature and relation terms.
+
+    ``forward`` returns the four terms and their ``total``; how the terms are combined is the
+    weighting scheme's (``workbench.weighting.WEIGHTINGS``: ``fixed`` gives
+    ``total = sum_k w_k L_k``). A component whose configured weight is 0 is never computed (its
+    value is a constant 0), so a label-only student never touches teacher inputs.
+
+    - feature term: ``sum_i feature_loss(adapters[i](s_i), t_i, feature_kind)`` over the layer
+      pairs (without adapters the student features must already have the teacher's shapes);
+    - relation term: ``sum_i relation_loss(s_i, t_i, relation_kind)`` on the raw features.
+
+    The module's parameters are the adapters' and the weighting scheme's: build it before the
+    optimizer and hand the optimizer ``parameters()``.
+    """
+
+    def __init__(
+        self,
+        weights: LossWeights,
+        *,
+        temperature: float,
+        feature_kind: str = "cosine",
+        relation_kind: str = "sp",
+        adapters: nn.ModuleList | None = None,
+        weighting: str = "fixed",
+    ) -> None:
+        super().__init__()
+        weights.validate()
+        if feature_kind not in FEATURE_LOSSES:
+            raise UnknownNameError("feature kind", feature_kind, list(FEATURE_LOSSES))
+        if relation_kind not in RELATION_LOSSES:
+            raise UnknownNameError("relation kind", relation_kind, list(RELATION_LOSSES))
+        if weighting not in WEIGHTINGS:
+            raise UnknownNameError("weighting scheme", weighting, list(WEIGHTINGS))
+        if isinstance(temperature, bool) or not float(temperature) > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+        self.weights = weights
+        self.base = weights.as_dict()
+        self.temperature = float(temperature)
+        self.feature_kind = feature_kind
+        self.relation_kind = relation_kind
+        self.adapters = adapters
+        self.weighting_name = weighting
+        self.weighting = WEIGHTINGS[weighting](self.base)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """True when a term reads the teacher's logits or features."""
+        return any(self.base[k] > 0 for k in ("response", "feature", "relation"))
+
+    @property
+    def needs_features(self) -> bool:
+        """True when a term reads intermediate features."""
+        return self.base["feature"] > 0 or self.base["relation"] > 0
+
+    def forward(
+        self,
+        student_logits: Tensor,
+        targets: Tensor,
+        teacher_logits: Tensor | None = None,
+        student_feats: Sequence[Tensor] = (),
+        teacher_feats: Sequence[Tensor] = (),
+    ) -> dict[str, Tensor]:
+        """Terms and total for one batch: logits [B, K], targets [B], features [B, ...] per pair.
+
+        Teacher tensors are read only (they may be inference tensors or cached constants).
+        """
+        needed = self.weighting.needed(self.base)
+        zero = torch.zeros((), device=student_logits.device)
+        terms: dict[str, Tensor] = dict.fromkeys(COMPONENTS, zero)
+        if "label" in needed:
+            terms["label"] = label_loss(student_logits, targets)
+        if "response" in needed:
+            if teacher_logits is None:
+                raise ValueError("the response term needs teacher_logits")
+            terms["response"] = response_loss(student_logits, teacher_logits, self.temperature)
+        if "feature" in needed:
+            pairs = self._pairs(student_feats, teacher_feats, "feature")
+            if self.adapters is not None and len(self.adapters) != len(pairs):
+                raise ValueError(f"{len(self.adapters)} adapters for {len(pairs)} layer pairs")
+            adapters = self.adapters if self.adapters is not None else [_same] * len(pairs)
+            terms["feature"] = torch.stack(
+                [
+                    feature_loss(adapter(s), t, self.feature_kind)
+                    for adapter, (s, t) in zip(adapters, pairs, strict=True)
+                ]
+            ).sum()
+        if "relation" in needed:
+            pairs = self._pairs(student_feats, teacher_feats, "relation")
+            terms["relation"] = torch.stack(
+                [relation_loss(s, t, self.relation_kind) for s, t in pairs]
+            ).sum()
+        active = {k: terms[k] for k in needed}
+        return {**terms, "total": self.weighting(active, self.base)}
+
+    @staticmethod
+    def _pairs(
+        student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], term: str
+    ) -> list[tuple[Tensor, Tensor]]:
+        if len(student_feats) != len(teacher_feats) or not student_feats:
+            raise ValueError(
+                f"the {term} term needs one teacher feature per student feature (at least one "
+                f"pair), got {len(student_feats)} student and {len(teacher_feats)} teacher"
+            )
+        return list(zip(student_feats, teacher_feats, strict=True))
+
+    def current_weights(self) -> dict[str, float]:
+        """Effective weight of each component at the latest ``forward`` (may sync the device)."""
+        return self.weighting.current()
+
+    def epoch_end(self, val_acc: float) -> None:
+        """Tell the weighting scheme the validation accuracy of the epoch that just ended."""
+        self.weighting.epoch_end(val_acc)
+
+    def extra_repr(self) -> str:
+        w = ", ".join(f"{k}={v:g}" for k, v in self.base.items())
+        return (
+            f"{w}, temperature={self.temperature:g}, feature_kind={self.feature_kind}, "
+            f"relation_kind={self.relation_kind}, weighting={self.weighting_name}"
+        )

@@ -1,0 +1,678 @@
+"""Plotly figures and tables that compare runs; pure functions of run data, never the store.
+
+Inputs are the plain records, history rows, epoch rows and probes of ``docs/ARCHITECTURE.md``;
+outputs are ``go.Figure`` objects (or ``DataFrame`` tables) that the pages show with
+``st.plotly_chart`` and that ``workbench.report`` writes into a standalone HTML file.
+
+- Curves of several seeds of one configuration are drawn as their mean with a +-1 std band,
+  ``mean(x) = 1/n sum_r y_r(x)`` and ``std(x) = sqrt(1/(n-1) sum_r (y_r(x) - mean(x))^2)``
+  over the runs ``r`` that logged ``x``.
+- CKA heatmaps (Kornblith et al. 2019, "Similarity of Neural Network Representations
+  Revisited", ICML) of several runs share one colour scale, so equal colours mean equal CKA.
+- Gram heatmaps (Tung & Mori 2019, "Similarity-Preserving Knowledge Distillation", ICCV) order
+  the probe samples by class, so class blocks show on the diagonal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import hex_to_rgb, qualitative
+from plotly.subplots import make_subplots
+
+from workbench.config import COMPONENTS
+from workbench.errors import WorkbenchError
+
+__all__ = [
+    "PlotDataError",
+    "curve_figure",
+    "accuracy_curves",
+    "loss_curves",
+    "weight_curves",
+    "group_runs",
+    "cka_heatmaps",
+    "cka_difference",
+    "gram_heatmaps",
+    "parallel_coordinates",
+    "contribution_bars",
+    "config_diff",
+    "run_table",
+]
+
+Point = tuple[float, float]
+Row = Mapping[str, Any]
+# One run's rows, or a group (several seeds) of runs' rows.
+Runs = Mapping[str, Sequence[Row] | Sequence[Sequence[Row]]]
+
+PALETTE = qualitative.Plotly
+NOT_SIGNIFICANT = "#9e9e9e"
+# Config fields that do not change what a run computes, nor tell its seeds apart.
+_NOT_GROUPED = ("seed", "device", "log_every")
+
+
+class PlotDataError(WorkbenchError, ValueError):
+    """The data cannot be drawn as asked (mismatched layers, nothing to plot, ...)."""
+
+
+def _colour(i: int, alpha: float = 1.0) -> str:
+    r, g, b = hex_to_rgb(PALETTE[i % len(PALETTE)])
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ---------------------------------------------------------------------- curves
+def _is_group_of_points(points: Sequence[Any]) -> bool:
+    """True for ``[[(x, y), ...], ...]`` (runs of a group), False for ``[(x, y), ...]``."""
+    seq = (list, tuple, np.ndarray)
+    return bool(points) and all(
+        isinstance(p, seq) and (len(p) == 0 or isinstance(p[0], seq)) for p in points
+    )
+
+
+def _tidy(series: Mapping[str, Sequence[Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Curves as a tidy frame ``label, run, x, y``; missing or non-finite y dropped."""
+    if isinstance(series, pd.DataFrame):
+        missing = {"label", "x", "y"} - set(series.columns)
+        if missing:
+            raise PlotDataError(
+                f"a curve table needs columns label, x, y; missing {sorted(missing)}"
+            )
+        frame = series.copy()
+        if "run" not in frame.columns:  # rows that share label and x are seeds of one group
+            frame["run"] = frame.groupby(["label", "x"]).cumcount()
+        frame = frame[["label", "run", "x", "y"]]
+    else:
+        rows = []
+        for label, points in series.items():
+            points = list(points)
+            runs = points if _is_group_of_points(points) else [points]
+            for r, run in enumerate(runs):
+                rows.extend({"label": label, "run": r, "x": x, "y": y} for x, y in run)
+        frame = pd.DataFrame(rows, columns=["label", "run", "x", "y"])
+    frame["y"] = pd.to_numeric(frame["y"], errors="coerce")
+    return frame[np.isfinite(frame["y"].astype(float))]
+
+
+def curve_figure(
+    series: Mapping[str, Sequence[Any]] | pd.DataFrame,
+    *,
+    title: str = "",
+    x_title: str = "",
+    y_title: str = "",
+    band: bool = True,
+    log_y: bool = False,
+) -> go.Figure:
+    """Overlaid curves, one per label; a label with several runs is drawn as mean +- std.
+
+    ``series`` is ``{label: [(x, y), ...]}`` for a single run, ``{label: [[(x, y), ...], ...]}``
+    for a group of runs (seeds), or a tidy ``DataFrame`` with columns ``label, x, y`` and
+    optionally ``run`` (without it, rows sharing label and x are the group's runs). Runs of a
+    group are aligned on equal x; the band is ``mean +- std`` at each x (std 0 where one run
+    logged that x). Band traces are named ``"<label> +std"`` / ``"<label> -std"``.
+    """
+    frame = _tidy(series)
+    fig = go.Figure()
+    for i, (label, curve) in enumerate(frame.groupby("label", sort=False)):
+        runs = curve["run"].nunique()
+        agg = curve.groupby("x", sort=True)["y"].agg(["mean", "std", "count"])
+        x, mean = agg.index.to_numpy(), agg["mean"].to_numpy()
+        std = agg["std"].fillna(0.0).to_numpy()
+        mode = "lines+markers" if len(x) <= 30 else "lines"
+        if runs > 1 and band:
+            common = dict(x=x, mode="lines", line=dict(width=0), legendgroup=str(label))
+            common |= dict(showlegend=False, hoverinfo="skip")
+            fig.add_trace(go.Scatter(y=mean + std, name=f"{label} +std", **common))
+            fig.add_trace(
+                go.Scatter(
+                    y=mean - std,
+                    name=f"{label} -std",
+                    fill="tonexty",
+                    fillcolor=_colour(i, 0.2),
+                    **common,
+                )
+            )
+        hover = "%{fullData.name}<br>x %{x}<br>y %{y:.4f}"
+        if runs > 1:
+            hover += " +- %{customdata[0]:.4f} (n=%{customdata[1]})"
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=mean,
+                name=str(label),
+                mode=mode,
+                line=dict(color=_colour(i)),
+                legendgroup=str(label),
+                customdata=np.stack([std, agg["count"].to_numpy()], axis=1),
+                hovertemplate=hover + "<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=title or None,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        hovermode="x unified",
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        margin=dict(t=60, b=40, l=50, r=20),
+    )
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def _is_group(rows: Sequence[Any]) -> bool:
+    return bool(rows) and not isinstance(rows[0], Mapping)
+
+
+def _points(runs: Runs, x_key: str, y_key: str) -> dict[str, list[list[Point]]]:
+    """``{label: [run points, ...]}`` from rows; rows lacking a finite y are skipped."""
+    out: dict[str, list[list[Point]]] = {}
+    for label, rows in runs.items():
+        group = list(rows) if _is_group(rows) else [rows]
+        out[label] = [
+            [(row[x_key], row[y_key]) for row in run if _finite(row.get(y_key))] for run in group
+        ]
+    return out
+
+
+def accuracy_curves(runs: Runs, metric: str = "val_acc", *, band: bool = True) -> go.Figure:
+    """Validation accuracy (or ``agreement``, ``train_loss``) per epoch from epoch rows.
+
+    ``runs`` maps a label to one run's epoch rows or to a list of several runs' epoch rows.
+    """
+    titles = {"val_acc": "validation accuracy", "agreement": "teacher-student agreement"}
+    return curve_figure(
+        _points(runs, "epoch", metric),
+        x_title="epoch",
+        y_title=titles.get(metric, metric.replace("_", " ")),
+        band=band,
+    )
+
+
+def loss_curves(
+    runs: Runs, component: str = "total", *, x: str = "step", band: bool = True, log_y: bool = False
+) -> go.Figure:
+    """One (unweighted) loss term per logged step from history rows, one curve per label."""
+    if component not in (*COMPONENTS, "total"):
+        raise PlotDataError(
+            f"unknown loss component {component!r}; choose one of {', '.join((*COMPONENTS, 'total'))}"
+        )
+    return curve_figure(
+        _points(runs, x, component),
+        x_title=x,
+        y_title=f"{component} loss",
+        band=band,
+        log_y=log_y,
+    )
+
+
+def weight_curves(
+    runs: Runs, component: str | None = None, *, x: str = "step", band: bool = True
+) -> go.Figure:
+    """Loss weights per step (``w_<component>`` of the history rows), e.g. of adaptive schemes.
+
+    With ``component`` one curve per label; without, one curve per label and component that is
+    ever non-zero, labelled ``"<label>: <component>"`` (just the component for a single label).
+    """
+    if component is not None and component not in COMPONENTS:
+        raise PlotDataError(f"unknown loss component {component!r}; choose one of {COMPONENTS}")
+    if component is not None:
+        series = _points(runs, x, f"w_{component}")
+        return curve_figure(series, x_title=x, y_title=f"{component} weight", band=band)
+    series = {}
+    for label, rows in runs.items():
+        for c in COMPONENTS:
+            pts = _points({label: rows}, x, f"w_{c}")[label]
+            if any(y != 0 for run in pts for _, y in run):
+                series[c if len(runs) == 1 else f"{label}: {c}"] = pts
+    return curve_figure(series, x_title=x, y_title="loss weight", band=band)
+
+
+# ---------------------------------------------------------------------- grouping runs
+def _config_summary(config: Mapping[str, Any]) -> str:
+    """``RunConfig.summary()`` from a config dict (without building and validating a config)."""
+    if config.get("role") == "teacher":
+        return (
+            f"teacher {config.get('teacher')} on {config.get('dataset')}, {config.get('epochs')} ep"
+        )
+    weights = config.get("weights") or {}
+    w = " ".join(f"{k[:3]} {v:g}" for k, v in weights.items() if v and v > 0)
+    return (
+        f"{config.get('teacher')} -> {config.get('student')} on {config.get('dataset')}: {w}, "
+        f"T={config.get('temperature', 0):g}"
+    )
+
+
+def _seedless_fingerprint(config: Mapping[str, Any]) -> str:
+    data = {k: v for k, v in config.items() if k not in _NOT_GROUPED}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Group runs whose configs differ only by seed: ``{readable label: [records]}``.
+
+    The key is a hash of the config without ``seed`` (nor ``device``, ``log_every``); the label
+    is the suite variant, the run name, or the config summary, plus ``" (n seeds)"`` for a
+    group of several runs. Groups keep the order in which they first appear.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(_seedless_fingerprint(record.get("config", {})), []).append(record)
+    labelled: dict[str, list[Mapping[str, Any]]] = {}
+    for fingerprint, members in groups.items():
+        variants = {m.get("variant") for m in members}
+        names = {m.get("name") for m in members}
+        if len(variants) == 1 and None not in variants and "" not in variants:
+            base = str(variants.pop())
+        elif len(members) == 1 and members[0].get("name"):
+            base = str(members[0]["name"])
+        elif len(names) == 1 and None not in names and "" not in names:
+            base = str(names.pop())
+        else:
+            base = _config_summary(members[0].get("config", {}))
+        label = f"{base} ({len(members)} seeds)" if len(members) > 1 else base
+        if label in labelled:  # two configs with the same name: tell them apart
+            label = f"{label} [{fingerprint[:6]}]"
+        labelled[label] = members
+    return labelled
+
+
+# ---------------------------------------------------------------------- layer comparison
+def _layer_axes(fig: go.Figure, col: int, teacher: Sequence[str], student: Sequence[str]) -> None:
+    # Category axes with explicit ticks: a path such as "0" must not become the number 0.
+    fig.update_xaxes(
+        type="category",
+        tickmode="array",
+        tickvals=list(teacher),
+        ticktext=list(teacher),
+        tickangle=-45,
+        title_text="teacher layer",
+        row=1,
+        col=col,
+    )
+    fig.update_yaxes(
+        type="category",
+        tickmode="array",
+        tickvals=list(student),
+        ticktext=list(student),
+        autorange="reversed",  # forward order from the top
+        title_text="student layer" if col == 1 else None,
+        row=1,
+        col=col,
+    )
+
+
+def _cka(probe: Mapping[str, Any]) -> np.ndarray | None:
+    cka = probe.get("cka")
+    return None if cka is None else np.asarray(cka, dtype=float)
+
+
+def cka_heatmaps(
+    probes: Mapping[str, Mapping[str, Any]], zmin: float = 0.0, zmax: float = 1.0
+) -> go.Figure:
+    """Side-by-side linear-CKA heatmaps ``[student layer, teacher layer]``, one per run.
+
+    All heatmaps use one shared colour axis (``layout.coloraxis``, ``cmin=zmin``,
+    ``cmax=zmax``), so equal colours mean equal CKA across runs. Runs without a CKA matrix
+    (no teacher) are left out and named in the title.
+    """
+    drawable = {label: p for label, p in probes.items() if _cka(p) is not None}
+    skipped = [label for label in probes if label not in drawable]
+    if not drawable:
+        raise PlotDataError(
+            "none of the selected runs has a CKA matrix: CKA is measured only for runs with a "
+            "teacher (pick student runs that distilled from one)"
+        )
+    n = len(drawable)
+    fig = make_subplots(
+        rows=1,
+        cols=n,
+        subplot_titles=list(drawable),
+        horizontal_spacing=min(0.12, 1.0 / (n - 1) - 1e-3) if n > 1 else 0.0,
+    )
+    for col, probe in enumerate(drawable.values(), start=1):
+        teacher, student = list(probe["teacher_layers"]), list(probe["student_layers"])
+        fig.add_trace(
+            go.Heatmap(
+                z=_cka(probe),
+                x=teacher,
+                y=student,
+                zmin=zmin,
+                zmax=zmax,
+                coloraxis="coloraxis",
+                hovertemplate="student %{y}<br>teacher %{x}<br>CKA %{z:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        _layer_axes(fig, col, teacher, student)
+    rows = max(len(p["student_layers"]) for p in drawable.values())
+    title = "linear CKA, student layer vs teacher layer"
+    if skipped:
+        title += f" (no CKA: {', '.join(skipped)})"
+    fig.update_layout(
+        title=title,
+        coloraxis=dict(cmin=zmin, cmax=zmax, colorscale="Viridis", colorbar=dict(title="CKA")),
+        height=max(380, 160 + 26 * rows),
+        margin=dict(t=80, b=120),
+    )
+    return fig
+
+
+def cka_difference(
+    probe: Mapping[str, Any],
+    baseline_probe: Mapping[str, Any],
+    *,
+    label: str = "run",
+    baseline_label: str = "baseline",
+) -> go.Figure:
+    """Heatmap of ``CKA(run) - CKA(baseline)`` on a diverging scale centred at 0 (``zmid=0``).
+
+    Positive (red) cells: this run's student layer resembles that teacher layer more than the
+    baseline's does. Needs the same student and teacher layer lists in both probes.
+    """
+    a, b = _cka(probe), _cka(baseline_probe)
+    if a is None or b is None:
+        missing = label if a is None else baseline_label
+        raise PlotDataError(f"{missing} has no CKA matrix (it ran without a teacher)")
+    for side in ("student_layers", "teacher_layers"):
+        if list(probe[side]) != list(baseline_probe[side]):
+            raise PlotDataError(
+                f"CKA difference needs the same {side.replace('_', ' ')} in both runs: "
+                f"{label} has {list(probe[side])}, {baseline_label} has "
+                f"{list(baseline_probe[side])}; compare runs of the same teacher and student"
+            )
+    teacher, student = list(probe["teacher_layers"]), list(probe["student_layers"])
+    fig = make_subplots(rows=1, cols=1)
+    fig.add_trace(
+        go.Heatmap(
+            z=a - b,
+            x=teacher,
+            y=student,
+            zmid=0.0,
+            colorscale="RdBu_r",
+            colorbar=dict(title="delta CKA"),
+            hovertemplate="student %{y}<br>teacher %{x}<br>delta %{z:+.3f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    _layer_axes(fig, 1, teacher, student)
+    fig.update_layout(
+        title=f"CKA({label}) - CKA({baseline_label})",
+        height=max(380, 160 + 26 * len(student)),
+        margin=dict(t=60, b=120),
+    )
+    return fig
+
+
+def gram_heatmaps(probe: Mapping[str, Any], pair_index: int = 0) -> go.Figure:
+    """Teacher, student and ``|teacher - student|`` Gram matrices of one distilled layer pair.
+
+    Samples are sorted (stably) by class; lines mark class boundaries at ``b - 0.5`` for every
+    index ``b`` where the class changes, and the ticks name each class at its block centre.
+    Teacher and student share one colour axis; the difference has its own.
+    """
+    grams = probe.get("grams") or []
+    if not grams:
+        raise PlotDataError(
+            "this run has no Gram matrices: they are recorded for distilled layer pairs of "
+            "runs with a teacher"
+        )
+    if not -len(grams) <= pair_index < len(grams):
+        raise PlotDataError(
+            f"pair_index {pair_index} is out of range: the run has {len(grams)} pair(s)"
+        )
+    entry = grams[pair_index]
+    labels = np.asarray(probe["gram_labels"]).astype(int)
+    order = np.argsort(labels, kind="stable")
+    labels = labels[order]
+    teacher = np.asarray(entry["teacher"], dtype=float)[np.ix_(order, order)]  # [M, M]
+    student = np.asarray(entry["student"], dtype=float)[np.ix_(order, order)]  # [M, M]
+    m = len(labels)
+    if teacher.shape != (m, m) or student.shape != (m, m):
+        raise PlotDataError(
+            f"Gram matrices {teacher.shape} / {student.shape} do not match {m} probe labels"
+        )
+    names = list(probe.get("class_names") or [])
+    starts = [0, *(np.flatnonzero(np.diff(labels)) + 1).tolist()]
+    ends = [*starts[1:], m]
+    centres = [(s + e - 1) / 2 for s, e in zip(starts, ends, strict=True)]
+    ticktext = [names[c] if 0 <= c < len(names) else str(c) for c in labels[starts]]
+    s_path, t_path = entry["pair"]
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=[f"teacher {t_path}", f"student {s_path}", "|teacher - student|"],
+        horizontal_spacing=0.09,
+    )
+    index = np.arange(m)
+    panels = [
+        (teacher, "coloraxis"),
+        (student, "coloraxis"),
+        (np.abs(teacher - student), "coloraxis2"),
+    ]
+    for col, (z, axis) in enumerate(panels, start=1):
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=index,
+                y=index,
+                coloraxis=axis,
+                hovertemplate="sample %{y} vs %{x}<br>%{z:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        # white lines on the Viridis panels, dark ones on the white-to-red difference panel
+        line = dict(color="white" if col < 3 else "rgba(0,0,0,0.45)", width=1)
+        for b in starts[1:]:
+            fig.add_shape(
+                type="line", x0=b - 0.5, x1=b - 0.5, y0=-0.5, y1=m - 0.5, line=line, row=1, col=col
+            )
+            fig.add_shape(
+                type="line", x0=-0.5, x1=m - 0.5, y0=b - 0.5, y1=b - 0.5, line=line, row=1, col=col
+            )
+        ticks = dict(
+            tickmode="array", tickvals=centres, ticktext=ticktext, showgrid=False, zeroline=False
+        )
+        fig.update_xaxes(range=[-0.5, m - 0.5], tickangle=-45, **ticks, row=1, col=col)
+        fig.update_yaxes(
+            range=[m - 0.5, -0.5], scaleanchor=f"x{col if col > 1 else ''}", **ticks, row=1, col=col
+        )
+    split = fig.layout.xaxis2.domain[1]
+    fig.update_layout(
+        title=f"Gram matrices of pair {s_path} -> {t_path} (samples sorted by class)",
+        coloraxis=dict(colorscale="Viridis", colorbar=dict(x=split + 0.005, thickness=12, len=0.9)),
+        coloraxis2=dict(colorscale="Reds", cmin=0.0, colorbar=dict(x=1.0, thickness=12, len=0.9)),
+        height=430,
+        margin=dict(t=80, b=80),
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------- sweeps and ablations
+def _weights(record: Mapping[str, Any]) -> dict[str, float]:
+    weights = record.get("config", {}).get("weights") or {}
+    return {c: float(weights.get(c, 0.0)) for c in COMPONENTS}
+
+
+def _metric(record: Mapping[str, Any], name: str) -> Any:
+    return (record.get("metrics") or {}).get(name)
+
+
+def parallel_coordinates(records: Iterable[Mapping[str, Any]]) -> go.Figure:
+    """``go.Parcoords`` over the four loss weights and the temperature against final val accuracy.
+
+    Lines are coloured by validation accuracy; runs without one (not finished) are left out.
+    """
+    done = [r for r in records if _finite(_metric(r, "val_acc"))]
+    if not done:
+        raise PlotDataError("no run with a validation accuracy yet: wait for runs to finish")
+    acc = [float(_metric(r, "val_acc")) for r in done]
+    dims = []
+    for c in COMPONENTS:
+        values = [_weights(r)[c] for r in done]
+        # a common 0..1 scale (wider if needed), so equal heights mean equal weights
+        dims.append(dict(label=f"{c} weight", values=values, range=[0.0, max(1.0, *values)]))
+    dims.append(dict(label="temperature", values=[r["config"].get("temperature") for r in done]))
+    dims.append(dict(label="val accuracy", values=acc))
+    fig = go.Figure(
+        go.Parcoords(
+            line=dict(
+                color=acc, colorscale="Viridis", showscale=True, colorbar=dict(title="val acc")
+            ),
+            dimensions=dims,
+        )
+    )
+    fig.update_layout(
+        title="loss weights and temperature vs validation accuracy", margin=dict(l=60, r=60)
+    )
+    return fig
+
+
+def contribution_bars(contrib: pd.DataFrame, *, title: str = "") -> go.Figure:
+    """Bars of ``contribution`` per ``component`` with symmetric error bars of ``half_width``.
+
+    Takes ``ablation.contributions(...)`` (or any frame with ``component, contribution``; then
+    without error bars, e.g. Shapley values). Components whose interval includes 0
+    (``distinguishable`` False) are grey and annotated ``"n.s."``.
+    """
+    if contrib.empty:
+        raise PlotDataError(
+            "no contributions to draw: the suite needs 'full' and 'without ...' runs"
+        )
+    n = len(contrib)
+    half = contrib["half_width"].astype(float).to_numpy() if "half_width" in contrib else None
+    sig = (
+        contrib["distinguishable"].astype(bool).to_numpy()
+        if "distinguishable" in contrib
+        else np.ones(n, dtype=bool)
+    )
+    value = contrib["contribution"].astype(float).to_numpy()
+    colours = [
+        NOT_SIGNIFICANT if not s else (_colour(0) if v >= 0 else _colour(1))
+        for s, v in zip(sig, value, strict=True)
+    ]
+    notes = contrib["note"].fillna("").tolist() if "note" in contrib else [""] * n
+    fig = go.Figure(
+        go.Bar(
+            x=contrib["component"].tolist(),
+            y=value,
+            marker_color=colours,
+            error_y=None
+            if half is None
+            else dict(type="data", array=half, symmetric=True, visible=True),
+            customdata=list(
+                zip(np.full(n, math.nan) if half is None else half, notes, strict=True)
+            ),
+            hovertemplate="%{x}: %{y:+.4f} +- %{customdata[0]:.4f}<br>%{customdata[1]}<extra></extra>",
+        )
+    )
+    for i, component in enumerate(contrib["component"]):
+        if sig[i]:
+            continue
+        top = value[i] + (half[i] if half is not None and math.isfinite(half[i]) else 0.0)
+        fig.add_annotation(
+            x=component, y=top, text="n.s.", showarrow=False, yshift=10, font=dict(color="#616161")
+        )
+    fig.add_hline(y=0, line=dict(color="black", width=1))
+    fig.update_layout(
+        title=title or "contribution to validation accuracy (full - without component)",
+        yaxis_title="accuracy difference",
+        xaxis_title="component",
+        showlegend=False,
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------- tables
+def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, (list, tuple)):
+            flat[key] = json.dumps(value)  # hashable and readable: [["conv2", "layer3"]]
+        else:
+            flat[key] = value
+    return flat
+
+
+def _run_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    names = [r.get("name") or r.get("id", "?") for r in records]
+    return [
+        f"{name} ({r.get('id', '?')})" if names.count(name) > 1 else name
+        for name, r in zip(names, records, strict=True)
+    ]
+
+
+def config_diff(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The config fields that differ between runs: one row per field, one column per run.
+
+    Weights are flattened to ``weights.label`` etc.; a field missing from a record counts as
+    ``None``. Columns are run names (with the id when names repeat).
+    """
+    records = list(records)
+    flats = [_flat_config(r.get("config", {})) for r in records]
+    fields = list(dict.fromkeys(k for f in flats for k in f))
+    differing = [k for k in fields if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+    data = {
+        label: [f.get(k) for k in differing]
+        for label, f in zip(_run_labels(records), flats, strict=True)
+    }
+    frame = pd.DataFrame(data, index=pd.Index(differing, name="field"), dtype=object)
+    return frame
+
+
+RUN_COLUMNS = [
+    "id", "name", "status", "dataset", "teacher", "student", "weights", "temperature", "seed",
+    "val_acc", "teacher_acc", "agreement", "seconds", "tags", "created",
+]  # fmt: skip
+
+
+def run_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per run, for the runs list (metrics NaN until a run finishes).
+
+    ``weights`` lists the non-zero weights as ``label=0.3,response=0.7`` (what
+    ``config.parse_weights`` reads); ``created`` is local time.
+    """
+    rows = []
+    for r in records:
+        config = r.get("config", {})
+        weights = _weights(r)
+        created = r.get("created_at")
+        rows.append(
+            {
+                "id": r.get("id"),
+                "name": r.get("name"),
+                "status": r.get("status"),
+                "dataset": config.get("dataset"),
+                "teacher": config.get("teacher"),
+                "student": config.get("student"),
+                "weights": ",".join(f"{c}={w:g}" for c, w in weights.items() if w > 0),
+                "temperature": config.get("temperature"),
+                "seed": config.get("seed"),
+                "val_acc": _metric(r, "val_acc"),
+                "teacher_acc": _metric(r, "teacher_acc"),
+                "agreement": _metric(r, "agreement"),
+                "seconds": r.get("seconds"),
+                "tags": ", ".join(r.get("tags") or []),
+                "created": datetime.fromtimestamp(created) if created is not None else None,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    for column in ("val_acc", "teacher_acc", "agreement", "seconds", "temperature"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["created"] = pd.to_datetime(frame["created"])
+    return frame

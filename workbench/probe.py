@@ -1,0 +1,130 @@
+"""What a student learned from its teacher, measured on a fixed probe set after a run.
+
+The probe set is the first ``PROBE_SIZE`` validation samples (the validation split is fixed by
+the dataset's own seed, so every run of a dataset is probed on the same samples). It records:
+
+- the linear-CKA matrix of every student candidate layer against every teacher candidate layer
+  (Kornblith et al. 2019);
+- for each distilled layer pair, the mean cosine between the adapted student feature and the
+  teacher feature (only when the run trained adapters);
+- for each pair, the SP Gram matrices (Tung & Mori 2019) of student and teacher on a small
+  class-sorted subset, so a heatmap shows the class blocks;
+- validation accuracy per class and teacher-student agreement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.analysis import cka_matrix, gram, pair_cosine
+from workbench.features import FeatureTaps
+
+__all__ = ["PROBE_SIZE", "GRAM_PER_CLASS", "gram_subset", "per_class_accuracy", "run_probe"]
+
+PROBE_SIZE = 500
+GRAM_PER_CLASS = 6
+GRAM_MAX = 120
+
+
+def gram_subset(labels: torch.Tensor, per_class: int = GRAM_PER_CLASS) -> torch.Tensor:
+    """Indices of up to ``per_class`` samples of each class, sorted by class ([M])."""
+    num_classes = int(labels.max()) + 1 if labels.numel() else 0
+    per_class = max(1, min(per_class, GRAM_MAX // max(num_classes, 1)))
+    picked = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)]
+    return torch.cat(picked) if picked else torch.zeros(0, dtype=torch.long)
+
+
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Accuracy on each class; NaN for a class absent from ``labels``."""
+    out = []
+    for c in range(num_classes):
+        mask = labels == c
+        out.append(float((pred[mask] == c).float().mean()) if mask.any() else float("nan"))
+    return out
+
+
+@torch.inference_mode()
+def _features(model: nn.Module, paths: Sequence[str], x: torch.Tensor, batch: int = 256) -> list[torch.Tensor]:
+    """Hooked features of ``model`` at ``paths`` for all of ``x``, flattened: list of [N, D]."""
+    chunks: list[list[torch.Tensor]] = [[] for _ in paths]
+    with FeatureTaps(model, list(paths)) as taps:
+        for start in range(0, len(x), batch):
+            model(x[start : start + batch])
+            for i, feat in enumerate(taps.features):
+                chunks[i].append(feat.float().cpu())
+    return [torch.cat(c) for c in chunks]
+
+
+@torch.inference_mode()
+def run_probe(
+    *,
+    student: nn.Module,
+    student_layers: Sequence[str],
+    teacher: nn.Module | None,
+    teacher_layers: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    adapters: nn.ModuleList | None,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    class_names: Sequence[str],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Probe a trained student (and its teacher, when there is one); plain data out."""
+    was_training = student.training
+    student.eval()
+    x = val_x[:PROBE_SIZE].to(device)  # [P, C, H, W]
+    y = val_y[:PROBE_SIZE]
+    s_feats = _features(student, student_layers, x)
+    result: dict[str, Any] = {
+        "student_layers": list(student_layers),
+        "teacher_layers": list(teacher_layers) if teacher is not None else [],
+        "pairs": [list(p) for p in pairs],
+        "class_names": list(class_names),
+        "probe_size": len(x),
+        "cka": None,
+        "pair_cosine": None,
+        "grams": [],
+    }
+    subset = gram_subset(y)
+    result["gram_labels"] = y[subset].numpy()
+    if teacher is not None:
+        t_feats = _features(teacher, teacher_layers, x)
+        result["cka"] = cka_matrix(s_feats, t_feats).float().numpy()  # [S, T]
+        s_index = {p: i for i, p in enumerate(student_layers)}
+        t_index = {p: i for i, p in enumerate(teacher_layers)}
+        cosines = []
+        for k, (s_path, t_path) in enumerate(pairs):
+            s_flat, t_flat = s_feats[s_index[s_path]], t_feats[t_index[t_path]]
+            result["grams"].append(
+                {
+                    "pair": [s_path, t_path],
+                    "student": gram(s_flat[subset]).numpy(),  # [M, M]
+                    "teacher": gram(t_flat[subset]).numpy(),  # [M, M]
+                }
+            )
+            if adapters is not None:
+                cosines.append(_adapted_cosine(student, adapters[k], s_path, teacher, t_path, x))
+        if adapters is not None:
+            result["pair_cosine"] = cosines
+    student.train(was_training)
+    return result
+
+
+def _adapted_cosine(
+    student: nn.Module, adapter: nn.Module, s_path: str, teacher: nn.Module, t_path: str, x: torch.Tensor
+) -> float:
+    """Mean cosine between adapter(student feature) and the teacher feature, unflattened."""
+    with FeatureTaps(student, [s_path]) as s_tap, FeatureTaps(teacher, [t_path]) as t_tap:
+        total, count = 0.0, 0
+        for start in range(0, len(x), 256):
+            chunk = x[start : start + 256]
+            student(chunk)
+            teacher(chunk)
+            adapted = adapter(s_tap.features[0].float())
+            total += pair_cosine(adapted, t_tap.features[0].float()) * len(chunk)
+            count += len(chunk)
+    return total / max(count, 1)
