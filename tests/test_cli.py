@@ -5,11 +5,27 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from workbench.cli import main
+from workbench.store import Store
 
 
 def test_run_json_then_runs_and_show(home, capsys):
-    code = main(["run", "--teacher", "small_cnn", "--student", "mlp", "--epochs", "1", "--teacher-epochs", "1", "--json"])
+    code = main(
+        [
+            "run",
+            "--teacher",
+            "small_cnn",
+            "--student",
+            "mlp",
+            "--epochs",
+            "1",
+            "--teacher-epochs",
+            "1",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     result = json.loads(out)
@@ -27,40 +43,49 @@ def test_config_file_and_flag_override(home, tmp_path, capsys):
     from workbench.config import RunConfig
 
     path = tmp_path / "run.toml"
-    path.write_text(RunConfig(teacher="small_cnn", student="mlp", epochs=2, teacher_epochs=1).to_toml())
-    assert main(["run", "--config", str(path), "--epochs", "1", "--weights", "label=1", "--json"]) == 0
+    path.write_text(
+        RunConfig(teacher="small_cnn", student="mlp", epochs=2, teacher_epochs=1).to_toml()
+    )
+    assert (
+        main(["run", "--config", str(path), "--epochs", "1", "--weights", "label=1", "--json"]) == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["status"] == "completed"
 
 
-def _cli(*args, home):
+BAD_INPUT = [
+    (["run", "--teacher", "resnet999"], "unknown teacher model 'resnet999'; choose one of:"),
+    (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["run", "--weights", "label=-1"], "weight label must be >= 0"),
+    (["run", "--weights", "label=0,response=0"], "all loss weights are zero"),
+    (["run", "--temperature", "0"], "temperature must be > 0"),
+    (["run", "--epochs", "0"], "epochs must be a whole number >= 1"),
+    (["show", "nope"], "no run 'nope'"),
+    (["run", "--dataset", "mnist", "--weights", "label=1"], "download"),
+    (["run", "--teacher", "small_cnn", "--student", "mlp", "--feature-kind", "at"], "attention"),
+    (
+        ["run", "--teacher", "small_cnn", "--student", "mlp", "--layer-pairs", "layer9:block1"],
+        "layer9",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_bad_input_is_a_message_and_a_nonzero_exit(home, capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert Store(home).list_runs() == []  # nothing half-made is left behind
+
+
+def test_no_traceback_from_the_real_command(home):
     env = {**os.environ, "KDWB_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, env=env, timeout=120)
-
-
-def test_bad_input_is_a_message_and_a_nonzero_exit(home):
-    cases = [
-        (["run", "--teacher", "resnet999"], "unknown teacher model 'resnet999'; choose one of:"),
-        (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-        (["run", "--weights", "label=-1"], "weight label must be >= 0"),
-        (["run", "--weights", "label=0,response=0"], "all loss weights are zero"),
-        (["run", "--temperature", "0"], "temperature must be > 0"),
-        (["run", "--epochs", "0"], "epochs must be a whole number >= 1"),
-        (["show", "nope"], "no run 'nope'"),
-    ]
-    for args, message in cases:
-        proc = _cli(*args, home=home)
-        assert proc.returncode == 2, (args, proc.stderr)
-        assert message in proc.stderr, (args, proc.stderr)
-        assert "Traceback" not in proc.stderr
-
-
-def test_dataset_missing_offline_and_unpairable_layers_fail_cleanly(home):
-    proc = _cli("run", "--dataset", "mnist", "--weights", "label=1", home=home)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "download" in proc.stderr
-    proc = _cli("run", "--teacher", "small_cnn", "--student", "mlp", "--feature-kind", "at", home=home)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "attention" in proc.stderr.lower()
-    proc = _cli("run", "--teacher", "small_cnn", "--student", "mlp", "--layer-pairs", "layer9:block1", home=home)
-    assert proc.returncode == 2 and "layer9" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "run", "--teacher", "resnet999"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown teacher model" in proc.stderr and "Traceback" not in proc.stderr

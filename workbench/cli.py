@@ -39,9 +39,15 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     for field, kind in _FLAGS.items():
         parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None)
     parser.add_argument("--weights", help="e.g. label=0.3,response=0.3,feature=0.2,relation=0.2")
-    parser.add_argument("--layer-pairs", help="student:teacher module paths, e.g. block2:layer2.1,block3:layer4.1")
-    parser.add_argument("--augment", action="store_true", default=None, help="random shifts (and flips for RGB)")
-    parser.add_argument("--no-teacher-cache", dest="teacher_cache", action="store_false", default=None)
+    parser.add_argument(
+        "--layer-pairs", help="student:teacher module paths, e.g. block2:layer2.1,block3:layer4.1"
+    )
+    parser.add_argument(
+        "--augment", action="store_true", default=None, help="random shifts (and flips for RGB)"
+    )
+    parser.add_argument(
+        "--no-teacher-cache", dest="teacher_cache", action="store_false", default=None
+    )
     parser.add_argument("--name", default="", help="a name for the run in the store")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -89,12 +95,18 @@ class Progress:
                 file=self.stream,
             )
         elif phase == "epoch":
-            line = f"[{who}] epoch {event['epoch']}/{event['epochs']} val_acc {event['val_acc']:.4f}"
+            line = (
+                f"[{who}] epoch {event['epoch']}/{event['epochs']} val_acc {event['val_acc']:.4f}"
+            )
             if event.get("agreement") is not None:
                 line += f" agreement {event['agreement']:.4f}"
             print(line, file=self.stream)
         elif phase == "end":
-            print(f"[{who}] {event['status']}" + (f": {event['error']}" if event.get("error") else ""), file=self.stream)
+            print(
+                f"[{who}] {event['status']}"
+                + (f": {event['error']}" if event.get("error") else ""),
+                file=self.stream,
+            )
 
 
 def result_json(record: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +145,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     records = Store().list_runs(status=args.status, role=args.role)
     if args.json:
-        print(json.dumps([result_json(r) | {"summary": RunConfig.from_dict(r["config"]).summary()} for r in records]))
+        print(
+            json.dumps(
+                [
+                    result_json(r) | {"summary": RunConfig.from_dict(r["config"]).summary()}
+                    for r in records
+                ]
+            )
+        )
         return 0
     if not records:
         print("no runs yet: start one with `python -m workbench run`")
@@ -188,7 +207,9 @@ def _print_record(record: dict[str, Any]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workbench", description="KD Workbench command line")
+    parser = argparse.ArgumentParser(
+        prog="python -m workbench", description="KD Workbench command line"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="train one run (the teacher first, if needed)")
     _add_run_flags(p_run)
@@ -202,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_show.add_argument("run_id")
     p_show.add_argument("--json", action="store_true")
     p_show.set_defaults(func=cmd_show)
-    p_dl = sub.add_parser("download", help="download a torchvision dataset into the store (needs internet)")
+    p_dl = sub.add_parser(
+        "download", help="download a torchvision dataset into the store (needs internet)"
+    )
     p_dl.add_argument("dataset")
     p_dl.set_defaults(func=cmd_download)
     return parser
