@@ -8,7 +8,12 @@ from workbench.errors import ConfigError, UnknownNameError
 
 def test_defaults_are_the_course_hybrid():
     config = RunConfig()
-    assert config.weights.as_dict() == {"label": 0.3, "response": 0.3, "feature": 0.2, "relation": 0.2}
+    assert config.weights.as_dict() == {
+        "label": 0.3,
+        "response": 0.3,
+        "feature": 0.2,
+        "relation": 0.2,
+    }
     assert config.uses_teacher
     assert PRESETS["hybrid (course default)"] == config.weights
 

@@ -14,7 +14,15 @@ from workbench.engine import ensure_teacher, import_teacher, run
 from workbench.errors import CheckpointError, ConfigError
 from workbench.teacher_cache import LiveTeacher
 
-TINY = RunConfig(teacher="small_cnn", student="mlp", epochs=1, teacher_epochs=1, batch_size=128, device="cpu", log_every=2)
+TINY = RunConfig(
+    teacher="small_cnn",
+    student="mlp",
+    epochs=1,
+    teacher_epochs=1,
+    batch_size=128,
+    device="cpu",
+    log_every=2,
+)
 
 
 def test_teacher_is_trained_once_and_reused(store):
@@ -34,14 +42,18 @@ def test_same_seed_same_metrics(store):
     b = run(TINY, store)
     assert a["metrics"]["val_acc"] == b["metrics"]["val_acc"]
     assert a["metrics"]["final_losses"] == b["metrics"]["final_losses"]
-    assert store.history(a["id"]) and [r["total"] for r in store.history(a["id"])] == [r["total"] for r in store.history(b["id"])]
+    assert store.history(a["id"]) and [r["total"] for r in store.history(a["id"])] == [
+        r["total"] for r in store.history(b["id"])
+    ]
 
 
 def test_run_records_history_epochs_probe_and_checkpoint(store):
     record = run(TINY.replace(epochs=2), store)
     assert record["status"] == "completed"
     history = store.history(record["id"])
-    assert {"label", "response", "feature", "relation", "total", "w_label", "w_relation"} <= set(history[0])
+    assert {"label", "response", "feature", "relation", "total", "w_label", "w_relation"} <= set(
+        history[0]
+    )
     assert [r["epoch"] for r in store.epochs(record["id"])] == [1, 2]
     assert 0.0 <= record["metrics"]["agreement"] <= 1.0
     assert len(record["metrics"]["per_class_acc"]) == 10
@@ -80,7 +92,11 @@ def test_cancel_through_the_store(store):
 
 
 def test_divergence_is_reported_with_its_step(store, monkeypatch):
-    monkeypatch.setattr(losses, "label_loss", lambda logits, targets: F.cross_entropy(logits, targets) * float("nan"))
+    monkeypatch.setattr(
+        losses,
+        "label_loss",
+        lambda logits, targets: F.cross_entropy(logits, targets) * float("nan"),
+    )
     record = run(TINY.replace(weights=LossWeights(1, 0, 0, 0)), store)
     assert record["status"] == "diverged"
     assert record["diverged_step"] == 2  # the first logged step

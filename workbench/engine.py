@@ -34,7 +34,16 @@ from workbench.probe import per_class_accuracy, run_probe
 from workbench.store import Store, load_state_dict
 from workbench.teacher_cache import teacher_source
 
-__all__ = ["StopFlag", "ensure_teacher", "evaluate", "import_teacher", "load_teacher", "preflight", "resolve_device", "run"]
+__all__ = [
+    "StopFlag",
+    "ensure_teacher",
+    "evaluate",
+    "import_teacher",
+    "load_teacher",
+    "preflight",
+    "resolve_device",
+    "run",
+]
 
 OnStep = Callable[[dict[str, Any]], None]
 StopFlag = threading.Event
@@ -54,7 +63,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} asked for, but CUDA is not available here; choose auto or cpu")
+        raise ConfigError(
+            f"device {name} asked for, but CUDA is not available here; choose auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -74,7 +85,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tenso
 
 
 # ---------------------------------------------------------------------------- teachers
-def load_teacher(teacher_run: str, store: Store, data: DataBundle, device: torch.device) -> nn.Module:
+def load_teacher(
+    teacher_run: str, store: Store, data: DataBundle, device: torch.device
+) -> nn.Module:
     """Build the teacher architecture of ``teacher_run`` and load its checkpoint (frozen, eval)."""
     try:
         record = store.get_run(teacher_run)
@@ -86,20 +99,27 @@ def load_teacher(teacher_run: str, store: Store, data: DataBundle, device: torch
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"teacher checkpoint {teacher_run} does not fit {cfg['teacher']}: {exc}") from None
+        raise CheckpointError(
+            f"teacher checkpoint {teacher_run} does not fit {cfg['teacher']}: {exc}"
+        ) from None
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def ensure_teacher(config: RunConfig, store: Store, on_step: OnStep | None = None, stop: StopFlag | None = None) -> str:
+def ensure_teacher(
+    config: RunConfig, store: Store, on_step: OnStep | None = None, stop: StopFlag | None = None
+) -> str:
     """The id of a trained teacher for ``config``: ``config.teacher_run``, one found in the store
     under the fingerprint of ``config.teacher_config()``, or one trained now (once, even when
     several threads or processes ask at the same time)."""
     if config.teacher_run:
         record = _teacher_record(store, config.teacher_run)
-        if record["config"]["teacher"] != config.teacher or record["config"]["dataset"] != config.dataset:
+        if (
+            record["config"]["teacher"] != config.teacher
+            or record["config"]["dataset"] != config.dataset
+        ):
             raise ConfigError(
                 f"teacher run {config.teacher_run} is a {record['config']['teacher']} on "
                 f"{record['config']['dataset']}; this run asks for {config.teacher} on {config.dataset}"
@@ -115,7 +135,9 @@ def ensure_teacher(config: RunConfig, store: Store, on_step: OnStep | None = Non
     if record["status"] == "cancelled":
         raise _Stopped
     if record["status"] != "completed":
-        raise WorkbenchError(f"training the teacher {config.teacher} {record['status']}: {record['error'] or ''}".strip())
+        raise WorkbenchError(
+            f"training the teacher {config.teacher} {record['status']}: {record['error'] or ''}".strip()
+        )
     return record["id"]
 
 
@@ -123,19 +145,30 @@ def _teacher_record(store: Store, run_id: str) -> dict[str, Any]:
     try:
         record = store.get_run(run_id)
     except KeyError:
-        raise ConfigError(f"teacher run {run_id} is not in the store; pick another teacher") from None
+        raise ConfigError(
+            f"teacher run {run_id} is not in the store; pick another teacher"
+        ) from None
     if record["role"] != "teacher" or record["status"] != "completed":
         raise ConfigError(f"run {run_id} is not a completed teacher run")
     return record
 
 
-def import_teacher(store: Store, path: str, *, teacher: str, dataset: str, data_path: str = "", name: str = "") -> str:
+def import_teacher(
+    store: Store, path: str, *, teacher: str, dataset: str, data_path: str = "", name: str = ""
+) -> str:
     """Register an uploaded teacher state dict as a completed teacher run; returns its id.
 
     The file is loaded with ``weights_only=True`` and must load strictly into ``teacher`` built
     for ``dataset``; its validation accuracy is measured and stored.
     """
-    config = RunConfig(role="teacher", dataset=dataset, data_path=data_path, teacher=teacher, student=teacher, weights={"label": 1.0, "response": 0.0, "feature": 0.0, "relation": 0.0})
+    config = RunConfig(
+        role="teacher",
+        dataset=dataset,
+        data_path=data_path,
+        teacher=teacher,
+        student=teacher,
+        weights={"label": 1.0, "response": 0.0, "feature": 0.0, "relation": 0.0},
+    )
     data = load_dataset(dataset, data_path=data_path)
     state = load_state_dict(path)
     model = build_model(teacher, data.input_shape, data.num_classes)
@@ -151,12 +184,23 @@ def import_teacher(store: Store, path: str, *, teacher: str, dataset: str, data_
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
-        raise CheckpointError(f"this checkpoint does not fit {teacher} for {dataset}: {first.strip()}") from None
+        raise CheckpointError(
+            f"this checkpoint does not fit {teacher} for {dataset}: {first.strip()}"
+        ) from None
     acc = float((evaluate(model, data.val_x) == data.val_y).float().mean())
-    run_id = store.create_run(config, name=name or f"uploaded {teacher}", tags=["uploaded"], status="completed")
+    run_id = store.create_run(
+        config, name=name or f"uploaded {teacher}", tags=["uploaded"], status="completed"
+    )
     store.save_checkpoint(run_id, model.state_dict())
     now = time.time()
-    store.update_run(run_id, started_at=now, finished_at=now, seconds=0.0, teacher_source="upload", metrics={"val_acc": acc})
+    store.update_run(
+        run_id,
+        started_at=now,
+        finished_at=now,
+        seconds=0.0,
+        teacher_source="upload",
+        metrics={"val_acc": acc},
+    )
     return run_id
 
 
@@ -179,7 +223,12 @@ def preflight(config: RunConfig) -> dict[str, Any]:
         t_layers = feature_layers(teacher, data.input_shape)
         pairs = config.layer_pairs or pair_layers(s_layers, t_layers)
         if config.weights.feature > 0 or config.weights.relation > 0:
-            check_pairs(pairs, s_layers, t_layers, config.feature_kind if config.weights.feature > 0 else "cosine")
+            check_pairs(
+                pairs,
+                s_layers,
+                t_layers,
+                config.feature_kind if config.weights.feature > 0 else "cosine",
+            )
         result.update(teacher_layers=t_layers, pairs=pairs)
     return result
 
@@ -199,30 +248,60 @@ def run(
     """
     run_id = run_id or store.create_run(config)
     started = time.time()
-    store.update_run(run_id, status="running", started_at=started, pid=os.getpid(), host=socket.gethostname())
+    store.update_run(
+        run_id, status="running", started_at=started, pid=os.getpid(), host=socket.gethostname()
+    )
     status, fields = "completed", {}
     try:
         fields = _train(config, store, run_id, on_step or (lambda event: None), stop, started)
     except (_Stopped, KeyboardInterrupt):
         status = "cancelled"
     except _Diverged as exc:
-        status, fields = "diverged", {"diverged_step": exc.step, "error": f"the loss became NaN/inf at step {exc.step}; lower the learning rate or the weights"}
+        status, fields = (
+            "diverged",
+            {
+                "diverged_step": exc.step,
+                "error": f"the loss became NaN/inf at step {exc.step}; lower the learning rate or the weights",
+            },
+        )
     except WorkbenchError as exc:
         status, fields = "failed", {"error": str(exc)}
     except torch.OutOfMemoryError:
-        status, fields = "failed", {"error": "out of GPU memory: lower the batch size or pick smaller models"}
-    except Exception as exc:  # a bug or an environment problem: keep the message, keep the store sane
+        status, fields = (
+            "failed",
+            {"error": "out of GPU memory: lower the batch size or pick smaller models"},
+        )
+    except (
+        Exception
+    ) as exc:  # a bug or an environment problem: keep the message, keep the store sane
         status, fields = "failed", {"error": f"{type(exc).__name__}: {exc}"}
     finished = time.time()
-    record = store.update_run(run_id, status=status, finished_at=finished, seconds=finished - started, **fields)
+    record = store.update_run(
+        run_id, status=status, finished_at=finished, seconds=finished - started, **fields
+    )
     if status == "completed" and config.role == "teacher":
         store.set_teacher(config.fingerprint(), run_id)  # later students reuse it
     if on_step:
-        on_step({"run_id": run_id, "role": config.role, "phase": "end", "status": status, "error": record.get("error")})
+        on_step(
+            {
+                "run_id": run_id,
+                "role": config.role,
+                "phase": "end",
+                "status": status,
+                "error": record.get("error"),
+            }
+        )
     return record
 
 
-def _train(config: RunConfig, store: Store, run_id: str, on_step: OnStep, stop: StopFlag | None, started: float) -> dict[str, Any]:
+def _train(
+    config: RunConfig,
+    store: Store,
+    run_id: str,
+    on_step: OnStep,
+    stop: StopFlag | None,
+    started: float,
+) -> dict[str, Any]:
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, data_path=config.data_path)
     teacher, teacher_id = None, None
@@ -243,7 +322,12 @@ def _train(config: RunConfig, store: Store, run_id: str, on_step: OnStep, stop: 
     if teacher is not None:
         pairs = config.layer_pairs or pair_layers(s_layers, t_layers)
         if config.weights.feature > 0 or config.weights.relation > 0:
-            check_pairs(pairs, s_layers, t_layers, config.feature_kind if config.weights.feature > 0 else "cosine")
+            check_pairs(
+                pairs,
+                s_layers,
+                t_layers,
+                config.feature_kind if config.weights.feature > 0 else "cosine",
+            )
     hybrid = HybridLoss(
         config.weights,
         temperature=config.temperature,
@@ -253,7 +337,9 @@ def _train(config: RunConfig, store: Store, run_id: str, on_step: OnStep, stop: 
         weighting=config.weighting,
     ).to(device)
     # Adapters and weighting parameters exist before the optimizer, so they train.
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(hybrid.parameters()), lr=config.lr)
+    optimizer = torch.optim.AdamW(
+        list(model.parameters()) + list(hybrid.parameters()), lr=config.lr
+    )
 
     n = len(data.train_x)
     batch = min(config.batch_size, n)
@@ -265,11 +351,17 @@ def _train(config: RunConfig, store: Store, run_id: str, on_step: OnStep, stop: 
 
     s_paths = [s for s, _ in pairs] if hybrid.needs_features else []
     t_paths = [t for _, t in pairs] if hybrid.needs_features else []
-    source = teacher_source(config, teacher, teacher_id, t_paths, train_x, store, device) if hybrid.needs_teacher else None
+    source = (
+        teacher_source(config, teacher, teacher_id, t_paths, train_x, store, device)
+        if hybrid.needs_teacher
+        else None
+    )
     if source is not None:
         store.update_run(run_id, teacher_source=source.kind, teacher_note=source.note)
     teacher_pred = evaluate(teacher, val_x) if teacher is not None else None
-    teacher_acc = float((teacher_pred == data.val_y).float().mean()) if teacher_pred is not None else None
+    teacher_acc = (
+        float((teacher_pred == data.val_y).float().mean()) if teacher_pred is not None else None
+    )
 
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -308,19 +400,58 @@ def _train(config: RunConfig, store: Store, run_id: str, on_step: OnStep, stop: 
                     history.append(row)
                     store.set_history(run_id, history)
                     eta = (time.time() - started) / step * (total_steps - step)
-                    progress = {"epoch": epoch, "epochs": config.epochs, "step": step, "total_steps": total_steps, "eta_s": eta}
+                    progress = {
+                        "epoch": epoch,
+                        "epochs": config.epochs,
+                        "step": step,
+                        "total_steps": total_steps,
+                        "eta_s": eta,
+                    }
                     store.update_run(run_id, progress=progress)
-                    on_step({"run_id": run_id, "role": config.role, "phase": "step", **progress, "losses": {k: row[k] for k in (*COMPONENTS, "total")}, "weights": hybrid.current_weights()})
+                    on_step(
+                        {
+                            "run_id": run_id,
+                            "role": config.role,
+                            "phase": "step",
+                            **progress,
+                            "losses": {k: row[k] for k in (*COMPONENTS, "total")},
+                            "weights": hybrid.current_weights(),
+                        }
+                    )
                     if store.cancel_requested(run_id):
                         raise _Stopped
             pred = evaluate(model, val_x)
             val_acc = float((pred == data.val_y).float().mean())
-            agreement = float((pred == teacher_pred).float().mean()) if teacher_pred is not None else None
+            agreement = (
+                float((pred == teacher_pred).float().mean()) if teacher_pred is not None else None
+            )
             hybrid.epoch_end(val_acc)
-            train_loss = sum(r["total"] for r in history if r["epoch"] == epoch) / max(1, sum(r["epoch"] == epoch for r in history))
-            epoch_rows.append({"epoch": epoch, "val_acc": val_acc, "agreement": agreement, "train_loss": train_loss, "time": time.time() - started})
+            train_loss = sum(r["total"] for r in history if r["epoch"] == epoch) / max(
+                1, sum(r["epoch"] == epoch for r in history)
+            )
+            epoch_rows.append(
+                {
+                    "epoch": epoch,
+                    "val_acc": val_acc,
+                    "agreement": agreement,
+                    "train_loss": train_loss,
+                    "time": time.time() - started,
+                }
+            )
             store.set_epochs(run_id, epoch_rows)
-            on_step({"run_id": run_id, "role": config.role, "phase": "epoch", "epoch": epoch, "epochs": config.epochs, "step": step, "total_steps": total_steps, "val_acc": val_acc, "agreement": agreement})
+            on_step(
+                {
+                    "run_id": run_id,
+                    "role": config.role,
+                    "phase": "epoch",
+                    "epoch": epoch,
+                    "epochs": config.epochs,
+                    "step": step,
+                    "total_steps": total_steps,
+                    "val_acc": val_acc,
+                    "agreement": agreement,
+                }
+            )
 
     store.save_checkpoint(run_id, model.state_dict())
     metrics = {
@@ -351,8 +482,12 @@ def _train(config: RunConfig, store: Store, run_id: str, on_step: OnStep, stop: 
     return {"metrics": metrics}
 
 
-def _log_row(terms: dict[str, torch.Tensor], hybrid: HybridLoss, step: int, epoch: int, started: float) -> dict[str, Any]:
-    values = torch.stack([terms[k].detach().float() for k in (*COMPONENTS, "total")]).tolist()  # one sync
+def _log_row(
+    terms: dict[str, torch.Tensor], hybrid: HybridLoss, step: int, epoch: int, started: float
+) -> dict[str, Any]:
+    values = torch.stack(
+        [terms[k].detach().float() for k in (*COMPONENTS, "total")]
+    ).tolist()  # one sync
     row: dict[str, Any] = {"step": step, "epoch": epoch, "time": time.time() - started}
     row.update(zip((*COMPONENTS, "total"), values, strict=True))
     row.update({f"w_{k}": v for k, v in hybrid.current_weights().items()})
@@ -370,4 +505,3 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
     return out
-

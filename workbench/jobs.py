@@ -47,7 +47,9 @@ class JobManager:
     the CPU and one per GPU). ``runner`` is ``engine.run`` unless a test injects another.
     """
 
-    def __init__(self, store: Store, limits: dict[str, int] | None = None, runner: Runner | None = None):
+    def __init__(
+        self, store: Store, limits: dict[str, int] | None = None, runner: Runner | None = None
+    ):
         if runner is None:
             from workbench.engine import run as runner
         self.store = store
@@ -95,7 +97,13 @@ class JobManager:
         """Queue a fresh run with the config of ``run_id`` (e.g. after an interruption)."""
         record = self.store.get_run(run_id)
         config = RunConfig.from_dict(record["config"])
-        return self.submit(config, name=record.get("name") or "", tags=record.get("tags") or [], suite=record.get("suite"), variant=record.get("variant"))
+        return self.submit(
+            config,
+            name=record.get("name") or "",
+            tags=record.get("tags") or [],
+            suite=record.get("suite"),
+            variant=record.get("variant"),
+        )
 
     # ------------------------------------------------------------------ status
     def queued(self) -> list[str]:
@@ -135,11 +143,15 @@ class JobManager:
         with self._lock:
             limit = self.limits.get(key, 1)
             queue = self._queues.get(key, deque())
-            active = sum(1 for job in self._running.values() if device_key(job.config.device) == key)
+            active = sum(
+                1 for job in self._running.values() if device_key(job.config.device) == key
+            )
             while queue and active < limit:
                 job = queue.popleft()
                 self._running[job.run_id] = job
-                thread = threading.Thread(target=self._work, args=(key, job), name=f"kdwb-{job.run_id}", daemon=True)
+                thread = threading.Thread(
+                    target=self._work, args=(key, job), name=f"kdwb-{job.run_id}", daemon=True
+                )
                 self._threads[job.run_id] = thread
                 thread.start()
                 active += 1

@@ -48,7 +48,9 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 @torch.inference_mode()
-def _features(model: nn.Module, paths: Sequence[str], x: torch.Tensor, batch: int = 256) -> list[torch.Tensor]:
+def _features(
+    model: nn.Module, paths: Sequence[str], x: torch.Tensor, batch: int = 256
+) -> list[torch.Tensor]:
     """Hooked features of ``model`` at ``paths`` for all of ``x``, flattened: list of [N, D]."""
     chunks: list[list[torch.Tensor]] = [[] for _ in paths]
     with FeatureTaps(model, list(paths)) as taps:
@@ -115,7 +117,12 @@ def run_probe(
 
 
 def _adapted_cosine(
-    student: nn.Module, adapter: nn.Module, s_path: str, teacher: nn.Module, t_path: str, x: torch.Tensor
+    student: nn.Module,
+    adapter: nn.Module,
+    s_path: str,
+    teacher: nn.Module,
+    t_path: str,
+    x: torch.Tensor,
 ) -> float:
     """Mean cosine between adapter(student feature) and the teacher feature, unflattened."""
     with FeatureTaps(student, [s_path]) as s_tap, FeatureTaps(teacher, [t_path]) as t_tap:

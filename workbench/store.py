@@ -60,7 +60,9 @@ class Store:
         self.home = Path(home) if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "checkpoints").mkdir(exist_ok=True)
-        self._db = diskcache.Cache(str(self.home / "store"), size_limit=2**40, eviction_policy="none")
+        self._db = diskcache.Cache(
+            str(self.home / "store"), size_limit=2**40, eviction_policy="none"
+        )
         self.mark_interrupted()
 
     def close(self) -> None:
@@ -92,7 +94,13 @@ class Store:
             "seconds": None,
             "pid": os.getpid(),
             "host": _HOST,
-            "progress": {"epoch": 0, "epochs": config.epochs, "step": 0, "total_steps": 0, "eta_s": None},
+            "progress": {
+                "epoch": 0,
+                "epochs": config.epochs,
+                "step": 0,
+                "total_steps": 0,
+                "eta_s": None,
+            },
             "metrics": {},
             "error": None,
             "diverged_step": None,

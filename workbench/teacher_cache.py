@@ -23,7 +23,9 @@ class LiveTeacher:
     def __init__(self, teacher: nn.Module, paths: Sequence[str], note: str = ""):
         self.teacher, self.paths, self.note = teacher, list(paths), note
 
-    def __call__(self, idx: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(
+        self, idx: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         with torch.inference_mode(), FeatureTaps(self.teacher, self.paths) as taps:
             logits = self.teacher(x)  # [B, K]
             feats = list(taps.features)
