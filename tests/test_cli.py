@@ -89,3 +89,34 @@ def test_no_traceback_from_the_real_command(home):
     )
     assert proc.returncode == 2
     assert "unknown teacher model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ablate_json(home, capsys):
+    args = [
+        "ablate",
+        "--teacher",
+        "small_cnn",
+        "--student",
+        "mlp",
+        "--epochs",
+        "1",
+        "--teacher-epochs",
+        "1",
+    ]
+    code = main([*args, "--weights", "label=0.5,response=0.5", "--seeds", "2", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    assert [v["variant"] for v in result["variants"]] == [
+        "full",
+        "without label",
+        "without response",
+        "label only",
+    ]
+    assert all(v["n"] == 2 for v in result["variants"])
+    assert {c["component"] for c in result["contributions"]} == {"label", "response"}
+    for c in result["contributions"]:
+        assert c["ci_low"] <= c["contribution"] <= c["ci_high"]
+    assert "[suite] run 8/8" in err
+    suites = Store(home).list_suites()
+    assert len(suites) == 1 and len(suites[0]["runs"]) == 8

@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench run|runs|show|download``, the same engine as the app."""
+"""Command line: ``python -m workbench run|ablate|runs|show|download``, the same engine as the app."""
 
 from __future__ import annotations
 
@@ -140,6 +140,71 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if record["status"] == "completed" else 1
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from workbench.engine import preflight, run
+    from workbench.store import Store
+    from workbench.suites import launch_suite, suite_analysis
+
+    config = config_from_args(args)
+    if args.seeds < 1:
+        raise WorkbenchError(f"--seeds must be >= 1, got {args.seeds}")
+    preflight(config)
+    store = Store()
+    queued: list[tuple[str, RunConfig, str]] = []
+
+    def submit(cfg: RunConfig, **fields: Any) -> str:
+        run_id = store.create_run(cfg, **fields)
+        queued.append((run_id, cfg, fields.get("variant") or ""))
+        return run_id
+
+    suite = launch_suite(
+        config, store, submit, seeds=args.seeds, factorial=args.factorial, name=args.name
+    )
+    progress = Progress()
+    for i, (run_id, cfg, variant) in enumerate(queued, start=1):
+        print(f"[suite] run {i}/{len(queued)}: {variant}, seed {cfg.seed}", file=sys.stderr)
+        run(cfg, store, on_step=progress, run_id=run_id)
+    analysis = suite_analysis(store, suite)
+    if args.json:
+        print(json.dumps(suite_json(suite, analysis)))
+    else:
+        _print_suite(suite, analysis)
+    return 0 if all(store.get_run(r)["status"] == "completed" for r, _, _ in queued) else 1
+
+
+def suite_json(suite: dict[str, Any], analysis: dict[str, Any]) -> dict[str, Any]:
+    contrib = analysis["contributions"]
+    return {
+        "suite_id": suite["id"],
+        "seeds": suite["seeds"],
+        "factorial": suite["factorial"],
+        "variants": analysis["summary"].to_dict(orient="records"),
+        "contributions": [
+            {
+                k: row[k]
+                for k in ("component", "contribution", "ci_low", "ci_high", "distinguishable", "n")
+            }
+            for row in contrib.to_dict(orient="records")
+        ],
+        "shapley": analysis["shapley"],
+    }
+
+
+def _print_suite(suite: dict[str, Any], analysis: dict[str, Any]) -> None:
+    print(f"suite {suite['id']}: {suite['name']}")
+    for row in analysis["summary"].to_dict(orient="records"):
+        print(f"  {row['variant']:<22} acc {row['mean']:.4f} +- {row['std']:.4f} (n={row['n']})")
+    for row in analysis["contributions"].to_dict(orient="records"):
+        verdict = "" if row["distinguishable"] else "  (not distinguishable from noise)"
+        print(
+            f"  contribution of {row['component']:<9} {row['contribution']:+.4f} "
+            f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]{verdict}"
+        )
+    if analysis["shapley"]:
+        for component, value in analysis["shapley"].items():
+            print(f"  Shapley value of {component:<9} {value:+.4f}")
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from workbench.store import Store
 
@@ -214,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="train one run (the teacher first, if needed)")
     _add_run_flags(p_run)
     p_run.set_defaults(func=cmd_run)
+    p_ablate = sub.add_parser(
+        "ablate", help="an ablation suite: drop one loss term at a time, several seeds"
+    )
+    _add_run_flags(p_ablate)
+    p_ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    p_ablate.add_argument(
+        "--factorial", action="store_true", help="all on/off combinations, with Shapley values"
+    )
+    p_ablate.set_defaults(func=cmd_ablate)
     p_runs = sub.add_parser("runs", help="list the runs in the store")
     p_runs.add_argument("--status")
     p_runs.add_argument("--role", choices=["student", "teacher"])
