@@ -12,11 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
-from workbench.config import COMPONENTS, PRESETS, RunConfig
+from workbench.config import PRESETS, RunConfig
 from workbench.errors import WorkbenchError
 from workbench.forms import FormError, pairs_from_rows
 from workbench.jobs import JobManager
@@ -123,9 +121,15 @@ def model_pair(teacher: str, student: str, dataset: str, data_path: str) -> Mode
     return inspect_pair(teacher, student, dataset, data_path)
 
 
+def data_path() -> str:
+    """The image folder, for the image_folder dataset only (other datasets ignore a path)."""
+    ss = st.session_state
+    return ss["data_path"].strip() if ss["dataset"] == "image_folder" else ""
+
+
 def choices_key() -> tuple[str, str, str, str]:
     ss = st.session_state
-    return (ss["teacher"], ss["student"], ss["dataset"], ss["data_path"])
+    return (ss["teacher"], ss["student"], ss["dataset"], data_path())
 
 
 def choices_slug() -> str:
@@ -141,7 +145,8 @@ def pairs_editor(
 
     The editor starts from the pairs in the session when it appears and writes the edited pairs
     back; its own edit state is dropped by Streamlit when the page changes, so the next page
-    starts from the edited pairs.
+    starts from the edited pairs. While a row is half filled in, the last valid pairs stay and
+    ``st.session_state["layer_pairs_error"]`` holds the message.
     """
     ss = st.session_state
     base_key = f"{key}__base"
@@ -168,58 +173,23 @@ def pairs_editor(
     )
     try:
         pairs = pairs_from_rows(edited.to_dict("records"))
-    except FormError as exc:
+    except FormError as exc:  # a half-filled row: keep the last valid pairs, block Launch
+        ss["layer_pairs_error"] = exc.errors["layer_pairs"]
         st.error(exc.errors["layer_pairs"], icon=":material/error:")
         return tuple(ss.get("layer_pairs") or ())
+    ss["layer_pairs_error"] = None
     ss["layer_pairs"] = pairs
     return pairs
 
 
 def choices_caption() -> str:
     ss = st.session_state
-    dataset = ss["dataset"] + (f" ({ss['data_path']})" if ss["dataset"] == "image_folder" else "")
+    dataset = ss["dataset"] + (f" ({data_path()})" if data_path() else "")
     if ss["teacher_mode"] == TEACHER_MODES[0] or not ss.get("teacher_run"):
         teacher = f"{ss['teacher']} (trained for {ss['teacher_epochs']} epochs, or reused)"
     else:
         teacher = f"{ss['teacher']} (run {ss['teacher_run']})"
     return f"**Teacher** {teacher} → **student** {ss['student']} on **{dataset}**"
-
-
-# ---------------------------------------------------------------------------------- figures
-def losses_figure(history: Sequence[dict]) -> go.Figure:
-    """Each loss term (the active ones) and the total against the step, for one run."""
-    frame = pd.DataFrame(history)
-    terms = [c for c in (*COMPONENTS, "total") if c in frame and (frame[c] != 0).any()]
-    long = frame.melt(id_vars="step", value_vars=terms, var_name="term", value_name="loss")
-    fig = px.line(long, x="step", y="loss", color="term", title="Loss terms")
-    return fig.update_layout(legend_title_text="", margin={"t": 40, "b": 0})
-
-
-def accuracy_figure(epochs: dict[str, Sequence[dict]], labels: dict[str, str]) -> go.Figure:
-    """Validation accuracy against the epoch, one line per run."""
-    rows = [
-        {"run": labels.get(run_id, run_id), "epoch": r["epoch"], "val_acc": r["val_acc"]}
-        for run_id, run_rows in epochs.items()
-        for r in run_rows
-    ]
-    frame = pd.DataFrame(rows, columns=["run", "epoch", "val_acc"])
-    fig = px.line(
-        frame, x="epoch", y="val_acc", color="run", markers=True, title="Validation accuracy"
-    )
-    fig.update_yaxes(tickformat=".0%", title="val acc")
-    return fig.update_layout(legend_title_text="", margin={"t": 40, "b": 0})
-
-
-def total_loss_figure(histories: dict[str, Sequence[dict]], labels: dict[str, str]) -> go.Figure:
-    """The total training loss against the step, one line per run."""
-    rows = [
-        {"run": labels.get(run_id, run_id), "step": r["step"], "total": r["total"]}
-        for run_id, run_rows in histories.items()
-        for r in run_rows
-    ]
-    frame = pd.DataFrame(rows, columns=["run", "step", "total"])
-    fig = px.line(frame, x="step", y="total", color="run", title="Total training loss")
-    return fig.update_layout(legend_title_text="", margin={"t": 40, "b": 0})
 
 
 # ---------------------------------------------------------------------------------- callbacks

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import accuracy_figure, errors_shown, store, total_loss_figure
+from pages._shared import errors_shown, store
+from workbench import plots
 from workbench.views import run_label, runs_table
 
 ss = st.session_state
@@ -32,7 +33,7 @@ with errors_shown():
         st.stop()
 
     chosen = [by_id[r] for r in selected]
-    labels = {r["id"]: r.get("name") or r["id"] for r in chosen}
+    labels = {r["id"]: run_label(r) for r in chosen}
     st.dataframe(
         runs_table(chosen),
         key="compare_table",
@@ -42,19 +43,19 @@ with errors_shown():
         column_config={"val_acc": st.column_config.NumberColumn("val acc", format="percent")},
     )
     left, right = st.columns(2)
-    epochs = {r: store().epochs(r) for r in selected}
-    histories = {r: store().history(r) for r in selected}
+    epochs = {labels[r]: store().epochs(r) for r in selected}
+    histories = {labels[r]: store().history(r) for r in selected}
     with left:
         if any(epochs.values()):
-            st.plotly_chart(
-                accuracy_figure(epochs, labels), key="compare_accuracy", width="stretch"
-            )
+            st.markdown("**Validation accuracy**")
+            fig = plots.accuracy_curves(epochs)
+            st.plotly_chart(fig, key="compare_accuracy", width="stretch")
         else:
             st.caption("None of these runs has finished an epoch yet.")
     with right:
         if any(histories.values()):
-            st.plotly_chart(
-                total_loss_figure(histories, labels), key="compare_losses", width="stretch"
-            )
+            st.markdown("**Total training loss**")
+            fig = plots.loss_curves(histories, "total")
+            st.plotly_chart(fig, key="compare_losses", width="stretch")
         else:
             st.caption("None of these runs has logged a loss yet.")

@@ -12,6 +12,7 @@ from pages._shared import (
     choices_caption,
     choices_key,
     choices_slug,
+    data_path,
     field_error,
     live,
     manager,
@@ -160,7 +161,7 @@ if launched:
     ss.pop("launched", None)
     values = {
         "dataset": ss["dataset"],
-        "data_path": ss["data_path"] if ss["dataset"] == "image_folder" else "",
+        "data_path": data_path(),
         "teacher": ss["teacher"],
         "student": ss["student"],
         "teacher_run": ss["teacher_run"] if ss["teacher_mode"] != TEACHER_MODES[0] else "",
@@ -188,6 +189,8 @@ if launched:
         configs = build_configs(values, seeds)
     except FormError as exc:
         errors.update(exc.errors)
+    if ss.get("layer_pairs_error"):
+        errors["layer_pairs"] = ss["layer_pairs_error"]
     if not errors:
         try:
             with st.spinner("Checking the data and the models..."):

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import streamlit as st
 
 from pages._shared import (
     TEACHER_MODES,
     choices_key,
     choices_slug,
+    data_path,
     errors_shown,
     live,
     manager,
@@ -22,9 +19,15 @@ from pages._shared import (
 )
 from workbench.config import RunConfig
 from workbench.data import DATASETS, list_datasets, load_dataset
-from workbench.engine import import_teacher
+from workbench.forms import import_uploaded_teacher
 from workbench.models import MODELS, list_models
-from workbench.views import layer_rows, progress_fraction, progress_text, teacher_choices
+from workbench.views import (
+    format_percent,
+    layer_rows,
+    progress_fraction,
+    progress_text,
+    teacher_choices,
+)
 
 ss = st.session_state
 st.title("Models")
@@ -47,11 +50,11 @@ if ss["dataset"] == "image_folder":
         help="A folder with one sub-folder per class, each holding that class's images.",
     )
 dataset_ok = False
-if ss["dataset"] == "image_folder" and not ss["data_path"].strip():
+if ss["dataset"] == "image_folder" and not data_path():
     st.info("Type the path of an image folder on the server to use it.")
 else:
     try:
-        load_dataset(ss["dataset"], data_path=ss["data_path"])
+        load_dataset(ss["dataset"], data_path=data_path())
         dataset_ok = True
     except Exception as exc:  # DatasetUnavailableError says how to get the files
         show_error(exc)
@@ -82,7 +85,9 @@ def teacher_job(run_id: str, polling: bool) -> None:
     st.progress(progress_fraction(record), text=f"Teacher {run_id}: {progress_text(record)}")
     if record["status"] == "completed":
         acc = (record.get("metrics") or {}).get("val_acc")
-        st.success(f"Teacher trained: val acc {acc:.1%}. Students on this recipe reuse it.")
+        st.success(
+            f"Teacher trained: val acc {format_percent(acc)}. Students on this recipe reuse it."
+        )
     elif not active:
         st.error(f"Teacher run {record['status']}: {record.get('error') or 'no message'}")
     if polling and not active:
@@ -101,20 +106,22 @@ if mode == TEACHER_MODES[0]:  # train one now
         persist_state="session",
         help="Students distilled from this teacher reuse it when they ask for the same epochs.",
     )
-    if col_button.button("Train teacher", key="train_teacher", disabled=not dataset_ok):
-        with errors_shown():
-            config = RunConfig(
-                teacher=ss["teacher"],
-                dataset=ss["dataset"],
-                data_path=ss["data_path"],
-                teacher_epochs=int(ss["teacher_epochs"]),
-            ).teacher_config()
-            found = store().find_teacher(config.fingerprint())
-            if found:
-                st.info(f"This teacher is trained already (run {found}); students will reuse it.")
-                ss["teacher_job"] = found
-            else:
-                ss["teacher_job"] = manager().submit(config, name=f"teacher {ss['teacher']}")
+    with errors_shown():
+        recipe = RunConfig(
+            teacher=ss["teacher"],
+            dataset=ss["dataset"],
+            data_path=data_path(),
+            teacher_epochs=int(ss["teacher_epochs"]),
+        ).teacher_config()
+        found = store().find_teacher(recipe.fingerprint()) if dataset_ok else None
+        if col_button.button("Train teacher", key="train_teacher", disabled=not dataset_ok):
+            ss["teacher_job"] = found or manager().submit(recipe, name=f"teacher {ss['teacher']}")
+        elif found and ss.get("teacher_job") != found:
+            acc = (store().get_run(found).get("metrics") or {}).get("val_acc")
+            st.caption(
+                f"This teacher is trained already (run {found}, val acc {format_percent(acc)}): students "
+                "reuse it."
+            )
     job = ss.get("teacher_job")
     if job and store().has_run(job):
         status = store().get_run(job)["status"]
@@ -126,7 +133,7 @@ elif mode == TEACHER_MODES[1]:  # pick a trained teacher
         store().list_runs(role="teacher", status="completed"),
         dataset=ss["dataset"],
         teacher=ss["teacher"],
-        data_path=ss["data_path"],
+        data_path=data_path(),
     )
     if not choices:
         st.info(
@@ -157,33 +164,28 @@ else:  # upload a checkpoint
         ss["teacher_run"] = ""
     else:
         done = ss.get("teacher_upload_done") or {}
-        stamp = (uploaded.file_id, ss["teacher"], ss["dataset"], ss["data_path"])
+        stamp = (uploaded.file_id, *choices_key())
         if done.get("stamp") != stamp:  # import each upload once, not on every rerun
             done = {"stamp": stamp, "run_id": "", "error": None}
-            fd, tmp = tempfile.mkstemp(suffix=Path(uploaded.name).suffix or ".pt")
             try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(uploaded.getbuffer())
                 with st.spinner("Checking the checkpoint..."):
-                    done["run_id"] = import_teacher(
+                    done["run_id"] = import_uploaded_teacher(
                         store(),
-                        tmp,
+                        uploaded.getvalue(),
+                        uploaded.name,
                         teacher=ss["teacher"],
                         dataset=ss["dataset"],
-                        data_path=ss["data_path"],
-                        name=f"uploaded {uploaded.name}",
+                        data_path=data_path(),
                     )
             except Exception as exc:  # CheckpointError says what to save instead
                 done["error"] = exc
-            finally:
-                Path(tmp).unlink(missing_ok=True)
             ss["teacher_upload_done"] = done
         if done["error"] is not None:
             show_error(done["error"])
             ss["teacher_run"] = ""
         else:
             acc = (store().get_run(done["run_id"]).get("metrics") or {}).get("val_acc")
-            st.success(f"Teacher imported as run {done['run_id']} (val acc {acc:.1%}).")
+            st.success(f"Teacher imported as run {done['run_id']} (val acc {format_percent(acc)}).")
             ss["teacher_run"] = done["run_id"]
 
 # ---------------------------------------------------------------------------------- student

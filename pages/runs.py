@@ -5,18 +5,24 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import (
-    accuracy_figure,
     errors_shown,
     guarded,
     live,
-    losses_figure,
     manager,
     show_action_error,
     store,
 )
-from workbench.config import RunConfig
+from workbench import plots
+from workbench.config import COMPONENTS, RunConfig
 from workbench.store import ACTIVE
-from workbench.views import history_csv, progress_fraction, progress_text, run_label, runs_table
+from workbench.views import (
+    format_percent,
+    history_csv,
+    progress_fraction,
+    progress_text,
+    run_label,
+    runs_table,
+)
 
 ss = st.session_state
 st.title("Runs")
@@ -126,11 +132,11 @@ def run_detail(record: dict) -> None:
     metrics = record.get("metrics") or {}
     cols = st.columns(4)
     acc = metrics.get("val_acc")
-    cols[0].metric("Val accuracy", f"{acc:.1%}" if acc is not None else "-")
+    cols[0].metric("Val accuracy", format_percent(acc))
     teacher_acc = metrics.get("teacher_acc")
-    cols[1].metric("Teacher val accuracy", f"{teacher_acc:.1%}" if teacher_acc is not None else "-")
+    cols[1].metric("Teacher val accuracy", format_percent(teacher_acc))
     agreement = metrics.get("agreement")
-    cols[2].metric("Agreement with teacher", f"{agreement:.1%}" if agreement is not None else "-")
+    cols[2].metric("Agreement with teacher", format_percent(agreement))
     cols[3].metric("Teacher outputs", record.get("teacher_source") or "-")
     st.caption(RunConfig.from_dict(record["config"]).summary())
     if record.get("teacher_note"):
@@ -138,22 +144,30 @@ def run_detail(record: dict) -> None:
     if record.get("error"):
         st.error(f"{record['status']}: {record['error']}", icon=":material/error:")
     left, right = st.columns(2)
-    history = store().history(run_id)
-    epochs = store().epochs(run_id)
+    history, epochs = store().history(run_id), store().epochs(run_id)
     with left:
-        if history:
-            st.plotly_chart(losses_figure(history), key="run_losses", width="stretch")
+        terms = {
+            c: [(row["step"], row[c]) for row in history]
+            for c in (*COMPONENTS, "total")
+            if any(row.get(c) for row in history)  # an inactive term is constant 0
+        }
+        if terms:
+            st.markdown("**Loss terms** (unweighted)")
+            fig = plots.curve_figure(terms, x_title="step", y_title="loss")
+            st.plotly_chart(fig, key="run_losses", width="stretch")
         else:
             st.caption("No loss values logged yet.")
     with right:
         if epochs:
-            st.plotly_chart(
-                accuracy_figure({run_id: epochs}, {run_id: record.get("name") or run_id}),
-                key="run_accuracy",
-                width="stretch",
-            )
+            st.markdown("**Validation accuracy**")
+            fig = plots.accuracy_curves({run_label(record): epochs})
+            st.plotly_chart(fig, key="run_accuracy", width="stretch")
         else:
             st.caption("No epoch finished yet.")
+    if record["config"].get("weighting", "fixed") != "fixed" and history:
+        st.markdown("**Loss weights** (adapted by the weighting scheme)")
+        fig = plots.weight_curves({run_label(record): history})
+        st.plotly_chart(fig, key="run_weights", width="stretch")
     run_actions(record)
 
 

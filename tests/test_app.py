@@ -312,7 +312,6 @@ def test_a_running_run_can_be_cancelled(store):
     at = app()
     from pages._shared import manager  # the app's JobManager for this store
 
-    at.run()
     run_id = manager().submit(_scratch(epochs=500))
     deadline = time.monotonic() + 30
     while store.get_run(run_id)["status"] != "running" and time.monotonic() < deadline:
@@ -323,3 +322,21 @@ def test_a_running_run_can_be_cancelled(store):
     assert not at.exception
     (record,) = wait_until_idle(store, timeout=30)
     assert record["status"] == "cancelled"
+
+
+def test_edited_layer_pairs_carry_over_to_distill(store):
+    at = app()
+    tiny_models(at)
+    editor = at.data_editor[0]
+    at.session_state[editor.key] = {
+        "edited_rows": {"0": {"teacher": "block1"}},
+        "added_rows": [{"student": "layer2", "teacher": "block1"}],
+        "deleted_rows": [1],
+    }
+    at.run()
+    assert not at.exception and not errors(at)
+    edited = (("layer1", "block1"), ("layer2", "block1"))
+    assert at.session_state["layer_pairs"] == edited
+    at.switch_page("pages/distill.py").run()
+    assert at.session_state["layer_pairs"] == edited
+    assert [tuple(row) for row in at.data_editor[0].value.to_numpy()] == list(edited)

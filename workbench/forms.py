@@ -1,4 +1,5 @@
-"""From form values to run configs: what the app's Distill page submits.
+"""From form values to what the library takes: run configs from the Distill page's fields, a
+teacher run from an uploaded checkpoint.
 
 A form is a flat mapping of ``RunConfig`` field values (``weights`` as a dict). Each field is
 validated on its own, on top of the defaults, so that an error can be shown next to the widget
@@ -8,11 +9,17 @@ that caused it; what only fails in combination is reported under ``"form"``.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from workbench.config import COMPONENTS, LossWeights, RunConfig
 from workbench.errors import ConfigError, WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.store import Store
 
 __all__ = [
     "FIELDS",
@@ -21,6 +28,7 @@ __all__ = [
     "build_configs",
     "field_errors",
     "hybrid_formula",
+    "import_uploaded_teacher",
     "pairs_from_rows",
     "parse_seeds",
 ]
@@ -151,3 +159,26 @@ def hybrid_formula(
         part = rf"{value:g} \cdot {terms[name]}"
         parts.append(part if value > 0 else rf"{{\color{{gray}} {part}}}")
     return r"\mathcal{L} = " + " + ".join(parts)
+
+
+def import_uploaded_teacher(
+    store: Store, content: bytes, filename: str, *, teacher: str, dataset: str, data_path: str = ""
+) -> str:
+    """Register uploaded checkpoint bytes as a completed teacher run (``engine.import_teacher``,
+    which loads with ``weights_only=True``); returns the run id or raises ``CheckpointError``."""
+    from workbench.engine import import_teacher
+
+    fd, tmp = tempfile.mkstemp(suffix=Path(filename).suffix or ".pt")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+        return import_teacher(
+            store,
+            tmp,
+            teacher=teacher,
+            dataset=dataset,
+            data_path=data_path,
+            name=f"uploaded {Path(filename).name}",
+        )
+    finally:
+        Path(tmp).unlink(missing_ok=True)

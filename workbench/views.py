@@ -20,6 +20,7 @@ from workbench.errors import WorkbenchError
 __all__ = [
     "ModelPair",
     "format_duration",
+    "format_percent",
     "history_csv",
     "inspect_pair",
     "layer_rows",
@@ -42,6 +43,11 @@ def format_duration(seconds: float | None) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def format_percent(value: float | None) -> str:
+    """``87.2%``, or ``-`` when there is no value (yet)."""
+    return "-" if value is None or value != value else f"{value:.1%}"
 
 
 def progress_fraction(record: Mapping[str, Any]) -> float:
@@ -69,11 +75,11 @@ def progress_text(record: Mapping[str, Any]) -> str:
 
 
 def run_label(record: Mapping[str, Any]) -> str:
-    """What a selectbox shows for a run: name (or id), status and validation accuracy."""
-    acc = (record.get("metrics") or {}).get("val_acc")
-    acc_text = f", val acc {acc:.1%}" if acc is not None else ""
-    name = record.get("name") or record["id"]
-    return f"{name} [{record.get('role', '')}, {record.get('status', '')}{acc_text}]"
+    """A stable, unique name for a run in selectboxes and legends: ``name · id`` (or the role).
+
+    Status and accuracy stay out: a widget keeps the label it was first drawn with.
+    """
+    return f"{record.get('name') or record.get('role') or 'run'} · {record['id']}"
 
 
 def _summary(config: Mapping[str, Any]) -> str:
@@ -126,7 +132,7 @@ def teacher_choices(
             and (config.get("data_path") or "") == (data_path or "")
         ):
             acc = (r.get("metrics") or {}).get("val_acc")
-            acc_text = f"val acc {acc:.1%}" if acc is not None else "val acc ?"
+            acc_text = f"val acc {format_percent(acc)}"
             name = r.get("name") or f"{teacher}, {config.get('epochs', '?')} ep"
             choices[r["id"]] = f"{name} ({acc_text}, {r['id']})"
     return choices

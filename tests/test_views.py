@@ -1,0 +1,159 @@
+"""Plain-data views for the pages: durations, progress, run rows, teacher choices, CSV, pairs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import pytest
+
+from workbench.config import LossWeights, RunConfig
+from workbench.views import (
+    format_duration,
+    format_percent,
+    history_csv,
+    inspect_pair,
+    progress_fraction,
+    progress_text,
+    run_label,
+    run_row,
+    teacher_choices,
+)
+
+STUDENT = RunConfig(teacher="small_cnn", student="mlp", epochs=2)
+TEACHER = STUDENT.teacher_config()
+
+
+def record(config=STUDENT, **fields):
+    base = {
+        "id": "r1",
+        "name": "",
+        "tags": [],
+        "role": config.role,
+        "status": "queued",
+        "config": config.to_dict(),
+        "progress": {
+            "epoch": 0,
+            "epochs": config.epochs,
+            "step": 0,
+            "total_steps": 0,
+            "eta_s": None,
+        },
+        "metrics": {},
+        "seconds": None,
+        "started_at": None,
+        "error": None,
+        "teacher_source": None,
+    }
+    return base | fields
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, ""),
+        (float("nan"), ""),
+        (-1, ""),
+        (0, "0 s"),
+        (42.4, "42 s"),
+        (185, "3 min 05 s"),
+        (3720, "1 h 02 min"),
+    ],
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_format_percent():
+    assert format_percent(0.8722) == "87.2%"
+    assert format_percent(None) == format_percent(float("nan")) == "-"
+
+
+def test_progress_of_a_running_run():
+    r = record(
+        status="running",
+        progress={"epoch": 1, "epochs": 2, "step": 10, "total_steps": 40, "eta_s": 12.0},
+    )
+    assert progress_fraction(r) == 0.25
+    assert progress_text(r) == "running: epoch 1/2, step 10/40, ETA 12 s"
+    assert progress_text(record(status="running")).startswith("running: starting")
+    assert progress_text(record()).startswith("queued")
+    assert progress_fraction(record(status="completed")) == 1.0
+    assert progress_text(record(status="failed")) == "failed"
+
+
+def test_run_row_summarises_a_record():
+    r = record(
+        status="completed",
+        name="baseline",
+        tags=["a", "b"],
+        seconds=65.0,
+        metrics={"val_acc": 0.9},
+        teacher_source="cache",
+    )
+    row = run_row(r)
+    assert row["name"] == "baseline" and row["tags"] == "a, b" and row["val_acc"] == 0.9
+    assert row["duration"] == "1 min 05 s" and row["eta"] == "" and row["progress"] == 1.0
+    assert row["config"] == STUDENT.summary() and row["teacher"] == "cache"
+    assert run_label(r) == "baseline · r1"
+    assert run_label(record(TEACHER)) == "teacher · r1"
+
+
+def test_run_row_of_a_running_run_counts_its_time_so_far():
+    row = run_row(record(status="running", started_at=time.time() - 5))
+    assert row["duration"] in ("5 s", "6 s")
+
+
+def test_run_row_survives_a_config_from_another_version():
+    row = run_row(record() | {"config": {"bogus": 1}})
+    assert "no longer valid" in row["config"]
+
+
+def test_teacher_choices_match_model_dataset_and_status():
+    runs = [
+        record(TEACHER, id="t1", status="completed", metrics={"val_acc": 0.8}),
+        record(TEACHER, id="t2", status="failed"),
+        record(
+            TEACHER.replace(dataset="digits", teacher="mlp", student="mlp"),
+            id="t3",
+            status="completed",
+        ),
+        record(STUDENT, id="s1", status="completed"),
+    ]
+    choices = teacher_choices(runs, dataset="digits", teacher="small_cnn")
+    assert list(choices) == ["t1"] and "val acc 80.0%" in choices["t1"]
+    assert teacher_choices(runs, dataset="digits", teacher="resnet18") == {}
+
+
+def test_history_csv_round_trips():
+    rows = [{"step": 1, "total": 2.5}, {"step": 2, "total": 1.5, "label": 1.0}]
+    parsed = list(csv.DictReader(io.StringIO(history_csv(rows))))
+    assert parsed == [
+        {"step": "1", "total": "2.5", "label": ""},
+        {"step": "2", "total": "1.5", "label": "1.0"},
+    ]
+    assert history_csv([]) == "\n"
+
+
+def test_inspect_pair_on_digits():
+    pair = inspect_pair("small_cnn", "mlp", "digits")
+    assert pair.input_shape == (1, 8, 8) and pair.num_classes == 10
+    assert [li.path for li in pair.student_layers] == ["layer1", "layer2"]
+    assert [li.path for li in pair.teacher_layers] == ["block1", "block2", "block3"]
+    assert pair.suggested_pairs == (("layer1", "block2"), ("layer2", "block3"))
+    assert pair.size_ratio == pytest.approx(pair.teacher_params / pair.student_params)
+    assert pair.pairing_error == ""
+
+
+def test_inspect_pair_passes_on_the_library_error():
+    from workbench.errors import DatasetUnavailableError, UnknownNameError
+
+    with pytest.raises(UnknownNameError):
+        inspect_pair("nope", "mlp", "digits")
+    with pytest.raises(DatasetUnavailableError):
+        inspect_pair("small_cnn", "mlp", "image_folder", "/definitely/not/here")
+
+
+def test_weights_of_a_teacher_record_are_label_only():
+    assert RunConfig.from_dict(record(TEACHER)["config"]).weights == LossWeights(1, 0, 0, 0)
