@@ -15,6 +15,7 @@ page = st.navigation(
         st.Page("pages/distill.py", title="Distill", icon=":material/tune:"),
         st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
         st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+        st.Page("pages/ablations.py", title="Ablations", icon=":material/science:"),
     ]
 )
 st.set_page_config(page_title="KD Workbench")  # st.navigation sets the page's own title

@@ -26,6 +26,7 @@ from workbench.engine import preflight
 from workbench.errors import IncompatibleModelsError
 from workbench.forms import FormError, build_configs, hybrid_formula, parse_seeds
 from workbench.losses import FEATURE_LOSSES, RELATION_LOSSES
+from workbench.suites import launch_suite
 from workbench.views import progress_text
 from workbench.weighting import WEIGHTINGS
 
@@ -154,11 +155,32 @@ seeds_slot = col_s.container()
 device_slot = col_d.container()
 
 # ---------------------------------------------------------------------------------- launch
-launched = st.button("Launch", key="launch", type="primary", icon=":material/rocket_launch:")
+col_launch, col_ablate, col_ab_seeds, col_ab_kind = st.columns(
+    [1, 1.4, 1, 1.6], vertical_alignment="bottom"
+)
+launched = col_launch.button(
+    "Launch", key="launch", type="primary", icon=":material/rocket_launch:"
+)
+ablate = col_ablate.button(
+    "Launch ablation suite",
+    key="launch_ablation",
+    icon=":material/science:",
+    help="The full loss, the loss with each active component removed, and label only, "
+    "each for the ablation seeds; results on the Ablations page.",
+)
+col_ab_seeds.number_input(
+    "Ablation seeds", min_value=1, max_value=10, value=3, key="ablation_seeds"
+)
+col_ab_kind.checkbox(
+    "all on/off combinations (Shapley values)",
+    key="ablation_factorial",
+    help="A factorial suite: 2^k - 1 variants for k active components instead of k + 2.",
+)
 launch_slot = st.container()
 
-if launched:
+if launched or ablate:
     ss.pop("launched", None)
+    ss.pop("launched_suite", None)
     values = {
         "dataset": ss["dataset"],
         "data_path": data_path(),
@@ -229,7 +251,17 @@ if launched:
             st.caption("Nothing was queued.")
     else:
         try:
-            ss["launched"] = [manager().submit(config) for config in configs]
+            if ablate:
+                suite = launch_suite(
+                    configs[0].replace(seed=0),
+                    store(),
+                    manager().submit,
+                    seeds=int(ss["ablation_seeds"]),
+                    factorial=bool(ss["ablation_factorial"]),
+                )
+                ss["launched_suite"] = ss["last_suite"] = suite["id"]
+            else:
+                ss["launched"] = [manager().submit(config) for config in configs]
         except Exception as exc:
             with launch_slot:
                 show_error(exc)
@@ -255,3 +287,13 @@ if ss.get("launched"):
         live(launched_status, polling=active)(ids, active)
         if st.button("Open Runs", key="open_runs", icon=":material/monitoring:"):
             st.switch_page("pages/runs.py")
+
+if ss.get("launched_suite"):
+    with launch_slot:
+        suite = store().get_suite(ss["launched_suite"])
+        st.success(
+            f"Queued an ablation suite: {len(suite['variants'])} variants x {suite['seeds']} "
+            f"seed(s) = {len(suite['runs'])} runs."
+        )
+        if st.button("Open Ablations", key="open_ablations", icon=":material/science:"):
+            st.switch_page("pages/ablations.py")
