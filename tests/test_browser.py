@@ -123,27 +123,25 @@ def test_main_journey(server, browser):
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "journey-2-distill.png"), full_page=True)
 
-    # Runs: it finishes; a reload during or after the run loses nothing.
+    # A second browser session sees the same run, and reloading it loses nothing.
+    other = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+    other.goto(f"{server.url}/runs")
+    wait_idle(other)
+    other.get_by_text(re.compile(r"small_cnn -> mlp")).first.wait_for(timeout=30_000)
+    other.reload()
+    wait_idle(other)
+    other.locator('[data-testid="stProgress"]').filter(has_text="completed").first.wait_for(
+        timeout=120_000
+    )
+    other.context.close()
+
+    # Runs: it finished.
     _nav(page, "Runs")
     page.locator('[data-testid="stProgress"]').filter(has_text="completed").first.wait_for(
         timeout=120_000
     )
-    page.reload()
-    wait_idle(page)
-    page.locator('[data-testid="stProgress"]').filter(has_text="completed").first.wait_for(
-        timeout=30_000
-    )
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "journey-3-runs.png"), full_page=True)
-
-    # A second browser session sees the same runs.
-    other = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-    other.goto(f"{server.url}/runs")
-    wait_idle(other)
-    other.locator('[data-testid="stProgress"]').filter(has_text="completed").first.wait_for(
-        timeout=30_000
-    )
-    other.context.close()
 
     # Compare: the run's curves, opened from Runs as a user would.
     _nav(page, "Runs")
