@@ -127,7 +127,9 @@ def test_main_journey(server, browser):
     other = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
     other.goto(f"{server.url}/runs")
     wait_idle(other)
-    other.get_by_text(re.compile(r"small_cnn -> mlp")).first.wait_for(timeout=30_000)
+    other.locator('[data-testid="stProgress"]').filter(
+        has_text=re.compile("running|completed")
+    ).first.wait_for(timeout=30_000)
     other.reload()
     wait_idle(other)
     other.locator('[data-testid="stProgress"]').filter(has_text="completed").first.wait_for(
