@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import init_session, show_error
+from pages._shared import APP_STARTED, DEEP_LINK, init_session, show_error
 
 st.set_page_config(page_title="KD Workbench", page_icon=":material/school:", layout="wide")
 init_session()
@@ -19,6 +19,9 @@ page = st.navigation(
     ]
 )
 st.set_page_config(page_title="KD Workbench")  # st.navigation sets the page's own title
+st.session_state[APP_STARTED] = True
+if deep_link := st.session_state.pop(DEEP_LINK, None):
+    st.switch_page(deep_link)  # a deep link that first ran alone (see require_app)
 try:
     page.run()
 except Exception as exc:  # the last net: a bug on a page shows a short error, no traceback

@@ -10,6 +10,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -210,3 +211,20 @@ def show_action_error() -> None:
     exc = st.session_state.pop("_action_error", None)
     if exc is not None:
         show_error(exc)
+
+
+def require_app(page_file: str) -> None:
+    """Make a deep link on a fresh server go through ``app.py``.
+
+    Before ``app.py`` has declared the navigation in a session, Streamlit resolves a URL such as
+    ``/compare`` against the ``pages/`` folder and runs the page file alone (its older multipage
+    mode: no navigation, no session defaults). Hand over to ``app.py``, which switches back to the
+    page through ``st.navigation``.
+    """
+    if not st.session_state.get(APP_STARTED):
+        st.session_state[DEEP_LINK] = "pages/" + Path(page_file).name
+        st.switch_page("app.py")
+
+
+APP_STARTED = "_kdwb_app_started"
+DEEP_LINK = "_kdwb_deep_link"

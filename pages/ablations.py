@@ -9,11 +9,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._shared import live, manager, show_error, store
+from pages._shared import live, manager, require_app, show_error, store
 from workbench.config import RunConfig
 from workbench.plots import contribution_bars
 from workbench.suites import suite_analysis, suite_progress
 
+require_app(__file__)
 ss = st.session_state
 st.title("Ablations")
 st.caption(

@@ -1,61 +1,306 @@
-"""Compare: validation accuracy and loss curves of several runs, overlaid."""
+"""Compare: pick runs from a filtered table; overlay their curves, diff their configs, compare
+what their students learned (CKA, Gram matrices, pair cosines, per-class accuracy) and export
+it all as one HTML report. The logic lives in ``workbench.compare`` and ``workbench.plots``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-from pages._shared import errors_shown, store
-from workbench import plots
-from workbench.views import run_label, runs_table
+from pages._shared import errors_shown, require_app, store
+from workbench import compare, plots
+from workbench.report import comparison_report
+from workbench.views import run_label
 
+require_app(__file__)
 ss = st.session_state
 st.title("Compare")
+figures: list[tuple[str, go.Figure]] = []  # what the page shows, for the HTML report
+tables: list[tuple[str, pd.DataFrame]] = []
+PERCENT = st.column_config.NumberColumn(format="percent")
 
-with errors_shown():
-    records = store().list_runs()
-    by_id = {r["id"]: r for r in records}
-    if not records:
-        st.info("No runs yet: launch some on the Distill page.")
-        st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
-        st.stop()
-    # Drop runs deleted meanwhile before the widget reads its value.
-    ss["compare_runs"] = [r for r in ss.get("compare_runs", []) if r in by_id]
-    selected = st.multiselect(
-        "Runs",
-        list(by_id),
-        key="compare_runs",
-        persist_state="session",
-        format_func=lambda r: run_label(by_id[r]),
-        placeholder="Pick runs here or on the Runs page",
-    )
-    if not selected:
-        st.info("Pick one or more runs to overlay their curves.")
-        st.stop()
 
-    chosen = [by_id[r] for r in selected]
-    labels = {r["id"]: run_label(r) for r in chosen}
-    st.dataframe(
-        runs_table(chosen),
-        key="compare_table",
-        hide_index=True,
-        width="stretch",
-        column_order=("name", "id", "status", "val_acc", "duration", "config", "teacher", "tags"),
-        column_config={"val_acc": st.column_config.NumberColumn("val acc", format="percent")},
+@st.cache_data(show_spinner=False, max_entries=512)
+def run_data(home: str, version: tuple) -> dict:
+    """A run's epochs, history and probe; ``version`` (``compare.data_version``) changes with them."""
+    run_id = version[0]
+    return {
+        "epochs": store().epochs(run_id),
+        "history": store().history(run_id),
+        "probe": store().probe(run_id),
+    }
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_figure(name: str, key: Hashable, _build: Callable[[], go.Figure]) -> go.Figure:
+    return _build()  # ``key`` names everything the figure depends on; ``_build`` is not hashed
+
+
+def chart(caption: str, name: str, key: Hashable, build: Callable[[], go.Figure]) -> None:
+    """Draw a figure (built once per ``key``) and keep it for the report."""
+    try:
+        fig = cached_figure(name, key, build)
+    except plots.PlotDataError as exc:  # the data cannot be drawn as asked: say why
+        st.warning(str(exc), icon=":material/info:")
+        return
+    st.plotly_chart(fig, key=name, width="stretch")
+    figures.append((caption, fig))
+
+
+def keep_valid(key: str, options: Sequence[object], default: object = None) -> None:
+    """Reset a widget's choice that is no longer among its options (the selection changed) to
+    ``default`` (the first option). Set, not deleted: the browser then shows the new choice."""
+    if ss.get(key) not in options:
+        ss[key] = options[0] if default is None else default
+
+
+def select_runs(run_ids: list[str]) -> None:
+    ss["compare_runs"] = run_ids
+
+
+# ------------------------------------------------------------------------- the runs table
+records = store().list_runs()
+by_id = {r["id"]: r for r in records}
+if not records:
+    st.info("No runs yet: launch some on the Distill page.")
+    st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
+    st.stop()
+
+values = compare.filter_values(records)
+chosen_filters = {}
+for column, name in zip(st.columns(len(compare.FILTERS)), compare.FILTERS, strict=True):
+    # a run deleted meanwhile takes its values out of the options: drop them from the choice
+    ss[f"compare_f_{name}"] = [v for v in ss.get(f"compare_f_{name}", []) if v in values[name]]
+    chosen_filters[name] = column.multiselect(
+        name, values[name], key=f"compare_f_{name}", placeholder="any"
     )
-    left, right = st.columns(2)
-    epochs = {labels[r]: store().epochs(r) for r in selected}
-    histories = {labels[r]: store().history(r) for r in selected}
-    with left:
-        if any(epochs.values()):
+shown = compare.filter_runs(records, chosen_filters)
+table = compare.selection_table(shown)
+st.dataframe(
+    table,
+    key="compare_table",
+    hide_index=True,
+    width="stretch",
+    column_order=["name", "group", *(c for c in table.columns if c not in ("name", "group"))],
+    column_config={
+        "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
+        "teacher_acc": st.column_config.NumberColumn("teacher acc", format="percent"),
+        "agreement": PERCENT,
+        "seconds": st.column_config.NumberColumn("seconds", format="%.0f"),
+        "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
+    },
+)
+shown_ids = [r["id"] for r in shown]
+col_csv, col_pick, _ = st.columns([1, 1, 2])
+col_csv.download_button(
+    "Download table (CSV)",
+    data=table.to_csv(index=False),
+    file_name="kd-runs.csv",
+    mime="text/csv",
+    key="compare_table_csv",
+    on_click="ignore",
+    icon=":material/table:",
+)
+col_pick.button(
+    f"Compare these {len(shown_ids)} runs",
+    key="compare_select_shown",
+    on_click=select_runs,
+    args=(shown_ids,),
+    disabled=not shown_ids,
+)
+
+ss["compare_runs"] = compare.valid_selection(ss.get("compare_runs"), by_id)
+selected = st.multiselect(
+    "Runs to compare",
+    compare.selection_options(shown_ids, ss["compare_runs"]),
+    key="compare_runs",
+    persist_state="session",
+    format_func=lambda r: run_label(by_id[r]),
+    placeholder="Pick runs here, or open them from the Runs or Ablations page",
+)
+col_group, col_component = st.columns([1, 1], vertical_alignment="bottom")
+grouped = col_group.toggle(
+    "group seeds (mean ± std band)",
+    value=True,
+    key="compare_group",
+    help="Runs whose configs differ only by seed become one curve, heatmap and column.",
+)
+component = col_component.selectbox(
+    "Loss component (loss and weight curves)", compare.LOSS_CHOICES, key="compare_component"
+)
+chosen = [by_id[r] for r in selected]
+units = compare.units(chosen, grouped=grouped)
+home = str(store().home)
+data = {r["id"]: run_data(home, compare.data_version(r)) for r in chosen}
+# Everything a figure of the selection depends on: who is in which unit, and their data.
+key = (
+    tuple((label, tuple(m["id"] for m in members)) for label, members in units.items()),
+    tuple(compare.data_version(r) for r in chosen),
+    grouped,
+)
+if not chosen:
+    st.info("Pick runs above to overlay their curves and compare their layers.")
+
+# ------------------------------------------------------------------------- curves
+if chosen:
+    st.subheader("Training curves")
+    with errors_shown():
+        epochs = compare.curve_runs(units, {i: d["epochs"] for i, d in data.items()})
+        histories = compare.curve_runs(units, {i: d["history"] for i, d in data.items()})
+        if silent := [label for label in units if label not in epochs]:
+            st.caption(f"No finished epoch yet: {', '.join(silent)}.")
+        left, right = st.columns(2)
+        with left:
             st.markdown("**Validation accuracy**")
-            fig = plots.accuracy_curves(epochs)
-            st.plotly_chart(fig, key="compare_accuracy", width="stretch")
+            if epochs:
+                chart(
+                    "Validation accuracy",
+                    "compare_accuracy",
+                    key,
+                    lambda: plots.accuracy_curves(epochs, band=grouped),
+                )
+        with right:
+            st.markdown(f"**{component.capitalize()} loss** (unweighted)")
+            if histories:
+                chart(
+                    f"{component.capitalize()} loss",
+                    "compare_losses",
+                    (key, component),
+                    lambda: plots.loss_curves(histories, component, band=grouped),
+                )
+        if histories:
+            st.markdown("**Loss weights over time**")
+            st.caption(
+                "Constant under fixed weighting; adaptive schemes move them. "
+                "For 'total', every non-zero weight."
+            )
+            weight = None if component == "total" else component
+            chart(
+                "Loss weights",
+                "compare_weights",
+                (key, weight),
+                lambda: plots.weight_curves(histories, weight, band=grouped),
+            )
+
+# ------------------------------------------------------------------------- config diff
+if chosen:
+    st.subheader("What differs")
+    with errors_shown():
+        diff = compare.diff_table(units)
+        if diff.empty:
+            st.caption("The selected runs share one config (apart from seeds).")
         else:
-            st.caption("None of these runs has finished an epoch yet.")
-    with right:
-        if any(histories.values()):
-            st.markdown("**Total training loss**")
-            fig = plots.loss_curves(histories, "total")
-            st.plotly_chart(fig, key="compare_losses", width="stretch")
-        else:
-            st.caption("None of these runs has logged a loss yet.")
+            st.dataframe(diff, key="compare_config_diff", width="stretch")
+            tables.append(("Config fields that differ", diff))
+
+# ------------------------------------------------------------------------- layers
+if chosen:
+    st.subheader("What the students learned")
+    with errors_shown():
+        probes, unprobed = compare.probe_units(units, {i: d["probe"] for i, d in data.items()})
+        if unprobed:
+            st.caption(
+                f"No probe for {', '.join(unprobed)}: teacher runs and runs that did not finish "
+                "are not probed."
+            )
+        with_cka = {label: p for label, p in probes.items() if compare.has_probe_data(p, "cka")}
+        if with_cka:
+            chart("Linear CKA", "compare_cka", key, lambda: plots.cka_heatmaps(with_cka, per_row=4))
+        elif probes:
+            st.caption("No CKA: the probed runs had no teacher.")
+
+        names = list(with_cka)
+        if len(names) >= 2:
+            st.markdown("**CKA difference** against a baseline")
+            col_base, col_run = st.columns(2)
+            keep_valid("compare_baseline", names, compare.default_baseline(with_cka))
+            baseline = col_base.selectbox("Baseline", names, key="compare_baseline")
+            others = compare.comparable_first(with_cka, baseline)
+            keep_valid("compare_diff_run", others)
+            other = col_run.selectbox("Run", others, key="compare_diff_run")
+            chart(
+                f"CKA({other}) - CKA({baseline})",
+                "compare_cka_diff",
+                (key, other, baseline),
+                lambda: plots.cka_difference(
+                    with_cka[other], with_cka[baseline], label=other, baseline_label=baseline
+                ),
+            )
+
+        gram_runs = [
+            r["id"]
+            for r in chosen
+            if data[r["id"]]["probe"] and compare.has_probe_data(data[r["id"]]["probe"], "grams")
+        ]
+        if gram_runs:
+            st.markdown("**Gram matrices** of a distilled layer pair (samples sorted by class)")
+            labels = compare.run_labels(chosen)
+            col_run, col_pair = st.columns(2)
+            keep_valid("compare_gram_run", gram_runs)
+            gram_run = col_run.selectbox(
+                "Run", gram_runs, key="compare_gram_run", format_func=labels.get
+            )
+            pairs = [g["pair"] for g in data[gram_run]["probe"]["grams"]]
+            keep_valid("compare_gram_pair", range(len(pairs)))
+            pair = col_pair.selectbox(
+                "Layer pair",
+                range(len(pairs)),
+                key="compare_gram_pair",
+                format_func=lambda i: f"{pairs[i][0]} -> {pairs[i][1]}",
+            )
+            chart(
+                f"Gram matrices of {labels[gram_run]}, pair {pairs[pair][0]} -> {pairs[pair][1]}",
+                "compare_gram",
+                (key, gram_run, pair),
+                lambda: plots.gram_heatmaps(data[gram_run]["probe"], pair),
+            )
+
+        col_cos, col_class = st.columns(2)
+        with col_cos:
+            st.markdown("**Cosine of adapted features** per layer pair")
+            cosines = compare.pair_cosine_table(probes)
+            if cosines.empty:
+                st.caption("Recorded for runs that trained with a feature loss.")
+            else:
+                fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in cosines.columns}
+                st.dataframe(cosines, key="compare_pair_cosine", column_config=fmt)
+                tables.append(("Cosine of adapted features per layer pair", cosines))
+        with col_class:
+            st.markdown("**Accuracy per class** and agreement with the teacher")
+            per_class = compare.per_class_table(probes)
+            if per_class.empty:
+                st.caption("Recorded when a student run finishes.")
+            else:
+                fmt = {"_index": st.column_config.TextColumn(width="medium")}
+                fmt |= {c: PERCENT for c in per_class.columns}
+                st.dataframe(per_class, key="compare_per_class", column_config=fmt)
+                tables.append(("Accuracy per class", per_class))
+
+# ------------------------------------------------------------------------- sweeps
+st.subheader("Loss weights and temperature vs accuracy")
+st.caption("Every finished student run in the filtered table, not only the selection.")
+with errors_shown():
+    sweep = compare.parcoords_records(shown, grouped=grouped)
+    chart(
+        "Loss weights and temperature vs validation accuracy",
+        "compare_parcoords",
+        (tuple(compare.data_version(r) for r in shown), grouped),
+        lambda: plots.parallel_coordinates(sweep),
+    )
+
+# ------------------------------------------------------------------------- export
+st.subheader("Export")
+report_tables = [("Runs", compare.selection_table(chosen)), *tables] if chosen else tables
+st.download_button(
+    "Download this comparison (HTML)",
+    data=lambda: comparison_report("KD Workbench comparison", figures, report_tables),
+    file_name="kd-comparison.html",
+    mime="text/html",
+    key="compare_report",
+    on_click="ignore",
+    icon=":material/download:",
+    help="One standalone file with the figures and tables above; it opens offline.",
+)

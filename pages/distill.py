@@ -18,6 +18,7 @@ from pages._shared import (
     manager,
     model_pair,
     pairs_editor,
+    require_app,
     show_error,
     store,
 )
@@ -30,6 +31,7 @@ from workbench.suites import launch_suite
 from workbench.views import progress_text
 from workbench.weighting import WEIGHTINGS
 
+require_app(__file__)
 ss = st.session_state
 st.title("Distill")
 st.markdown(choices_caption())

@@ -14,6 +14,7 @@ from pages._shared import (
     manager,
     model_pair,
     pairs_editor,
+    require_app,
     show_error,
     store,
 )
@@ -29,6 +30,7 @@ from workbench.views import (
     teacher_choices,
 )
 
+require_app(__file__)
 ss = st.session_state
 st.title("Models")
 st.caption("Pick the data, a teacher and a student. Your choices carry over to Distill.")

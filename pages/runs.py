@@ -9,6 +9,7 @@ from pages._shared import (
     guarded,
     live,
     manager,
+    require_app,
     show_action_error,
     store,
 )
@@ -24,6 +25,7 @@ from workbench.views import (
     runs_table,
 )
 
+require_app(__file__)
 ss = st.session_state
 st.title("Runs")
 

@@ -206,3 +206,22 @@ def test_runs_page_with_50_runs(server, page):
     _record_timing("runs_page_50_runs_s", time.monotonic() - started)
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "runs-50.png"), full_page=True)
+
+
+def test_deep_link_on_a_fresh_server_goes_through_the_app(tmp_path, browser):
+    """A first request to /compare must not run the page alone (Streamlit's pages/ fallback)."""
+    app = AppServer(tmp_path / "home", ARTIFACTS / "streamlit-deep-link.log")
+    try:
+        app.wait_healthy()
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{app.url}/compare")
+        wait_idle(page)
+        page.wait_for_function(
+            "() => document.querySelector('h1') && document.querySelector('h1').innerText.includes('Compare')"
+        )
+        nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+        assert "Ablations" in nav and "_shared" not in nav and "app" not in nav.split()
+        assert_no_exception(page)
+        page.close()
+    finally:
+        app.stop()

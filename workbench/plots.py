@@ -158,13 +158,20 @@ def curve_figure(
             )
         )
     fig.update_layout(
-        title=title or None,
         xaxis_title=x_title,
         yaxis_title=y_title,
         hovermode="x unified",
         legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
         margin=dict(t=60, b=40, l=50, r=20),
     )
+    if title:
+        # The horizontal legend above the plot grows a row per few curves and would run into a
+        # title there; with a title, the title keeps the top and the legend moves to the
+        # figure's bottom edge (both push the margins, so neither overlaps the plot).
+        fig.update_layout(
+            title=dict(text=title, yref="container", y=1.0, yanchor="top", pad=dict(t=10)),
+            legend=dict(yref="container", yanchor="bottom", y=0.0),
+        )
     if log_y:
         fig.update_yaxes(type="log")
     return fig
@@ -288,7 +295,9 @@ def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[s
 
 
 # ---------------------------------------------------------------------- layer comparison
-def _layer_axes(fig: go.Figure, col: int, teacher: Sequence[str], student: Sequence[str]) -> None:
+def _layer_axes(
+    fig: go.Figure, col: int, teacher: Sequence[str], student: Sequence[str], row: int = 1
+) -> None:
     # Category axes with explicit ticks: a path such as "0" must not become the number 0.
     fig.update_xaxes(
         type="category",
@@ -297,7 +306,7 @@ def _layer_axes(fig: go.Figure, col: int, teacher: Sequence[str], student: Seque
         ticktext=list(teacher),
         tickangle=-45,
         title_text="teacher layer",
-        row=1,
+        row=row,
         col=col,
     )
     fig.update_yaxes(
@@ -307,7 +316,7 @@ def _layer_axes(fig: go.Figure, col: int, teacher: Sequence[str], student: Seque
         ticktext=list(student),
         autorange="reversed",  # forward order from the top
         title_text="student layer" if col == 1 else None,
-        row=1,
+        row=row,
         col=col,
     )
 
@@ -318,13 +327,18 @@ def _cka(probe: Mapping[str, Any]) -> np.ndarray | None:
 
 
 def cka_heatmaps(
-    probes: Mapping[str, Mapping[str, Any]], zmin: float = 0.0, zmax: float = 1.0
+    probes: Mapping[str, Mapping[str, Any]],
+    zmin: float = 0.0,
+    zmax: float = 1.0,
+    *,
+    per_row: int | None = None,
 ) -> go.Figure:
     """Side-by-side linear-CKA heatmaps ``[student layer, teacher layer]``, one per run.
 
     All heatmaps use one shared colour axis (``layout.coloraxis``, ``cmin=zmin``,
     ``cmax=zmax``), so equal colours mean equal CKA across runs. Runs without a CKA matrix
-    (no teacher) are left out and named in the title.
+    (no teacher) are left out and named in the title. ``per_row`` wraps the heatmaps into rows
+    of at most that many (default: all in one row).
     """
     drawable = {label: p for label, p in probes.items() if _cka(p) is not None}
     skipped = [label for label in probes if label not in drawable]
@@ -334,13 +348,23 @@ def cka_heatmaps(
             "teacher (pick student runs that distilled from one)"
         )
     n = len(drawable)
+    cols = min(n, per_row) if per_row else n
+    grid_rows = math.ceil(n / cols)
+    layers = max(len(p["student_layers"]) for p in drawable.values())
+    row_px = max(220, 26 * layers)  # the heatmap itself
+    gap_px = 150  # rotated teacher-layer ticks, the axis title, the next row's subplot titles
+    height = max(380, 160 + 26 * layers) + (grid_rows - 1) * (row_px + gap_px)
     fig = make_subplots(
-        rows=1,
-        cols=n,
+        rows=grid_rows,
+        cols=cols,
         subplot_titles=list(drawable),
-        horizontal_spacing=min(0.12, 1.0 / (n - 1) - 1e-3) if n > 1 else 0.0,
+        horizontal_spacing=min(0.12, 1.0 / (cols - 1) - 1e-3) if cols > 1 else 0.0,
+        vertical_spacing=min(gap_px / (height - 200), 1.0 / (grid_rows - 1) - 1e-3)
+        if grid_rows > 1
+        else 0.0,
     )
-    for col, probe in enumerate(drawable.values(), start=1):
+    for i, probe in enumerate(drawable.values()):
+        row, col = i // cols + 1, i % cols + 1
         teacher, student = list(probe["teacher_layers"]), list(probe["student_layers"])
         fig.add_trace(
             go.Heatmap(
@@ -352,18 +376,17 @@ def cka_heatmaps(
                 coloraxis="coloraxis",
                 hovertemplate="student %{y}<br>teacher %{x}<br>CKA %{z:.3f}<extra></extra>",
             ),
-            row=1,
+            row=row,
             col=col,
         )
-        _layer_axes(fig, col, teacher, student)
-    rows = max(len(p["student_layers"]) for p in drawable.values())
+        _layer_axes(fig, col, teacher, student, row=row)
     title = "linear CKA, student layer vs teacher layer"
     if skipped:
         title += f" (no CKA: {', '.join(skipped)})"
     fig.update_layout(
         title=title,
         coloraxis=dict(cmin=zmin, cmax=zmax, colorscale="Viridis", colorbar=dict(title="CKA")),
-        height=max(380, 160 + 26 * rows),
+        height=height,
         margin=dict(t=80, b=120),
     )
     return fig
@@ -457,6 +480,7 @@ def gram_heatmaps(probe: Mapping[str, Any], pair_index: int = 0) -> go.Figure:
         horizontal_spacing=0.09,
     )
     index = np.arange(m)
+    shapes = []  # collected and set once: fig.add_shape per line takes ~15 ms each
     panels = [
         (teacher, "coloraxis"),
         (student, "coloraxis"),
@@ -476,22 +500,31 @@ def gram_heatmaps(probe: Mapping[str, Any], pair_index: int = 0) -> go.Figure:
         )
         # white lines on the Viridis panels, dark ones on the white-to-red difference panel
         line = dict(color="white" if col < 3 else "rgba(0,0,0,0.45)", width=1)
+        refs = dict(xref=f"x{col if col > 1 else ''}", yref=f"y{col if col > 1 else ''}")
         for b in starts[1:]:
-            fig.add_shape(
-                type="line", x0=b - 0.5, x1=b - 0.5, y0=-0.5, y1=m - 0.5, line=line, row=1, col=col
+            shapes.append(
+                dict(type="line", x0=b - 0.5, x1=b - 0.5, y0=-0.5, y1=m - 0.5, line=line, **refs)
             )
-            fig.add_shape(
-                type="line", x0=-0.5, x1=m - 0.5, y0=b - 0.5, y1=b - 0.5, line=line, row=1, col=col
+            shapes.append(
+                dict(type="line", x0=-0.5, x1=m - 0.5, y0=b - 0.5, y1=b - 0.5, line=line, **refs)
             )
         ticks = dict(
             tickmode="array", tickvals=centres, ticktext=ticktext, showgrid=False, zeroline=False
         )
         fig.update_xaxes(range=[-0.5, m - 0.5], tickangle=-45, **ticks, row=1, col=col)
         fig.update_yaxes(
-            range=[m - 0.5, -0.5], scaleanchor=f"x{col if col > 1 else ''}", **ticks, row=1, col=col
+            range=[m - 0.5, -0.5],
+            scaleanchor=f"x{col if col > 1 else ''}",
+            # the rows are in the same class order in every panel: name them once, on the left,
+            # where they do not collide with the shared colour bar between panels 2 and 3
+            showticklabels=col == 1,
+            **ticks,
+            row=1,
+            col=col,
         )
     split = fig.layout.xaxis2.domain[1]
     fig.update_layout(
+        shapes=shapes,
         title=f"Gram matrices of pair {s_path} -> {t_path} (samples sorted by class)",
         coloraxis=dict(colorscale="Viridis", colorbar=dict(x=split + 0.005, thickness=12, len=0.9)),
         coloraxis2=dict(colorscale="Reds", cmin=0.0, colorbar=dict(x=1.0, thickness=12, len=0.9)),
