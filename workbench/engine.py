@@ -32,7 +32,7 @@ from workbench.losses import HybridLoss
 from workbench.models import build_model, feature_layers
 from workbench.probe import per_class_accuracy, run_probe
 from workbench.store import Store, load_state_dict
-from workbench.teacher_cache import teacher_source
+from workbench.teacher_cache import teacher_predictions, teacher_source
 
 __all__ = [
     "StopFlag",
@@ -358,7 +358,11 @@ def _train(
     )
     if source is not None:
         store.update_run(run_id, teacher_source=source.kind, teacher_note=source.note)
-    teacher_pred = evaluate(teacher, val_x) if teacher is not None else None
+    teacher_pred = (  # computed once per teacher and validation split, unless the cache is off
+        teacher_predictions(config, teacher, teacher_id, val_x, store)
+        if teacher is not None
+        else None
+    )
     teacher_acc = (
         float((teacher_pred == data.val_y).float().mean()) if teacher_pred is not None else None
     )
@@ -366,8 +370,19 @@ def _train(
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    if device.type == "cuda":
+    # Channels-last lets cuDNN run its NHWC tensor-core kernels under autocast; it pays only for
+    # convolutional models. Batches train_x[idx] inherit train_x's layout, so the input is
+    # converted once here instead of at the first convolution of every step.
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
+        train_x = train_x.contiguous(memory_format=torch.channels_last)
+    if (
+        device.type == "cuda"
+        and source is not None
+        and source.kind == "live"
+        and any(isinstance(m, nn.Conv2d) for m in teacher.modules())
+    ):
+        teacher.to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
     epoch_rows: list[dict[str, Any]] = []
