@@ -51,7 +51,7 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: in
 def _features(
     model: nn.Module, paths: Sequence[str], x: torch.Tensor, batch: int = 256
 ) -> list[torch.Tensor]:
-    """Hooked features of ``model`` at ``paths`` for all of ``x``, flattened: list of [N, D]."""
+    """Hooked features of ``model`` at ``paths`` for all of ``x``: list of [N, *layer shape]."""
     chunks: list[list[torch.Tensor]] = [[] for _ in paths]
     with FeatureTaps(model, list(paths)) as taps:
         for start in range(0, len(x), batch):
@@ -109,7 +109,7 @@ def run_probe(
                 }
             )
             if adapters is not None:
-                cosines.append(_adapted_cosine(student, adapters[k], s_path, teacher, t_path, x))
+                cosines.append(_adapted_cosine(adapters[k], s_flat, t_flat, device))
         if adapters is not None:
             result["pair_cosine"] = cosines
     student.train(was_training)
@@ -117,21 +117,12 @@ def run_probe(
 
 
 def _adapted_cosine(
-    student: nn.Module,
-    adapter: nn.Module,
-    s_path: str,
-    teacher: nn.Module,
-    t_path: str,
-    x: torch.Tensor,
+    adapter: nn.Module, s_feat: torch.Tensor, t_feat: torch.Tensor, device: torch.device
 ) -> float:
-    """Mean cosine between adapter(student feature) and the teacher feature, unflattened."""
-    with FeatureTaps(student, [s_path]) as s_tap, FeatureTaps(teacher, [t_path]) as t_tap:
-        total, count = 0.0, 0
-        for start in range(0, len(x), 256):
-            chunk = x[start : start + 256]
-            student(chunk)
-            teacher(chunk)
-            adapted = adapter(s_tap.features[0].float())
-            total += pair_cosine(adapted, t_tap.features[0].float()) * len(chunk)
-            count += len(chunk)
-    return total / max(count, 1)
+    """Mean cosine between adapter(student feature) and the teacher feature, from the features
+    already collected for CKA (no second forward pass of either model)."""
+    total = 0.0
+    for start in range(0, len(s_feat), 256):
+        adapted = adapter(s_feat[start : start + 256].to(device)).float().cpu()  # [b, *t_shape]
+        total += pair_cosine(adapted, t_feat[start : start + 256]) * len(adapted)
+    return total / max(len(s_feat), 1)
