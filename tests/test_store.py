@@ -32,6 +32,7 @@ def test_create_list_update_delete(store):
         store.get_run(a)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the evil file's
 def test_checkpoint_round_trip_and_bad_files(store, tmp_path):
     run_id = store.create_run(CONFIG)
     state = {"layer.weight": torch.randn(3, 2), "layer.bias": torch.zeros(3)}
