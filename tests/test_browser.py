@@ -114,7 +114,7 @@ def test_main_journey(server, browser):
 
     # Distill: the course's hybrid loss, launched; time to the first live metric.
     _nav(page, "Distill")
-    _number(page, "epochs", 2)
+    _number(page, "epochs", 15)  # long enough that the second session below opens mid-run
     started = time.monotonic()
     page.locator(".st-key-launch button").click()
     page.get_by_text(re.compile(r"Queued 1 run")).wait_for(timeout=60_000)
@@ -126,7 +126,11 @@ def test_main_journey(server, browser):
     # A second browser session sees the same run, and reloading it loses nothing.
     other = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
     other.goto(f"{server.url}/runs")
-    wait_idle(other)
+    other.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
+    seen_running = (
+        other.locator('[data-testid="stProgress"]').filter(has_text="running").count() > 0
+    )
+    _record_timing("second_session_saw_the_run_running", float(seen_running))
     other.locator('[data-testid="stProgress"]').filter(
         has_text=re.compile("running|completed")
     ).first.wait_for(timeout=30_000)
