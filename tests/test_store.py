@@ -120,3 +120,19 @@ def test_suites(store):
     store.delete_suite("s1")
     with pytest.raises(KeyError):
         store.get_suite("s1")
+
+
+def test_history_in_chunks(store, monkeypatch):
+    import workbench.store as store_module
+
+    monkeypatch.setattr(store_module, "HISTORY_CHUNK", 3)
+    run_id = store.create_run(CONFIG)
+    rows = []
+    for step in range(1, 8):  # the engine's pattern: the list grows, the tail is saved
+        rows.append({"step": step})
+        store.save_history_tail(run_id, rows)
+    assert store.history(run_id) == rows
+    store.set_history(run_id, rows[:2])  # replacing drops the old chunks
+    assert store.history(run_id) == rows[:2]
+    store.delete_run(run_id)
+    assert store.history(run_id) == []

@@ -419,7 +419,7 @@ def _train(
                     if not math.isfinite(row["total"]):
                         raise _Diverged(step)
                     history.append(row)
-                    store.set_history(run_id, history)
+                    store.save_history_tail(run_id, history)
                     eta = (time.time() - started) / step * (total_steps - step)
                     progress = {
                         "epoch": epoch,

@@ -32,6 +32,7 @@ STATUSES = ("queued", "running", "completed", "failed", "cancelled", "diverged",
 ACTIVE = ("queued", "running")
 FINISHED = ("completed", "failed", "cancelled", "diverged", "interrupted")
 _HOST = socket.gethostname()
+HISTORY_CHUNK = 256
 
 
 def default_home() -> Path:
@@ -160,8 +161,9 @@ class Store:
         return records
 
     def delete_run(self, run_id: str) -> None:
-        for prefix in ("run", "history", "epochs", "probe", "cancel"):
+        for prefix in ("run", "epochs", "probe", "cancel"):
             self._db.delete(f"{prefix}:{run_id}")
+        self._delete_chunks(f"history:{run_id}")
         self.checkpoint_path(run_id).unlink(missing_ok=True)
 
     def mark_interrupted(self) -> list[str]:
@@ -185,17 +187,35 @@ class Store:
         return bool(self._db.get(f"cancel:{run_id}", False))
 
     # ------------------------------------------------------------------ history
+    # The history is kept in chunks of HISTORY_CHUNK rows, so that a logged step rewrites one
+    # chunk instead of the whole (growing) history: a long run costs O(steps), not O(steps^2).
     def set_history(self, run_id: str, rows: list[dict[str, Any]]) -> None:
-        self._db.set(f"history:{run_id}", rows)
+        """Store the whole history of a run (replacing any)."""
+        self._delete_chunks(f"history:{run_id}")
+        for start in range(0, len(rows), HISTORY_CHUNK):
+            self._db.set(
+                f"history:{run_id}:{start // HISTORY_CHUNK}", rows[start : start + HISTORY_CHUNK]
+            )
+
+    def save_history_tail(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Store a history that only grew since the last call: rewrites its last chunk."""
+        if rows:
+            last = (len(rows) - 1) // HISTORY_CHUNK
+            chunk = rows[last * HISTORY_CHUNK : (last + 1) * HISTORY_CHUNK]
+            self._db.set(f"history:{run_id}:{last}", chunk)
 
     def history(self, run_id: str) -> list[dict[str, Any]]:
-        return self._db.get(f"history:{run_id}", [])
+        rows: list[dict[str, Any]] = []
+        index = 0
+        while (chunk := self._db.get(f"history:{run_id}:{index}")) is not None:
+            rows.extend(chunk)
+            index += 1
+        return rows
 
-    def set_epochs(self, run_id: str, rows: list[dict[str, Any]]) -> None:
-        self._db.set(f"epochs:{run_id}", rows)
-
-    def epochs(self, run_id: str) -> list[dict[str, Any]]:
-        return self._db.get(f"epochs:{run_id}", [])
+    def _delete_chunks(self, prefix: str) -> None:
+        index = 0
+        while self._db.delete(f"{prefix}:{index}"):
+            index += 1
 
     # ------------------------------------------------------------------ probes
     def save_probe(self, run_id: str, probe: dict[str, Any]) -> None:
