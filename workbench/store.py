@@ -217,6 +217,12 @@ class Store:
         while self._db.delete(f"{prefix}:{index}"):
             index += 1
 
+    def set_epochs(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        self._db.set(f"epochs:{run_id}", rows)
+
+    def epochs(self, run_id: str) -> list[dict[str, Any]]:
+        return self._db.get(f"epochs:{run_id}", [])
+
     # ------------------------------------------------------------------ probes
     def save_probe(self, run_id: str, probe: dict[str, Any]) -> None:
         self._db.set(f"probe:{run_id}", probe)
