@@ -176,7 +176,7 @@ def run_detail(record: dict) -> None:
 def runs_view(polling: bool) -> None:
     """The table and the selected run; while ``polling`` it refreshes itself every POLL_S."""
     records = store().list_runs()
-    if polling != manager().busy():
+    if polling != manager().busy(records):
         st.rerun()  # a full rerun redraws this view polling (or not) as the runs need
     show_action_error()
     if not records:

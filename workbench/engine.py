@@ -396,6 +396,7 @@ def _train(
     model.train()
     with FeatureTaps(model, s_paths) as s_taps:
         for epoch in range(1, config.epochs + 1):
+            epoch_start = len(history)
             order = torch.randperm(n, generator=generator)[: steps_per_epoch * batch].to(device)
             for b in range(steps_per_epoch):
                 idx = order[b * batch : (b + 1) * batch]  # [B]
@@ -447,9 +448,8 @@ def _train(
                 float((pred == teacher_pred).float().mean()) if teacher_pred is not None else None
             )
             hybrid.epoch_end(val_acc)
-            train_loss = sum(r["total"] for r in history if r["epoch"] == epoch) / max(
-                1, sum(r["epoch"] == epoch for r in history)
-            )
+            logged = [r["total"] for r in history[epoch_start:]]  # this epoch's logged steps
+            train_loss = sum(logged) / max(1, len(logged))
             epoch_rows.append(
                 {
                     "epoch": epoch,

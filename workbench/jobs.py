@@ -114,12 +114,18 @@ class JobManager:
         with self._lock:
             return list(self._running)
 
-    def busy(self) -> bool:
-        """True while this manager has queued or running work, or the store has active runs."""
+    def busy(self, records: Iterable[dict[str, Any]] | None = None) -> bool:
+        """True while this manager has queued or running work, or the store has active runs.
+
+        ``records``: the store's runs when the caller has just listed them (saves a second
+        listing on a page that polls every second).
+        """
         with self._lock:
             if self._running or any(self._queues.values()):
                 return True
-        return bool(self.store.list_runs(status=ACTIVE))
+        if records is None:
+            return bool(self.store.list_runs(status=ACTIVE))
+        return any(r["status"] in ACTIVE for r in records)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every queued and running job is done (tests, CLI); False on timeout."""
