@@ -5,8 +5,8 @@ Records, histories and probes are kept in a diskcache ``Cache`` (SQLite undernea
 safe to share between threads and processes; checkpoints are plain ``.pt`` files beside it,
 written to a temporary name and renamed so that a reader never sees half a file.
 
-A run that a process left ``running`` or ``queued`` when it died is shown as ``interrupted``
-the next time any process opens the store.
+The queue of runs lives here too (the records whose status is ``queued``); claiming, heartbeats
+and the recovery of runs whose process died are ``workbench.runqueue``'s.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class Store:
         self._db = diskcache.Cache(
             str(self.home / "store"), size_limit=2**40, eviction_policy="none"
         )
-        self.mark_interrupted()
 
     def close(self) -> None:
         self._db.close()
@@ -134,6 +133,21 @@ class Store:
             self._db.set(key, record)
         return record
 
+    def update_run_if(
+        self, run_id: str, condition: Callable[[dict[str, Any]], bool], **fields: Any
+    ) -> dict[str, Any] | None:
+        """Merge ``fields`` into the record in one transaction if ``condition(record)`` holds;
+        the record, or None when it did not hold (or the run is gone). A field's value may be a
+        function of the record before the change (e.g. a counter's increment)."""
+        key = f"run:{run_id}"
+        with self._db.transact():
+            record = self._db.get(key)
+            if record is None or not condition(record):
+                return None
+            record.update({k: v(record) if callable(v) else v for k, v in fields.items()})
+            self._db.set(key, record)
+        return record
+
     def list_runs(
         self,
         *,
@@ -166,25 +180,15 @@ class Store:
         self._delete_chunks(f"history:{run_id}")
         self.checkpoint_path(run_id).unlink(missing_ok=True)
 
-    def mark_interrupted(self) -> list[str]:
-        """Mark runs whose owning process on this host is gone as ``interrupted``."""
-        marked = []
-        for record in self.list_runs(status=ACTIVE):
-            if record.get("host") == _HOST and not _pid_alive(record.get("pid", -1)):
-                self.update_run(
-                    record["id"],
-                    status="interrupted",
-                    error="the process running this run stopped before it finished",
-                )
-                marked.append(record["id"])
-        return marked
-
     # ------------------------------------------------------------------ cancel flags
     def request_cancel(self, run_id: str) -> None:
         self._db.set(f"cancel:{run_id}", True)
 
     def cancel_requested(self, run_id: str) -> bool:
         return bool(self._db.get(f"cancel:{run_id}", False))
+
+    def clear_cancel(self, run_id: str) -> None:
+        self._db.delete(f"cancel:{run_id}")
 
     # ------------------------------------------------------------------ history
     # The history is kept in chunks of HISTORY_CHUNK rows, so that a logged step rewrites one
@@ -300,6 +304,18 @@ class Store:
 
     def set(self, key: str, value: Any) -> None:
         self._db.set(key, value)
+
+    def delete(self, key: str) -> None:
+        self._db.delete(key)
+
+    def values(self, prefix: str) -> list[Any]:
+        """The values of every key that starts with ``prefix``."""
+        found = (
+            self._db.get(k)
+            for k in self._db.iterkeys()
+            if isinstance(k, str) and k.startswith(prefix)
+        )
+        return [v for v in found if v is not None]
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -152,6 +152,13 @@ class ValidationWeighting(FixedWeighting):
         else:  # also a NaN accuracy
             self.keep *= 1.0 - self.rate
 
+    def get_extra_state(self) -> dict[str, float]:
+        """Host-side state, kept in ``state_dict()`` so a resumed run continues exactly."""
+        return {"keep": self.keep, "best": self.best}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        self.keep, self.best = float(state["keep"]), float(state["best"])
+
     def extra_repr(self) -> str:
         return f"rate={self.rate:g}, min_delta={self.min_delta:g}, keep={self.keep:g}"
 
