@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._shared import APP_STARTED, DEEP_LINK, PAGE, PAGE_ENTERED, init_session, show_error
+from pages._shared import APP_STARTED, DEEP_LINK, init_session, show_error
 
 # A local favicon: a Material or emoji icon is fetched from a CDN, which fails offline.
 FAVICON = str(Path(__file__).parent / "assets" / "favicon.png")
@@ -23,10 +23,6 @@ page = st.navigation(
     ]
 )
 st.set_page_config(page_title="KD Workbench")  # st.navigation sets the page's own title
-# A page reads its state from the URL when it is entered (a reload, a link, a page switch), and
-# writes it back as it changes.
-st.session_state[PAGE_ENTERED] = st.session_state.get(PAGE) != page.url_path
-st.session_state[PAGE] = page.url_path
 st.session_state[APP_STARTED] = True
 if deep_link := st.session_state.pop(DEEP_LINK, None):
     st.switch_page(deep_link)  # a deep link that first ran alone (see require_app)

@@ -137,6 +137,8 @@ def test_the_upload_message_names_the_uploaded_file():
     assert launch.upload_message(exc, "teacher.pt") == (
         "teacher.pt is not a state dict: save model.state_dict()"
     )
+    bare = CheckpointError("tmpckj0fic8.pt is not a readable PyTorch state dict (IndexError)")
+    assert launch.upload_message(bare, "mine.pth").startswith("mine.pth is not a readable")
 
 
 def test_draft_key_changes_with_the_draft():

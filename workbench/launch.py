@@ -75,9 +75,9 @@ def teacher_source_error(draft: Mapping[str, Any]) -> str | None:
 
 def upload_message(exc: BaseException, filename: str) -> str:
     """The message of a rejected upload, naming the file the user uploaded instead of the
-    temporary copy it was checked from."""
+    temporary copy it was checked from (``/tmp/tmpab12cd34.pt`` or just ``tmpab12cd34.pt``)."""
     temp = re.escape(tempfile.gettempdir().rstrip(os.sep) + os.sep)
-    return re.sub(temp + r"[^\s'\"]+", filename, str(exc))
+    return re.sub(rf"(?:{temp})?tmp\w{{6,}}\.pth?\b", filename, str(exc))
 
 
 def draft_values(draft: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,10 +211,12 @@ def reset_pairs(
     state: MutableMapping[str, Any], choices: Iterable[Any], suggested: Sequence[tuple[str, str]]
 ) -> bool:
     """Start the layer pairs from ``suggested`` when the teacher/student/dataset ``choices``
-    changed since they were set (on Models or Distill); returns whether they were reset."""
+    changed since they were set (on Models or Distill); returns whether they were reset.
+    ``state["pairs_suggested"]`` keeps the suggestion (pairs equal to it stay out of the URL)."""
     choices = tuple(choices)
+    state["pairs_suggested"] = tuple(tuple(p) for p in suggested)
     if state.get("pairs_for") == choices:
         return False
     state["pairs_for"] = choices
-    state["layer_pairs"] = tuple(suggested)
+    state["layer_pairs"] = state["pairs_suggested"]
     return True
