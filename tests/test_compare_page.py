@@ -510,4 +510,4 @@ def test_runs_table_shows_a_running_runs_latest_accuracy(store):
     at.switch_page("pages/runs.py").run()
     table = at.dataframe[0].value.set_index("id")
     assert table.loc[run_id, "val_acc"] == pytest.approx(store.epochs(run_id)[-1]["val_acc"])
-    assert any("val acc (last epoch)" == m.label for m in at.metric)
+    assert any(m.label == "val acc (last epoch)" for m in at.metric)
