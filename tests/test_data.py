@@ -503,12 +503,42 @@ def test_mnist_image_folder_and_digits_never_unpickle(tmp_path, no_unpickling):
     assert no_unpickling == [] and not marker.exists()
 
 
-def test_truncated_mnist_file_is_a_message(tmp_path):
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("truncated", "could not be read"),
+        ("garbage", "could not be read"),  # torchvision asserts the idx magic number
+        ("empty", "could not be read"),
+        ("fewer labels", "training files do not match: 20 images but 3 labels"),
+    ],
+)
+def test_damaged_mnist_files_are_a_message(tmp_path, damage, expected):
     _write_mnist(tmp_path, "MNIST", np.random.default_rng(5))
-    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
-    images.write_bytes(images.read_bytes()[:1000])
-    with pytest.raises(DatasetUnavailableError, match="could not be read .*download mnist"):
+    raw = tmp_path / "MNIST" / "raw"
+    images = raw / "train-images-idx3-ubyte"
+    if damage == "truncated":
+        images.write_bytes(images.read_bytes()[:1000])
+    elif damage == "garbage":
+        images.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif damage == "empty":
+        images.write_bytes(b"")
+    else:  # a valid labels file of 3 labels beside 20 images
+        _write_idx(raw / "train-labels-idx1-ubyte", np.array([0, 1, 2], dtype=np.uint8))
+    with pytest.raises(DatasetUnavailableError, match=expected) as info:
         load_dataset("mnist", root=tmp_path)
+    assert "python -m workbench download mnist" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_image_folder_pixel_bomb_is_a_message(tmp_path, monkeypatch):
+    # PIL refuses images over 2 * MAX_IMAGE_PIXELS (a decompression bomb); lowered here so that
+    # the test's 16x16 and 40x24 images count as bombs.
+    from PIL import Image as PILImage
+
+    _write_images(tmp_path / "f", {"a": 5, "b": 5})
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DatasetUnavailableError, match="cannot read image .*decompression bomb"):
+        load_dataset("image_folder", data_path=str(tmp_path / "f"))
 
 
 # ---------------------------------------------------------------------------- missing files
@@ -613,5 +643,14 @@ def test_image_folder_errors_name_the_path_and_layout(tmp_path):
     _write_images(tmp_path / "four", {"a": 4, "b": 9})  # 4 cannot give 3 + 1 + 1
     with pytest.raises(DatasetUnavailableError, match="too few images.*a: 4, b: 9.*at least 5"):
         load_dataset("image_folder", data_path=str(tmp_path / "four"))
+    _write_images(tmp_path / "cut", {"a": 6, "b": 5})
+    png = tmp_path / "cut" / "b" / "img3.png"
+    png.write_bytes(png.read_bytes()[:40])  # truncated inside the header
+    (tmp_path / "cut" / "a" / "img4.png").write_bytes(b"")
+    with pytest.raises(DatasetUnavailableError, match="cannot read image .*cut/a/img4.png"):
+        load_dataset("image_folder", data_path=str(tmp_path / "cut"))
+    (tmp_path / "cut" / "a" / "img4.png").unlink()
+    with pytest.raises(DatasetUnavailableError, match="cannot read image .*cut/b/img3.png"):
+        load_dataset("image_folder", data_path=str(tmp_path / "cut"))
     with pytest.raises(ConfigError, match="data_path"):
         load_dataset("image_folder")

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import datasets as tv_datasets
 from torchvision import transforms
 
@@ -323,7 +324,7 @@ def _torchvision_split(name: str, root: Path, *, train: bool):
     spec = _TORCHVISION[name]
     try:
         return spec.cls(str(root), train=train, download=False)
-    except _READ_ERRORS as exc:
+    except (*_READ_ERRORS, AssertionError) as exc:  # its idx parser asserts the magic number
         if isinstance(exc, RuntimeError) and "not found" in str(exc):  # torchvision's wording
             raise _missing(name, root) from None
         raise _unreadable(name, root, exc) from None
@@ -473,7 +474,7 @@ def _load_image_folder(path: Path, seed: int) -> DataBundle:
     for i, (file, _) in enumerate(folder.samples):
         try:
             images.append(folder[i][0])  # (3, 32, 32) uint8
-        except OSError as exc:
+        except (OSError, Image.DecompressionBombError) as exc:  # damaged, or a pixel bomb
             raise DatasetUnavailableError(f"cannot read image {file}: {_brief(exc)}") from None
     x = torch.stack(images)
     y = torch.as_tensor(folder.targets, dtype=torch.int64)
@@ -492,6 +493,12 @@ def _holdout_bundle(
     seed: int,
 ) -> DataBundle:
     """Official train and test files: a stratified tenth of train becomes validation."""
+    for part, x, y in (("training", train_x, train_y), ("test", test_x, test_y)):
+        if len(x) != len(y):  # else the surplus images or labels would be dropped silently
+            raise DatasetUnavailableError(
+                f"{name}'s {part} files do not match: {len(x)} images but {len(y)} labels. "
+                f"Download the files again with `python -m workbench download {name}`"
+            )
     split = stratified_split(train_y, _HOLD_OUT, seed)
     x = {"train": train_x, "validation": train_x, "test": test_x}
     y = {"train": train_y, "validation": train_y, "test": test_y}
