@@ -18,13 +18,8 @@ run of a dataset sees the same three sets, and the normalization statistics come
 - ``image_folder``: your own ``path/class_name/image.png`` tree (torchvision ``ImageFolder``),
   RGB, resized to 32x32, stratified 60 / 20 / 20.
 
-No data file is ever unpickled unless verified. The CIFAR batches are Python pickles, which run
-code when loaded, so each file is read once, its bytes are checked against the md5 sum torchvision
-publishes for the official release, and only those checked bytes are unpickled; any other file
-(a re-pickled copy, a damaged or planted one) is refused with the fix. The other formats hold no
-code: MNIST's idx files are parsed as raw bytes (torchvision's fallback to an old
-``processed/*.pt`` file, read with ``torch.load``, is switched off), image folders are decoded by
-PIL, and digits is a CSV inside scikit-learn.
+No data file is ever unpickled unless verified: ``workbench.datafiles`` reads the official
+files (CIFAR's pickles only after their md5 matches the official release's).
 
 ``load_dataset`` is memoized per process, so repeated runs share one copy: callers must never
 modify a bundle's tensors in place (``x = x.to(device)`` and ``x[idx]`` are copies; fine).
@@ -33,9 +28,7 @@ modify a bundle's tensors in place (``x = x.to(device)`` and ``x[idx]`` are copi
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import pickle
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -48,11 +41,13 @@ from PIL import Image
 from torchvision import datasets as tv_datasets
 from torchvision import transforms
 
+from workbench.datafiles import OFFICIAL, OfficialSplits, fetch_official, one_line, read_official
 from workbench.errors import ConfigError, DatasetUnavailableError, UnknownNameError
 
 __all__ = [
     "DATASETS",
     "SPLIT_SEED",
+    "SPLIT_VERSION",
     "DataBundle",
     "DatasetSpec",
     "dataset_root",
@@ -122,6 +117,10 @@ def dataset_root() -> Path:
 # Every caller uses this seed, so all runs of a dataset share one train / validation / test split
 # (comparisons pair runs on the same test images). Changing it changes every dataset's splits.
 SPLIT_SEED = 0
+# Bumped whenever any dataset's splits or normalization change (2: train / validation / test,
+# statistics from train). A model trained under another version may have seen today's test
+# images, so whatever reuses trained models by config (the teacher lookup) must key on it too.
+SPLIT_VERSION = 2
 # One period of a split pattern: sample i of the class-sorted, shuffled order goes to split
 # PATTERN[i % len(PATTERN)]. Interleaved so that every class's share of every split is within
 # one sample of the exact fraction, whatever the class sizes (see ``stratified_split``).
@@ -152,59 +151,7 @@ def stratified_split(
     }
 
 
-# ---------------------------------------------------------------------------- files on disk
-class _VerificationError(Exception):
-    """A CIFAR file's bytes are not those of the official release (or of ``checksums``)."""
-
-    def __init__(self, path: Path):
-        super().__init__(str(path))
-        self.path = path
-
-
-def _idx_only(cls: type) -> type:
-    """torchvision's MNIST-style class that reads only the raw idx files (``cls.__name__/raw``).
-
-    torchvision prefers ``processed/training.pt`` and ``test.pt`` when both exist (a format it
-    wrote before 0.9) and reads them with ``torch.load``, which unpickles; idx files are parsed
-    as plain bytes. Downloads are torchvision's, md5-checked per archive.
-    """
-
-    class IdxOnly(cls):
-        @property
-        def raw_folder(self) -> str:
-            return os.path.join(self.root, cls.__name__, "raw")
-
-        def _check_legacy_exist(self) -> bool:
-            return False
-
-    IdxOnly.__name__ = IdxOnly.__qualname__ = f"IdxOnly{cls.__name__}"
-    return IdxOnly
-
-
-@dataclass(frozen=True)
-class _Torchvision:
-    cls: type  # MNIST-style: the reader; CIFAR: where the md5 sums and the archive's URL live
-    folder: str  # under the root, with the files torchvision reads
-    files: str
-
-
-_IDX_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
-_TORCHVISION: dict[str, _Torchvision] = {
-    "mnist": _Torchvision(_idx_only(tv_datasets.MNIST), "MNIST/raw", _IDX_FILES),
-    "fashion_mnist": _Torchvision(
-        _idx_only(tv_datasets.FashionMNIST), "FashionMNIST/raw", _IDX_FILES
-    ),
-    "cifar10": _Torchvision(
-        tv_datasets.CIFAR10,
-        "cifar-10-batches-py",
-        "data_batch_1 .. data_batch_5, test_batch, batches.meta",
-    ),
-    "cifar100": _Torchvision(tv_datasets.CIFAR100, "cifar-100-python", "train, test, meta"),
-}
-_CIFAR = ("cifar10", "cifar100")
 _IMAGE_SIZE = 32
-# What reading damaged or missing files raises inside torchvision (a download may fail with more).
-_READ_ERRORS = (RuntimeError, OSError, ValueError, TypeError, KeyError, EOFError)
 _LOAD_LOCK = threading.Lock()
 
 
@@ -268,8 +215,8 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
         )
     base = Path(root).expanduser() if root else dataset_root()
     with _LOAD_LOCK:
-        _fetch(name, base)
-    return base / _TORCHVISION[name].folder
+        fetch_official(name, base)
+    return base / OFFICIAL[name].folder
 
 
 @functools.lru_cache(maxsize=4)
@@ -288,10 +235,9 @@ def _load_memoized(
     if name == "image_folder":
         return _load_image_folder(Path(data_path), seed)
     if download:
-        _fetch(name, Path(root))
-    if name in _CIFAR:
-        return _load_cifar(name, Path(root), seed, dict(checksums) if checksums else None)
-    return _load_idx(name, Path(root), seed)
+        fetch_official(name, Path(root))
+    files = read_official(name, Path(root), dict(checksums) if checksums is not None else None)
+    return _holdout_bundle(name, files, seed)
 
 
 def _load_digits(seed: int) -> DataBundle:
@@ -302,144 +248,6 @@ def _load_digits(seed: int) -> DataBundle:
     y = torch.from_numpy(digits.target).long()
     split = stratified_split(y, _THREE_WAY, seed)
     return _bundle("digits", x, y, split, [str(c) for c in digits.target_names])
-
-
-def _load_idx(name: str, root: Path, seed: int) -> DataBundle:
-    """MNIST / Fashion-MNIST from their idx files, through torchvision's reader."""
-    train = _torchvision_split(name, root, train=True)
-    test = _torchvision_split(name, root, train=False)
-    return _holdout_bundle(
-        name,
-        train.data,  # (N, 28, 28) uint8
-        torch.as_tensor(train.targets, dtype=torch.int64),
-        test.data,
-        torch.as_tensor(test.targets, dtype=torch.int64),
-        [str(c) for c in train.classes],
-        seed,
-    )
-
-
-def _torchvision_split(name: str, root: Path, *, train: bool):
-    """The torchvision dataset object; its errors become messages that say how to get the files."""
-    spec = _TORCHVISION[name]
-    try:
-        return spec.cls(str(root), train=train, download=False)
-    except (*_READ_ERRORS, AssertionError) as exc:  # its idx parser asserts the magic number
-        if isinstance(exc, RuntimeError) and "not found" in str(exc):  # torchvision's wording
-            raise _missing(name, root) from None
-        raise _unreadable(name, root, exc) from None
-
-
-def _load_cifar(name: str, root: Path, seed: int, checksums: dict[str, str] | None) -> DataBundle:
-    """CIFAR-10/100 from the official python batches, each verified before it is unpickled."""
-    tv = _TORCHVISION[name].cls
-    folder = root / tv.base_folder
-    meta_file = tv.meta["filename"]
-    files = [f for f, _ in tv.train_list + tv.test_list] + [meta_file]
-    if not all((folder / f).is_file() for f in files):
-        raise _missing(name, root)
-    sums = checksums if checksums is not None else _official_md5(name)
-
-    def read(file: str):
-        try:
-            return _verified_unpickle(folder / file, sums.get(file))
-        except _VerificationError as exc:
-            raise _unverified(name, exc.path) from None
-        except (*_READ_ERRORS, pickle.UnpicklingError) as exc:  # only with test checksums
-            raise _unreadable(name, root, exc) from None
-
-    def batches(file_list) -> tuple[np.ndarray, list[int]]:
-        rows, labels = [], []
-        for file, _ in file_list:
-            entry = read(file)
-            rows.append(entry["data"])  # (n, 3072): the red plane, then green, then blue
-            labels += entry["labels"] if "labels" in entry else entry["fine_labels"]
-        return np.vstack(rows).reshape(-1, 3, 32, 32), labels
-
-    train_x, train_y = batches(tv.train_list)
-    test_x, test_y = batches(tv.test_list)
-    classes = read(meta_file)[tv.meta["key"]]
-    return _holdout_bundle(
-        name,
-        torch.from_numpy(train_x),
-        torch.as_tensor(train_y, dtype=torch.int64),
-        torch.from_numpy(test_x),
-        torch.as_tensor(test_y, dtype=torch.int64),
-        [str(c) for c in classes],
-        seed,
-    )
-
-
-def _official_md5(name: str) -> dict[str, str]:
-    tv = _TORCHVISION[name].cls
-    return {**dict(tv.train_list + tv.test_list), tv.meta["filename"]: tv.meta["md5"]}
-
-
-def _verified_unpickle(path: Path, md5: str | None):
-    """Unpickle ``path`` only when its md5 is ``md5``. The file is read once and the checked
-    bytes are the ones unpickled, so a file swapped between the check and the read is never run."""
-    blob = path.read_bytes()
-    if md5 is None or hashlib.md5(blob, usedforsecurity=False).hexdigest() != md5:
-        raise _VerificationError(path)
-    return pickle.loads(blob, encoding="latin1")
-
-
-def _fetch(name: str, root: Path) -> None:
-    """Download ``name``'s official files into ``root`` unless they are there (CIFAR: and verify)."""
-    spec = _TORCHVISION[name]
-    try:
-        if name in _CIFAR:
-            tv, sums = spec.cls, _official_md5(name)
-            folder = root / tv.base_folder
-            if not all(_md5_matches(folder / f, md5) for f, md5 in sums.items()):
-                tv_datasets.utils.download_and_extract_archive(
-                    tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5
-                )
-            bad = [f for f, md5 in sums.items() if not _md5_matches(folder / f, md5)]
-            if bad:
-                raise RuntimeError(f"{', '.join(bad)} still fail verification after the download")
-        else:
-            for train in (True, False):
-                spec.cls(str(root), train=train, download=True)
-    except Exception as exc:  # network, md5 of the archive, tar: each one means "not downloaded"
-        raise DatasetUnavailableError(
-            f"could not download {name} into {root} ({_brief(exc)}). Check the internet "
-            f"connection and try again, or copy the files ({spec.files}) into {root / spec.folder}"
-        ) from None
-
-
-def _md5_matches(path: Path, md5: str) -> bool:
-    try:
-        return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() == md5
-    except OSError:
-        return False
-
-
-def _missing(name: str, root: Path) -> DatasetUnavailableError:
-    spec = _TORCHVISION[name]
-    return DatasetUnavailableError(
-        f"{name} is not in {root}. Download it once with `python -m workbench download {name}` "
-        f"(needs internet), or tick 'download' in the app, or copy the files ({spec.files}) "
-        f"into {root / spec.folder}"
-    )
-
-
-def _unreadable(name: str, root: Path, exc: BaseException) -> DatasetUnavailableError:
-    spec = _TORCHVISION[name]
-    return DatasetUnavailableError(
-        f"{name} could not be read from {root / spec.folder} ({_brief(exc)}). Download it again "
-        f"with `python -m workbench download {name}` (needs internet), or tick 'download' in the "
-        f"app, or copy the files ({spec.files}) into {root / spec.folder}"
-    )
-
-
-def _unverified(name: str, path: Path) -> DatasetUnavailableError:
-    return DatasetUnavailableError(
-        f"{name} file {path} failed verification (its md5 is not that of the official {name} "
-        "release), so it was not read: CIFAR files are Python pickles, which can run code. "
-        f"Replace the files with `python -m workbench download {name}` (needs internet), "
-        "or tick 'download' in the app"
-    )
 
 
 # ---------------------------------------------------------------------------- image folders
@@ -454,7 +262,7 @@ def _load_image_folder(path: Path, seed: int) -> DataBundle:
         folder = tv_datasets.ImageFolder(str(path), transform=resize)
     except OSError as exc:  # no class folders, or class folders without images
         raise DatasetUnavailableError(
-            f"image folder {path} has no images in class folders ({_brief(exc)}); expected {layout}"
+            f"image folder {path} has no images in class folders ({one_line(exc)}); expected {layout}"
         ) from None
     counts = Counter(folder.targets)
     if len(folder.classes) < 2:
@@ -475,7 +283,7 @@ def _load_image_folder(path: Path, seed: int) -> DataBundle:
         try:
             images.append(folder[i][0])  # (3, 32, 32) uint8
         except (OSError, Image.DecompressionBombError) as exc:  # damaged, or a pixel bomb
-            raise DatasetUnavailableError(f"cannot read image {file}: {_brief(exc)}") from None
+            raise DatasetUnavailableError(f"cannot read image {file}: {one_line(exc)}") from None
     x = torch.stack(images)
     y = torch.as_tensor(folder.targets, dtype=torch.int64)
     split = stratified_split(y, _THREE_WAY, seed)
@@ -483,27 +291,22 @@ def _load_image_folder(path: Path, seed: int) -> DataBundle:
 
 
 # ---------------------------------------------------------------------------- bundles
-def _holdout_bundle(
-    name: str,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
-    class_names: list[str],
-    seed: int,
-) -> DataBundle:
+def _holdout_bundle(name: str, files: OfficialSplits, seed: int) -> DataBundle:
     """Official train and test files: a stratified tenth of train becomes validation."""
-    for part, x, y in (("training", train_x, train_y), ("test", test_x, test_y)):
+    for part, x, y in (
+        ("training", files.train_x, files.train_y),
+        ("test", files.test_x, files.test_y),
+    ):
         if len(x) != len(y):  # else the surplus images or labels would be dropped silently
             raise DatasetUnavailableError(
                 f"{name}'s {part} files do not match: {len(x)} images but {len(y)} labels. "
                 f"Download the files again with `python -m workbench download {name}`"
             )
-    split = stratified_split(train_y, _HOLD_OUT, seed)
-    x = {"train": train_x, "validation": train_x, "test": test_x}
-    y = {"train": train_y, "validation": train_y, "test": test_y}
-    split["test"] = np.arange(len(test_y))
-    return _bundle(name, x, y, split, class_names)
+    split = stratified_split(files.train_y, _HOLD_OUT, seed)
+    split["test"] = np.arange(len(files.test_y))
+    x = {"train": files.train_x, "validation": files.train_x, "test": files.test_x}
+    y = {"train": files.train_y, "validation": files.train_y, "test": files.test_y}
+    return _bundle(name, x, y, split, files.classes)
 
 
 def _bundle(
@@ -551,7 +354,7 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
     A constant channel (all-black scans, say) keeps std 1 rather than dividing by zero."""
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     squares = torch.zeros(x.shape[1], dtype=torch.float64)
-    for chunk in x.split(4096):
+    for chunk in x.split(1024):
         chunk = chunk.double()
         total += chunk.sum(dim=(0, 2, 3))
         squares += chunk.square().sum(dim=(0, 2, 3))
@@ -590,10 +393,3 @@ def _folder_stamp(path: Path) -> tuple:
         return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in entries))
     except OSError:
         return ()
-
-
-def _brief(exc: BaseException, limit: int = 300) -> str:
-    """The exception's text on one line (torchvision's download errors span several lines and
-    name the cause on the last ones), cut to ``limit`` characters."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
