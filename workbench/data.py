@@ -42,6 +42,7 @@ __all__ = [
     "download_dataset",
     "list_datasets",
     "load_dataset",
+    "train_subset",
 ]
 
 
@@ -372,3 +373,21 @@ def _brief(exc: BaseException, limit: int = 300) -> str:
     name the cause on the last ones), cut to ``limit`` characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def train_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Indices of a stratified ``fraction`` of a training split ([M], sorted), drawn with a fixed
+    ``seed`` so that every variant and seed of a suite trains on the same images: from each
+    class ``c`` with ``n_c`` samples, ``max(1, round(fraction * n_c))`` drawn without
+    replacement. ``fraction >= 1`` gives every index. The reduced-data recipe of
+    ``RunConfig.train_fraction`` (the teacher keeps the whole split)."""
+    n = len(labels)
+    if fraction >= 1:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()  # [n_c]
+        keep = max(1, round(fraction * len(idx)))
+        picked.append(idx[torch.randperm(len(idx), generator=generator)[:keep]])
+    return torch.cat(picked).sort().values
