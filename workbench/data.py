@@ -55,6 +55,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "stratified_split",
+    "train_subset",
 ]
 
 
@@ -393,3 +394,21 @@ def _folder_stamp(path: Path) -> tuple:
         return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in entries))
     except OSError:
         return ()
+
+
+def train_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Indices of a stratified ``fraction`` of a training split ([M], sorted), drawn with a fixed
+    ``seed`` so that every variant and seed of a suite trains on the same images: from each
+    class ``c`` with ``n_c`` samples, ``max(1, round(fraction * n_c))`` drawn without
+    replacement. ``fraction >= 1`` gives every index. The reduced-data recipe of
+    ``RunConfig.train_fraction`` (the teacher keeps the whole split)."""
+    n = len(labels)
+    if fraction >= 1:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()  # [n_c]
+        keep = max(1, round(fraction * len(idx)))
+        picked.append(idx[torch.randperm(len(idx), generator=generator)[:keep]])
+    return torch.cat(picked).sort().values
