@@ -11,7 +11,7 @@ import streamlit as st
 
 from pages._shared import live, manager, page_entered, require_app, set_params, show_error, store
 from workbench.config import RunConfig
-from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC
+from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, metric_label
 from workbench.plots import contribution_bars
 from workbench.store import ACTIVE, FINISHED
 from workbench.suites import suite_analysis, suite_progress
@@ -87,6 +87,8 @@ def suite_view(polling: bool) -> None:
     st.caption(" · ".join(f"{status}: {n}" for status, n in sorted(counts.items())))
     analysis = suite_analysis(store(), suite)
     summary, contrib = analysis["summary"], analysis["contributions"]
+    label = metric_label(analysis.get("metric", ACCURACY_METRIC))  # which split the numbers are
+    st.caption(f"Contributions and the variant table use the {label}.")
     percent = st.column_config.NumberColumn(format="percent", width="small")
     col_chart, col_table = st.columns([3, 2])
     with col_chart:
@@ -115,7 +117,7 @@ def suite_view(polling: bool) -> None:
                 column_config={c: signed for c in ("contribution", "ci_low", "ci_high")},
             )
     with col_table:
-        st.subheader(f"{ACCURACY_LABEL.capitalize()} per variant")
+        st.subheader(f"{label.capitalize()} per variant")
         if summary.empty:
             st.info("No finished runs yet.")
         else:

@@ -69,3 +69,8 @@ def test_option_label_keeps_the_id():
 def test_the_accuracy_label_comes_from_one_place():
     assert (naming.ACCURACY_METRIC, naming.ACCURACY_LABEL) == ("val_acc", "val acc")
     assert naming.accuracy_title("teacher") == "teacher val acc"
+
+
+def test_metric_labels_name_the_split():
+    assert naming.metric_label("val_acc") == "val acc"
+    assert naming.metric_label("test_acc") == "test acc"

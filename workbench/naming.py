@@ -22,6 +22,7 @@ __all__ = [
     "field_text",
     "flat_config",
     "group_fields",
+    "metric_label",
     "option_label",
     "short_names",
 ]
@@ -53,6 +54,12 @@ _FORMATS = {
     "weights.feature": "feat {}",
     "weights.relation": "rel {}",
 }
+
+
+def metric_label(metric: str) -> str:
+    """How an accuracy metric is named on screen: ``val_acc`` -> ``"val acc"``, ``test_acc`` ->
+    ``"test acc"`` (every accuracy says its split)."""
+    return ACCURACY_LABEL if metric == ACCURACY_METRIC else metric.replace("_", " ")
 
 
 def accuracy_title(prefix: str = "") -> str:
