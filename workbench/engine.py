@@ -26,9 +26,10 @@ from torch import nn
 
 from workbench import checkpoints, runqueue
 from workbench.config import COMPONENTS, RunConfig
-from workbench.data import DataBundle, load_dataset
+from workbench.data import SPLIT_VERSION, DataBundle, load_dataset
 from workbench.errors import CheckpointError, ConfigError, WorkbenchError
 from workbench.features import FeatureTaps, build_adapters, check_pairs, pair_layers
+from workbench.gradshare import SHARE_FIELDS, gradient_shares
 from workbench.losses import HybridLoss
 from workbench.models import build_model, feature_layers
 from workbench.probe import per_class_accuracy, run_probe
@@ -147,7 +148,7 @@ def ensure_teacher(
     teacher_cfg = config.teacher_config()
     fingerprint = teacher_cfg.fingerprint()
     with store.lock(f"teacher:{fingerprint}"):
-        found = store.find_teacher(fingerprint)
+        found = store.find_teacher(teacher_key(teacher_cfg))
         if found:
             return found
         unfinished = _unfinished_teacher(store, fingerprint)  # continue one a dead process left
@@ -159,6 +160,13 @@ def ensure_teacher(
             f"training the teacher {config.teacher} {record['status']}: {record['error'] or ''}".strip()
         )
     return record["id"]
+
+
+def teacher_key(teacher_config: RunConfig) -> str:
+    """The key under which the store finds the trained teacher of a recipe: its fingerprint
+    and the version of the data splits (a teacher trained on older splits may have seen
+    today's test images, so it is not reused)."""
+    return f"{teacher_config.fingerprint()}:split{SPLIT_VERSION}"
 
 
 def _unfinished_teacher(store: Store, fingerprint: str) -> str | None:
@@ -225,7 +233,8 @@ def import_teacher(
         raise CheckpointError(
             f"this checkpoint does not fit {teacher} for {dataset}: {first.strip()}"
         ) from None
-    acc = float((evaluate(model, data.val_x) == data.val_y).float().mean())
+    val_acc = float((evaluate(model, data.val_x) == data.val_y).float().mean())
+    test_acc = float((evaluate(model, data.test_x) == data.test_y).float().mean())
     run_id = store.create_run(
         config, name=name or f"uploaded {teacher}", tags=["uploaded"], status="completed"
     )
@@ -237,7 +246,7 @@ def import_teacher(
         finished_at=now,
         seconds=0.0,
         teacher_source="upload",
-        metrics={"val_acc": acc},
+        metrics={"val_acc": val_acc, "test_acc": test_acc},
     )
     return run_id
 
@@ -335,7 +344,7 @@ def run(
     if status == "completed":
         checkpoints.delete_state(store.home, run_id)  # its final weights are the plain checkpoint
         if config.role == "teacher":
-            store.set_teacher(config.fingerprint(), run_id)  # later students reuse it
+            store.set_teacher(teacher_key(config), run_id)  # later students reuse it
     if on_step:
         on_step(
             {
@@ -394,9 +403,11 @@ class Training:
     model_generator: torch.Generator  # the model's device: dropout, stochastic depth
     source: LiveTeacher | CachedTeacher | None
     teacher_pred: torch.Tensor | None  # [N_val], the teacher's predicted classes
+    teacher_test_pred: torch.Tensor | None  # [N_test]
     train_x: torch.Tensor  # [N, C, H, W] on the device
     train_y: torch.Tensor  # [N]
     val_x: torch.Tensor  # [N_val, C, H, W] on the device
+    test_x: torch.Tensor  # [N_test, C, H, W] on the device
     batch: int
     steps_per_epoch: int
     amp_dtype: torch.dtype
@@ -406,7 +417,6 @@ class Training:
     epoch_rows: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
     epoch: int = 0  # the last finished epoch
-    last_pred: torch.Tensor | None = None  # [N_val], the model's predictions after `epoch`
 
     @property
     def total_steps(self) -> int:
@@ -464,10 +474,14 @@ def prepare(
     )
     if source is not None:
         store.update_run(run_id, teacher_source=source.kind, teacher_note=source.note)
-    teacher_pred = (  # computed once per teacher and validation split, unless the cache is off
-        teacher_predictions(config, teacher, teacher_id, val_x, store)
+    test_x = data.test_x.to(device)
+    teacher_pred, teacher_test_pred = (  # once per teacher and split, unless the cache is off
+        (
+            teacher_predictions(config, teacher, teacher_id, val_x, store),
+            teacher_predictions(config, teacher, teacher_id, test_x, store),
+        )
         if teacher is not None
-        else None
+        else (None, None)
     )
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -495,9 +509,11 @@ def prepare(
         model_generator=model_generator,
         source=source,
         teacher_pred=teacher_pred,
+        teacher_test_pred=teacher_test_pred,
         train_x=train_x,
         train_y=train_y,
         val_x=val_x,
+        test_x=test_x,
         batch=batch,
         steps_per_epoch=steps_per_epoch,
         amp_dtype=amp_dtype,
@@ -524,7 +540,7 @@ def _teacher_for(
     if not teacher_id and config.uses_teacher:
         teacher_id = ensure_teacher(config, store, on_step=on_step, stop=stop)
     elif not teacher_id and config.role == "student":
-        teacher_id = config.teacher_run or store.find_teacher(config.teacher_config().fingerprint())
+        teacher_id = config.teacher_run or store.find_teacher(teacher_key(config.teacher_config()))
     if not teacher_id:
         return None, None
     return load_teacher(teacher_id, store, data, device), teacher_id
@@ -624,35 +640,54 @@ def train_epoch(t: Training, epoch: int, taps: FeatureTaps) -> None:
         x, y = t.train_x[idx], t.train_y[idx]  # [B, C, H, W], [B]
         if config.augment:
             x = augment_batch(x, t.generator)
-        terms = train_step(t, idx, x, y, taps)
+        logged = (t.step + 1) % config.log_every == 0 or b == t.steps_per_epoch - 1
+        terms, shares = train_step(t, idx, x, y, taps, shares=logged)
         t.step += 1
         if t.stop is not None and t.stop.is_set():
             raise _Stopped
-        if t.step % config.log_every == 0 or b == t.steps_per_epoch - 1:
-            log_step(t, terms, epoch)
+        if logged:
+            log_step(t, terms, epoch, shares)
 
 
 def train_step(
-    t: Training, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor, taps: FeatureTaps
-) -> dict[str, torch.Tensor]:
-    """Forward, hybrid loss, backward and one optimizer and schedule step."""
+    t: Training,
+    idx: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    taps: FeatureTaps,
+    *,
+    shares: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, float] | None]:
+    """Forward, hybrid loss, backward and one optimizer and schedule step. With ``shares``
+    (on logged steps) also each term's share of the gradient on the model's parameters
+    (``workbench.gradshare``), measured before the step."""
     with torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.use_amp):
         logits = t.model(x)  # [B, K]
         t_logits, t_feats = t.source(idx, x) if t.source is not None else (None, [])
         terms = t.hybrid(logits, y, t_logits, taps.features, t_feats)
+    measured = (
+        gradient_shares(terms, t.hybrid.current_weights(), t.model.parameters()) if shares else None
+    )
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(terms["total"]).backward()
     t.scaler.step(t.optimizer)
     t.scaler.update()
     t.scheduler.step()
-    return terms
+    return terms, measured
 
 
-def log_step(t: Training, terms: dict[str, torch.Tensor], epoch: int) -> None:
+def log_step(
+    t: Training,
+    terms: dict[str, torch.Tensor],
+    epoch: int,
+    shares: dict[str, float] | None = None,
+) -> None:
     """Append a history row, report progress, and honour a cancel asked through the store."""
     row = _log_row(terms, t.hybrid, t.step, epoch, t.elapsed())
     if not math.isfinite(row["total"]):
         raise _Diverged(t.step)
+    if shares is not None:
+        row.update({SHARE_FIELDS[k]: v for k, v in shares.items()})
     t.history.append(row)
     t.store.save_history_tail(t.run_id, t.history)
     eta = t.elapsed() / t.step * (t.total_steps - t.step)
@@ -696,7 +731,7 @@ def end_epoch(t: Training, epoch: int) -> dict[str, Any]:
         "time": t.elapsed(),
     }
     t.epoch_rows.append(row)
-    t.epoch, t.last_pred = epoch, pred
+    t.epoch = epoch
     t.store.set_epochs(t.run_id, t.epoch_rows)
     checkpoints.save_state(t.store.home, t.run_id, training_state(t))
     t.on_step(
@@ -716,20 +751,24 @@ def end_epoch(t: Training, epoch: int) -> dict[str, Any]:
 
 
 def finish(t: Training) -> dict[str, Any]:
-    """Save the final weights, compute the run's metrics and (for a student) its probe."""
+    """Save the final weights, compute the run's metrics and (for a student) its probe.
+
+    Validation chose nothing here but is what the weighting saw; the headline numbers
+    (``test_acc``, the teacher's accuracy, the agreement, per-class accuracy) are measured on
+    the test split, which nothing in training looked at."""
     t.store.save_checkpoint(t.run_id, t.model.state_dict())
-    pred = t.last_pred if t.last_pred is not None else evaluate(t.model, t.val_x)
+    test_pred = evaluate(t.model, t.test_x)  # [N_test]
+    test_y = t.data.test_y
+    correct = test_pred == test_y  # [N_test]
+    teacher = t.teacher_test_pred
     metrics = {
         "val_acc": t.epoch_rows[-1]["val_acc"],
         "best_val_acc": max(r["val_acc"] for r in t.epoch_rows),
-        "teacher_acc": (
-            float((t.teacher_pred == t.data.val_y).float().mean())
-            if t.teacher_pred is not None
-            else None
-        ),
-        "agreement": t.epoch_rows[-1]["agreement"],
+        "test_acc": float(correct.float().mean()),
+        "teacher_acc": float((teacher == test_y).float().mean()) if teacher is not None else None,
+        "agreement": float((test_pred == teacher).float().mean()) if teacher is not None else None,
         "final_losses": {k: t.history[-1][k] for k in (*COMPONENTS, "total")} if t.history else {},
-        "per_class_acc": per_class_accuracy(pred, t.data.val_y, t.data.num_classes),
+        "per_class_acc": per_class_accuracy(test_pred, test_y, t.data.num_classes),
     }
     t.store.update_run(t.run_id, metrics=metrics)
     if t.config.role == "student":
@@ -744,9 +783,12 @@ def finish(t: Training) -> dict[str, Any]:
             val_y=t.data.val_y,
             class_names=t.data.class_names,
             device=t.device,
+            store=t.store,
+            teacher_id=t.teacher_id,
         )
         probe["per_class_acc"] = metrics["per_class_acc"]
         probe["agreement"] = metrics["agreement"]
+        probe["test_correct"] = correct.to(torch.uint8).tolist()  # per-image tests (McNemar)
         t.store.save_probe(t.run_id, probe)
     return metrics
 
@@ -767,7 +809,6 @@ def training_state(t: Training) -> dict[str, Any]:
         "scaler": t.scaler.state_dict(),
         "generator": t.generator.get_state(),
         "model_generator": t.model_generator.get_state(),
-        "last_pred": t.last_pred,
     }
 
 
@@ -786,7 +827,7 @@ def restore(t: Training, state: dict[str, Any]) -> None:
     t.scaler.load_state_dict(state["scaler"])
     t.generator.set_state(state["generator"])
     t.model_generator.set_state(state["model_generator"])
-    t.epoch, t.step, t.last_pred = state["epoch"], state["step"], state["last_pred"]
+    t.epoch, t.step = state["epoch"], state["step"]
     t.started = time.time() - state["elapsed"]
     t.history = [r for r in t.store.history(t.run_id) if r["step"] <= t.step]
     t.epoch_rows = [r for r in t.store.epochs(t.run_id) if r["epoch"] <= t.epoch]

@@ -279,10 +279,11 @@ class ValidationWeighting(FixedWeighting):
 
     def get_extra_state(self) -> dict[str, float]:
         """Host-side state, kept in ``state_dict()`` so a resumed run continues exactly."""
-        return {"keep": self.keep, "best": self.best}
+        return {"keep": self.keep, "direction": self.direction, "previous": self.previous}
 
     def set_extra_state(self, state: dict[str, float]) -> None:
-        self.keep, self.best = float(state["keep"]), float(state["best"])
+        self.keep, self.direction = float(state["keep"]), int(state["direction"])
+        self.previous = None if state["previous"] is None else float(state["previous"])
 
     def extra_repr(self) -> str:
         return (
