@@ -209,10 +209,7 @@ def _print_suite(suite: dict[str, Any], analysis: dict[str, Any]) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     from workbench.store import Store
 
-    store = Store()
-    if store.read_only is not None:
-        print(f"note: the store is read-only: {store.read_only}", file=sys.stderr)
-    records = store.list_runs(status=args.status, role=args.role)
+    records = Store().list_runs(status=args.status, role=args.role)
     if args.json:
         print(
             json.dumps(
@@ -252,8 +249,6 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "  probe: missing (it was saved, but its file is gone; "
                 "`python -m workbench store check` lists the damage)"
             )
-    if store.read_only is not None:
-        print(f"note: the store is read-only: {store.read_only}", file=sys.stderr)
     return 0
 
 

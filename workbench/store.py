@@ -165,6 +165,10 @@ def storage_error(
                 f"{what} failed: the disk reported an I/O error on {where}; check the disk, "
                 f"then run `{CHECK}`"
             )
+        return StoreError(
+            f"{what} failed: {where}: {exc.strerror or exc}; KDWB_HOME must name a folder this "
+            "user can write to"
+        )
     return None
 
 
@@ -334,9 +338,9 @@ class Store:
                 raise
             if not is_disk_full(exc, self.home) or not self.db_path.exists():
                 raise error from exc
-            db = _ReadOnlyIndex(self.home / "store", error)
-            self.read_only = error
-            log.warning("%s (opened read-only)", error)
+            self.read_only = full_disk_error(self.home, "writing to it")
+            db = _ReadOnlyIndex(self.home / "store", self.read_only)
+            log.info("the run store is open read-only: %s", self.read_only)
         self._db = _GuardedDb(db, self.home)
         if self.read_only is None:
             self.mark_interrupted()
@@ -503,12 +507,15 @@ class Store:
     # The history is kept in chunks of HISTORY_CHUNK rows, so that a logged step rewrites one
     # chunk instead of the whole (growing) history: a long run costs O(steps), not O(steps^2).
     def set_history(self, run_id: str, rows: list[dict[str, Any]]) -> None:
-        """Store the whole history of a run (replacing any)."""
-        self._delete_chunks(f"history:{run_id}")
+        """Store the whole history of a run (replacing any). The new chunks are written
+        before the old ones beyond them are dropped: a failed write loses no rows."""
         for start in range(0, len(rows), HISTORY_CHUNK):
             self._db.set(
                 f"history:{run_id}:{start // HISTORY_CHUNK}", rows[start : start + HISTORY_CHUNK]
             )
+        index = -(-len(rows) // HISTORY_CHUNK)
+        while self._db.delete(f"history:{run_id}:{index}"):
+            index += 1
 
     def save_history_tail(self, run_id: str, rows: list[dict[str, Any]]) -> None:
         """Store a history that only grew since the last call: rewrites its last chunk."""

@@ -259,8 +259,13 @@ def _check_runs(store: Store, files: dict[str, set[str]], report: CheckReport) -
             store.history(run_id)
         except StoreError as exc:
             saved = manifest is not None and bool(manifest.get("history"))
-            fix = "repair restores it from the manifest" if saved else "no manifest holds it"
-            add(Finding("history", run_id, f"{exc.args[0].split(': run `')[0]}; {fix}", saved))
+            message = (
+                f"the metric history of run {run_id} is damaged (a value file is missing); "
+                "repair restores it from the manifest"
+                if saved
+                else str(exc)
+            )
+            add(Finding("history", run_id, message, saved))
         if store.probe_state(run_id) == "missing":
             add(
                 Finding(
@@ -295,7 +300,13 @@ def repair_store(home: str | Path | None = None) -> RepairReport:
     moved = None
     if state != "ok" and (home / "store").is_dir() and any((home / "store").iterdir()):
         moved = home / f"store.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.rename(home / "store", moved)  # the whole folder: the index and its value files
+        try:  # the whole folder: the index and its value files
+            os.rename(home / "store", moved)
+        except OSError as exc:
+            raise StoreError(
+                f"could not move the damaged index {home / 'store'} aside to {moved} "
+                f"({exc.strerror}); move it yourself, then run `{REPAIR}` again"
+            ) from None
     files, suites, leftovers = _scan(home)
     store = Store(home, rebuilding=True)
     try:
