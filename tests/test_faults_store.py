@@ -115,9 +115,11 @@ def value_file(store: Store, key: str) -> Path:
 
 
 # ------------------------------------------------------------------------------ locks
-def test_kill_9_while_a_teacher_trains_frees_its_lock(home):
-    """The issue's reproduction: kill -9 of a CLI run while its teacher trains under the
-    teacher lock; the next acquirer takes the lock over (bounded), told whom it took it from."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+def test_kill_9_while_a_teacher_trains_frees_its_lock(home, sig):
+    """The issue's reproduction: kill -9 (or SIGTERM) of a CLI run while its teacher trains
+    under the teacher lock; the next acquirer gets the lock in bounded time (taken over, or
+    released by a holder that handles SIGTERM), and is told whom it waited for."""
     args = ["run", "--teacher", "small_cnn", "--student", "mlp", "--epochs", "1"]
     args += ["--teacher-epochs", "40", "--batch-size", "8"]
     fingerprint = config_from_args(build_parser().parse_args(args)).teacher_config().fingerprint()
@@ -143,7 +145,7 @@ def test_kill_9_while_a_teacher_trains_frees_its_lock(home):
         assert holder and holder["pid"] == proc.pid, proc.poll()
         assert "which is training teacher small_cnn on digits" in holder["description"]
         teacher_run = holder["description"].split()[1].rstrip(",")  # "run ID, which is ..."
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
         proc.wait(BOUND_S)
     finally:
         if proc.poll() is None:
@@ -161,10 +163,11 @@ def test_kill_9_while_a_teacher_trains_frees_its_lock(home):
     thread.start()
     thread.join(BOUND_S)
     assert got.is_set(), "the lock of the killed holder was not taken over"
-    assert len(messages) == 1 and "took over lock" in messages[0]
-    assert "its process is gone" in messages[0] and teacher_run in messages[0]
+    if sig == signal.SIGKILL or messages:  # a SIGTERM handler may release it cleanly instead
+        assert len(messages) == 1 and "took over lock" in messages[0]
+        assert "its process is gone" in messages[0] and teacher_run in messages[0]
     assert store.lock_holder(name) is None  # released again
-    assert store.get_run(teacher_run)["status"] == "interrupted"  # its record is not lost
+    assert store.get_run(teacher_run)["status"] in ("interrupted", "cancelled")  # not lost
 
 
 HOLDER = """

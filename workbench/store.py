@@ -343,7 +343,12 @@ class Store:
             log.info("the run store is open read-only: %s", self.read_only)
         self._db = _GuardedDb(db, self.home)
         if self.read_only is None:
-            self.mark_interrupted()
+            try:
+                self.mark_interrupted()
+            except StoreError as exc:  # a full disk must not stop `runs` and `show`
+                if not is_disk_full(exc, self.home):
+                    raise
+                log.info("could not mark interrupted runs: %s", exc)
 
     @property
     def db_path(self) -> Path:

@@ -364,7 +364,8 @@ def _build(
         }
         (tmp / _META).write_text(json.dumps(meta, indent=1))
         size = _entry_bytes(tmp)
-        with store.lock("teacher_outputs"):  # one evictor at a time, and the rename inside it
+        # one evictor at a time, and the rename inside it
+        with store.lock("teacher_outputs", description="a run making room in the teacher cache"):
             _make_room(root, size, limit, keep=folder.name)
             _remove(folder)  # a damaged leftover under the same key, if any
             os.rename(tmp, folder)
