@@ -32,6 +32,7 @@ _FLAGS = {
     "seed": int,
     "device": str,
     "log_every": int,
+    "train_fraction": float,
 }
 
 

@@ -106,6 +106,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     augment: bool = False
+    train_fraction: float = 1.0
     teacher_cache: bool = True
     log_every: int = 10
 
@@ -144,6 +145,12 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
         _check_number("lr", self.lr, low=0.0, inclusive=False)
+        _check_number("train_fraction", self.train_fraction, low=0.0, inclusive=False)
+        if self.train_fraction > 1:
+            raise ConfigError(
+                f"train_fraction must be in (0, 1] (the share of the training split this run "
+                f"trains on), got {self.train_fraction:g}"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
@@ -197,7 +204,10 @@ class RunConfig:
         if self.role == "teacher":
             return f"teacher {self.teacher} on {self.dataset}, {self.epochs} ep"
         w = " ".join(f"{k[:3]} {v:g}" for k, v in self.weights.as_dict().items() if v > 0)
-        return f"{self.teacher} -> {self.student} on {self.dataset}: {w}, T={self.temperature:g}"
+        part = f" ({self.train_fraction:.0%} of train)" if self.train_fraction < 1 else ""
+        return (
+            f"{self.teacher} -> {self.student} on {self.dataset}{part}: {w}, T={self.temperature:g}"
+        )
 
     # ------------------------------------------------------------------ serialization
     def to_dict(self) -> dict[str, Any]:
@@ -251,6 +261,8 @@ class RunConfig:
     def fingerprint(self) -> str:
         """A stable hash of every field that changes what the run computes."""
         data = {k: v for k, v in self.to_dict().items() if k not in _NOT_FINGERPRINTED}
+        if data.get("train_fraction") == 1.0:  # the default: fingerprints of older configs stay
+            del data["train_fraction"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
