@@ -372,6 +372,7 @@ def test_full_disk_while_writing_with_the_store_open(small_disk):
 def test_full_disk_while_building_the_teacher_cache_runs_the_teacher_live(small_disk):
     from workbench.data import load_dataset
     from workbench.models import build_model
+    from workbench.probe import teacher_probe_features
     from workbench.teacher_cache import LiveTeacher, cache_root, teacher_source
 
     home = small_disk / "home"
@@ -386,6 +387,12 @@ def test_full_disk_while_building_the_teacher_cache_runs_the_teacher_live(small_
     assert isinstance(source, LiveTeacher)
     assert "the disk holding the teacher cache" in source.note and "is full" in source.note
     assert not [p for p in cache_root(store).iterdir() if p.name.startswith(".tmp")]
+    # the probe's teacher features are an entry of the same cache: the same fallback
+    x = digits.val_x[:256]
+    features, how = teacher_probe_features(teacher, ["block2"], x, store=store)
+    assert how == "live: the disk holding the teacher cache is full"
+    with torch.inference_mode():
+        assert torch.equal(features[0], teacher_probe_features(teacher, ["block2"], x)[0][0])
     assert store.list_runs() == []  # the store still answers
 
 
