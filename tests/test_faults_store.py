@@ -234,7 +234,7 @@ def test_a_long_wait_is_reported_and_logged(home, caplog):
             with store.lock("job", on_wait=on_wait, report_after=0.2, poll=0.05):
                 done.set()
 
-        with caplog.at_level("WARNING", logger="kdwb.store"):
+        with caplog.at_level("INFO", logger="kdwb.store"):
             thread = threading.Thread(target=wait, daemon=True)
             thread.start()
             assert reported.wait(BOUND_S)
@@ -558,3 +558,32 @@ def test_manifest_is_written_atomically_and_follows_the_run(store):
     assert store.read_manifest(run_id)["record"]["status"] == "queued"  # from its creation
     leftovers = [p for p in (store.home / "checkpoints").iterdir() if ".tmp" in p.name]
     assert leftovers == []
+
+
+def test_a_wait_without_a_callback_is_a_warning(store, caplog):
+    """The CLI passes no callback: the wait is then a WARNING, which Python prints on stderr."""
+    release, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.lock("job", description="run R2, which is training teacher resnet18"):
+            release.wait(BOUND_S)
+
+    def wait() -> None:
+        with store.lock("job", report_after=0.1, poll=0.05):
+            done.set()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    while store.lock_holder("job") is None:
+        time.sleep(0.01)
+    with caplog.at_level("WARNING", logger="kdwb.store"):
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        deadline = time.monotonic() + BOUND_S
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.05)
+        release.set()
+        waiter.join(BOUND_S)
+    assert done.is_set()
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("waiting")]
+    assert record.levelname == "WARNING" and "run R2, which is training" in record.getMessage()

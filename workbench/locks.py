@@ -8,8 +8,9 @@ when its holder is dead (same host, process gone) or silent (no heartbeat for ``
 seconds: another host, a hung or stopped process).
 
 Nothing waits silently: a wait longer than ``report_after`` seconds is logged (logger
-``kdwb.store``) and passed to ``on_wait(message)``, again when the holder changes and every
-``report_every`` seconds. Waiting costs one indexed SQLite read per poll (every ``poll`` seconds,
+``kdwb.store``: WARNING, which the CLI prints, or INFO when ``on_wait`` is given) and passed to
+``on_wait(message)``, again when the holder changes and every ``report_every`` seconds; so is a
+takeover. Waiting costs one indexed SQLite read per poll (every ``poll`` seconds,
 every second after the first report).
 
 There is no fencing (Kleppmann, "How to do distributed locking", 2016): a holder that was only
@@ -221,6 +222,7 @@ def acquire(
         "heartbeat": now,
         "heartbeat_s": heartbeat,
     }
+    level = logging.INFO if on_wait else logging.WARNING  # on_wait shows it: no echo on stderr
     started = time.monotonic()
     reported_at: float | None = None
     reported_token = None
@@ -229,7 +231,7 @@ def acquire(
         if acquired:
             if current is not None:
                 message = f"took over lock {name} from {describe_holder(current)}: {why}"
-                log.warning(message)
+                log.log(level, message)
                 if on_wait:
                     on_wait(message)
             return LockHandle(db, name, mine, heartbeat)
@@ -251,7 +253,7 @@ def acquire(
             or time.monotonic() - reported_at >= report_every
         ):
             message = f"waiting {waited:.0f} s for lock {name}, held by {describe_holder(current)}"
-            log.warning(message)
+            log.log(level, message)
             if on_wait:
                 on_wait(message)
             reported_at, reported_token = time.monotonic(), token
