@@ -147,12 +147,24 @@ def ensure_teacher(
         return config.teacher_run
     teacher_cfg = config.teacher_config()
     fingerprint = teacher_cfg.fingerprint()
-    with store.lock(f"teacher:{fingerprint}"):
+    what = f"training teacher {config.teacher} on {config.dataset}"
+    with store.lock(
+        f"teacher:{fingerprint}",
+        description=f"a run {what}",
+        on_wait=lambda message: on_step(
+            {"run_id": None, "role": "teacher", "phase": "wait", "message": message}
+        )
+        if on_step
+        else None,
+    ) as held:
         found = store.find_teacher(teacher_key(teacher_cfg))
         if found:
             return found
-        unfinished = _unfinished_teacher(store, fingerprint)  # continue one a dead process left
-        record = run(teacher_cfg, store, on_step=on_step, stop=stop, run_id=unfinished)
+        teacher_id = _unfinished_teacher(store, fingerprint) or store.create_run(
+            teacher_cfg, status="running"  # held by this process, never seen as queued
+        )  # an unfinished one is a run a dead process left: it continues from its checkpoint
+        held.describe(f"run {teacher_id}, which is {what}")
+        record = run(teacher_cfg, store, on_step=on_step, stop=stop, run_id=teacher_id)
     if record["status"] == "cancelled":
         raise _Stopped
     if record["status"] != "completed":
@@ -734,6 +746,7 @@ def end_epoch(t: Training, epoch: int) -> dict[str, Any]:
     t.epoch = epoch
     t.store.set_epochs(t.run_id, t.epoch_rows)
     checkpoints.save_state(t.store.home, t.run_id, training_state(t))
+    t.store.write_manifest(t.run_id)  # what `store repair` rebuilds the index from
     t.on_step(
         {
             "run_id": t.run_id,
