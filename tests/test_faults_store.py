@@ -587,3 +587,29 @@ def test_a_wait_without_a_callback_is_a_warning(store, caplog):
     assert done.is_set()
     (record,) = [r for r in caplog.records if r.getMessage().startswith("waiting")]
     assert record.levelname == "WARNING" and "run R2, which is training" in record.getMessage()
+
+
+def test_a_real_run_survives_a_zero_byte_index(home, capsys):
+    """Runs made by the engine (a teacher, then a student with a probe): the manifests its
+    updates write bring back records, histories and epochs, read as before."""
+    args = ["run", "--teacher", "small_cnn", "--student", "mlp", "--epochs", "1"]
+    assert main([*args, "--teacher-epochs", "1", "--json"]) == 0
+    student = json.loads(capsys.readouterr().out)["run_id"]
+    store = Store(home)
+    before = snapshot(store)
+    configs = {r["id"]: RunConfig.from_dict(r["config"]) for r in store.list_runs()}
+    assert len(configs) == 2 and store.probe_state(student) == "saved"
+    store.close()
+    damage(home / "store" / "cache.db", "zero-byte")
+    assert main(["runs"]) == 2
+    assert "is empty (0 bytes)" in capsys.readouterr().err
+    assert main(["store", "repair"]) == 1  # restored; the probe (not in manifests) reported
+    capsys.readouterr()
+    repaired = Store(home)
+    assert snapshot(repaired) == before
+    for run_id, config in configs.items():  # the same configs (and so fingerprints) as before
+        assert RunConfig.from_dict(repaired.get_run(run_id)["config"]) == config
+    teacher = repaired.get_run(student)["teacher_run"]
+    assert repaired.find_teacher(configs[teacher].fingerprint()) == teacher
+    assert repaired.probe_state(student) == "missing"
+    assert main(["show", student]) == 0 and "probe: missing" in capsys.readouterr().out
