@@ -143,7 +143,8 @@ def storage_error(
         text = str(exc)
         if "locked" in text or name.startswith("SQLITE_BUSY"):
             return StoreError(
-                f"{what} failed: the run index {db} is locked by another process ({text}); retry"
+                f"{what} failed: the run index {db} is locked by another connection ({text}); "
+                "retry, and stop other workbench processes if it persists"
             )
         if name in ("SQLITE_READONLY", "SQLITE_CANTOPEN") or "readonly" in text:
             return StoreError(
@@ -348,13 +349,11 @@ class Store:
         return self.home / "store" / DB_NAME
 
     def _refuse_lost_index(self) -> None:
-        """A missing or zero-byte index next to run files is damage, not an empty store."""
+        """A missing or zero-byte index next to run files is damage, not an empty store (an
+        index in WAL mode is never zero bytes: its header page is written when it is made)."""
         db = self.db_path
         with contextlib.suppress(OSError):
             if db.stat().st_size > 0:
-                return
-        with contextlib.suppress(OSError):
-            if db.with_name(DB_NAME + "-wal").stat().st_size > 0:
                 return
         try:
             files = [

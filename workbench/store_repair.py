@@ -128,10 +128,8 @@ def _index_state(home: Path) -> tuple[str, str]:
     db = home / "store" / DB_NAME
     if not db.exists():
         return "missing", f"{db} does not exist"
-    if db.stat().st_size == 0:
-        wal = db.with_name(DB_NAME + "-wal")
-        if not (wal.exists() and wal.stat().st_size > 0):
-            return "empty", f"{db} is empty (0 bytes)"
+    if db.stat().st_size == 0:  # never so in WAL mode, even with its pages in the -wal file
+        return "empty", f"{db} is empty (0 bytes)"
     try:  # immutable: no locks, no shared-memory file (works on a full disk), no writes
         con = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
         try:
