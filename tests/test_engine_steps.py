@@ -332,3 +332,19 @@ def test_every_weighting_scheme_keeps_its_state_in_the_checkpoint(scheme, tmp_pa
         h.epoch_end(0.5)
     assert first.weighting(terms, first.base) == second.weighting(terms, second.base)
     assert first.current_weights() == second.current_weights()
+
+
+def test_headline_metrics_are_measured_on_the_test_split(store):
+    from workbench.data import load_dataset
+    from workbench.models import build_model
+
+    record = run(SCRATCH.replace(epochs=2), store)
+    data = load_dataset("digits")
+    model = build_model("mlp", data.input_shape, data.num_classes)
+    model.load_state_dict(store.load_checkpoint(record["id"]))
+    test_pred, val_pred = evaluate(model, data.test_x), evaluate(model, data.val_x)
+    metrics = record["metrics"]
+    assert metrics["test_acc"] == float((test_pred == data.test_y).float().mean())
+    assert metrics["val_acc"] == float((val_pred == data.val_y).float().mean())
+    assert metrics["test_acc"] != metrics["val_acc"]  # the two splits differ on this run
+    assert store.probe(record["id"])["test_correct"] == (test_pred == data.test_y).int().tolist()
