@@ -348,3 +348,43 @@ def test_headline_metrics_are_measured_on_the_test_split(store):
     assert metrics["val_acc"] == float((val_pred == data.val_y).float().mean())
     assert metrics["test_acc"] != metrics["val_acc"]  # the two splits differ on this run
     assert store.probe(record["id"])["test_correct"] == (test_pred == data.test_y).int().tolist()
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "planted pickle"])
+def test_a_damaged_training_checkpoint_fails_the_resume_with_a_message(store, tmp_path, damage):
+    import pickle
+
+    config = SCRATCH.replace(epochs=2)
+    run_id = store.create_run(config)
+    stop = threading.Event()
+    run(
+        config,
+        store,
+        on_step=lambda e: e["phase"] == "epoch" and stop.set(),
+        stop=stop,
+        run_id=run_id,
+    )
+    path = checkpoints.state_path(store.home, run_id)
+    marker = tmp_path / "marker"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+    runqueue.requeue(store, run_id)
+    record = run(config, store, run_id=run_id)
+    assert record["status"] == "failed"
+    assert "is damaged" in record["error"] and "restart the run" in record["error"]
+    assert not marker.exists()
+    assert store.epochs(run_id)  # the history it had is kept
