@@ -15,7 +15,6 @@ outputs are ``go.Figure`` objects (or ``DataFrame`` tables) that the pages show 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,7 +27,7 @@ import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative
 from plotly.subplots import make_subplots
 
-from workbench.config import COMPONENTS
+from workbench.config import COMPONENTS, fingerprint_of, summary_of
 from workbench.errors import WorkbenchError
 
 __all__ = [
@@ -54,8 +53,6 @@ Runs = Mapping[str, Sequence[Row] | Sequence[Sequence[Row]]]
 
 PALETTE = qualitative.Plotly
 NOT_SIGNIFICANT = "#9e9e9e"
-# Config fields that do not change what a run computes, nor tell its seeds apart.
-_NOT_GROUPED = ("seed", "device", "log_every")
 
 
 class PlotDataError(WorkbenchError, ValueError):
@@ -246,35 +243,18 @@ def weight_curves(
 
 
 # ---------------------------------------------------------------------- grouping runs
-def _config_summary(config: Mapping[str, Any]) -> str:
-    """``RunConfig.summary()`` from a config dict (without building and validating a config)."""
-    if config.get("role") == "teacher":
-        return (
-            f"teacher {config.get('teacher')} on {config.get('dataset')}, {config.get('epochs')} ep"
-        )
-    weights = config.get("weights") or {}
-    w = " ".join(f"{k[:3]} {v:g}" for k, v in weights.items() if v and v > 0)
-    return (
-        f"{config.get('teacher')} -> {config.get('student')} on {config.get('dataset')}: {w}, "
-        f"T={config.get('temperature', 0):g}"
-    )
-
-
-def _seedless_fingerprint(config: Mapping[str, Any]) -> str:
-    data = {k: v for k, v in config.items() if k not in _NOT_GROUPED}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
     """Group runs whose configs differ only by seed: ``{readable label: [records]}``.
 
-    The key is a hash of the config without ``seed`` (nor ``device``, ``log_every``); the label
-    is the suite variant, the run name, or the config summary, plus ``" (n seeds)"`` for a
-    group of several runs. Groups keep the order in which they first appear.
+    The key is the run's identity without its seed (``config.fingerprint_of(...,
+    exclude_seed=True)``); the label is the suite variant, the run name, or the config summary,
+    plus ``" (n seeds)"`` for a group of several runs. Groups keep the order in which they
+    first appear.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
-        groups.setdefault(_seedless_fingerprint(record.get("config", {})), []).append(record)
+        key = fingerprint_of(record.get("config", {}), exclude_seed=True)
+        groups.setdefault(key, []).append(record)
     labelled: dict[str, list[Mapping[str, Any]]] = {}
     for fingerprint, members in groups.items():
         variants = {m.get("variant") for m in members}
@@ -286,7 +266,7 @@ def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[s
         elif len(names) == 1 and None not in names and "" not in names:
             base = str(names.pop())
         else:
-            base = _config_summary(members[0].get("config", {}))
+            base = summary_of(members[0].get("config", {}))
         label = f"{base} ({len(members)} seeds)" if len(members) > 1 else base
         if label in labelled:  # two configs with the same name: tell them apart
             label = f"{label} [{fingerprint[:6]}]"
