@@ -8,11 +8,18 @@ import pytest
 from scipy import stats
 
 from workbench.ablation import (
+    SHAPLEY_BASELINES,
     coalition_name,
     contributions,
     factorial_values,
     factorial_variants,
+    holm_bonferroni,
     leave_one_out_variants,
+    mcnemar_exact,
+    noise_floor,
+    paired_correct,
+    seeds_needed,
+    shapley_tables,
     shapley_values,
     suite_configs,
     suite_results,
@@ -40,7 +47,7 @@ def test_leave_one_out_skips_inactive_components(base):
         "without label": w(0.0, 0.5, 0.0, 0.2),
         "without response": w(0.3, 0.0, 0.0, 0.2),
         "without relation": w(0.3, 0.5, 0.0, 0.0),
-        "label only": w(0.3, 0.0, 0.0, 0.0),
+        "label only": w(1.0, 0.0, 0.0, 0.0),  # the scratch student, not the base label weight
     }
     assert list(variants) == [
         "full",
@@ -53,7 +60,7 @@ def test_leave_one_out_skips_inactive_components(base):
 
 def test_leave_one_out_without_label_weight(base):
     kd_only = base.replace(weights=w(0.0, 1.0, 0.0, 0.0))
-    # "without response" would leave no weight at all; "label only" falls back to weight 1.0
+    # "without response" would leave no weight at all; "label only" is the scratch student
     assert leave_one_out_variants(kd_only) == {
         "full": w(0.0, 1.0, 0.0, 0.0),
         "label only": w(1.0, 0.0, 0.0, 0.0),
@@ -67,7 +74,7 @@ def test_factorial_variants_of_three_active_components(base):
         "without relation": w(0.3, 0.5, 0.0, 0.0),
         "without response": w(0.3, 0.0, 0.0, 0.2),
         "without label": w(0.0, 0.5, 0.0, 0.2),
-        "label only": w(0.3, 0.0, 0.0, 0.0),
+        "label only": w(1.0, 0.0, 0.0, 0.0),
         "response only": w(0.0, 0.5, 0.0, 0.0),
         "relation only": w(0.0, 0.0, 0.0, 0.2),
     }
@@ -162,21 +169,19 @@ def test_paired_interval_by_hand():
     assert not row99["distinguishable"]
 
 
-def test_welch_interval_when_seeds_do_not_pair():
-    full = {0: 0.80, 1: 0.82, 2: 0.81}
-    without = {3: 0.78, 4: 0.79}
+def test_pairs_on_the_shared_seeds_when_one_is_missing():
+    """Seed 2 failed in the reduced variant: pair seeds 0, 1, 3 (no unpaired Welch fallback)."""
+    full = {0: 0.80, 1: 0.82, 2: 0.95, 3: 0.81}
+    without = {0: 0.78, 1: 0.79, 3: 0.77}
     row = contributions({"full": full, "without response": without}).iloc[0]
-    assert row["method"] == "Welch t"
-    assert row["contribution"] == pytest.approx(0.81 - 0.785)
-    # by hand: s1^2/n1 = 1e-4/3, s2^2/n2 = 5e-5/2, Welch-Satterthwaite df = 2.882353
-    va, vb = 1e-4 / 3, 5e-5 / 2
-    dof = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 1)
-    assert dof == pytest.approx(2.882353, abs=1e-6)
-    assert row["half_width"] == pytest.approx(stats.t.ppf(0.975, dof) * math.sqrt(va + vb))
-    # and scipy's own Welch interval agrees
-    ref = stats.ttest_ind(list(full.values()), list(without.values()), equal_var=False)
+    assert row["method"] == "paired t" and row["n"] == 3
+    ref = stats.ttest_rel([0.80, 0.82, 0.81], [0.78, 0.79, 0.77])  # scipy's paired test
     low, high = ref.confidence_interval(0.95)
+    assert row["contribution"] == pytest.approx(0.03)
     assert (row["ci_low"], row["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert row["p_value"] == pytest.approx(ref.pvalue)
+    assert row["mean_full"] == pytest.approx(0.81)  # over the shared seeds only
+    assert "[2]" in row["note"]
 
 
 def test_one_seed_gives_no_interval():
@@ -185,6 +190,80 @@ def test_one_seed_gives_no_interval():
     assert math.isnan(row["half_width"]) and math.isnan(row["ci_low"])
     assert not row["distinguishable"]
     assert "2 seeds" in row["note"]
+    none = contributions({"full": {0: 0.9}, "without label": {1: 0.8}}).iloc[0]
+    assert none["n"] == 0 and math.isnan(none["contribution"]) and not none["distinguishable"]
+
+
+def test_zero_spread_is_not_distinguishable():
+    row = contributions({"full": [0.9, 0.91, 0.92], "without label": [0.8, 0.81, 0.82]}).iloc[0]
+    assert row["contribution"] == pytest.approx(0.1)
+    assert math.isnan(row["half_width"]) and math.isnan(row["p_value"])
+    assert not row["distinguishable"] and "no spread" in row["note"]
+
+
+def test_holm_bonferroni_by_hand():
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 4*0.01, 3*0.02, max(0.06, 2*0.03), max(.., 1*0.5)
+    adjusted = holm_bonferroni([0.03, 0.5, 0.01, 0.02, math.nan])
+    assert adjusted[:4] == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    assert math.isnan(adjusted[4])
+    assert holm_bonferroni([0.4, 0.5]) == pytest.approx([0.8, 0.8])  # monotone, capped at 1
+    assert holm_bonferroni([0.9, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_distinguishable_uses_holm_over_the_components():
+    # Two components, each with unadjusted p just under 0.05: Holm lifts the larger one.
+    results = {
+        "full": [0.80, 0.82, 0.81, 0.83],
+        "without label": [0.70, 0.73, 0.70, 0.74],
+        "without response": [0.79, 0.80, 0.81, 0.80],
+    }
+    table = contributions(results).set_index("component")
+    p = {c: stats.ttest_rel(results["full"], results[f"without {c}"]).pvalue for c in table.index}
+    assert table["p_value"].to_dict() == pytest.approx(p)
+    ordered = sorted(p.items(), key=lambda kv: kv[1])
+    holm = {ordered[0][0]: 2 * ordered[0][1]}
+    holm[ordered[1][0]] = max(holm[ordered[0][0]], ordered[1][1])
+    assert table["p_holm"].to_dict() == pytest.approx(holm)
+    for c in table.index:
+        assert bool(table.loc[c, "distinguishable"]) == (holm[c] < 0.05)
+
+
+def test_mcnemar_exact_against_scipy_and_by_hand():
+    # b = 1, c = 6: P(X <= 1), X ~ Bin(7, 1/2) = (1 + 7) / 128, two-sided 0.125
+    assert mcnemar_exact(1, 6) == pytest.approx(16 / 128)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    for b, c in [(0, 9), (3, 12), (40, 61), (7, 2)]:
+        assert mcnemar_exact(b, c) == pytest.approx(stats.binomtest(b, b + c, 0.5).pvalue)
+
+
+def test_per_image_test_pooled_over_shared_seeds():
+    rng = np.random.default_rng(0)
+    full = {s: rng.integers(0, 2, 50).tolist() for s in range(3)}
+    without = {s: rng.integers(0, 2, 50).tolist() for s in (0, 1)}  # seed 2 missing
+    counts = paired_correct(full, without)
+    b = sum(int(f and not r) for s in (0, 1) for f, r in zip(full[s], without[s], strict=True))
+    c = sum(int(r and not f) for s in (0, 1) for f, r in zip(full[s], without[s], strict=True))
+    assert counts == {"b": b, "c": c, "pairs": 100, "seeds": 2}
+    results = {"full": [0.5, 0.6, 0.7], "without label": [0.4, 0.55]}
+    row = contributions(results, per_image={"full": full, "without label": without}).iloc[0]
+    assert (row["b"], row["c"], row["pairs"]) == (b, c, 100)
+    assert row["p_mcnemar"] == pytest.approx(stats.binomtest(b, b + c, 0.5).pvalue)
+    with pytest.raises(ValueError, match="same test images"):
+        paired_correct({0: [1, 0]}, {0: [1]})
+
+
+def test_noise_floor_and_seeds_needed():
+    floor = noise_floor([0.9, 0.92, 0.94], n_test=360)
+    assert floor["binomial_se"] == pytest.approx(math.sqrt(0.92 * 0.08 / 360))
+    assert floor["seed_sd"] == pytest.approx(0.02)
+    # seeds_needed: smallest n with t_{0.975, n-1} * sd / sqrt(n) < |mean|, checked by brute force
+    for mean, sd in [(0.01, 0.01), (0.003, 0.01), (0.05, 0.01)]:
+        n = seeds_needed(mean, sd)
+        assert stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) < mean
+        if n > 2:
+            assert stats.t.ppf(0.975, n - 2) * sd / math.sqrt(n - 1) >= mean
+    assert seeds_needed(0.0, 0.01) == math.inf
+    assert math.isnan(seeds_needed(0.01, math.nan))
 
 
 def test_contributions_need_full():
@@ -212,8 +291,8 @@ def test_leave_one_out_on_additive_score(base):
     assert list(table.index) == list(COMPONENTS)
     for component, part in PARTS.items():
         assert table.loc[component, "contribution"] == pytest.approx(part)
-        assert table.loc[component, "half_width"] == pytest.approx(0.0, abs=1e-12)
-        assert bool(table.loc[component, "distinguishable"]) == (part != 0)
+        # The seed effect cancels in the pairs: zero spread, so no interval and no verdict.
+        assert not bool(table.loc[component, "distinguishable"])
 
 
 # ---------------------------------------------------------------------- Shapley values
@@ -298,3 +377,28 @@ def test_factorial_suite_to_shapley(base):
     del results["label only"]
     with pytest.raises(ValueError, match="label only"):
         factorial_values(results, players, num_classes=10)
+
+
+def test_shapley_with_the_label_only_baseline(base):
+    """Label always on; the game over response and relation starts from the scratch student."""
+    players = base.weights.active()  # label, response, relation
+    results = {
+        name: [additive(weights.active()) + e for e in SEED_EFFECT]
+        for name, weights in factorial_variants(base).items()
+    }
+    values = factorial_values(results, players, num_classes=10, baseline="label only")
+    scratch = additive(["label"]) + np.mean(SEED_EFFECT)
+    assert values[frozenset()] == pytest.approx(scratch)
+    assert values[frozenset({"response"})] == pytest.approx(
+        additive(["label", "response"]) + np.mean(SEED_EFFECT)
+    )
+    tables = shapley_tables(results, players, num_classes=10)
+    assert list(tables) == list(SHAPLEY_BASELINES) == ["chance", "label only"]
+    # Additive game: against the scratch student each distillation term gets exactly its part.
+    assert tables["label only"] == pytest.approx({"response": 0.125, "relation": 0.0625})
+    assert sum(tables["label only"].values()) == pytest.approx(
+        values[frozenset({"response", "relation"})] - scratch
+    )
+    assert tables["chance"] == pytest.approx(
+        shapley_values(factorial_values(results, players, 10), players)
+    )

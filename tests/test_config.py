@@ -152,6 +152,7 @@ WRONG_TYPES = {
     "seed": ["0", 0.0, False, None, -1],
     "device": [5, None, "tpu", "cuda:", "cuda:x", "cuda:0 "],
     "augment": ["no", "false", "yes", 0, 1, None],
+    "train_fraction": ["0.5", True, None, 0, 1.5, float("nan")],
     "teacher_cache": ["false", "no", 0, 1, None],
     "log_every": ["10", 10.0, True, None],
 }
@@ -203,10 +204,14 @@ def test_each_field_kind_is_checked_once():
 @pytest.mark.parametrize("name", [n for n in LIMITS if n != "weight"])
 def test_limits_are_inclusive_and_enforced(name):
     bound = LIMITS[name]
-    RunConfig(**{name: bound.low})
-    RunConfig(**{name: bound.high})
     step = 1 if bound.whole else bound.high * 1e-6
-    for outside in (bound.low - (1 if bound.whole else bound.low / 2 or 1e-9), bound.high + step):
+    RunConfig(**{name: bound.low + step if bound.low_open else bound.low})
+    RunConfig(**{name: bound.high})
+    if bound.low_open:
+        below = bound.low
+    else:
+        below = bound.low - (1 if bound.whole else bound.low / 2 or 1e-9)
+    for outside in (below, bound.high + step):
         with pytest.raises(ConfigError) as info:
             RunConfig(**{name: outside})
         assert str(info.value).startswith(f"{name} must be {bound.describe()}, got ")
@@ -401,8 +406,10 @@ def _golden_configs() -> dict[str, RunConfig]:
 def test_fingerprints_of_existing_configs_do_not_move(case):
     config = _golden_configs()[case]
     assert config.fingerprint() == GOLDEN[case]
-    # and by hand: sha256 of the sorted JSON without device and log_every
+    # and by hand: sha256 of the sorted JSON without device and log_every (nor train_fraction,
+    # which came later, at its default)
     data = {k: v for k, v in config.to_dict().items() if k not in ("device", "log_every")}
+    assert data.pop("train_fraction") == 1.0
     by_hand = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     assert by_hand == GOLDEN[case]
     # a stored record's config dict gives the same fingerprint, without being validated again
@@ -417,7 +424,15 @@ def test_seed_groups_share_a_key_that_only_the_seed_leaves_out():
     assert base.replace(device="cpu", log_every=3).fingerprint(exclude_seed=True) == key
     assert base.replace(temperature=3.0).fingerprint(exclude_seed=True) != key
     assert base.replace(epochs=4).fingerprint(exclude_seed=True) != key
-    data = {k: v for k, v in base.to_dict().items() if k not in ("seed", "device", "log_every")}
+    assert base.replace(train_fraction=0.5).fingerprint(exclude_seed=True) != key
+    # a record stored before train_fraction existed groups with one stored after, at 1.0
+    older = {k: v for k, v in base.to_dict().items() if k != "train_fraction"}
+    assert fingerprint_of(older, exclude_seed=True) == key
+    data = {
+        k: v
+        for k, v in base.to_dict().items()
+        if k not in ("seed", "device", "log_every", "train_fraction")
+    }
     assert key == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -128,6 +128,81 @@ def test_attention_transfer_matches_manual_loop():
     assert feature_loss(same, 3 * same, "at").item() == pytest.approx(0.0, abs=1e-7)
 
 
+def _np_pool_or_bilinear(q: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize one [H, W] map: exact block means when it divides evenly (adaptive average
+    pooling), else bilinear with half-pixel centres (align_corners=False), by hand."""
+    h, w = q.shape
+    oh, ow = size
+    if h >= oh and w >= ow:
+        assert h % oh == 0 and w % ow == 0
+        return q.reshape(oh, h // oh, ow, w // ow).mean(axis=(1, 3))
+    out = np.zeros(size)
+    for i in range(oh):
+        for j in range(ow):
+            y = max((i + 0.5) * h / oh - 0.5, 0.0)
+            x = max((j + 0.5) * w / ow - 0.5, 0.0)
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            dy, dx = y - y0, x - x0
+            out[i, j] = (
+                q[y0, x0] * (1 - dy) * (1 - dx)
+                + q[y0, x1] * (1 - dy) * dx
+                + q[y1, x0] * dy * (1 - dx)
+                + q[y1, x1] * dy * dx
+            )
+    return out
+
+
+@pytest.mark.parametrize(("s_size", "t_size"), [(8, 4), (2, 4)])
+def test_attention_transfer_of_maps_of_other_sizes_by_hand(s_size, t_size):
+    """The student's own map with other channels and another size: resized, then compared."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(3, 7, s_size, s_size, generator=g)
+    t = torch.randn(3, 2, t_size, t_size, generator=g)
+    total = 0.0
+    for b in range(3):
+        q_s = (_np(s)[b] ** 2).mean(axis=0)
+        q_s = _np_pool_or_bilinear(q_s, (t_size, t_size)).ravel()
+        q_t = ((_np(t)[b] ** 2).mean(axis=0)).ravel()
+        a_s, a_t = q_s / np.linalg.norm(q_s), q_t / np.linalg.norm(q_t)
+        total += ((a_s - a_t) ** 2).sum()
+    expected = total / (3 * t_size * t_size)
+    assert feature_loss(s, t, "at").item() == pytest.approx(expected, rel=1e-5)
+    # The paper's scale: beta / 2 with beta = 1000 (Zagoruyko and Komodakis 2017).
+    assert feature_loss(s, t, "at_paper").item() == pytest.approx(500 * expected, rel=1e-5)
+
+
+def test_paper_scales_by_hand():
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(5, 64, 8, 8, generator=g), torch.randn(5, 64, 8, 8, generator=g)
+    # FitNets: 1/2 ||r(s) - t||^2 per sample, mean over the batch.
+    per_sample = [0.5 * np.sum((_np(s)[b] - _np(t)[b]) ** 2) for b in range(5)]
+    assert feature_loss(s, t, "fitnet").item() == pytest.approx(np.mean(per_sample), rel=1e-5)
+    ratio = feature_loss(s, t, "fitnet") / feature_loss(s, t, "mse")
+    assert ratio.item() == pytest.approx(64 * 8 * 8 / 2, rel=1e-5)  # the audit's factor
+    fs, ft = torch.randn(6, 10, generator=g), torch.randn(6, 7, generator=g)
+    sp = _np_sp(_np(fs), _np(ft))
+    assert relation_loss(fs, ft, "sp_paper").item() == pytest.approx(3000 * sp, rel=1e-4)
+    rkd = relation_loss(fs, ft, "rkd").item()
+    assert relation_loss(fs, ft, "rkd_paper").item() == pytest.approx(25 * rkd, rel=1e-6)
+
+
+def test_hybrid_attention_transfer_bypasses_the_adapters():
+    logits, targets, t_logits, _, _ = _batch()
+    s = torch.randn(B, 4, 6, 6, requires_grad=True)
+    t = torch.randn(B, 9, 3, 3)
+    adapters = nn.ModuleList([nn.Conv2d(4, 9, 1)])
+    hybrid = HybridLoss(
+        LossWeights(0, 0, 1, 0), temperature=1.0, feature_kind="at", adapters=adapters
+    )
+    assert hybrid.adapters is None and list(hybrid.parameters()) == []
+    out = hybrid(logits, targets, t_logits, [s], [t])
+    assert out["feature"].item() == pytest.approx(feature_loss(s, t, "at").item(), rel=1e-6)
+    out["total"].backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0  # the student's own map moves
+    assert losses.uses_adapter("mse") and not losses.uses_adapter("at_paper")
+
+
 def test_attention_transfer_needs_maps():
     with pytest.raises(IncompatibleModelsError, match="needs 4-D feature maps"):
         feature_loss(torch.randn(2, 8), torch.randn(2, 8), "at")
@@ -138,9 +213,9 @@ def test_feature_loss_rejects_mismatched_shapes_and_unknown_kinds():
         feature_loss(torch.randn(2, 3, 4, 4), torch.randn(2, 6, 4, 4), "cosine")
     with pytest.raises(UnknownNameError) as info:
         feature_loss(torch.randn(2, 3), torch.randn(2, 3), "l7")
-    assert info.value.valid == ("cosine", "mse", "at")
+    assert info.value.valid == ("cosine", "mse", "at", "fitnet", "at_paper")
     with pytest.raises(
-        UnknownNameError, match="unknown relation kind 'xx'; choose one of: sp, rkd"
+        UnknownNameError, match="unknown relation kind 'xx'; choose one of: sp, rkd, sp_paper"
     ):
         relation_loss(torch.randn(2, 3), torch.randn(2, 3), "xx")
 

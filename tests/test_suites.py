@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from workbench.config import LossWeights, RunConfig
-from workbench.suites import launch_suite, suite_analysis, suite_progress
+from workbench.suites import SUITE_PRESETS, launch_suite, suite_analysis, suite_progress
 
 BASE = RunConfig(teacher="small_cnn", student="mlp", weights=LossWeights(0.5, 0.5, 0.0, 0.2))
 
@@ -54,8 +56,49 @@ def test_analysis_on_fabricated_results(store):
     assert contrib.loc["label", "contribution"] == pytest.approx(0.1)
     assert contrib.loc["response", "contribution"] == pytest.approx(0.05)
     assert contrib.loc["relation", "contribution"] == pytest.approx(0.0)
-    assert bool(contrib.loc["label", "distinguishable"])  # paired seeds: zero spread
+    # The seed offset cancels in the pairs: zero spread is no evidence, not infinite evidence.
+    assert not contrib["distinguishable"].any()
+    assert analysis["metric"] == "val_acc" and analysis["split"] == "validation"
+    assert analysis["noise"]["n_test"] == suite["n_val"]
     assert suite_progress(store, store.get_suite(suite["id"]))["done"]
+
+
+def test_analysis_on_the_test_split_with_per_image_results(store):
+    """Runs that record test_acc and probe['test_correct']: the statistics use test, pair the
+    images, and pool McNemar's counts over the seeds."""
+    suite, submitted = _launch(store, seeds=3)
+    rng = np.random.default_rng(1)
+    expected_b = expected_c = 0
+    full_correct = {s: rng.integers(0, 2, 40) for s in range(3)}
+    for run_id in submitted:
+        record = store.get_run(run_id)
+        seed = record["config"]["seed"]
+        correct = full_correct[seed].copy()
+        if record["variant"] == "without label":  # flips a few images per seed
+            flip = rng.choice(40, 5, replace=False)
+            correct[flip] = 1 - correct[flip]
+            expected_b += int(((full_correct[seed] == 1) & (correct == 0)).sum())
+            expected_c += int(((full_correct[seed] == 0) & (correct == 1)).sum())
+        acc = float(correct.mean())
+        store.update_run(run_id, status="completed", metrics={"val_acc": 0.5, "test_acc": acc})
+        store.save_probe(run_id, {"test_correct": correct.tolist()})
+    analysis = suite_analysis(store, store.get_suite(suite["id"]))
+    assert analysis["metric"] == "test_acc" and analysis["split"] == "test"
+    row = analysis["contributions"].set_index("component").loc["label"]
+    assert (row["b"], row["c"], row["pairs"]) == (expected_b, expected_c, 120)
+    assert row["p_mcnemar"] == pytest.approx(
+        stats.binomtest(expected_b, expected_b + expected_c, 0.5).pvalue
+    )
+    full_acc = [float(full_correct[s].mean()) for s in range(3)]
+    p = float(np.mean(full_acc))
+    assert analysis["noise"]["binomial_se"] == pytest.approx(np.sqrt(p * (1 - p) / 40))
+    assert analysis["noise"]["seed_sd"] == pytest.approx(np.std(full_acc, ddof=1))
+
+
+def test_demo_preset_is_a_valid_student_suite():
+    config, seeds = SUITE_PRESETS["demo ablation"]
+    assert config.role == "student" and config.train_fraction < 1 and seeds >= 3
+    assert config.teacher_config().train_fraction == 1.0  # the teacher sees all of train
 
 
 def test_factorial_suite_gives_shapley_values(store):
@@ -69,6 +112,10 @@ def test_factorial_suite_gives_shapley_values(store):
     analysis = suite_analysis(store, store.get_suite(suite["id"]))
     # additive game with v(empty) = 1/10 = chance: each Shapley value is its additive part
     assert analysis["shapley"] == pytest.approx({"label": 0.3, "response": 0.1, "relation": 0.0})
+    tables = analysis["shapley_tables"]
+    assert tables["chance"] == analysis["shapley"]
+    # against the scratch student (label always on) the game is over response and relation
+    assert tables["label only"] == pytest.approx({"response": 0.1, "relation": 0.0})
 
 
 def test_unfinished_suite_has_no_contributions_yet(store):

@@ -4,21 +4,35 @@ The course exercise is "compare each component's contribution by ablating one co
 time". A suite trains the same student several times (one run per variant and seed) and this
 module turns the final validation accuracies into numbers with error bars:
 
-- **leave-one-out**: the contribution of component ``c`` is
-  ``Delta_c = mean acc(full) - mean acc(full without c)``, with a Student-t confidence
-  interval over seeds. When both variants ran the same seeds the interval uses the *paired*
-  differences ``d_s = acc_s(full) - acc_s(without c)`` (seed ``s`` shares its initialization and
-  data order across variants, so pairing removes most of the seed noise):
-  ``Delta_c +- t_{1-alpha/2, n-1} * sd(d) / sqrt(n)``. Otherwise it falls back to Welch's
-  interval ``+- t_{1-alpha/2, nu} * sqrt(s1^2/n1 + s2^2/n2)`` with the Welch-Satterthwaite
-  degrees of freedom ``nu``.
+- **leave-one-out**: the contribution of component ``c`` is the mean over the seeds both
+  variants ran of the paired differences ``d_s = acc_s(full) - acc_s(without c)`` (seed ``s``
+  shares its initialization and data order across variants, so pairing removes most of the
+  seed noise), with the Student-t interval ``mean(d) +- t_{1-alpha/2, n-1} sd(d) / sqrt(n)``
+  and its two-sided p-value. Seeds only one variant ran are left out and named (there is no
+  unpaired fallback: it would mix seed noise back in). Differences with zero spread have no t
+  interval (NaN, never "distinguishable"). The components of one suite are tested together,
+  so ``distinguishable`` uses Holm-Bonferroni adjusted p-values (Holm, "A simple sequentially
+  rejective multiple test procedure", Scand. J. Statistics 1979).
+- **per image**: beside the seed interval, McNemar's test on the same test images (McNemar,
+  Psychometrika 1947) pooled over the shared seeds: ``b`` images the full variant gets right and
+  the reduced one wrong, ``c`` the reverse; exact two-sided binomial p-value
+  ``min(1, 2 P(X <= min(b, c)))``, ``X ~ Bin(b + c, 1/2)``. It answers "do the two students
+  differ on these images?", not "would another seed differ?" (pooled image x seed pairs are
+  not independent; the seed interval answers the second question).
+- **noise floor**: the binomial standard error ``sqrt(p (1 - p) / N_test)`` of one run's
+  accuracy on the test split, the seed-to-seed standard deviation, and per component the
+  number of seeds at which the observed mean difference would clear its t interval.
+- **label only** is the scratch student: label weight 1, nothing else (not the base label
+  weight), so it is the same run as a scratch student of the same seed.
 - **factorial + Shapley**: leave-one-out misses interactions (two components that can stand in
   for each other each look useless when removed alone). A factorial suite trains all ``2^k - 1``
   non-empty on/off combinations of the ``k`` active components, and the Shapley value (Shapley,
   1953, "A value for n-person games") shares ``v(all) - v(empty)`` among the components fairly:
   ``phi_i = sum_{S not containing i} |S|! (k-|S|-1)! / k! * (v(S + {i}) - v(S))``.
-  The empty coalition (every weight 0) cannot be trained; its value is chance accuracy
-  ``1 / num_classes``, the accuracy of a student that learned nothing.
+  Two baselines, labelled: ``"chance"``, where the empty coalition (every weight 0, which cannot
+  be trained) has chance accuracy ``1 / num_classes`` (label and response then share the credit
+  for "the student can learn at all"), and ``"label only"``, where the label term is always on
+  and the game is over the distillation components, ``v(empty)`` being the scratch student.
 
 Everything here is a pure function of configs and ``{variant: accuracies}``; nothing trains.
 """
@@ -50,10 +64,20 @@ __all__ = [
     "contributions",
     "shapley_values",
     "factorial_values",
+    "holm_bonferroni",
+    "mcnemar_exact",
+    "paired_correct",
+    "noise_floor",
+    "seeds_needed",
+    "shapley_tables",
+    "game_players",
+    "SHAPLEY_BASELINES",
 ]
 
 FULL = "full"
 LABEL_ONLY = "label only"
+SCRATCH = LossWeights(label=1.0, response=0.0, feature=0.0, relation=0.0)
+SHAPLEY_BASELINES = ("chance", LABEL_ONLY)
 
 # Accuracies of one variant: a list indexed by seed, or an explicit {seed: accuracy} mapping.
 Accuracies = Sequence[float] | Mapping[int, float]
@@ -102,8 +126,8 @@ def leave_one_out_variants(base: RunConfig) -> dict[str, LossWeights]:
     - ``"full"``: the base weights;
     - ``"without c"`` for each active component ``c`` (its weight 0, the others unchanged),
       skipped when no weight would be left;
-    - ``"label only"``: the label term alone, at the base label weight (1.0 if it is 0), the
-      scratch-student baseline that tells how much distillation adds at all.
+    - ``"label only"``: the scratch student, label weight 1 and nothing else (whatever the base
+      label weight), the baseline that tells how much distillation adds at all.
 
     With two active components one ``"without c"`` variant can equal ``"label only"``; both are
     kept so every suite has the same names (the duplicate costs one run per seed).
@@ -115,15 +139,16 @@ def leave_one_out_variants(base: RunConfig) -> dict[str, LossWeights]:
         reduced = weights.without(component)
         if reduced.active():
             variants[without_name(component)] = reduced
-    label = weights.label if weights.label > 0 else 1.0
-    variants[LABEL_ONLY] = LossWeights(label=label, response=0.0, feature=0.0, relation=0.0)
+    variants[LABEL_ONLY] = SCRATCH
     return variants
 
 
 def factorial_variants(base: RunConfig) -> dict[str, LossWeights]:
     """All ``2^k - 1`` non-empty on/off combinations of the ``k`` active components of ``base``.
 
-    A component that is on keeps its base weight. The all-off combination is left out: a loss
+    A component that is on keeps its base weight, except the label-alone coalition, which is the
+    scratch student (label weight 1, as in ``leave_one_out_variants``). The all-off combination
+    is left out: a loss
     with every weight 0 cannot be trained, and ``factorial_values`` gives it the value of chance
     accuracy ``1 / num_classes``. Names come from ``coalition_name`` (largest coalitions first).
     """
@@ -134,7 +159,8 @@ def factorial_variants(base: RunConfig) -> dict[str, LossWeights]:
     for size in range(len(players), 0, -1):
         for on in itertools.combinations(players, size):
             values = zero | {c: getattr(base.weights, c) for c in on}
-            variants[coalition_name(on, players)] = LossWeights(**values)
+            scratch = on == ("label",)
+            variants[coalition_name(on, players)] = SCRATCH if scratch else LossWeights(**values)
     return variants
 
 
@@ -198,58 +224,160 @@ def variant_summary(results: Mapping[str, Accuracies]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "n", "mean", "std"])
 
 
+def holm_bonferroni(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order.
+
+    With the ``m`` finite p-values sorted ascending, ``p_(1) <= ... <= p_(m)``:
+    ``adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``. Rejecting where ``adj < alpha`` controls
+    the family-wise error rate at ``alpha``. NaN (untested) stays NaN and does not count in ``m``.
+    """
+    finite = [(p, i) for i, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
+    finite.sort()
+    m = len(finite)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for ``b`` and ``c`` discordant pairs:
+    ``min(1, 2 P(X <= min(b, c)))`` with ``X ~ Binomial(b + c, 1/2)``; 1.0 when ``b + c = 0``.
+
+    The exact test is valid for every count (the chi-square approximation needs ``b + c`` of
+    about 25 or more), and cheap, so it is used always."""
+    b, c = int(b), int(c)
+    if b < 0 or c < 0:
+        raise ValueError(f"counts must be >= 0, got b={b}, c={c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * stats.binom.cdf(min(b, c), n, 0.5)))
+
+
+# Per-image correctness of one variant: {seed: [0/1 per test image, in the split's order]}.
+PerImage = Mapping[int, Sequence[int]]
+
+
+def paired_correct(full: PerImage, reduced: PerImage) -> dict[str, int]:
+    """Discordant counts pooled over the seeds both variants have per-image results for.
+
+    ``b``: images the full variant classifies right and the reduced one wrong; ``c``: the
+    reverse; ``pairs``: image x seed pairs compared; ``seeds``: how many seeds were pooled.
+    """
+    b = c = pairs = 0
+    shared = sorted(set(full) & set(reduced))
+    for seed in shared:
+        f = np.asarray(full[seed], dtype=bool)
+        r = np.asarray(reduced[seed], dtype=bool)
+        if f.shape != r.shape:
+            raise ValueError(
+                f"seed {seed}: {f.size} vs {r.size} per-image results; both variants must be "
+                "evaluated on the same test images"
+            )
+        b += int((f & ~r).sum())
+        c += int((~f & r).sum())
+        pairs += f.size
+    return {"b": b, "c": c, "pairs": pairs, "seeds": len(shared)}
+
+
+def seeds_needed(
+    mean_diff: float, sd_diff: float, confidence: float = 0.95, limit: int = 1000
+) -> float:
+    """The smallest number of seeds ``n >= 2`` whose paired t interval
+    ``t_{1-alpha/2, n-1} sd / sqrt(n)`` is narrower than ``|mean_diff|``, taking the observed
+    mean and standard deviation of the differences as the truth (a planning figure, not a
+    power analysis). ``inf`` when the mean is 0 or ``limit`` seeds would not do; NaN when the
+    standard deviation is unknown; 2 for zero spread."""
+    if not (math.isfinite(mean_diff) and math.isfinite(sd_diff)):
+        return math.nan
+    if sd_diff <= _ZERO_SPREAD:
+        return 2.0 if mean_diff != 0 else math.inf
+    q = 0.5 + confidence / 2
+    for n in range(2, limit + 1):
+        if stats.t.ppf(q, n - 1) * sd_diff / math.sqrt(n) < abs(mean_diff):
+            return float(n)
+    return math.inf
+
+
+def noise_floor(accuracies: Accuracies, n_test: int | None) -> dict[str, float]:
+    """How large an effect must be to be seen: ``binomial_se``, the standard error
+    ``sqrt(p (1 - p) / n_test)`` of one run's accuracy ``p`` (the mean over seeds) measured on
+    ``n_test`` images, and ``seed_sd``, the seed-to-seed standard deviation (``ddof=1``) of the
+    accuracies given. NaN where not computable."""
+    acc = np.array(list(_by_seed(accuracies).values()), dtype=float)
+    p = float(acc.mean()) if len(acc) else math.nan
+    se = math.sqrt(p * (1 - p) / n_test) if n_test and math.isfinite(p) else math.nan
+    sd = float(acc.std(ddof=1)) if len(acc) >= 2 else math.nan
+    return {"accuracy": p, "n_test": n_test or 0, "binomial_se": se, "seed_sd": sd}
+
+
+# Accuracies are multiples of 1 / N_test (>= 1e-6 for any split); a spread below this is the
+# rounding of float differences, not seed-to-seed variation.
+_ZERO_SPREAD = 1e-9
+
+
 def _interval(
     full: dict[int, float], reduced: dict[int, float], confidence: float
 ) -> dict[str, Any]:
-    """Difference of means ``full - reduced`` with a t interval: paired by seed when possible."""
-    a = np.array(list(full.values()))
-    b = np.array(list(reduced.values()))
+    """Paired difference ``full - reduced`` over the seeds both ran, with a t interval."""
+    shared = sorted(set(full) & set(reduced))
+    only = sorted(set(full) ^ set(reduced))
+    d = np.array([full[s] - reduced[s] for s in shared])  # paired differences per seed
     row: dict[str, Any] = {
-        "mean_full": float(a.mean()) if len(a) else math.nan,
-        "mean_without": float(b.mean()) if len(b) else math.nan,
-        "contribution": float(a.mean() - b.mean()) if len(a) and len(b) else math.nan,
-        "n": 0,
+        "mean_full": float(np.mean([full[s] for s in shared])) if shared else math.nan,
+        "mean_without": float(np.mean([reduced[s] for s in shared])) if shared else math.nan,
+        "contribution": float(d.mean()) if len(d) else math.nan,
+        "n": len(d),
+        "sd_diff": float(d.std(ddof=1)) if len(d) >= 2 else math.nan,
         "half_width": math.nan,
-        "method": "",
+        "p_value": math.nan,
+        "method": "paired t",
         "note": "",
     }
-    q = 0.5 + confidence / 2  # two-sided: t_{1 - alpha/2}
-    if len(full) and set(full) == set(reduced):
-        seeds = sorted(full)
-        d = np.array([full[s] - reduced[s] for s in seeds])  # paired differences per seed
-        row.update(n=len(d), method="paired t")
-        if len(d) < 2:
-            row["note"] = "one seed: run at least 2 seeds for a confidence interval"
-            return row
-        row["half_width"] = float(stats.t.ppf(q, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
-        return row
-    row.update(n=min(len(a), len(b)), method="Welch t")
-    if len(a) < 2 or len(b) < 2:
-        row["note"] = "fewer than 2 seeds in a variant: run at least 2 seeds for an interval"
-        return row
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0.0:
-        row["half_width"] = 0.0
-        row["note"] = "no spread across seeds"
-        return row
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
-    row["half_width"] = float(stats.t.ppf(q, dof) * se)
-    row["note"] = "seeds differ between the variants: unpaired (Welch) interval"
+    notes = []
+    if only:
+        notes.append(f"seed(s) {only} ran in one variant only and are left out")
+    if len(d) < 2:
+        notes.append(
+            "no seed ran in both variants"
+            if not len(d)
+            else "one shared seed: run at least 2 seeds for a confidence interval"
+        )
+    elif row["sd_diff"] <= _ZERO_SPREAD:
+        notes.append(
+            "no spread across seeds: a t interval cannot be computed (see the per-image test)"
+        )
+    else:
+        q = 0.5 + confidence / 2  # two-sided: t_{1 - alpha/2}
+        se = row["sd_diff"] / math.sqrt(len(d))
+        row["half_width"] = float(stats.t.ppf(q, len(d) - 1) * se)
+        row["p_value"] = float(2 * stats.t.sf(abs(row["contribution"]) / se, len(d) - 1))
+    row["note"] = "; ".join(notes)
     return row
 
 
-def contributions(results: Mapping[str, Accuracies], confidence: float = 0.95) -> pd.DataFrame:
-    """Leave-one-out contribution of each removed component, with a t confidence interval.
+def contributions(
+    results: Mapping[str, Accuracies],
+    confidence: float = 0.95,
+    per_image: Mapping[str, PerImage] | None = None,
+) -> pd.DataFrame:
+    """Leave-one-out contribution of each removed component, with a paired t interval, Holm
+    correction and (given per-image results) McNemar's test.
 
     One row per ``"without c"`` variant in ``results`` (canonical component order), columns
-    ``component, contribution, ci_low, ci_high, half_width, n, method, distinguishable,
-    mean_full, mean_without, note``. ``contribution = mean acc(full) - mean acc(without c)``:
-    positive means the component helps. ``distinguishable`` is True when the interval excludes
-    0; with fewer than 2 seeds the interval is NaN, ``distinguishable`` False and ``note`` says
-    why. ``n`` is the number of seed pairs (paired) or the smaller variant's number of seeds
-    (Welch). ``results`` maps variant -> accuracies (a list indexed by seed, or ``{seed: acc}``);
-    non-finite accuracies (failed seeds) are dropped.
+    ``component, contribution, ci_low, ci_high, half_width, n, p_value, p_holm,
+    distinguishable, seeds_needed, sd_diff, b, c, pairs, p_mcnemar, p_mcnemar_holm, method,
+    mean_full, mean_without, note``. ``contribution`` is the mean paired difference
+    ``acc(full) - acc(without c)`` over the ``n`` seeds both ran: positive means the component
+    helps. ``ci_*`` is the unadjusted t interval; ``distinguishable`` is True when the Holm-
+    adjusted p-value (over the components of this table) is below ``1 - confidence``. Zero
+    spread or fewer than 2 shared seeds: NaN interval, not distinguishable, and ``note`` says
+    why. ``per_image`` maps variant -> ``{seed: [0/1 per test image]}``; without it the McNemar
+    columns are NaN. ``results`` maps variant -> accuracies (a list indexed by seed, or
+    ``{seed: acc}``); non-finite accuracies (failed seeds) are dropped.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
@@ -265,10 +393,24 @@ def contributions(results: Mapping[str, Accuracies], confidence: float = 0.95) -
         half = row["half_width"]
         row["ci_low"] = row["contribution"] - half
         row["ci_high"] = row["contribution"] + half
-        row["distinguishable"] = bool(
-            math.isfinite(half) and (row["ci_low"] > 0 or row["ci_high"] < 0)
-        )
+        row["seeds_needed"] = seeds_needed(row["contribution"], row["sd_diff"], confidence)
+        row.update(b=math.nan, c=math.nan, pairs=0, p_mcnemar=math.nan)
+        if per_image and FULL in per_image and name in per_image:
+            counts = paired_correct(per_image[FULL], per_image[name])
+            if counts["pairs"]:
+                row.update(
+                    b=counts["b"],
+                    c=counts["c"],
+                    pairs=counts["pairs"],
+                    p_mcnemar=mcnemar_exact(counts["b"], counts["c"]),
+                )
         rows.append(row)
+    alpha = 1.0 - confidence
+    for key, adjusted in (("p_value", "p_holm"), ("p_mcnemar", "p_mcnemar_holm")):
+        for row, p in zip(rows, holm_bonferroni([r[key] for r in rows]), strict=True):
+            row[adjusted] = p
+    for row in rows:
+        row["distinguishable"] = bool(math.isfinite(row["p_holm"]) and row["p_holm"] < alpha)
     columns = [
         "component",
         "contribution",
@@ -276,8 +418,17 @@ def contributions(results: Mapping[str, Accuracies], confidence: float = 0.95) -
         "ci_high",
         "half_width",
         "n",
-        "method",
+        "p_value",
+        "p_holm",
         "distinguishable",
+        "seeds_needed",
+        "sd_diff",
+        "b",
+        "c",
+        "pairs",
+        "p_mcnemar",
+        "p_mcnemar_holm",
+        "method",
         "mean_full",
         "mean_without",
         "note",
@@ -319,20 +470,40 @@ def shapley_values(
 
 
 def factorial_values(
-    results: Mapping[str, Accuracies], players: Sequence[str], num_classes: int
+    results: Mapping[str, Accuracies],
+    players: Sequence[str],
+    num_classes: int,
+    baseline: str = "chance",
 ) -> dict[frozenset[str], float]:
     """The coalition game of a factorial suite: ``v(S)`` = mean accuracy of variant ``S``.
 
-    ``v(empty) = 1 / num_classes`` (chance accuracy; the all-off loss cannot be trained).
-    Feed the result to ``shapley_values(values, players)``.
+    - ``baseline="chance"``: the game over ``players``, ``v(empty) = 1 / num_classes`` (chance
+      accuracy; the all-off loss cannot be trained).
+    - ``baseline="label only"``: the label term is always on; the game is over the other
+      players, ``v(S)`` is the accuracy of ``S`` plus label, and ``v(empty)`` is the scratch
+      student (the ``"label only"`` variant). The Shapley values then say what each
+      distillation component adds to a student that learns from the labels anyway.
+
+    Feed the result to ``shapley_values(values, game_players(players, baseline))``.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    values: dict[frozenset[str], float] = {frozenset(): 1.0 / num_classes}
+    if baseline not in SHAPLEY_BASELINES:
+        raise ValueError(f"baseline must be one of {SHAPLEY_BASELINES}, got {baseline!r}")
+    players = list(players)
+    game = game_players(players, baseline)
+    always = [p for p in players if p not in game]  # label, under the label-only baseline
+    values: dict[frozenset[str], float] = {}
     missing = []
-    for size in range(1, len(players) + 1):
-        for on in itertools.combinations(players, size):
-            name = coalition_name(on, players)
+    for size in range(len(game) + 1):
+        for on in itertools.combinations(game, size):
+            if not on and baseline == "chance":
+                values[frozenset()] = 1.0 / num_classes
+                continue
+            # Under the label-only baseline v(empty) is the scratch student: the label-alone
+            # coalition of the suite, or the "label only" variant when label is not a player.
+            coalition = (*always, *on)
+            name = coalition_name(coalition, players) if coalition else LABEL_ONLY
             acc = list(_by_seed(results.get(name, [])).values())
             if not acc:
                 missing.append(name)
@@ -344,3 +515,26 @@ def factorial_values(
             "every combination is needed for Shapley values"
         )
     return values
+
+
+def game_players(players: Sequence[str], baseline: str) -> list[str]:
+    """The players of the Shapley game under ``baseline``: all of them against chance, all but
+    the label term against the label-only student."""
+    return [p for p in players if not (baseline == LABEL_ONLY and p == "label")]
+
+
+def shapley_tables(
+    results: Mapping[str, Accuracies], players: Sequence[str], num_classes: int
+) -> dict[str, dict[str, float] | None]:
+    """Shapley values under both baselines, ``{"chance": {...}, "label only": {...}}``; a
+    baseline whose runs are missing (or with no player left) gives None."""
+    out: dict[str, dict[str, float] | None] = {}
+    for baseline in SHAPLEY_BASELINES:
+        game = game_players(players, baseline)
+        try:
+            values = factorial_values(results, players, num_classes, baseline=baseline)
+        except ValueError:
+            out[baseline] = None
+            continue
+        out[baseline] = shapley_values(values, game) if game else None
+    return out

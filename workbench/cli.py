@@ -33,6 +33,7 @@ _FLAGS = (
     "seed",
     "device",
     "log_every",
+    "train_fraction",
 )
 
 

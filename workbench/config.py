@@ -48,6 +48,9 @@ ROLES = ("student", "teacher")
 # Fields that do not change what a run computes: left out of its fingerprint, the one
 # definition of a run's identity (a teacher is found in the store by its fingerprint).
 IDENTITY_EXCLUDED = ("device", "log_every")
+# Fields added after stores existed, left out of the fingerprint at their default value, so that
+# the fingerprints of older configs (and the teachers found by them) stay the same.
+IDENTITY_ADDED_LATER = {"train_fraction": 1.0}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 NAME_MAX = 200
 
@@ -86,6 +89,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     augment: bool = False
+    train_fraction: float = 1.0
     teacher_cache: bool = True
     log_every: int = 10
 
@@ -253,16 +257,21 @@ _TEXTS = (
     "device",
 )
 _WHOLES = ("epochs", "teacher_epochs", "batch_size", "seed", "log_every")
-_FLOATS = ("temperature", "lr")
+_FLOATS = ("temperature", "lr", "train_fraction")
 _SWITCHES = ("augment", "teacher_cache")
 
 
 def fingerprint_of(config: Mapping[str, Any], *, exclude_seed: bool = False) -> str:
     """The fingerprint of a config dict shaped like ``RunConfig.to_dict()`` (a stored record's
-    config, not validated again): sha256 of its JSON without ``IDENTITY_EXCLUDED`` (and
-    ``seed``, with ``exclude_seed``), 16 hex digits."""
+    config, not validated again): sha256 of its sorted JSON without ``IDENTITY_EXCLUDED`` (and
+    ``seed``, with ``exclude_seed``) nor the fields of ``IDENTITY_ADDED_LATER`` at their
+    default; 16 hex digits."""
     excluded = (*IDENTITY_EXCLUDED, "seed") if exclude_seed else IDENTITY_EXCLUDED
-    data = {k: v for k, v in config.items() if k not in excluded}
+    data = {
+        k: v
+        for k, v in config.items()
+        if k not in excluded and not (k in IDENTITY_ADDED_LATER and v == IDENTITY_ADDED_LATER[k])
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -279,8 +288,13 @@ def summary_of(config: Mapping[str, Any]) -> str:
     )
     temperature = config.get("temperature", 0)
     t = f"{temperature:g}" if isinstance(temperature, int | float) else str(temperature)
+    fraction = config.get("train_fraction", 1.0)
+    part = (
+        f" ({fraction:.0%} of train)" if isinstance(fraction, int | float) and fraction < 1 else ""
+    )
     return (
-        f"{config.get('teacher')} -> {config.get('student')} on {config.get('dataset')}: {w}, T={t}"
+        f"{config.get('teacher')} -> {config.get('student')} on {config.get('dataset')}{part}: "
+        f"{w}, T={t}"
     )
 
 

@@ -62,6 +62,7 @@ LIMITS: dict[str, Bound] = {
     "seed": Bound(0, 2**32 - 1, whole=True),
     "lr": Bound(1e-6, 1.0),
     "temperature": Bound(0.05, 100.0),
+    "train_fraction": Bound(0.0, 1.0, low_open=True),  # the share of the training split used
     "weight": Bound(0.0, 100.0),  # each of the four loss weights
 }
 

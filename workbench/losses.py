@@ -6,11 +6,16 @@ Four kinds of knowledge, one function each:
 - response: the teacher's softened class distribution (Hinton, Vinyals and Dean, "Distilling
   the Knowledge in a Neural Network", NIPS 2014 Deep Learning Workshop, arXiv 2015);
 - feature: intermediate features, after an adapter maps the student's onto the teacher's shape
-  (cosine; FitNets hints, Romero et al., ICLR 2015; attention transfer, Zagoruyko and
-  Komodakis, ICLR 2017);
+  (cosine; FitNets hints, Romero et al., ICLR 2015), or the student's own maps (attention
+  transfer, Zagoruyko and Komodakis, ICLR 2017);
 - relation: how the samples of a batch relate to each other, on the raw features, whose widths
   may differ (similarity-preserving KD, Tung and Mori, ICCV 2019; relational KD, Park et al.,
   CVPR 2019).
+
+Scales: ``mse``, ``at``, ``sp`` and ``rkd`` are unit-free means (the values of earlier runs);
+``fitnet`` (1/2 ||.||^2 per sample), ``at_paper`` (beta/2 = 500), ``sp_paper`` (gamma = 3000)
+and ``rkd_paper`` (25 : 50) are the papers' scales. Scales matter for fixed weights only: the
+``normalized`` weighting scheme divides each term by its own running magnitude.
 
 Every loss is computed and returned in float32 (float64 inputs stay float64), also under
 autocast: the relation losses run with autocast off, since a bf16 Gram matrix loses the small
@@ -33,11 +38,13 @@ from workbench.weighting import WEIGHTINGS
 __all__ = [
     "FEATURE_LOSSES",
     "RELATION_LOSSES",
+    "UNADAPTED_FEATURE_KINDS",
     "HybridLoss",
     "feature_loss",
     "label_loss",
     "relation_loss",
     "response_loss",
+    "uses_adapter",
 ]
 
 
@@ -104,19 +111,38 @@ def _cosine(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
 def _mse(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
     """FitNets hint loss (Romero, Ballas, Kahou, Chassang, Gatta and Bengio, "FitNets: Hints for
     Thin Deep Nets", ICLR 2015): mean over all elements of ``(r(s) - t)^2``, ``r`` the adapter
-    (the paper's regressor)."""
+    (the paper's regressor). This is the paper's ``1/2 ||r(s) - t||^2`` per sample divided by
+    ``D / 2`` (``D`` elements per sample); ``"fitnet"`` is the paper's scale."""
     return F.mse_loss(_full(student_feat), _full(teacher_feat))
 
 
-def _attention_map(feat: Tensor) -> Tensor:
-    """a(f) = l2_normalize(flatten(mean_c f^2)), [B, C, H, W] -> [B, H*W]."""
+def _fitnet(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """FitNets hint loss at the paper's scale: ``1/2 ||r(s) - t||^2`` per sample (summed over
+    the sample's elements), mean over the batch (eq. 3 of Romero et al., ICLR 2015). For an
+    [8, 8] map of 64 channels this is 2048x ``"mse"``."""
+    diff = _full(student_feat) - _full(teacher_feat)  # [B, ...]
+    return 0.5 * diff.pow(2).sum() / diff.shape[0]
+
+
+def _attention_map(feat: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+    """a(f) = l2_normalize(flatten(mean_c f^2)), [B, C, H, W] -> [B, H'*W'].
+
+    With ``size = (H', W')`` different from ``(H, W)``, the map ``mean_c f^2`` [B, H, W] is
+    resized first: adaptive average pooling when it is larger, bilinear interpolation when it
+    is smaller (as the adapters resize maps), so only the batch must agree.
+    """
     if feat.ndim != 4:
         raise IncompatibleModelsError(
             f"attention transfer needs 4-D feature maps [B, C, H, W], got shape "
             f"{list(feat.shape)}: choose feature kind cosine or mse, or convolutional layers"
         )
-    a = _full(feat).pow(2).mean(dim=1).flatten(1)  # [B, H*W]
-    return F.normalize(a, p=2, dim=1)  # [B, H*W]
+    q = _full(feat).pow(2).mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    if size is not None and tuple(q.shape[-2:]) != tuple(size):
+        if q.shape[-2] >= size[0] and q.shape[-1] >= size[1]:
+            q = F.adaptive_avg_pool2d(q, size)  # [B, 1, H', W']
+        else:
+            q = F.interpolate(q, size=size, mode="bilinear", align_corners=False)
+    return F.normalize(q.flatten(1), p=2, dim=1)  # [B, H'*W']
 
 
 def _attention(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
@@ -125,24 +151,62 @@ def _attention(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
 
         a(f) = l2_normalize(flatten(mean_c f^2)),   L = mean((a(s) - a(t))^2)
 
-    (mean over samples and positions, as in the authors' code). Maps [B, C, H, W].
+    (mean over samples and positions, as in the authors' code), on the student's *own* map:
+    channel counts may differ, only the spatial sizes are compared (the student's map is
+    resized to the teacher's when they differ, see ``_attention_map``). No adapter: a learned
+    map in front of the student could fit the teacher's attention without the student changing.
+    The paper weights this by ``beta / 2`` with ``beta = 1000``; ``"at_paper"`` includes it.
+    Maps [B, C_s, H, W] and [B, C_t, H', W'].
     """
-    return (_attention_map(student_feat) - _attention_map(teacher_feat)).pow(2).mean()
+    if teacher_feat.ndim != 4:
+        _attention_map(teacher_feat)  # raises with the fix
+    size = (int(teacher_feat.shape[-2]), int(teacher_feat.shape[-1]))
+    a_s = _attention_map(student_feat, size)  # [B, H'*W']
+    a_t = _attention_map(teacher_feat)  # [B, H'*W']
+    return (a_s - a_t).pow(2).mean()
+
+
+AT_BETA = 1000.0  # Zagoruyko and Komodakis 2017: beta = 10^3, applied as beta / 2
+
+
+def _attention_paper(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """Attention transfer at the paper's scale: ``beta / 2 * _attention`` with ``beta = 1000``
+    (Zagoruyko and Komodakis, ICLR 2017, and their code: ``beta / 2 * sum of at_loss``)."""
+    return (AT_BETA / 2) * _attention(student_feat, teacher_feat)
 
 
 FEATURE_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cosine": _cosine,
     "mse": _mse,
     "at": _attention,
+    "fitnet": _fitnet,
+    "at_paper": _attention_paper,
 }
+
+# Feature kinds that compare the student's own features (no adapter in front of them).
+UNADAPTED_FEATURE_KINDS = ("at", "at_paper")
+
+
+def uses_adapter(kind: str) -> bool:
+    """True when feature kind ``kind`` compares an adapted student feature with the teacher's;
+    attention transfer compares the student's own maps. The engine builds adapters only then."""
+    return kind not in UNADAPTED_FEATURE_KINDS
 
 
 def feature_loss(student_feat: Tensor, teacher_feat: Tensor, kind: str) -> Tensor:
-    """Feature loss ``kind`` (a key of ``FEATURE_LOSSES``) between a student feature already
-    adapted to the teacher's shape and the teacher feature, both [B, ...] of the same shape."""
+    """Feature loss ``kind`` (a key of ``FEATURE_LOSSES``) between a student feature and the
+    teacher feature, both [B, ...]. For ``cosine``, ``mse`` and ``fitnet`` the student feature
+    must already be adapted to the teacher's shape; ``at`` and ``at_paper`` take the student's
+    own map [B, C_s, H, W] (channels may differ, the spatial size is matched)."""
     if kind not in FEATURE_LOSSES:
         raise UnknownNameError("feature kind", kind, list(FEATURE_LOSSES))
-    _check_same_shape(student_feat, teacher_feat)
+    if uses_adapter(kind):
+        _check_same_shape(student_feat, teacher_feat)
+    elif student_feat.shape[0] != teacher_feat.shape[0]:
+        raise ValueError(
+            f"student and teacher batches differ: {student_feat.shape[0]} vs "
+            f"{teacher_feat.shape[0]} samples"
+        )
     return FEATURE_LOSSES[kind](student_feat, teacher_feat)
 
 
@@ -158,7 +222,8 @@ def _similarity_preserving(student_flat: Tensor, teacher_flat: Tensor) -> Tensor
 
         G = row_l2_normalize(F F^T),   L = ||G_s - G_t||_F^2 / B^2
 
-    with F the [B, D] flattened features (D may differ between student and teacher).
+    with F the [B, D] flattened features (D may differ between student and teacher). The paper
+    weights it by ``gamma = 3000``; ``"sp_paper"`` includes it.
     """
     b = student_flat.shape[0]
     diff = _sp_gram(student_flat) - _sp_gram(teacher_flat)  # [B, B]
@@ -214,9 +279,27 @@ def _relational(student_flat: Tensor, teacher_flat: Tensor) -> Tensor:
     return loss.to(student_flat.dtype)
 
 
+SP_GAMMA = 3000.0  # Tung and Mori 2019, gamma for CIFAR-10
+RKD_DISTANCE_WEIGHT = 25.0  # Park et al. 2019: lambda_D = 25, lambda_A = 50
+
+
+def _similarity_preserving_paper(student_flat: Tensor, teacher_flat: Tensor) -> Tensor:
+    """Similarity-preserving KD at the paper's scale: ``gamma * ||G_s - G_t||_F^2 / B^2`` with
+    ``gamma = 3000`` (Tung and Mori, ICCV 2019, their CIFAR-10 setting)."""
+    return SP_GAMMA * _similarity_preserving(student_flat, teacher_flat)
+
+
+def _relational_paper(student_flat: Tensor, teacher_flat: Tensor) -> Tensor:
+    """Relational KD at the paper's scale: ``25 * distance + 50 * angle`` (Park, Kim, Lu and
+    Cho, CVPR 2019), i.e. 25 x ``"rkd"``."""
+    return RKD_DISTANCE_WEIGHT * _relational(student_flat, teacher_flat)
+
+
 RELATION_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "sp": _similarity_preserving,
     "rkd": _relational,
+    "sp_paper": _similarity_preserving_paper,
+    "rkd_paper": _relational_paper,
 }
 
 
@@ -254,6 +337,8 @@ class HybridLoss(nn.Module):
 
     - feature term: ``sum_i feature_loss(adapters[i](s_i), t_i, feature_kind)`` over the layer
       pairs (without adapters the student features must already have the teacher's shapes);
+      attention transfer (``at``, ``at_paper``) uses the student's own maps ``s_i``: adapters
+      given for it are not used and are not parameters of the loss;
     - relation term: ``sum_i relation_loss(s_i, t_i, relation_kind)`` on the raw features.
 
     The module's parameters are the adapters' and the weighting scheme's: build it before the
@@ -285,7 +370,9 @@ class HybridLoss(nn.Module):
         self.temperature = float(temperature)
         self.feature_kind = feature_kind
         self.relation_kind = relation_kind
-        self.adapters = adapters
+        # Attention transfer compares the student's own maps: an adapter in front would let a
+        # learned map fit the teacher's attention while the student stays as it is.
+        self.adapters = adapters if uses_adapter(feature_kind) else None
         self.weighting_name = weighting
         self.weighting = WEIGHTINGS[weighting](self.base)
 

@@ -15,18 +15,52 @@ from typing import Any
 import pandas as pd
 
 from workbench.ablation import (
+    FULL,
+    PerImage,
     contributions,
-    factorial_values,
-    shapley_values,
+    noise_floor,
+    shapley_tables,
     suite_configs,
     suite_results,
     variant_summary,
 )
-from workbench.config import RunConfig
+from workbench.config import LossWeights, RunConfig
 from workbench.data import load_dataset
 from workbench.store import ACTIVE, Store, new_id
 
-__all__ = ["Submit", "launch_suite", "suite_progress", "suite_analysis"]
+__all__ = [
+    "SUITE_PRESETS",
+    "Submit",
+    "launch_suite",
+    "per_image_results",
+    "suite_analysis",
+    "suite_metric",
+    "suite_progress",
+]
+
+# Suites worth running as they are: (base config, seeds). "demo ablation" is the setting of
+# docs/DEMO_ABLATION.md in which distillation's effect is larger than the noise on a 2-core CPU
+# in a few minutes: the mlp student learns from 5 % of digits' training images (a fixed,
+# stratified subset, the same for every variant and seed), the small_cnn teacher from all of
+# them (Hinton et al. 2015 show soft targets carry most of what a student needs when it sees
+# little data). Reproduce the table with ``python bench/demo_ablation.py``.
+SUITE_PRESETS: dict[str, tuple[RunConfig, int]] = {
+    "demo ablation": (
+        RunConfig(
+            dataset="digits",
+            teacher="small_cnn",
+            student="mlp",
+            weights=LossWeights(0.3, 0.3, 0.2, 0.2),
+            temperature=4.0,
+            epochs=60,
+            teacher_epochs=15,
+            batch_size=16,
+            train_fraction=0.05,
+            log_every=20,
+        ),
+        5,
+    ),
+}
 
 # submit(config, name=..., tags=..., suite=..., variant=...) -> run id (JobManager.submit fits)
 Submit = Callable[..., str]
@@ -49,6 +83,7 @@ def launch_suite(
     if base.role != "student":
         raise ValueError("an ablation suite needs a student config")
     configs = suite_configs(base, seeds=seeds, factorial=factorial)
+    data = load_dataset(base.dataset, data_path=base.data_path)
     suite_id = new_id("suite-")
     suite = {
         "id": suite_id,
@@ -58,7 +93,10 @@ def launch_suite(
         "seeds": seeds,
         "factorial": factorial,
         "players": list(base.weights.active()),
-        "num_classes": load_dataset(base.dataset, data_path=base.data_path).num_classes,
+        "num_classes": data.num_classes,
+        # Images per evaluation split, for the noise floor (test appears with three splits).
+        "n_val": len(data.val_y),
+        "n_test": len(data.test_y) if getattr(data, "test_y", None) is not None else None,
         "variants": list(dict.fromkeys(variant for variant, _ in configs)),
         "runs": [],
     }
@@ -97,27 +135,67 @@ def suite_progress(store: Store, suite: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def suite_metric(records: list[dict[str, Any]]) -> tuple[str, str]:
+    """The metric the suite's statistics use and its split: ``("test_acc", "test")`` once the
+    runs record a test accuracy, else ``("val_acc", "validation")`` (older runs)."""
+    if any((r.get("metrics") or {}).get("test_acc") is not None for r in records):
+        return "test_acc", "test"
+    return "val_acc", "validation"
+
+
+def per_image_results(store: Store, records: list[dict[str, Any]]) -> dict[str, PerImage]:
+    """``{variant: {seed: [0/1 per test image]}}`` from the runs' probes (``test_correct``,
+    the correctness of each test image in the split's order); runs without it are left out."""
+    out: dict[str, dict[int, list[int]]] = {}
+    for record in records:
+        if record.get("status") != "completed" or not record.get("variant"):
+            continue
+        probe = store.probe(record["id"]) or {}
+        correct = probe.get("test_correct")
+        if correct is None:
+            continue
+        seed = int(record.get("config", {}).get("seed", 0))
+        out.setdefault(record["variant"], {})[seed] = [int(v) for v in correct]
+    return out
+
+
 def suite_analysis(store: Store, suite: dict[str, Any], confidence: float = 0.95) -> dict[str, Any]:
-    """Per-variant accuracy, leave-one-out contributions with intervals, Shapley values.
+    """Per-variant accuracy, leave-one-out contributions (paired t, Holm, McNemar), the noise
+    floor, and Shapley values under both baselines.
 
     Works on whatever has finished: unfinished seeds are left out, so the numbers firm up as
     runs complete. Shapley values appear once every combination of a factorial suite has a run.
+    Keys: ``results, summary, contributions, shapley`` (chance baseline, as before),
+    ``shapley_tables`` (``{"chance": ..., "label only": ...}``), ``noise`` (``noise_floor`` of
+    the full variant), ``metric`` and ``split`` (which accuracy the numbers are).
     """
-    results = suite_results(_records(store, suite))
+    records = _records(store, suite)
+    metric, split = suite_metric(records)
+    results = suite_results(records, metric=metric)
+    per_image = per_image_results(store, records) if split == "test" else {}
     summary = (
         variant_summary(results)
         if results
         else pd.DataFrame(columns=["variant", "n", "mean", "std"])
     )
     try:
-        contrib = contributions(results, confidence=confidence)
+        contrib = contributions(results, confidence=confidence, per_image=per_image)
     except (KeyError, ValueError):  # no finished "full" run yet
         contrib = pd.DataFrame()
-    shapley = None
+    n_test = suite.get("n_test") if split == "test" else suite.get("n_val")
+    if per_image.get(FULL):
+        n_test = len(next(iter(per_image[FULL].values())))
+    noise = noise_floor(results.get(FULL, {}), n_test)
+    tables: dict[str, Any] = {}
     if suite.get("factorial"):
-        try:
-            values = factorial_values(results, suite["players"], suite["num_classes"])
-            shapley = shapley_values(values, suite["players"])
-        except ValueError:
-            shapley = None
-    return {"results": results, "summary": summary, "contributions": contrib, "shapley": shapley}
+        tables = shapley_tables(results, suite["players"], suite["num_classes"])
+    return {
+        "results": results,
+        "summary": summary,
+        "contributions": contrib,
+        "shapley": tables.get("chance"),
+        "shapley_tables": tables,
+        "noise": noise,
+        "metric": metric,
+        "split": split,
+    }
