@@ -149,3 +149,11 @@ def test_draft_key_changes_with_the_draft():
     assert launch.draft_key(draft()) != launch.draft_key(draft(temperature=2.0))
     assert launch.draft_key(draft()) != launch.draft_key(draft(seeds="2"))
     assert {f"w_{c}" for c in COMPONENTS} <= set(draft())
+
+
+def test_a_run_name_of_two_lines_blocks_launch_like_on_the_command_line():
+    configs, errors = launch.check_draft(draft(run_name="two\nlines"))
+    assert configs == [] and set(errors) == {"run_name"}
+    assert errors["run_name"].startswith("name must be one line of printable text")
+    assert launch.route_errors(errors) == {"launch": [errors["run_name"]]}
+    assert launch.check_draft(draft(run_name="  my run  "))[1] == {}
