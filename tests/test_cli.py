@@ -232,3 +232,12 @@ def test_runs_lists_one_line_per_run_whatever_was_stored(home, capsys):
     assert main(["runs", "--json"]) == 0
     names = {r["name"] for r in json.loads(capsys.readouterr().out)}
     assert names == {"two\nlines", "old"}
+
+
+def test_runs_with_an_unknown_status_says_so(home, capsys):
+    from workbench.store import STATUSES
+
+    assert main(["runs", "--status", "complete"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --status must be one of {', '.join(STATUSES)}, got 'complete'\n"
+    assert main(["runs", "--status", "completed"]) == 0

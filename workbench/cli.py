@@ -223,8 +223,10 @@ def _print_suite(suite: dict[str, Any], analysis: dict[str, Any]) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from workbench.store import Store
+    from workbench.store import STATUSES, Store
 
+    if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
+        raise WorkbenchError(f"--status must be one of {', '.join(STATUSES)}, got {args.status!r}")
     records = Store().list_runs(status=args.status, role=args.role)
     if args.json:
         print(
