@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from workbench import runqueue
+from workbench.admission import admit
 from workbench.config import RunConfig
 from workbench.errors import WorkbenchError
 from workbench.runqueue import Executor, device_key
@@ -92,7 +93,9 @@ class JobManager:
         suite: str | None = None,
         variant: str | None = None,
     ) -> str:
-        """Queue one run; returns its id at once (status ``queued``)."""
+        """Queue one run; returns its id at once (status ``queued``). A run that cannot run
+        (no such device here, an unknown teacher run, ...) is refused before a record exists."""
+        admit(config, self.store, check_device_here=self.execute != "none" and self.executing())
         run_id = self.store.create_run(config, name=name, tags=tags, suite=suite, variant=variant)
         self._wake.set()
         return run_id
