@@ -214,6 +214,7 @@ def test_two_workers_and_the_app_execute_each_run_exactly_once(store, home):
     workers = [_cli(home, "worker", "--device", "cpu") for _ in range(2)]
     app = JobManager(store, execute="threads")  # the app executes too: three executors
     try:
+        _wait(lambda: len(store.values("worker:")) == 2, "both workers to start", procs=workers)
         config = RunConfig(
             student="mlp", weights=LossWeights(1, 0, 0, 0), epochs=1, device="cpu", batch_size=64
         )
@@ -235,5 +236,5 @@ def test_two_workers_and_the_app_execute_each_run_exactly_once(store, home):
                 pytest.fail("a worker did not stop on SIGTERM")
     records = [store.get_run(i) for i in ids]
     assert all(r["claims"] == 1 and r["executions"] == 1 for r in records)
-    assert all(w.returncode == 0 for w in workers)
+    assert [w.returncode for w in workers] == [0, 0], [_log(w) for w in workers]
     assert store.values("worker:") == []  # they unregistered

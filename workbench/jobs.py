@@ -235,10 +235,10 @@ class JobManager:
         thread = threading.Thread(
             target=self._work, args=(record, stop), name=f"kdwb-{run_id}", daemon=True
         )
-        with self._lock:
+        with self._lock:  # registered and started at once: `wait` never sees it unstarted
             self._running[run_id] = (device, stop)
             self._threads[run_id] = thread
-        thread.start()
+            thread.start()
 
     def _work(self, record: dict[str, Any], stop: threading.Event) -> None:
         run_id = record["id"]
