@@ -151,17 +151,18 @@ def ensure_teacher(
     with store.lock(
         f"teacher:{fingerprint}",
         description=f"a run {what}",
-        on_wait=lambda message: on_step(
-            {"run_id": None, "role": "teacher", "phase": "wait", "message": message}
-        )
-        if on_step
-        else None,
+        on_wait=lambda message: (
+            on_step({"run_id": None, "role": "teacher", "phase": "wait", "message": message})
+            if on_step
+            else None
+        ),
     ) as held:
         found = store.find_teacher(teacher_key(teacher_cfg))
         if found:
             return found
         teacher_id = _unfinished_teacher(store, fingerprint) or store.create_run(
-            teacher_cfg, status="running"  # held by this process, never seen as queued
+            teacher_cfg,
+            status="running",  # held by this process, never seen as queued
         )  # an unfinished one is a run a dead process left: it continues from its checkpoint
         held.describe(f"run {teacher_id}, which is {what}")
         record = run(teacher_cfg, store, on_step=on_step, stop=stop, run_id=teacher_id)
@@ -321,30 +322,7 @@ def run(
         host=socket.gethostname(),
         executions=lambda record: (record.get("executions") or 0) + 1,
     )
-    status, fields = "completed", {}
-    try:
-        fields = _train(config, store, run_id, on_step or (lambda event: None), stop)
-    except (_Stopped, KeyboardInterrupt):
-        status = "cancelled"
-    except _Diverged as exc:
-        status, fields = (
-            "diverged",
-            {
-                "diverged_step": exc.step,
-                "error": f"the loss became NaN/inf at step {exc.step}; lower the learning rate or the weights",
-            },
-        )
-    except WorkbenchError as exc:
-        status, fields = "failed", {"error": str(exc)}
-    except torch.OutOfMemoryError:
-        status, fields = (
-            "failed",
-            {"error": "out of GPU memory: lower the batch size or pick smaller models"},
-        )
-    except (
-        Exception
-    ) as exc:  # a bug or an environment problem: keep the message, keep the store sane
-        status, fields = "failed", {"error": f"{type(exc).__name__}: {exc}"}
+    status, fields = _train_safely(config, store, run_id, on_step, stop)
     finished = time.time()
     record = store.update_run(
         run_id,
@@ -358,16 +336,33 @@ def run(
         if config.role == "teacher":
             store.set_teacher(teacher_key(config), run_id)  # later students reuse it
     if on_step:
-        on_step(
-            {
-                "run_id": run_id,
-                "role": config.role,
-                "phase": "end",
-                "status": status,
-                "error": record.get("error"),
-            }
-        )
+        end = {"run_id": run_id, "role": config.role, "phase": "end", "status": status}
+        on_step(end | {"error": record.get("error")})
     return record
+
+
+def _train_safely(
+    config: RunConfig, store: Store, run_id: str, on_step: OnStep | None, stop: StopFlag | None
+) -> tuple[str, dict[str, Any]]:
+    """``_train`` with every way it can end turned into a final status and record fields."""
+    try:
+        return "completed", _train(config, store, run_id, on_step or (lambda event: None), stop)
+    except (_Stopped, KeyboardInterrupt):
+        return "cancelled", {}
+    except _Diverged as exc:
+        return "diverged", {
+            "diverged_step": exc.step,
+            "error": f"the loss became NaN/inf at step {exc.step}; "
+            "lower the learning rate or the weights",
+        }
+    except WorkbenchError as exc:
+        return "failed", {"error": str(exc)}
+    except torch.OutOfMemoryError:
+        return "failed", {"error": "out of GPU memory: lower the batch size or pick smaller models"}
+    except (
+        Exception
+    ) as exc:  # a bug or an environment problem: keep the message, keep the store sane
+        return "failed", {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _train(
@@ -470,30 +465,9 @@ def prepare(
     )
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     val_x = data.val_x.to(device)
-    needs_features = hybrid.needs_features
-    source = (
-        teacher_source(
-            config,
-            teacher,
-            teacher_id,
-            [t for _, t in pairs] if needs_features else [],
-            train_x,
-            store,
-            device,
-        )
-        if hybrid.needs_teacher
-        else None
-    )
-    if source is not None:
-        store.update_run(run_id, teacher_source=source.kind, teacher_note=source.note)
     test_x = data.test_x.to(device)
-    teacher_pred, teacher_test_pred = (  # once per teacher and split, unless the cache is off
-        (
-            teacher_predictions(config, teacher, teacher_id, val_x, store),
-            teacher_predictions(config, teacher, teacher_id, test_x, store),
-        )
-        if teacher is not None
-        else (None, None)
+    source, teacher_pred, teacher_test_pred = _teacher_outputs(
+        config, store, run_id, hybrid, pairs, teacher, teacher_id, (train_x, val_x, test_x), device
     )
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -530,6 +504,35 @@ def prepare(
         steps_per_epoch=steps_per_epoch,
         amp_dtype=amp_dtype,
         use_amp=use_amp,
+    )
+
+
+def _teacher_outputs(
+    config: RunConfig,
+    store: Store,
+    run_id: str,
+    hybrid: HybridLoss,
+    pairs: tuple[tuple[str, str], ...],
+    teacher: nn.Module | None,
+    teacher_id: str | None,
+    splits: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device,
+) -> tuple[LiveTeacher | CachedTeacher | None, torch.Tensor | None, torch.Tensor | None]:
+    """Where the loss gets the teacher's outputs (live or cached; None when no term needs
+    them), and the teacher's predicted classes on validation and test (once per teacher and
+    split, unless the cache is off; None without a teacher)."""
+    train_x, val_x, test_x = splits
+    source = None
+    if hybrid.needs_teacher:
+        paths = [t for _, t in pairs] if hybrid.needs_features else []
+        source = teacher_source(config, teacher, teacher_id, paths, train_x, store, device)
+        store.update_run(run_id, teacher_source=source.kind, teacher_note=source.note)
+    if teacher is None:
+        return source, None, None
+    return (
+        source,
+        teacher_predictions(config, teacher, teacher_id, val_x, store),
+        teacher_predictions(config, teacher, teacher_id, test_x, store),
     )
 
 
