@@ -1,19 +1,32 @@
-"""Similarity analysis: ``cka_matrix`` (each layer's statistics once) against ``linear_cka`` per
-pair (each pair from scratch), for 8 student x 8 teacher layers at N = 1,000, 2,000 and 5,000
-probe samples.
+"""Similarity analysis: ``cka_matrix`` against its previous version and against torch-cka.
 
-The features are synthetic float32 [N, D] with widths like small CNN probe layers, some narrower
-and some wider than N: student D = 16 ... 2,048, teacher D = 32 ... 2,048 and 6,144 (the widest
-is a Gram matrix at every N; D = 2,048 is one at N = 1,000 and N = 2,000). Each measurement runs
-in its own subprocess, and its peak memory is the growth of the peak resident set over what the
-inputs already took (the peak is reset after they are made: Linux ``/proc/self/clear_refs``;
-tracemalloc does not see torch's allocations). The per-pair baseline runs 8 of the 64 pairs,
-a permutation that holds every layer once, and its time is scaled by 8; its values are checked
-against the matrix.
+Two sets of cases, 8 student x 8 teacher layers each:
 
-    .venv/bin/python bench/analysis.py [--sizes 1000 2000 5000]
+- **towers** (the case of issue 12): two MLP towers of 8 ``Linear -> Tanh`` blocks, widths 256
+  (student) and 512 (teacher), random weights, on N random inputs of 64 features (N = 1,000 and
+  5,000); the features are the 8 Tanh outputs of each. Timed from the inputs to the matrix:
+  ``cka_matrix`` (forward passes with hooks + the matrix, in the form it picks and in the other
+  one), the previous ``cka_matrix`` (``bench/analysis_before.py``, a frozen copy) on the same
+  features, and ``torch_cka.CKA(...).compare(...)`` with one batch of all N samples (its forward
+  passes included). torch-cka is a benchmark-only comparison, not a project dependency:
+  ``.venv/bin/pip install torch-cka tqdm matplotlib`` (its module imports both). Its values are
+  the unbiased HSIC estimator of Nguyen, Raghu and Kornblith (ICLR 2021), so they differ from
+  the linear CKA by O(1/N); the maximum difference is printed. Its cost per pair is two N x N x N
+  products in float32, so at N >= 5,000 it runs on one student layer against the 8 teacher
+  layers (every row costs the same: equal widths) and its time is multiplied by 8.
+- **synthetic** (the cases of the earlier benchmark): post-ReLU-like float32 [N, D] features
+  sharing a low-rank signal, student D = 16 ... 2,048, teacher D = 32 ... 2,048 and 6,144, at
+  N = 1,000, 2,000 and 5,000: the previous ``cka_matrix`` against the new one, each in its own
+  subprocess (for its peak memory: the growth of the peak resident set over the inputs, reset
+  with Linux ``/proc/self/clear_refs``), alternating ``--repeats`` times.
 
-Last line: ``speed-up of cka_matrix over per-pair linear_cka: N=1000 Xx, ...``.
+Every case alternates the methods in one process or one run, so the ratios compare like with
+like on a machine shared with other work; medians are reported.
+
+    .venv/bin/python bench/analysis.py [--tower-sizes 1000 5000] [--sizes 1000 2000 5000]
+                                       [--repeats 3]
+
+Last line: ``cka_matrix vs torch-cka: N=1000 Xx, ...; new vs previous cka_matrix: ...``.
 """
 
 from __future__ import annotations
@@ -21,22 +34,117 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+from torch import nn
 
-from workbench.analysis import cka_matrix, linear_cka
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # analysis_before, run as a script
+
+import analysis_before  # noqa: E402
+
+from workbench.analysis import FORMS, cka_form, cka_matrix  # noqa: E402
+from workbench.features import FeatureTaps  # noqa: E402
 
 STUDENT_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 TEACHER_WIDTHS = (32, 64, 128, 256, 512, 1024, 2048, 6144)
-# A permutation: every student and every teacher layer once, so 64 / 8 times the time of these
-# pairs counts each layer's statistics exactly as often as the 64 pairs do (only the cross
-# terms are estimated).
-PAIRS = [(i, (3 * i) % 8) for i in range(8)]
+TOWER_DEPTH, TOWER_IN, TOWER_WIDTHS = 8, 64, (256, 512)
+TCKA_FULL_UP_TO = 2000  # above this N, torch-cka runs one student layer (x 8)
 
 
+# ------------------------------------------------------------------------------ towers
+def tower(width: int, seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    blocks: list[nn.Module] = []
+    d = TOWER_IN
+    for _ in range(TOWER_DEPTH):
+        blocks += [nn.Linear(d, width), nn.Tanh()]
+        d = width
+    return nn.Sequential(*blocks).eval()
+
+
+def tanh_paths(model: nn.Sequential) -> list[str]:
+    return [name for name, m in model.named_children() if isinstance(m, nn.Tanh)]
+
+
+@torch.no_grad()
+def tower_features(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
+    with FeatureTaps(model, tanh_paths(model)) as taps:
+        model(x)
+        return list(taps.features)  # [N, width] each
+
+
+def torch_cka(student, teacher, x, student_layers) -> torch.Tensor:
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch_cka import CKA
+
+    loader = DataLoader(TensorDataset(x), batch_size=len(x))
+    cka = CKA(
+        student,
+        teacher,
+        model1_name="student",
+        model2_name="teacher",
+        model1_layers=student_layers,
+        model2_layers=tanh_paths(teacher),
+        device="cpu",
+    )
+    cka.compare(loader, loader)
+    return cka.export()["CKA"].double()
+
+
+def child_towers(n: int, repeats: int) -> None:
+    student, teacher = tower(TOWER_WIDTHS[0], seed=1), tower(TOWER_WIDTHS[1], seed=2)
+    x = torch.randn(n, TOWER_IN, generator=torch.Generator().manual_seed(3))
+    s_feats, t_feats = tower_features(student, x), tower_features(teacher, x)
+    picked = cka_form(n, [f.shape[1] for f in s_feats], [f.shape[1] for f in t_feats])
+    other = next(f for f in FORMS if f != picked)
+    rows = tanh_paths(student) if n <= TCKA_FULL_UP_TO else tanh_paths(student)[:1]
+    times: dict[str, list[float]] = {k: [] for k in ("new", "new_other", "before", "torch_cka")}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    times["forward"] = []
+    values = {}
+
+    def timed(name: str, fn, scale: float = 1.0) -> None:
+        wall, proc = time.perf_counter(), time.process_time()
+        values[name] = fn()
+        times[name].append((time.perf_counter() - wall) * scale)
+        cpu[name].append((time.process_time() - proc) * scale)
+
+    def forward() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return tower_features(student, x), tower_features(teacher, x)
+
+    for r in range(repeats):
+        started = time.perf_counter()
+        forward()
+        times["forward"].append(time.perf_counter() - started)
+        timed("new", lambda: cka_matrix(*forward()))
+        timed("new_other", lambda: cka_matrix(*forward(), form=other))
+        timed("before", lambda: analysis_before.cka_matrix(*forward()))
+        if r == 0 or n <= TCKA_FULL_UP_TO:  # at 5,000 one run of torch-cka takes minutes
+            scale = len(tanh_paths(student)) / len(rows)
+            timed("torch_cka", lambda: torch_cka(student, teacher, x, rows), scale)
+    new = values["new"]
+    print(
+        json.dumps(
+            {
+                "form": picked,
+                "other": other,
+                "tcka_rows": len(rows),
+                "times": times,
+                "cpu": cpu,
+                "diff_other": float((new - values["new_other"]).abs().max()),
+                "diff_before": float((new - values["before"]).abs().max()),
+                "diff_torch_cka": float((new[: len(rows)] - values["torch_cka"]).abs().max()),
+            }
+        )
+    )
+
+
+# ------------------------------------------------------------------------------ synthetic
 def features(n: int, widths: tuple[int, ...], seed: int) -> list[torch.Tensor]:
     """Post-ReLU-like features that share a low-rank signal, so the CKA values are not tiny."""
     g = torch.Generator().manual_seed(seed)
@@ -74,56 +182,93 @@ def _status_mb(field: str) -> float:
     raise OSError(f"no {field} in /proc/self/status")
 
 
-def child(n: int, method: str) -> None:
+def child_synthetic(n: int, method: str) -> None:
     students = features(n, STUDENT_WIDTHS, seed=1)
     teachers = features(n, TEACHER_WIDTHS, seed=2)
+    fn = cka_matrix if method == "new" else analysis_before.cka_matrix
     before = _reset_peak()
     started = time.perf_counter()
-    if method == "matrix":
-        values = cka_matrix(students, teachers)
-        result = {"pairs": {f"{i},{j}": float(values[i, j]) for i, j in PAIRS}}
-    else:
-        result = {"pairs": {f"{i},{j}": linear_cka(students[i], teachers[j]) for i, j in PAIRS}}
-    result["seconds"] = time.perf_counter() - started
-    result["peak_mb"] = _peak_mb() - before
+    values = fn(students, teachers)
+    result = {"seconds": time.perf_counter() - started, "peak_mb": _peak_mb() - before}
+    result["values"] = values.flatten().tolist()
     result["inputs_mb"] = sum(f.nbytes for f in students + teachers) / 2**20
     print(json.dumps(result))
 
 
+def _child(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _secs(runs: list[dict]) -> str:
+    return ", ".join(f"{r['seconds']:.2f}" for r in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000])
-    parser.add_argument("--child", nargs=2, metavar=("N", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--tower-sizes", type=int, nargs="*", default=[1000, 5000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 2000, 5000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(int(args.child[0]), args.child[1])
+        kind, n, rest = args.child[0], int(args.child[1]), args.child[2]
+        child_towers(n, int(rest)) if kind == "towers" else child_synthetic(n, rest)
         return
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; 8 x 8 layers, student "
-        f"widths {STUDENT_WIDTHS}, teacher widths {TEACHER_WIDTHS}; per-pair baseline on "
-        f"{len(PAIRS)} of 64 pairs, time scaled x{64 / len(PAIRS):g}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats, "
+        "medians; times in s"
     )
-    speedups = []
-    for n in args.sizes:
-        runs = {}
-        for method in ("matrix", "pairwise"):
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", str(n), method],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            runs[method] = json.loads(out.strip().splitlines()[-1])
-        m, p = runs["matrix"], runs["pairwise"]
-        pair_s = p["seconds"] * 64 / len(PAIRS)
-        diff = max(abs(m["pairs"][k] - p["pairs"][k]) for k in m["pairs"])
-        speedups.append(f"N={n} {pair_s / m['seconds']:.1f}x")
-        print(
-            f"N={n}: cka_matrix {m['seconds']:.2f} s, peak +{m['peak_mb']:.0f} MB; per-pair "
-            f"linear_cka {pair_s:.2f} s (64 pairs, est.), peak +{p['peak_mb']:.0f} MB; inputs "
-            f"{m['inputs_mb']:.0f} MB float32; max |difference| {diff:.1e}"
+    summary_tcka, summary_old = [], []
+    for n in args.tower_sizes:
+        r = _child("towers", str(n), str(args.repeats))
+        t = {k: statistics.median(v) for k, v in r["times"].items()}
+        c = {k: statistics.median(v) for k, v in r["cpu"].items()}
+        summary_tcka.append(f"N={n} {t['torch_cka'] / t['new']:.1f}x")
+        summary_old.append(f"towers N={n} {t['before'] / t['new']:.2f}x")
+        est = (
+            "" if r["tcka_rows"] == 8 else f" (1 of 8 rows x 8, {len(r['times']['torch_cka'])} run)"
         )
-    print("speed-up of cka_matrix over per-pair linear_cka: " + ", ".join(speedups))
+        print(
+            f"towers N={n}: cka_matrix ({r['form']}) {t['new']:.3f} (forward passes "
+            f"{t['forward']:.3f}); {r['other']} form {t['new_other']:.3f}; previous cka_matrix "
+            f"{t['before']:.3f}; torch-cka {t['torch_cka']:.2f}{est}; speed-up over torch-cka "
+            f"{t['torch_cka'] / t['new']:.1f}x (CPU time {c['torch_cka'] / c['new']:.1f}x), over "
+            f"previous {t['before'] / t['new']:.2f}x (CPU {c['before'] / c['new']:.2f}x), over "
+            f"the other form {t['new_other'] / t['new']:.2f}x (CPU "
+            f"{c['new_other'] / c['new']:.2f}x); max |diff| previous "
+            f"{r['diff_before']:.1e}, other form {r['diff_other']:.1e}, torch-cka (unbiased "
+            f"HSIC) {r['diff_torch_cka']:.1e}"
+        )
+    for n in args.sizes:
+        runs: dict[str, list[dict]] = {"before": [], "new": []}
+        for _ in range(args.repeats):
+            for method in runs:
+                runs[method].append(_child("synthetic", str(n), method))
+        s = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+        peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
+        diff = max(
+            abs(a - b)
+            for a, b in zip(runs["new"][0]["values"], runs["before"][0]["values"], strict=True)
+        )
+        form = cka_form(n, STUDENT_WIDTHS, TEACHER_WIDTHS)
+        summary_old.append(f"synthetic N={n} {s['before'] / s['new']:.2f}x")
+        print(
+            f"synthetic N={n}: cka_matrix ({form}) {s['new']:.2f} (runs "
+            f"{_secs(runs['new'])}), peak "
+            f"+{peak['new']:.0f} MB; previous {s['before']:.2f} (runs "
+            f"{_secs(runs['before'])}), peak "
+            f"+{peak['before']:.0f} MB; inputs {runs['new'][0]['inputs_mb']:.0f} MB float32; "
+            f"speed-up {s['before'] / s['new']:.2f}x; max |diff| {diff:.1e}"
+        )
+    print(
+        "cka_matrix vs torch-cka: "
+        + ", ".join(summary_tcka)
+        + "; new vs previous cka_matrix: "
+        + ", ".join(summary_old)
+    )
 
 
 if __name__ == "__main__":

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from workbench.analysis import cka_matrix, gram
 from workbench.features import FeatureTaps, build_adapters, pair_layers
 from workbench.models import build_model, feature_layers
-from workbench.probe import gram_subset, per_class_accuracy, run_probe
+from workbench.probe import PROBE_SIZE, gram_subset, per_class_accuracy, run_probe
+from workbench.teacher_cache import LIMIT_ENV, list_entries
 
 
 def test_gram_subset_is_class_sorted_and_capped():
@@ -72,3 +77,100 @@ def test_probe_matches_direct_computation():
             )
     assert abs(probe["cka"] - expected_cka).max() < 1e-5
     assert probe["gram_labels"].tolist() == sorted(probe["gram_labels"].tolist())
+
+
+def _probe_case():
+    torch.manual_seed(1)
+    shape = (1, 8, 8)
+    student = build_model("small_cnn", shape, 10).eval()
+    teacher = build_model("resnet8x4", shape, 10).eval()
+    s_layers, t_layers = feature_layers(student, shape), feature_layers(teacher, shape)
+    pairs = pair_layers(s_layers, t_layers)
+    kwargs = {
+        "student": student,
+        "student_layers": [i.path for i in s_layers],
+        "teacher": teacher,
+        "teacher_layers": [i.path for i in t_layers],
+        "pairs": pairs,
+        "adapters": build_adapters(pairs, s_layers, t_layers),
+        "val_x": torch.randn(300, *shape),
+        "val_y": torch.arange(300) % 10,
+        "class_names": [str(i) for i in range(10)],
+        "device": torch.device("cpu"),
+    }
+    return teacher, kwargs
+
+
+def _assert_same_probe(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if key == "teacher_features":
+            continue
+        if key == "grams":
+            for ga, gb in zip(a[key], b[key], strict=True):
+                assert ga["pair"] == gb["pair"]
+                assert np.array_equal(ga["student"], gb["student"])
+                assert np.allclose(ga["teacher"], gb["teacher"], rtol=0, atol=1e-6)
+        elif isinstance(a[key], np.ndarray):
+            assert np.allclose(a[key], b[key], rtol=0, atol=1e-6), key
+        elif key == "pair_cosine":
+            assert a[key] == pytest.approx(b[key], abs=1e-6)
+        else:
+            assert a[key] == b[key], key
+
+
+def _count_forwards(model: torch.nn.Module) -> list[int]:
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _m, inputs: seen.append(len(inputs[0])))
+    return seen
+
+
+def test_cached_teacher_features_give_the_uncached_probe(store):
+    teacher, kwargs = _probe_case()
+    uncached = run_probe(**kwargs)
+    assert uncached["teacher_features"] == "live: no store given"
+    forwards = _count_forwards(teacher)
+    cold = run_probe(**kwargs, store=store, teacher_id=None)
+    assert cold["teacher_features"] == "cache: built now"
+    assert sum(forwards) >= min(PROBE_SIZE, len(kwargs["val_x"]))  # the build's passes
+    forwards.clear()
+    warm = run_probe(**kwargs, store=store, teacher_id=None)
+    assert warm["teacher_features"] == "cache: built by an earlier run"
+    assert forwards == []  # the teacher did not run
+    _assert_same_probe(uncached, cold)
+    _assert_same_probe(uncached, warm)
+    (entry,) = list_entries(store)
+    meta = json.loads((entry.path / "meta.json").read_text())
+    assert meta["kind"] == "probe" and meta["paths"] == kwargs["teacher_layers"]
+    # Other probe samples or other layers are other entries; each equals its uncached probe.
+    other = {**kwargs, "val_x": kwargs["val_x"].flip(0)}
+    assert run_probe(**other, store=store)["teacher_features"] == "cache: built now"
+    fewer = {
+        **kwargs,
+        "teacher_layers": kwargs["teacher_layers"][1:],
+        "pairs": (),
+        "adapters": None,
+    }
+    cached_fewer = run_probe(**fewer, store=store)
+    assert cached_fewer["teacher_features"] == "cache: built now"
+    _assert_same_probe(run_probe(**fewer), cached_fewer)
+    assert len(list_entries(store)) == 3
+
+
+def test_probe_features_key_on_the_teacher_weights(store):
+    teacher, kwargs = _probe_case()
+    run_probe(**kwargs, store=store)
+    with torch.no_grad():
+        next(teacher.parameters()).add_(0.5)  # another teacher (no run id: keyed on the weights)
+    changed = run_probe(**kwargs, store=store)
+    assert changed["teacher_features"] == "cache: built now"
+    _assert_same_probe(run_probe(**kwargs), changed)
+
+
+def test_probe_runs_the_teacher_live_when_the_cache_is_too_small(store, monkeypatch):
+    monkeypatch.setenv(LIMIT_ENV, "1000")
+    _teacher, kwargs = _probe_case()
+    live = run_probe(**kwargs, store=store)
+    assert live["teacher_features"] == "live: over the teacher cache limit"
+    assert list_entries(store) == []
+    _assert_same_probe(run_probe(**kwargs), live)

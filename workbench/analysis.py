@@ -6,19 +6,28 @@ flattened per sample to [N, D]; student and teacher widths may differ.
 Linear CKA (Kornblith, Norouzi, Lee and Hinton, "Similarity of Neural Network Representations
 Revisited", ICML 2019), with Xc, Yc the column-centred features:
 
-    CKA(X, Y) = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)
-              = <Kx, Ky>_F / (||Kx||_F ||Ky||_F),   Kx = Xc Xc^T, Ky = Yc Yc^T
+    CKA(X, Y) = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)          (feature space)
+              = <Kx, Ky>_F / (||Kx||_F ||Ky||_F),   Kx = Xc Xc^T, Ky = Yc Yc^T   (sample space)
 
-The first (feature-space) form costs O(N D^2) and the second (sample-space) O(N^2 D); each layer
-is held in the cheaper one, in float64 (the centring of post-ReLU features cancels badly in
-float32). CKA is invariant to orthogonal maps, isotropic scaling and translation of either
-side, lies in [0, 1], and is NaN when a side is constant over the samples (it is undefined).
+For an S x T matrix of layers the two forms cost (in multiply-adds, ``cka_work``):
+
+- feature space: N Ds Dt per pair (the cross-covariance), plus N D min(N, D) per layer (its
+  norm);
+- sample space: N^2 D per layer (its centred Gram matrix, only the upper triangle: about half)
+  plus N^2 per pair (the inner product of two Gram matrices, also from the upper triangle).
+
+``cka_matrix`` counts both for the whole matrix and takes the cheaper (``cka_form``): the Gram
+form when the layers are wide or the pairs many, the feature form when N is large against the
+widths. Both accumulate in float64 (the centring of post-ReLU features cancels badly in
+float32) and give the same values to rounding. CKA is invariant to orthogonal maps, isotropic
+scaling and translation of either side, lies in [0, 1], and is NaN when a side is constant over
+the samples (it is undefined).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +35,29 @@ from torch import Tensor
 
 from workbench.losses import feature_loss
 
-__all__ = ["DEFAULT_CHUNK", "cka_matrix", "gram", "linear_cka", "pair_cosine"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "FORMS",
+    "cka_form",
+    "cka_matrix",
+    "cka_work",
+    "gram",
+    "linear_cka",
+    "pair_cosine",
+]
 
-# Feature columns per float64 block when building a Gram matrix: N x 1024 x 8 bytes, 40 MB for
-# a probe of 5,000 samples.
+# Feature columns per float64 block: a strip of GRAM_ROWS x N Gram entries is built from blocks
+# of N x 1024 centred features (40 MB for a probe of 5,000 samples).
 DEFAULT_CHUNK = 1024
+# Rows of the Gram matrices built at a time. The Gram form builds only the strips on and right
+# of the diagonal, N^2 (b + 1) / 2b entries for b strips; 160 rows keep the matrix products large
+# enough to run at full speed (measured on 2 cores: 0.57 of a full N x N product at N = 1,000).
+GRAM_ROWS = 160
+# Cost of one Gram entry of one pair, in multiply-adds of a large matrix product: the pairs'
+# inner products reuse each loaded entry only S or T times, so they are bound by memory, not
+# arithmetic (measured on 2 cores: 4.7 for 8 x 8 layers, 3.0 for 16 x 16).
+PAIR_COST = 5.0
+FORMS = ("features", "gram")
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -46,60 +73,121 @@ def _same_samples(feats: Sequence[Tensor]) -> int:
     return sizes.pop() if sizes else 0
 
 
-def _centred_columns(x: Tensor, start: int, stop: int) -> Tensor:
-    block = x[:, start:stop].to(torch.float64, copy=True)  # [N, c], ours to centre in place
-    return block.sub_(block.mean(dim=0, keepdim=True))  # [N, c]
+def _strip_entries(n: int) -> int:
+    """Gram entries on and right of the diagonal in strips of ``GRAM_ROWS`` rows: sum of
+    rows_i * (N - start_i), about N^2 (b + 1) / 2b for b strips."""
+    rows = GRAM_ROWS
+    return sum(min(rows, n - start) * (n - start) for start in range(0, n, rows))
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """One layer's CKA statistics: the centred Gram ``Kc = Xc Xc^T`` [N, N] or the centred
-    features ``Xc`` [N, D] (exactly one is set), and ``norm = ||Xc^T Xc||_F = ||Kc||_F``."""
-
-    gram: Tensor | None
-    feats: Tensor | None
-    norm: Tensor
-
-
-def _layer(x: Tensor, *, sample_space: bool, chunk_size: int) -> _Layer:
-    x = _flat(x)  # [N, D]
-    n, d = x.shape
-    if sample_space:
-        k = torch.zeros(n, n, dtype=torch.float64, device=x.device)  # [N, N]
-        for start in range(0, d, chunk_size):  # centring is per column, so per block
-            xc = _centred_columns(x, start, start + chunk_size)  # [N, c]
-            k.addmm_(xc, xc.T)
-        return _Layer(gram=k, feats=None, norm=torch.linalg.vector_norm(k))
-    xc = _centred_columns(x, 0, d)  # [N, D]
-    return _Layer(gram=None, feats=xc, norm=torch.linalg.matrix_norm(xc.T @ xc))
-
-
-def _hsic(a: _Layer, b: _Layer) -> Tensor:
-    """<Ka, Kb>_F = ||Xb^T Xa||_F^2 from whichever representations the layers hold."""
-    if a.gram is not None and b.gram is not None:
-        return torch.dot(a.gram.reshape(-1), b.gram.reshape(-1))  # sum(Ka * Kb)
-    if a.gram is not None or b.gram is not None:
-        k, xc = (a.gram, b.feats) if a.gram is not None else (b.gram, a.feats)
-        return torch.dot((k @ xc).reshape(-1), xc.reshape(-1))  # tr(K Xc Xc^T), [N, D] temp
-    return torch.linalg.matrix_norm(b.feats.T @ a.feats).square()  # [Db, Da] temp
+def cka_work(
+    n: int,
+    student_widths: Sequence[int],
+    teacher_widths: Sequence[int],
+    *,
+    same: bool = False,
+) -> dict[str, float]:
+    """Multiply-adds of each form (``FORMS``) for the S x T CKA matrix of layers of these widths
+    on ``n`` samples. ``same``: the two lists are the same layers (each layer and each unordered
+    pair once)."""
+    widths = list(student_widths) if same else [*student_widths, *teacher_widths]
+    s, t = len(student_widths), len(teacher_widths)
+    if same:
+        cross = sum(n * a * b for i, a in enumerate(widths) for b in widths[i:])
+    else:
+        cross = sum(n * a * b for a in student_widths for b in teacher_widths)
+    features = sum(n * d * min(n, d) for d in widths) + cross
+    entries = _strip_entries(n)
+    products = s * s if same else s * t + s + t  # the pairs and each layer's own norm
+    gram_form = entries * sum(widths) + PAIR_COST * entries * products
+    return {"features": float(features), "gram": float(gram_form)}
 
 
-def _cka(a: _Layer, b: _Layer) -> Tensor:
-    return (_hsic(a, b) / (a.norm * b.norm)).clamp(0.0, 1.0)  # NaN stays NaN
+def cka_form(
+    n: int,
+    student_widths: Sequence[int],
+    teacher_widths: Sequence[int],
+    *,
+    same: bool = False,
+) -> str:
+    """The form ``cka_matrix`` uses: the one of ``cka_work`` with less work (features on a tie)."""
+    work = cka_work(n, student_widths, teacher_widths, same=same)
+    return "gram" if work["gram"] < work["features"] else "features"
 
 
-@torch.no_grad()
-def linear_cka(x: Tensor, y: Tensor) -> float:
-    """Linear CKA between x [N, ...] and y [N, ...] (see the module docstring), in the cheaper
-    of the sample-space form, O(N^2 (Dx + Dy)), and the feature-space form,
-    O(N (Dx Dy + Dx^2 + Dy^2))."""
-    x, y = _flat(x), _flat(y)
-    n = _same_samples([x, y])
-    dx, dy = x.shape[1], y.shape[1]
-    sample_space = n * (dx + dy) < dx * dy + dx * dx + dy * dy
-    a = _layer(x, sample_space=sample_space, chunk_size=DEFAULT_CHUNK)
-    b = _layer(y, sample_space=sample_space, chunk_size=DEFAULT_CHUNK)
-    return float(_cka(a, b))
+def _centred(x: Tensor) -> Tensor:
+    """Column-centred float64 copy of x [N, D] (the input is never modified)."""
+    xc = x.to(torch.float64, copy=True)  # [N, D]
+    return xc.sub_(xc.mean(dim=0, keepdim=True))
+
+
+def _self_norm(xc: Tensor) -> Tensor:
+    """||Xc^T Xc||_F = ||Xc Xc^T||_F, from the smaller of the two products."""
+    n, d = xc.shape
+    return torch.linalg.matrix_norm(xc.T @ xc if d <= n else xc @ xc.T)
+
+
+def _features_form(students: list[Tensor], teachers: list[Tensor], same: bool) -> Tensor:
+    """HSIC ||Xt^T Xs||_F^2 per pair from centred features; peak: the teacher layers plus one
+    student layer and one [Dt, Ds] product."""
+    t_feats = [_centred(t) for t in teachers]  # [N, Dt] each
+    t_norms = [_self_norm(t) for t in t_feats]
+    out = torch.empty(len(students), len(teachers), dtype=torch.float64, device=t_feats[0].device)
+    for i, s in enumerate(students):
+        xs = t_feats[i] if same else _centred(s)  # [N, Ds]
+        s_norm = t_norms[i] if same else _self_norm(xs)
+        for j, (xt, t_norm) in enumerate(zip(t_feats, t_norms, strict=True)):
+            if same and j < i:
+                out[i, j] = out[j, i]
+                continue
+            hsic = torch.linalg.matrix_norm(xt.T @ xs).square()  # [Dt, Ds] temp
+            out[i, j] = hsic / (s_norm * t_norm)
+    return out
+
+
+def _gram_strip(x: Tensor, mean: Tensor, start: int, stop: int, chunk: int, out: Tensor) -> None:
+    """out [stop - start, N - start] = rows start:stop of Kc = Xc Xc^T, columns start:, built
+    from float64 blocks of ``chunk`` centred feature columns."""
+    for c in range(0, x.shape[1], chunk):
+        rest = x[start:, c : c + chunk].to(torch.float64) - mean[c : c + chunk]  # [N - start, c]
+        out.addmm_(rest[: stop - start], rest.T)
+
+
+def _gram_form(students: list[Tensor], teachers: list[Tensor], same: bool, chunk: int) -> Tensor:
+    """HSIC <Ks, Kt>_F per pair from the centred Gram matrices, a strip of ``GRAM_ROWS`` rows of
+    every layer at a time: only the entries on and right of the diagonal are built, the ones
+    right of the diagonal block weighted by sqrt(2) so that each counts twice (K is symmetric),
+    and all pairs' inner products are batched matrix products per strip. Peak: one
+    strip per layer, (S + T) x GRAM_ROWS x N float64 (102 MB for 16 layers at N = 5,000)."""
+    layers = students if same else students + teachers
+    means = [x.mean(dim=0, dtype=torch.float64) for x in layers]  # [D] each
+    n, s = layers[0].shape[0], len(students)
+    device = layers[0].device
+    hsic = torch.zeros(s, len(teachers), dtype=torch.float64, device=device)
+    squares = torch.zeros(len(layers), dtype=torch.float64, device=device)  # ||Kc||_F^2
+    for start in range(0, n, GRAM_ROWS):
+        stop = min(start + GRAM_ROWS, n)
+        strips = torch.zeros(
+            len(layers), stop - start, n - start, dtype=torch.float64, device=device
+        )
+        for x, mean, strip in zip(layers, means, strips, strict=True):
+            _gram_strip(x, mean, start, stop, chunk, strip)
+        strips[:, :, stop - start :] *= math.sqrt(2.0)  # above the diagonal block: counts twice
+        by_row = strips.transpose(0, 1)  # [r, L, N - start]
+        if same:
+            products = torch.bmm(by_row, by_row.transpose(1, 2)).sum(dim=0)  # [S, S]
+            hsic += products
+            squares += products.diagonal()
+        else:
+            # One product per strip row, summed: faster here than one [S, M] x [M, T] product,
+            # which BLAS runs as a memory-bound long inner product.
+            hsic += torch.bmm(by_row[:, :s], by_row[:, s:].transpose(1, 2)).sum(dim=0)  # [S, T]
+            squares += torch.linalg.vector_norm(strips.reshape(len(layers), -1), dim=1).square()
+    norms = squares.sqrt()
+    if same:  # the batched products need not round both triangles alike
+        hsic = (hsic + hsic.T) / 2
+    t_norms = norms if same else norms[s:]
+    return hsic / torch.outer(norms[:s], t_norms)
 
 
 @torch.no_grad()
@@ -108,17 +196,24 @@ def cka_matrix(
     teacher_feats: Sequence[Tensor],
     *,
     chunk_size: int = DEFAULT_CHUNK,
+    form: str | None = None,
 ) -> Tensor:
     """Linear CKA of every student layer against every teacher layer: [S, T] float64 (CPU).
 
-    Each layer's statistics are computed once: a layer with D > N is held as its centred Gram
-    matrix (built from float64 blocks of ``chunk_size`` feature columns), one with D <= N as its
-    centred features, so no layer takes more than N * min(N, D) floats. Peak memory is the
-    teacher layers plus one student layer. ``cka_matrix(feats, feats)`` (the same tensors on
-    both sides) computes each layer once and each unordered pair once.
+    ``form`` is ``"features"``, ``"gram"`` or None: the one with less work for this whole matrix
+    (``cka_form``). Either way each layer's statistics are computed once, in float64:
+
+    - ``"features"`` holds the teacher layers' centred features [N, Dt] and one student layer's;
+    - ``"gram"`` builds the centred Gram matrices a strip of rows at a time (never a whole
+      N x N matrix) from blocks of ``chunk_size`` feature columns.
+
+    ``cka_matrix(feats, feats)`` (the same tensors on both sides) computes each layer once and
+    each unordered pair once.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a whole number >= 1, got {chunk_size!r}")
+    if form is not None and form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS} or None, got {form!r}")
     students, teachers = list(student_feats), list(teacher_feats)
     n = _same_samples(students + teachers)
     if not students or not teachers:
@@ -126,20 +221,24 @@ def cka_matrix(
     same = len(students) == len(teachers) and all(
         s is t for s, t in zip(students, teachers, strict=True)
     )
+    students = [_flat(s) for s in students]
+    teachers = students if same else [_flat(t) for t in teachers]
+    if form is None:
+        form = cka_form(
+            n, [s.shape[1] for s in students], [t.shape[1] for t in teachers], same=same
+        )
+    if form == "gram":
+        values = _gram_form(students, teachers, same, chunk_size)
+    else:
+        values = _features_form(students, teachers, same)
+    return values.clamp(0.0, 1.0).cpu()  # NaN (a constant layer) stays NaN
 
-    def stats(x: Tensor) -> _Layer:
-        return _layer(x, sample_space=_flat(x).shape[1] > n, chunk_size=chunk_size)
 
-    t_stats = [stats(t) for t in teachers]
-    rows: list[Tensor] = []
-    for i, s in enumerate(students):
-        s_stat = t_stats[i] if same else stats(s)
-        row = [
-            rows[j][i] if same and j < i else _cka(s_stat, t_stat)
-            for j, t_stat in enumerate(t_stats)
-        ]
-        rows.append(torch.stack(row))  # [T]
-    return torch.stack(rows).cpu()  # [S, T]
+@torch.no_grad()
+def linear_cka(x: Tensor, y: Tensor) -> float:
+    """Linear CKA between x [N, ...] and y [N, ...] (see the module docstring): the 1 x 1 case of
+    ``cka_matrix``, in the cheaper form."""
+    return float(cka_matrix([x], [y])[0, 0])
 
 
 @torch.no_grad()

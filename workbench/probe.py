@@ -10,6 +10,13 @@ the dataset's own seed, so every run of a dataset is probed on the same samples)
 - for each pair, the SP Gram matrices (Tung & Mori 2019) of student and teacher on a small
   class-sorted subset, so a heatmap shows the class blocks;
 - validation accuracy per class and teacher-student agreement.
+
+The teacher's features on the probe set are the same for every run against one teacher, so when
+the engine passes its store (and the teacher's run id) they are computed once and kept as an
+entry of the teacher-output cache (``workbench.teacher_cache``): key over (teacher, probe
+samples, layer paths, dtype), built under the store lock into a temporary folder that is
+renamed into place, read back memory-mapped, and counted in the cache's LRU size limit with the
+training outputs. A suite of runs against one teacher then pays the teacher's probe pass once.
 """
 
 from __future__ import annotations
@@ -22,8 +29,25 @@ from torch import nn
 
 from workbench.analysis import cka_matrix, gram, pair_cosine
 from workbench.features import FeatureTaps
+from workbench.store import is_disk_full
+from workbench.teacher_cache import (
+    _DTYPE,
+    _build,
+    _entry_key,
+    _open,
+    _per_sample_bytes,
+    cache_limit,
+    cache_root,
+)
 
-__all__ = ["PROBE_SIZE", "GRAM_PER_CLASS", "gram_subset", "per_class_accuracy", "run_probe"]
+__all__ = [
+    "PROBE_SIZE",
+    "GRAM_PER_CLASS",
+    "gram_subset",
+    "per_class_accuracy",
+    "run_probe",
+    "teacher_probe_features",
+]
 
 PROBE_SIZE = 500
 GRAM_PER_CLASS = 6
@@ -61,6 +85,48 @@ def _features(
     return [torch.cat(c) for c in chunks]
 
 
+def teacher_probe_features(
+    teacher: nn.Module,
+    paths: Sequence[str],
+    x: torch.Tensor,
+    *,
+    store: Any = None,
+    teacher_id: str | None = None,
+) -> tuple[list[torch.Tensor], str]:
+    """The teacher's features at ``paths`` for the probe samples ``x`` ([N, *layer shape] each,
+    float32, CPU) and a note on where they came from. With a ``store`` they are read from the
+    teacher-output cache, built there by the first run that needs them; without one, or when
+    they would not fit under the cache limit, the teacher runs now."""
+    paths = list(paths)
+    if store is None:
+        return _features(teacher, paths, x), "live: no store given"
+    key = _entry_key(teacher, teacher_id, paths, x, store)
+    folder = cache_root(store) / key
+    outputs = _open(folder, len(x), len(paths))
+    how = "cache: built by an earlier run"
+    if outputs is None:
+        limit = cache_limit()
+        size = len(x) * _per_sample_bytes(teacher, paths, x)
+        if size > limit:
+            return _features(teacher, paths, x), "live: over the teacher cache limit"
+        try:
+            with store.lock(f"teacher_outputs:{key}", description="a run caching probe features"):
+                outputs = _open(folder, len(x), len(paths))  # another run may have built it
+                if outputs is None:
+                    meta = {"kind": "probe", "teacher_run": teacher_id, "split": "probe"}
+                    meta.update(paths=paths, dtype=str(_DTYPE))
+                    _build(folder, teacher, paths, x, store, limit, meta=meta)
+                    how = "cache: built now"
+                    outputs = _open(folder, len(x), len(paths))
+        except Exception as exc:
+            if not is_disk_full(exc, folder.parent):
+                raise
+            return _features(teacher, paths, x), "live: the disk holding the teacher cache is full"
+        if outputs is None:  # evicted at once by a concurrent builder
+            return _features(teacher, paths, x), "live: the cache entry was evicted"
+    return list(outputs.features), how
+
+
 @torch.inference_mode()
 def run_probe(
     *,
@@ -74,8 +140,12 @@ def run_probe(
     val_y: torch.Tensor,
     class_names: Sequence[str],
     device: torch.device,
+    store: Any = None,
+    teacher_id: str | None = None,
 ) -> dict[str, Any]:
-    """Probe a trained student (and its teacher, when there is one); plain data out."""
+    """Probe a trained student (and its teacher, when there is one); plain data out. With a
+    ``store`` (and the teacher's run id ``teacher_id``), the teacher's probe features come from
+    the teacher-output cache (``teacher_probe_features``); the result is the same."""
     was_training = student.training
     student.eval()
     x = val_x[:PROBE_SIZE].to(device)  # [P, C, H, W]
@@ -94,7 +164,9 @@ def run_probe(
     subset = gram_subset(y)
     result["gram_labels"] = y[subset].numpy()
     if teacher is not None:
-        t_feats = _features(teacher, teacher_layers, x)
+        t_feats, result["teacher_features"] = teacher_probe_features(
+            teacher, teacher_layers, x, store=store, teacher_id=teacher_id
+        )
         result["cka"] = cka_matrix(s_feats, t_feats).float().numpy()  # [S, T]
         s_index = {p: i for i, p in enumerate(student_layers)}
         t_index = {p: i for i, p in enumerate(teacher_layers)}
