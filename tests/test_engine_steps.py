@@ -388,3 +388,17 @@ def test_a_damaged_training_checkpoint_fails_the_resume_with_a_message(store, tm
     assert "is damaged" in record["error"] and "restart the run" in record["error"]
     assert not marker.exists()
     assert store.epochs(run_id)  # the history it had is kept
+
+
+def test_train_fraction_trains_on_the_fixed_stratified_subset(store):
+    from workbench.data import load_dataset, train_subset
+
+    config = SCRATCH.replace(train_fraction=0.1, batch_size=16)
+    t = prepare(config, store, store.create_run(config))
+    data = load_dataset("digits")
+    subset = train_subset(data.train_y, 0.1)
+    assert torch.equal(t.train_x, data.train_x[subset]) and torch.equal(
+        t.train_y, data.train_y[subset]
+    )
+    assert t.steps_per_epoch == len(subset) // 16
+    assert run(config, store)["metrics"]["train_size"] == len(subset)

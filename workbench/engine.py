@@ -26,11 +26,11 @@ from torch import nn
 
 from workbench import checkpoints, runqueue
 from workbench.config import COMPONENTS, RunConfig
-from workbench.data import SPLIT_VERSION, DataBundle, load_dataset
+from workbench.data import SPLIT_VERSION, DataBundle, load_dataset, train_subset
 from workbench.errors import CheckpointError, ConfigError, WorkbenchError
 from workbench.features import FeatureTaps, build_adapters, check_pairs, pair_layers
 from workbench.gradshare import SHARE_FIELDS, gradient_shares
-from workbench.losses import HybridLoss
+from workbench.losses import HybridLoss, uses_adapter
 from workbench.models import build_model, feature_layers
 from workbench.probe import per_class_accuracy, run_probe
 from workbench.rng import seeded_construction, use_run_generator
@@ -457,13 +457,14 @@ def prepare(
         config, data, teacher, device
     )
     optimizer = build_optimizer(model, hybrid, lr=config.lr, device=device)
-    n = len(data.train_x)
+    subset = train_subset(data.train_y, config.train_fraction)  # [M]: all, or a reduced recipe
+    train_x, train_y = data.train_x[subset].to(device), data.train_y[subset].to(device)
+    n = len(train_y)
     batch = min(config.batch_size, n)
     steps_per_epoch = max(1, n // batch)  # drop the ragged last batch (BatchNorm needs > 1 sample)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=steps_per_epoch * config.epochs
     )
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     val_x = data.val_x.to(device)
     test_x = data.test_x.to(device)
     source, teacher_pred, teacher_test_pred = _teacher_outputs(
@@ -575,7 +576,8 @@ def build_model_and_loss(
         s_layers = feature_layers(model, data.input_shape)
         t_layers = feature_layers(teacher, data.input_shape) if teacher is not None else []
         pairs = _layer_pairs(config, s_layers, t_layers) if teacher is not None else ()
-        adapters = build_adapters(pairs, s_layers, t_layers) if config.weights.feature > 0 else None
+        adapted = config.weights.feature > 0 and uses_adapter(config.feature_kind)
+        adapters = build_adapters(pairs, s_layers, t_layers) if adapted else None
         hybrid = HybridLoss(
             config.weights,
             temperature=config.temperature,
@@ -781,6 +783,7 @@ def finish(t: Training) -> dict[str, Any]:
         "val_acc": t.epoch_rows[-1]["val_acc"],
         "best_val_acc": max(r["val_acc"] for r in t.epoch_rows),
         "test_acc": float(correct.float().mean()),
+        "train_size": len(t.train_y),
         "teacher_acc": float((teacher == test_y).float().mean()) if teacher is not None else None,
         "agreement": float((test_pred == teacher).float().mean()) if teacher is not None else None,
         "final_losses": {k: t.history[-1][k] for k in (*COMPONENTS, "total")} if t.history else {},
@@ -794,7 +797,7 @@ def finish(t: Training) -> dict[str, Any]:
             teacher=t.teacher,
             teacher_layers=[info.path for info in t.teacher_layers],
             pairs=t.pairs,
-            adapters=t.hybrid.adapters if t.config.weights.feature > 0 else None,
+            adapters=t.hybrid.adapters,
             val_x=t.data.val_x,
             val_y=t.data.val_y,
             class_names=t.data.class_names,
