@@ -262,8 +262,10 @@ def require_app(page_file: str) -> None:
     page through ``st.navigation``.
     """
     if not st.session_state.get(APP_STARTED):
-        st.session_state[DEEP_LINK] = "pages/" + Path(page_file).name
-        st.switch_page("app.py")
+        # the query parameters go along both ways: they hold the page's state (a reload)
+        params = st.query_params.to_dict()
+        st.session_state[DEEP_LINK] = ("pages/" + Path(page_file).name, params)
+        st.switch_page("app.py", query_params=params)
     # A page reads its state from the URL when it is entered (a reload, a link, a page switch)
     # and writes it back as it changes (``page_entered``).
     name = Path(page_file).stem
