@@ -23,7 +23,6 @@ from pages._shared import (
     require_app,
     show_error,
     store,
-    sync_draft_url,
 )
 from workbench.config import COMPONENTS, PRESETS
 from workbench.forms import hybrid_formula
@@ -311,4 +310,3 @@ if ss.get("launched_suite"):
         if st.button("Open Ablations", key="open_ablations", icon=":material/science:"):
             st.switch_page("pages/ablations.py", query_params={"suite": suite["id"]})
 
-sync_draft_url()

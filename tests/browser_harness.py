@@ -50,9 +50,15 @@ class AppServer:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "KDWB_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        # SIGUSR1 makes the server write every thread's stack to its log (``dump_threads``).
+        launcher = (
+            "import faulthandler, signal, sys; "
+            "faulthandler.register(signal.SIGUSR1, all_threads=True); "
+            "from streamlit.web.cli import main; sys.argv[0] = 'streamlit'; sys.exit(main())"
+        )
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "streamlit", "run", "app.py",
+                sys.executable, "-c", launcher, "run", "app.py",
                 "--server.port", str(self.port),
                 "--server.address", "127.0.0.1",
                 "--server.headless", "true",
@@ -76,6 +82,14 @@ class AppServer:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"streamlit did not answer /_stcore/health within {timeout:.0f}s")
+
+    def dump_threads(self) -> None:
+        """Write the server's thread stacks to its log (to see where something hangs)."""
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
 
     def stop(self) -> None:
         self.proc.terminate()

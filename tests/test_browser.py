@@ -115,8 +115,16 @@ def _text(page, key: str, value: str) -> None:
     wait_idle(page)
 
 
+def _shown(page, key: str) -> str:
+    """What a selectbox or multiselect shows: its text and the value of its input."""
+    return page.locator(f".st-key-{key}").evaluate(
+        "el => el.textContent + ' ' + Array.from(el.querySelectorAll('input'))"
+        ".map(i => i.value).join(' ')"
+    )
+
+
 def _launch_disabled(page) -> bool:
-    return page.locator(".st-key-launch button").is_disabled()
+    return page.get_by_role("button", name="Launch", exact=True).is_disabled()
 
 
 def _store_runs(home, **filters) -> list[dict]:
@@ -179,7 +187,7 @@ def test_main_journey(server, browser):
     assert "small_cnn" in page.locator('[data-testid="stMain"]').inner_text()
 
     started = time.monotonic()
-    page.locator(".st-key-launch button").click()
+    page.get_by_role("button", name="Launch", exact=True).click()
     page.get_by_text(re.compile(r"Queued 1 run")).wait_for(timeout=60_000)
     (run,) = _store_runs(server.home, role="student")
     assert run["name"] == "journey" and run["config"]["temperature"] == 3
@@ -196,10 +204,11 @@ def test_main_journey(server, browser):
     page.locator('[data-testid="stProgress"]').filter(has_text="completed").first.wait_for(
         timeout=60_000
     )
-    assert "journey" in page.locator(".st-key-runs_selected").inner_text()
+    assert "journey" in _shown(page, "runs_selected")
     page.reload()
     _h1(page, "Runs")
-    assert "journey" in page.locator(".st-key-runs_selected").inner_text()
+    assert "journey" in _shown(page, "runs_selected")
+    assert "teacher=small_cnn" in page.url  # the Distill draft rides along: a reload keeps it
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "journey-4-runs.png"), full_page=True)
 
@@ -214,7 +223,7 @@ def test_main_journey(server, browser):
     page.reload()
     _h1(page, "Compare")
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
-    assert "journey" in page.locator(".st-key-compare_runs").inner_text()
+    assert "journey" in _shown(page, "compare_runs")
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "journey-5-compare.png"), full_page=True)
 
@@ -261,10 +270,22 @@ def test_main_journey(server, browser):
                 )
             if done == total:
                 break
-            if (done, total) != last:
-                last, since = (done, total), time.monotonic()
+            # progress is any run moving (a teacher trained for the suite included)
+            moving = [
+                (r["status"], (r.get("progress") or {}).get("step"))
+                for r in _store_runs(server.home)
+            ]
+            if ((done, total), moving) != last:
+                last, since = ((done, total), moving), time.monotonic()
         if time.monotonic() - since > deadline_stall:
-            raise TimeoutError(f"the Ablations page did not move for {deadline_stall:.0f}s: {last}")
+            page.screenshot(path=str(ARTIFACTS / "journey-7-ablations-stalled.png"), full_page=True)
+            server.dump_threads()
+            states = [
+                (r["status"], r.get("progress")) for r in _store_runs(server.home) if r.get("suite")
+            ]
+            raise TimeoutError(
+                f"the Ablations page did not move for {deadline_stall:.0f}s: {last}; runs: {states}"
+            )
         page.wait_for_timeout(300)
     assert seen_live, "the Ablations page never showed results while the suite ran"
     wait_for_runs(server.home, list(suite_run_ids))
@@ -330,7 +351,7 @@ def test_compare_with_20_runs_stays_legible(server, browser):
     page.locator(".st-key-compare_cka .js-plotly-plot").wait_for(timeout=120_000)
     wait_idle(page)
     assert page.locator(".st-key-compare_cka g.annotation").count() == len(titles)
-    assert "seed 3" in page.locator(".st-key-compare_runs").inner_text()
+    assert "seed 3" in _shown(page, "compare_runs")
     page.close()
 
 
