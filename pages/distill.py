@@ -309,4 +309,3 @@ if ss.get("launched_suite"):
         )
         if st.button("Open Ablations", key="open_ablations", icon=":material/science:"):
             st.switch_page("pages/ablations.py", query_params={"suite": suite["id"]})
-
