@@ -1,4 +1,5 @@
-"""Command line: ``python -m workbench run|ablate|runs|show|download``, the same engine as the app."""
+"""Command line: ``python -m workbench run|ablate|runs|show|store|download``, the same engine as
+the app."""
 
 from __future__ import annotations
 
@@ -6,39 +7,41 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
-from workbench.config import COMPONENTS, RunConfig, parse_weights
+from workbench.config import COMPONENTS, RunConfig, check_run_name, parse_weights, summary_of
 from workbench.errors import WorkbenchError
 
 __all__ = ["main"]
 
-# CLI flag -> RunConfig field, for the flags that map one to one.
-_FLAGS = {
-    "dataset": str,
-    "data_path": str,
-    "teacher": str,
-    "student": str,
-    "teacher_run": str,
-    "epochs": int,
-    "teacher_epochs": int,
-    "batch_size": int,
-    "lr": float,
-    "temperature": float,
-    "feature_kind": str,
-    "relation_kind": str,
-    "weighting": str,
-    "seed": int,
-    "device": str,
-    "log_every": int,
-    "train_fraction": float,
-}
+# RunConfig fields with a flag of their own (--data-path for data_path, ...). Flags are read as
+# text and converted by RunConfig.parse_field, so a bad value gets the same one-line message
+# (field and allowed range) as in a TOML file or the app.
+_FLAGS = (
+    "dataset",
+    "data_path",
+    "teacher",
+    "student",
+    "teacher_run",
+    "epochs",
+    "teacher_epochs",
+    "batch_size",
+    "lr",
+    "temperature",
+    "feature_kind",
+    "relation_kind",
+    "weighting",
+    "seed",
+    "device",
+    "log_every",
+    "train_fraction",
+)
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a TOML file of RunConfig fields; flags override it")
-    for field, kind in _FLAGS.items():
-        parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None)
+    for field in _FLAGS:
+        parser.add_argument("--" + field.replace("_", "-"), dest=field, default=None)
     parser.add_argument("--weights", help="e.g. label=0.3,response=0.3,feature=0.2,relation=0.2")
     parser.add_argument(
         "--layer-pairs", help="student:teacher module paths, e.g. block2:layer2.1,block3:layer4.1"
@@ -56,7 +59,11 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """A RunConfig from ``--config`` (if any) overridden by the flags given."""
     base = RunConfig.from_toml(args.config).to_dict() if args.config else {}
-    for field in (*_FLAGS, "augment", "teacher_cache"):
+    for field in _FLAGS:
+        text = getattr(args, field, None)
+        if text is not None:
+            base[field] = RunConfig.parse_field(field, text)
+    for field in ("augment", "teacher_cache"):  # store_true / store_false: real booleans
         value = getattr(args, field, None)
         if value is not None:
             base[field] = value
@@ -126,13 +133,16 @@ def result_json(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from workbench.admission import admit
     from workbench.engine import preflight, run
     from workbench.store import Store
 
     config = config_from_args(args)
+    name = check_run_name(args.name)
     preflight(config)  # a missing dataset or unpairable layers: a message, no failed run
     store = Store()
-    run_id = store.create_run(config, name=args.name)
+    admit(config, store)  # no CUDA, an unknown teacher run, ...: a message, no failed run
+    run_id = store.create_run(config, name=name)
     record = run(config, store, on_step=Progress(), run_id=run_id)
     if args.json:
         print(json.dumps(result_json(record)))
@@ -142,15 +152,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from workbench.admission import admit
     from workbench.engine import preflight, run
+    from workbench.forms import MAX_SEEDS
     from workbench.store import Store
     from workbench.suites import launch_suite, suite_analysis
 
     config = config_from_args(args)
-    if args.seeds < 1:
-        raise WorkbenchError(f"--seeds must be >= 1, got {args.seeds}")
+    args.name = check_run_name(args.name)
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise WorkbenchError(
+            f"--seeds must be a whole number from 1 to {MAX_SEEDS}, got {args.seeds}"
+        )
     preflight(config)
     store = Store()
+    admit(config, store)
     queued: list[tuple[str, RunConfig, str]] = []
 
     def submit(cfg: RunConfig, **fields: Any) -> str:
@@ -207,14 +223,17 @@ def _print_suite(suite: dict[str, Any], analysis: dict[str, Any]) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from workbench.store import Store
+    from workbench.store import STATUSES, Store
 
+    if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
+        raise WorkbenchError(f"--status must be one of {', '.join(STATUSES)}, got {args.status!r}")
     records = Store().list_runs(status=args.status, role=args.role)
     if args.json:
         print(
             json.dumps(
                 [
-                    result_json(r) | {"summary": RunConfig.from_dict(r["config"]).summary()}
+                    result_json(r)
+                    | {"name": r.get("name") or "", "summary": summary_of(r["config"])}
                     for r in records
                 ]
             )
@@ -225,9 +244,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in records:
         acc = (r.get("metrics") or {}).get("val_acc")
         acc_text = f"{acc:.4f}" if acc is not None else "  -   "
-        summary = RunConfig.from_dict(r["config"]).summary()
-        print(f"{r['id']}  {r['status']:<11} {acc_text}  {r.get('name') or ''}  {summary}")
+        name, summary = one_line(r.get("name") or ""), one_line(summary_of(r["config"]))
+        print(f"{r['id']}  {r['status']:<11} {acc_text}  {name}  {summary}")
     return 0
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so that a name stored before names
+    were checked cannot break a listing of one run per line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -244,7 +269,24 @@ def cmd_show(args: argparse.Namespace) -> int:
         _print_record(record)
         for row in store.epochs(args.run_id):
             print(f"  epoch {row['epoch']}: val_acc {row['val_acc']:.4f}")
+        if store.probe_state(args.run_id) == "missing":
+            print(
+                "  probe: missing (it was saved, but its file is gone; "
+                "`python -m workbench store check` lists the damage)"
+            )
     return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from workbench.store_repair import check_store, repair_store
+
+    if args.action == "check":
+        report = check_store()
+        print("\n".join(report.lines()))
+        return 0 if report.ok else 1
+    report = repair_store()
+    print("\n".join(report.lines()))
+    return 0 if report.after.ok else 1
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -257,8 +299,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def _print_record(record: dict[str, Any]) -> None:
     metrics = record.get("metrics") or {}
-    config = RunConfig.from_dict(record["config"])
-    print(f"run {record['id']} ({record['status']}): {config.summary()}")
+    config = record["config"]  # as stored: not validated again against today's bounds
+    print(f"run {record['id']} ({record['status']}): {one_line(summary_of(config))}")
     if record.get("error"):
         print(f"  error: {record['error']}")
     for key in ("val_acc", "teacher_acc", "agreement"):
@@ -266,16 +308,21 @@ def _print_record(record: dict[str, Any]) -> None:
             print(f"  {key}: {metrics[key]:.4f}")
     for key in COMPONENTS:
         value = metrics.get("final_losses", {}).get(key)
-        if value is not None and getattr(config.weights, key) > 0:
+        if value is not None and (config.get("weights") or {}).get(key, 0) > 0:
             print(f"  final {key} loss: {value:.4f}")
     if record.get("seconds") is not None:
         print(f"  seconds: {record['seconds']:.1f}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``error: ...``) like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m workbench", description="KD Workbench command line"
-    )
+    parser = _Parser(prog="python -m workbench", description="KD Workbench command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="train one run (the teacher first, if needed)")
     _add_run_flags(p_run)
@@ -298,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_show.add_argument("run_id")
     p_show.add_argument("--json", action="store_true")
     p_show.set_defaults(func=cmd_show)
+    p_store = sub.add_parser(
+        "store",
+        help="check the run store for damage, or repair it (rebuild the run index from the "
+        "run manifests; stop the app and workers first)",
+    )
+    p_store.add_argument("action", choices=["check", "repair"])
+    p_store.set_defaults(func=cmd_store)
     p_dl = sub.add_parser(
         "download", help="download a torchvision dataset into the store (needs internet)"
     )

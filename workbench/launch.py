@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from workbench.config import COMPONENTS, RunConfig
-from workbench.errors import IncompatibleModelsError
+from workbench.config import COMPONENTS, RunConfig, check_run_name
+from workbench.errors import ConfigError, IncompatibleModelsError
 from workbench.forms import FormError, build_configs, parse_seeds
 
 __all__ = [
@@ -143,6 +143,10 @@ def check_draft(draft: Mapping[str, Any]) -> tuple[list[RunConfig], dict[str, st
         errors["layer_pairs"] = draft["layer_pairs_error"]
     if problem := teacher_source_error(draft):
         errors["teacher_run"] = problem
+    try:  # the same rule as the CLI's --name: one printable line
+        check_run_name(draft.get("run_name", ""))
+    except ConfigError as exc:
+        errors["run_name"] = str(exc)
     return ([], errors) if errors else (configs, {})
 
 

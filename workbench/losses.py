@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.config import COMPONENTS, LossWeights
+from workbench.components import COMPONENTS, LossWeights
 from workbench.errors import ConfigError, IncompatibleModelsError, UnknownNameError
 from workbench.weighting import WEIGHTINGS
 

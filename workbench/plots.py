@@ -15,7 +15,6 @@ outputs are ``go.Figure`` objects (or ``DataFrame`` tables) that the pages show 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +26,7 @@ import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative
 from plotly.subplots import make_subplots
 
-from workbench.config import COMPONENTS
+from workbench.config import COMPONENTS, fingerprint_of
 from workbench.errors import WorkbenchError
 from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, flat_config, short_names
 
@@ -57,8 +56,6 @@ Runs = Mapping[str, Sequence[Row] | Sequence[Sequence[Row]]]
 
 PALETTE = qualitative.Plotly
 NOT_SIGNIFICANT = "#9e9e9e"
-# Config fields that do not change what a run computes, nor tell its seeds apart.
-_NOT_GROUPED = ("seed", "device", "log_every")
 
 
 class PlotDataError(WorkbenchError, ValueError):
@@ -327,23 +324,19 @@ def weight_curves(
 
 
 # ---------------------------------------------------------------------- grouping runs
-def _seedless_fingerprint(config: Mapping[str, Any]) -> str:
-    data = {k: v for k, v in config.items() if k not in _NOT_GROUPED}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
     """Group runs whose configs differ only by seed: ``{readable label: [records]}``.
 
-    The key is a hash of the config without ``seed`` (nor ``device``, ``log_every``); the label
-    is the suite variant, the name the group's runs share, or the short name
+    The key is the run's identity without its seed (``config.fingerprint_of(config,
+    exclude_seed=True)``); the label is the suite variant, the name the group's runs share, or the short name
     (``naming.short_names``) of the group among the groups shown, plus ``" (n seeds)"`` for a
     group of n runs with n different seeds (``" (n runs)"`` when seeds repeat). Groups keep the
     order in which they first appear.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
-        groups.setdefault(_seedless_fingerprint(record.get("config", {})), []).append(record)
+        key = fingerprint_of(record.get("config", {}), exclude_seed=True)
+        groups.setdefault(key, []).append(record)
     # a group is named like a run among the other groups, by what differs apart from the seed
     stand_ins = []
     for fingerprint, members in groups.items():

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from workbench.config import COMPONENTS
+from workbench.components import COMPONENTS
 from workbench.errors import ConfigError
 
 __all__ = [
