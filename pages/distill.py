@@ -217,6 +217,7 @@ col_name.text_input(
 col_tags.text_input(
     "Tags (comma separated)", key="run_tags", persist_state="session", placeholder="optional"
 )
+slots["name"] = col_name.container()
 
 configs, draft_errors = check_draft(ss)
 # The errors of the last click (preflight: data, models, pairs) until the draft changes.
