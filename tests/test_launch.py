@@ -155,5 +155,5 @@ def test_a_run_name_of_two_lines_blocks_launch_like_on_the_command_line():
     configs, errors = launch.check_draft(draft(run_name="two\nlines"))
     assert configs == [] and set(errors) == {"run_name"}
     assert errors["run_name"].startswith("name must be one line of printable text")
-    assert launch.route_errors(errors) == {"launch": [errors["run_name"]]}
+    assert launch.route_errors(errors) == {"name": [errors["run_name"]]}  # under the name field
     assert launch.check_draft(draft(run_name="  my run  "))[1] == {}

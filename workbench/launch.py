@@ -47,6 +47,7 @@ SLOTS = {
     "training": ("epochs", "batch_size", "lr", "teacher_epochs"),
     "seeds": ("seeds",),
     "device": ("device",),
+    "name": ("run_name",),
     "launch": ("form",),
 }
 # Fields set on the Models page: their messages say to go there.

@@ -46,6 +46,7 @@ __all__ = [
     "smooth",
     "difference_range",
     "fit_text",
+    "wrap_name",
 ]
 
 Point = tuple[float, float]
@@ -419,12 +420,13 @@ def cka_heatmaps(
     gap_px = 150  # rotated teacher-layer ticks, the axis title, the next row's subplot titles
     height = max(380, 160 + 26 * layers) + (grid_rows - 1) * (row_px + gap_px)
     # A subplot title must fit its column (about 7 px a character at 12 px on a 1400 px page):
-    # longer names are cut with an ellipsis; the hover names the run in full.
+    # names wrap onto two lines between their parts, the rest is cut with an ellipsis; the
+    # hover names the run in full.
     fit = max(12, int(1100 / cols / 7))
     fig = make_subplots(
         rows=grid_rows,
         cols=cols,
-        subplot_titles=[fit_text(label, fit) for label in drawable],
+        subplot_titles=[wrap_name(label, fit) for label in drawable],
         horizontal_spacing=min(0.12, 1.0 / (cols - 1) - 1e-3) if cols > 1 else 0.0,
         vertical_spacing=min(gap_px / (height - 200), 1.0 / (grid_rows - 1) - 1e-3)
         if grid_rows > 1
@@ -527,6 +529,20 @@ def difference_range(delta: np.ndarray, base: float = DIFFERENCE_RANGE) -> float
     finite = finite[np.isfinite(finite)]
     peak = float(finite.max()) if finite.size else 0.0
     return base if peak <= base else math.ceil(peak * 10 - 1e-9) / 10
+
+
+def wrap_name(name: str, width: int, lines: int = 2) -> str:
+    """A run's short name on at most ``lines`` lines of ``width`` characters (``<br>`` between),
+    broken between its `` · `` parts; only what does not fit then is cut (``fit_text``)."""
+    out: list[str] = []
+    for part in str(name).split(" · "):
+        if out and len(out[-1]) + 3 + len(part) <= width:
+            out[-1] += " · " + part
+        else:
+            out.append(part)
+    if len(out) > lines:
+        out = [*out[: lines - 1], " · ".join(out[lines - 1 :])]
+    return "<br>".join(fit_text(line, width) for line in out)
 
 
 def fit_text(text: str, width: int) -> str:
