@@ -617,7 +617,8 @@ def build_optimizer(
 
 def _loss_parameters(hybrid: HybridLoss, *, weighting: bool) -> list[nn.Parameter]:
     """The loss's own parameters: the weighting scheme's, or the rest (the adapters)."""
-    return [p for n, p in hybrid.named_parameters() if n.startswith("weighting.") == weighting]
+    scheme = {id(p) for p in hybrid.scheme.parameters()}
+    return [p for p in hybrid.parameters() if (id(p) in scheme) == weighting]
 
 
 def _channels_last(
