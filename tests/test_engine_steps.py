@@ -402,3 +402,17 @@ def test_train_fraction_trains_on_the_fixed_stratified_subset(store):
     )
     assert t.steps_per_epoch == len(subset) // 16
     assert run(config, store)["metrics"]["train_size"] == len(subset)
+
+
+def test_gradient_shares_are_logged_every_log_every_steps_and_sum_to_one(store):
+    config = TINY.replace(epochs=2, log_every=3)
+    record = run(config, store)
+    rows = store.history(record["id"])
+    with_shares = [r["step"] for r in rows if "g_label" in r]
+    assert with_shares == [
+        s for s in (r["step"] for r in rows) if s % 3 == 0 or s == rows[-1]["step"]
+    ]
+    for row in rows:
+        if "g_label" in row:
+            shares = [row[f"g_{k}"] for k in ("label", "response", "feature", "relation")]
+            assert sum(shares) == pytest.approx(1.0) and all(v > 0 for v in shares)
