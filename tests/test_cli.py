@@ -116,8 +116,22 @@ def test_ablate_json(home, capsys):
     ]
     assert all(v["n"] == 2 for v in result["variants"])
     assert {c["component"] for c in result["contributions"]} == {"label", "response"}
+    # Each contribution recomputed from the stored runs: the mean over seeds of the paired
+    # difference full - without, with a t interval of half-width t(0.975, n-1) * sd / sqrt(n).
+    from scipy import stats
+
+    store = Store(home)
+    acc = {}
+    for record in store.list_runs(role="student"):
+        metrics = record["metrics"]
+        acc[(record["variant"], record["config"]["seed"])] = metrics["test_acc"]
     for c in result["contributions"]:
-        assert c["ci_low"] <= c["contribution"] <= c["ci_high"]
+        diffs = [acc[("full", s)] - acc[(f"without {c['component']}", s)] for s in (0, 1)]
+        mean = sum(diffs) / 2
+        half = stats.t.ppf(0.975, 1) * abs(diffs[0] - diffs[1]) / 2**0.5 / 2**0.5
+        assert c["contribution"] == pytest.approx(mean, abs=1e-12)
+        if half > 0:
+            assert c["ci_high"] - c["ci_low"] == pytest.approx(2 * half, rel=1e-9)
     assert "[suite] run 8/8" in err
     suites = Store(home).list_suites()
     assert len(suites) == 1 and len(suites[0]["runs"]) == 8

@@ -1,5 +1,5 @@
-"""Command line: ``python -m workbench run|ablate|runs|show|store|download``, the same engine as
-the app."""
+"""Command line: ``python -m workbench run|ablate|resume|cancel|worker|runs|show|store|download``,
+the same engine and the same queue as the app."""
 
 from __future__ import annotations
 
@@ -109,6 +109,8 @@ class Progress:
             if event.get("agreement") is not None:
                 line += f" agreement {event['agreement']:.4f}"
             print(line, file=self.stream)
+        elif phase == "wait":
+            print(f"[{who}] {event['message']}", file=self.stream)
         elif phase == "end":
             print(
                 f"[{who}] {event['status']}"
@@ -134,7 +136,7 @@ def result_json(record: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from workbench.admission import admit
-    from workbench.engine import preflight, run
+    from workbench.engine import preflight
     from workbench.store import Store
 
     config = config_from_args(args)
@@ -142,16 +144,75 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight(config)  # a missing dataset or unpairable layers: a message, no failed run
     store = Store()
     admit(config, store)  # no CUDA, an unknown teacher run, ...: a message, no failed run
-    run_id = store.create_run(config, name=name)
+    run_id = store.create_run(config, name=name, status="running")  # this process runs it
+    return _run_here(config, store, run_id, args.json)
+
+
+def _run_here(config: RunConfig, store: Any, run_id: str, as_json: bool) -> int:
+    """Train ``run_id`` in this process (already claimed by it) and print the result."""
+    from workbench import runqueue
+    from workbench.engine import run
+
+    store.update_run(run_id, **runqueue.Executor("cli").claim_fields())
     record = run(config, store, on_step=Progress(), run_id=run_id)
-    if args.json:
+    if as_json:
         print(json.dumps(result_json(record)))
     else:
         _print_record(record)
     return 0 if record["status"] == "completed" else 1
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted, failed or cancelled run from its last checkpoint, here."""
+    from workbench import runqueue
+    from workbench.store import Store
+
+    store = Store()
+    record = _get_run(store, args.run_id)
+    runqueue.recover(store)
+    if store.get_run(args.run_id)["status"] != "queued":  # auto-resume may have queued it already
+        runqueue.requeue(store, args.run_id)
+    if runqueue.claim(store, args.run_id, runqueue.Executor("cli")) is None:
+        raise WorkbenchError(f"run {args.run_id} was taken by another worker meanwhile")
+    print(f"[resume] run {args.run_id}", file=sys.stderr)
+    return _run_here(RunConfig.from_dict(record["config"]), store, args.run_id, args.json)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from workbench import runqueue
+    from workbench.store import Store
+
+    store = Store()
+    _get_run(store, args.run_id)
+    outcome = runqueue.cancel(store, args.run_id)
+    print(
+        f"run {args.run_id} cancelled"
+        if outcome == "cancelled"
+        else f"run {args.run_id}: cancel requested; it stops at its next logged step"
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Execute queued runs from the store until interrupted (Ctrl-C or SIGTERM)."""
+    from workbench.store import Store
+    from workbench.worker import serve
+
+    if args.slots < 1:
+        raise WorkbenchError(f"--slots must be >= 1, got {args.slots}")
+    serve(Store(), device=args.device, slots=args.slots, once=args.once)
+    return 0
+
+
+def _get_run(store: Any, run_id: str) -> dict[str, Any]:
+    try:
+        return store.get_run(run_id)
+    except KeyError as exc:
+        raise WorkbenchError(f"{exc.args[0]}; list runs with `python -m workbench runs`") from None
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from workbench import runqueue
     from workbench.admission import admit
     from workbench.engine import preflight, run
     from workbench.forms import MAX_SEEDS
@@ -168,9 +229,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     store = Store()
     admit(config, store)
     queued: list[tuple[str, RunConfig, str]] = []
+    me = runqueue.Executor("cli")
 
-    def submit(cfg: RunConfig, **fields: Any) -> str:
-        run_id = store.create_run(cfg, **fields)
+    def submit(cfg: RunConfig, **fields: Any) -> str:  # held by this process, never queued
+        run_id = store.create_run(cfg, status="running", **fields)
+        store.update_run(run_id, **me.claim_fields())
         queued.append((run_id, cfg, fields.get("variant") or ""))
         return run_id
 
@@ -259,10 +322,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from workbench.store import Store
 
     store = Store()
-    try:
-        record = store.get_run(args.run_id)
-    except KeyError as exc:
-        raise WorkbenchError(f"{exc.args[0]}; list runs with `python -m workbench runs`") from None
+    record = _get_run(store, args.run_id)
     if args.json:
         print(json.dumps(record | {"epochs": store.epochs(args.run_id)}, default=str))
     else:
@@ -336,6 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--factorial", action="store_true", help="all on/off combinations, with Shapley values"
     )
     p_ablate.set_defaults(func=cmd_ablate)
+    p_resume = sub.add_parser(
+        "resume", help="continue an interrupted, failed or cancelled run from its last checkpoint"
+    )
+    p_resume.add_argument("run_id")
+    p_resume.add_argument("--json", action="store_true")
+    p_resume.set_defaults(func=cmd_resume)
+    p_cancel = sub.add_parser("cancel", help="cancel a queued or running run")
+    p_cancel.add_argument("run_id")
+    p_cancel.set_defaults(func=cmd_cancel)
+    p_worker = sub.add_parser("worker", help="execute queued runs from the store")
+    p_worker.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
+    p_worker.add_argument("--slots", type=int, default=1, help="runs at once (default 1)")
+    p_worker.add_argument(
+        "--once", action="store_true", help="exit when nothing is queued for this worker"
+    )
+    p_worker.set_defaults(func=cmd_worker)
     p_runs = sub.add_parser("runs", help="list the runs in the store")
     p_runs.add_argument("--status")
     p_runs.add_argument("--role", choices=["student", "teacher"])
