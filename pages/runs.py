@@ -239,8 +239,8 @@ def runs_view(polling: bool) -> None:
             "error",
         ),
         column_config={
-            "shown as": st.column_config.TextColumn("name", width="large"),
-            "id": st.column_config.TextColumn("id", width="small"),
+            "shown as": st.column_config.TextColumn("name", width="medium"),
+            "id": st.column_config.TextColumn("id", width=180),  # 22 characters, whole
             "progress": st.column_config.ProgressColumn(
                 "progress", min_value=0.0, max_value=1.0, width="small"
             ),
