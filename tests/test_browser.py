@@ -188,6 +188,7 @@ def test_main_journey(server, browser):
 
     started = time.monotonic()
     page.get_by_role("button", name="Launch", exact=True).click()
+    page.locator(".st-key-run_tags input").click()  # a click right after Launch must not drop it
     page.get_by_text(re.compile(r"Queued 1 run")).wait_for(timeout=60_000)
     (run,) = _store_runs(server.home, role="student")
     assert run["name"] == "journey" and run["config"]["temperature"] == 3

@@ -378,6 +378,8 @@ def test_parallel_coordinates():
     }
     assert list(par.line.color) == [0.8, 0.9]
     assert [tuple(d.range) for d in par.dimensions[:4]] == [(0.0, 1.0)] * 4
+    # ranges read "94.4%" and "2", not "0.944444" and "2.000000"
+    assert [d.tickformat for d in par.dimensions] == [".2~f"] * 4 + [".3~g", ".1%"]
     with pytest.raises(ValueError, match="no run"):
         parallel_coordinates(records[2:])
 
