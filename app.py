@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from pages._shared import APP_STARTED, DEEP_LINK, init_session, show_error
 
-st.set_page_config(page_title="KD Workbench", page_icon=":material/school:", layout="wide")
+# A local favicon: a Material or emoji icon is fetched from a CDN, which fails offline.
+FAVICON = str(Path(__file__).parent / "assets" / "favicon.png")
+st.set_page_config(page_title="KD Workbench", page_icon=FAVICON, layout="wide")
 init_session()
 
 page = st.navigation(

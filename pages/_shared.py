@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
@@ -18,13 +19,16 @@ import streamlit as st
 from workbench.config import PRESETS, RunConfig
 from workbench.errors import WorkbenchError
 from workbench.forms import FormError, pairs_from_rows
-from workbench.jobs import JobManager
+from workbench.launch import TEACHER_MODES
 from workbench.store import Store, default_home
+from workbench.urlstate import from_params, to_params
 from workbench.views import ModelPair, inspect_pair
+
+if TYPE_CHECKING:
+    from workbench.jobs import JobManager
 
 log = logging.getLogger("kdwb.app")
 
-TEACHER_MODES = ("train one now", "pick a trained teacher", "upload a checkpoint")
 POLL_S = 1.0  # how often live views refresh while something runs
 DEFAULT_PRESET = next(iter(PRESETS))
 
@@ -33,6 +37,8 @@ DEFAULT_PRESET = next(iter(PRESETS))
 def _manager_for(home: str) -> JobManager:
     # One per store home and process, shared by every browser session; its worker threads call
     # engine.run only and never touch Streamlit.
+    from workbench.jobs import JobManager
+
     return JobManager(Store(home))
 
 
@@ -45,8 +51,8 @@ def store() -> Store:
     return manager().store
 
 
-def init_session() -> None:
-    """Defaults for the choices that every page shares (kept in ``st.session_state``)."""
+def draft_defaults() -> dict[str, object]:
+    """The Distill draft (with the Models page's choices) as a new session starts it."""
     defaults = RunConfig()
     values = {
         "dataset": defaults.dataset,
@@ -66,11 +72,47 @@ def init_session() -> None:
         "lr": defaults.lr,
         "seeds": "1",
         "device": "auto",
-        "compare_runs": [],
+        "run_name": "",
+        "run_tags": "",
     }
     values.update({f"w_{k}": v for k, v in PRESETS[DEFAULT_PRESET].as_dict().items()})
+    return values
+
+
+def init_session() -> None:
+    """Defaults for the choices that every page shares (kept in ``st.session_state``); a new
+    session (a reload) starts from the draft in the URL (``sync_draft_url``)."""
+    ss = st.session_state
+    defaults = draft_defaults()
+    if URL_READ not in ss:
+        ss[URL_READ] = True
+        restored = from_params(st.query_params.to_dict(), defaults)
+        for key, value in restored.items():
+            ss[key] = value
+        if "layer_pairs" in restored:  # pairs from the link, not the suggested ones
+            ss["pairs_for"] = choices_key()
+    for key, value in defaults.items():
+        ss.setdefault(key, value)
+    ss.setdefault("compare_runs", [])
+
+
+def sync_draft_url() -> None:
+    """Put the draft's changed fields in the URL, so a reload of Models or Distill keeps them
+    (layer pairs only when they are not the ones suggested for the models)."""
+    ss = st.session_state
+    defaults = draft_defaults() | {"layer_pairs": ss.get("pairs_suggested")}
+    set_params(to_params({k: ss.get(k) for k in defaults}, defaults), owned=defaults)
+
+
+def set_params(values: dict[str, str], owned: object = ()) -> None:
+    """Set query parameters; those of ``owned`` that are not in ``values`` are removed."""
+    params = st.query_params
+    for key in owned:
+        if key not in values and key in params:
+            del params[key]
     for key, value in values.items():
-        st.session_state.setdefault(key, value)
+        if params.get(key) != value:
+            params[key] = value
 
 
 def show_error(exc: BaseException, where=None) -> None:
@@ -110,13 +152,6 @@ def live(fn: Callable[..., None], *, polling: bool) -> Callable[..., None]:
     return st.fragment(body, run_every=POLL_S if polling else None)
 
 
-def field_error(errors: dict[str, str], *fields: str) -> None:
-    """Show the messages of ``fields`` from a ``FormError`` right here (next to their widget)."""
-    for name in fields:
-        if name in errors:
-            st.error(errors[name], icon=":material/error:")
-
-
 @st.cache_data(show_spinner="Building the models...", max_entries=32)
 def model_pair(teacher: str, student: str, dataset: str, data_path: str) -> ModelPair:
     return inspect_pair(teacher, student, dataset, data_path)
@@ -139,7 +174,11 @@ def choices_slug() -> str:
 
 
 def pairs_editor(
-    key: str, student_paths: Sequence[str], teacher_paths: Sequence[str]
+    key: str,
+    student_paths: Sequence[str],
+    teacher_paths: Sequence[str],
+    *,
+    inline_error: bool = True,
 ) -> tuple[tuple[str, str], ...]:
     """An editable table of (student layer, teacher layer) pairs bound to
     ``st.session_state["layer_pairs"]``; cells are selectboxes of the valid layer paths.
@@ -176,7 +215,8 @@ def pairs_editor(
         pairs = pairs_from_rows(edited.to_dict("records"))
     except FormError as exc:  # a half-filled row: keep the last valid pairs, block Launch
         ss["layer_pairs_error"] = exc.errors["layer_pairs"]
-        st.error(exc.errors["layer_pairs"], icon=":material/error:")
+        if inline_error:
+            st.error(exc.errors["layer_pairs"], icon=":material/error:")
         return tuple(ss.get("layer_pairs") or ())
     ss["layer_pairs_error"] = None
     ss["layer_pairs"] = pairs
@@ -224,6 +264,21 @@ def require_app(page_file: str) -> None:
     if not st.session_state.get(APP_STARTED):
         st.session_state[DEEP_LINK] = "pages/" + Path(page_file).name
         st.switch_page("app.py")
+    # A page reads its state from the URL when it is entered (a reload, a link, a page switch)
+    # and writes it back as it changes (``page_entered``).
+    name = Path(page_file).stem
+    st.session_state[PAGE_ENTERED] = st.session_state.get(PAGE) != name
+    st.session_state[PAGE] = name
+
+
+URL_READ = "_kdwb_url_read"
+PAGE = "_kdwb_page"
+PAGE_ENTERED = "_kdwb_page_entered"
+
+
+def page_entered() -> bool:
+    """Whether this run is the first of a visit to the page (then its URL state applies)."""
+    return bool(st.session_state.get(PAGE_ENTERED, True))
 
 
 APP_STARTED = "_kdwb_app_started"

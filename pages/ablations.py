@@ -9,10 +9,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._shared import live, manager, require_app, show_error, store
+from pages._shared import live, manager, page_entered, require_app, set_params, show_error, store
 from workbench.config import RunConfig
+from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, metric_label
 from workbench.plots import contribution_bars
+from workbench.store import ACTIVE, FINISHED
 from workbench.suites import suite_analysis, suite_progress
+from workbench.urlstate import encode_ids
+from workbench.views import latest_accuracy
 
 require_app(__file__)
 ss = st.session_state
@@ -20,8 +24,8 @@ st.title("Ablations")
 st.caption(
     "Each suite trains the full hybrid loss, the loss with each active component removed "
     "(weight 0, the others unchanged) and the label-only baseline, for several seeds. "
-    "A component's contribution is accuracy(full) - accuracy(without it), with a 95% "
-    "t-interval over seeds."
+    f"A component's contribution is {ACCURACY_LABEL}(full) - {ACCURACY_LABEL}(without it), with "
+    "a 95% t-interval over seeds. Everything below updates as the suite's runs finish."
 )
 
 suites = store().list_suites()
@@ -35,9 +39,12 @@ if not suites:
     st.stop()
 
 labels = {s["id"]: f"{s['name']} ({s['id']})" for s in suites}
+if page_entered() and st.query_params.get("suite") in labels:  # a reload or a link
+    ss["suite_pick"] = st.query_params["suite"]
 if ss.get("suite_pick") not in labels:
     ss["suite_pick"] = ss.get("last_suite") if ss.get("last_suite") in labels else suites[0]["id"]
 suite_id = st.selectbox("Suite", list(labels), format_func=labels.get, key="suite_pick")
+set_params({"suite": suite_id}, owned=("suite",))
 suite = store().get_suite(suite_id)
 base = RunConfig.from_dict(suite["base"])
 st.caption(
@@ -46,89 +53,120 @@ st.caption(
 )
 
 
-def suite_status(polling: bool) -> None:
+def suite_rows() -> list[dict]:
+    """One row per run of the suite, with its latest accuracy (a running run's last epoch)."""
+    rows = []
+    for entry in suite["runs"]:
+        if store().has_run(entry["run_id"]):
+            record = store().get_run(entry["run_id"])
+            final = (record.get("metrics") or {}).get(ACCURACY_METRIC) is not None
+            rows.append(
+                {
+                    "variant": entry["variant"],
+                    "seed": entry["seed"],
+                    "status": record["status"],
+                    ACCURACY_METRIC: latest_accuracy(
+                        record, None if final else store().epochs(entry["run_id"])
+                    ),
+                    "run": entry["run_id"],
+                }
+            )
+    return rows
+
+
+def suite_view(polling: bool) -> None:
+    """Progress, contributions, accuracy per variant and the runs: all of it redrawn every
+    POLL_S while the suite runs, so the tables fill in as runs finish."""
     progress = suite_progress(store(), suite)
     counts = progress["counts"]
-    finished = sum(
-        counts.get(s, 0) for s in ("completed", "failed", "cancelled", "diverged", "interrupted")
-    )
+    finished = sum(counts.get(s, 0) for s in FINISHED)
     st.progress(
         finished / max(progress["total"], 1),
         text=f"{finished} of {progress['total']} runs finished",
     )
     st.caption(" · ".join(f"{status}: {n}" for status, n in sorted(counts.items())))
+    analysis = suite_analysis(store(), suite)
+    summary, contrib = analysis["summary"], analysis["contributions"]
+    label = metric_label(analysis.get("metric", ACCURACY_METRIC))  # which split the numbers are
+    st.caption(f"Contributions and the variant table use the {label}.")
+    percent = st.column_config.NumberColumn(format="percent", width="small")
+    col_chart, col_table = st.columns([3, 2])
+    with col_chart:
+        st.subheader("Contribution of each component")
+        if contrib.empty:
+            st.info("Contributions appear once the full loss and a variant have finished runs.")
+        else:
+            try:
+                st.plotly_chart(contribution_bars(contrib), key="contrib_chart")
+            except Exception as exc:
+                show_error(exc)
+            shown = contrib[
+                ["component", "contribution", "ci_low", "ci_high", "n", "distinguishable"]
+            ].copy()
+            shown["verdict"] = [
+                "distinguishable" if d else "not distinguishable from noise"
+                for d in shown.pop("distinguishable")
+            ]
+            signed = st.column_config.NumberColumn(format="%+.2f%%", width="small")
+            for column in ("contribution", "ci_low", "ci_high"):
+                shown[column] = shown[column] * 100  # accuracy points, as everywhere: percent
+            st.dataframe(
+                shown,
+                hide_index=True,
+                key="contrib_table",
+                column_config={c: signed for c in ("contribution", "ci_low", "ci_high")},
+            )
+    with col_table:
+        st.subheader(f"{label.capitalize()} per variant")
+        if summary.empty:
+            st.info("No finished runs yet.")
+        else:
+            acc_columns = [c for c in summary.columns if "acc" in c or c in ("mean", "std")]
+            st.dataframe(
+                summary,
+                hide_index=True,
+                key="variant_table",
+                column_config={c: percent for c in acc_columns},
+            )
+        if analysis["shapley"]:
+            st.subheader("Shapley values")
+            st.dataframe(
+                pd.DataFrame(
+                    {
+                        "component": list(analysis["shapley"]),
+                        "shapley": list(analysis["shapley"].values()),
+                    }
+                ),
+                hide_index=True,
+                column_config={"shapley": st.column_config.NumberColumn(format="%.4f")},
+            )
+        elif suite["factorial"]:
+            st.caption("Shapley values appear once every combination has a finished run.")
+    st.subheader("Runs of this suite")
+    st.dataframe(
+        pd.DataFrame(suite_rows()),
+        hide_index=True,
+        key="suite_runs",
+        column_config={
+            ACCURACY_METRIC: st.column_config.NumberColumn(ACCURACY_LABEL, format="percent")
+        },
+    )
     if polling and progress["done"]:
         st.rerun()  # the full rerun draws the final results without polling
 
 
-progress = suite_progress(store(), suite)
-live(suite_status, polling=not progress["done"])(not progress["done"])
+done = suite_progress(store(), suite)["done"]
+live(suite_view, polling=not done)(not done)
 
-analysis = suite_analysis(store(), suite)
-summary, contrib = analysis["summary"], analysis["contributions"]
-
-col_chart, col_table = st.columns([3, 2])
-with col_chart:
-    st.subheader("Contribution of each component")
-    if contrib.empty:
-        st.info("Contributions appear once the full loss and a variant have finished runs.")
-    else:
-        try:
-            st.plotly_chart(contribution_bars(contrib), key="contrib_chart")
-        except Exception as exc:
-            show_error(exc)
-        shown = contrib[
-            ["component", "contribution", "ci_low", "ci_high", "n", "distinguishable"]
-        ].copy()
-        shown["verdict"] = [
-            "distinguishable" if d else "not distinguishable from noise"
-            for d in shown.pop("distinguishable")
-        ]
-        st.dataframe(shown, hide_index=True, key="contrib_table")
-with col_table:
-    st.subheader("Accuracy per variant")
-    if summary.empty:
-        st.info("No finished runs yet.")
-    else:
-        st.dataframe(summary, hide_index=True, key="variant_table")
-    if analysis["shapley"]:
-        st.subheader("Shapley values")
-        st.dataframe(
-            pd.DataFrame(
-                {
-                    "component": list(analysis["shapley"]),
-                    "shapley": list(analysis["shapley"].values()),
-                }
-            ),
-            hide_index=True,
-        )
-    elif suite["factorial"]:
-        st.caption("Shapley values appear once every combination has a finished run.")
-
-st.subheader("Runs of this suite")
-rows = []
-for entry in suite["runs"]:
-    if store().has_run(entry["run_id"]):
-        record = store().get_run(entry["run_id"])
-        acc = (record.get("metrics") or {}).get("val_acc")
-        rows.append(
-            {
-                "variant": entry["variant"],
-                "seed": entry["seed"],
-                "status": record["status"],
-                "val_acc": acc,
-                "run": entry["run_id"],
-            }
-        )
-st.dataframe(pd.DataFrame(rows), hide_index=True, key="suite_runs")
 col_open, col_cancel = st.columns(2)
 if col_open.button(
     "Open these runs in Compare", key="suite_compare", icon=":material/compare_arrows:"
 ):
-    ss["compare_runs"] = [r["run"] for r in rows if r["status"] == "completed"]
-    st.switch_page("pages/compare.py")
-if not progress["done"] and col_cancel.button("Cancel the unfinished runs", key="suite_cancel"):
-    for r in rows:
-        if r["status"] in ("queued", "running"):
+    picked = [r["run"] for r in suite_rows() if r["status"] == "completed"]
+    ss["compare_runs"] = picked
+    st.switch_page("pages/compare.py", query_params={"runs": encode_ids(picked)})
+if not done and col_cancel.button("Cancel the unfinished runs", key="suite_cancel"):
+    for r in suite_rows():
+        if r["status"] in ACTIVE:
             manager().cancel(r["run"])
     st.rerun()

@@ -1,6 +1,8 @@
 """Compare: pick runs from a filtered table; overlay their curves, diff their configs, compare
 what their students learned (CKA, Gram matrices, pair cosines, per-class accuracy) and export
-it all as one HTML report. The logic lives in ``workbench.compare`` and ``workbench.plots``."""
+it all as one HTML report. The logic lives in ``workbench.compare`` and ``workbench.plots``.
+
+The selection and the view settings live in the URL (``/compare?runs=ID1,ID2&group=seed``)."""
 
 from __future__ import annotations
 
@@ -10,17 +12,27 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._shared import errors_shown, require_app, store
+from pages._shared import errors_shown, page_entered, require_app, set_params, store
 from workbench import compare, plots
+from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, option_label, short_names
 from workbench.report import comparison_report
-from workbench.views import run_label
+from workbench.urlstate import decode_ids, decode_value, encode_ids, encode_value
 
 require_app(__file__)
 ss = st.session_state
 st.title("Compare")
+# widget key -> (query parameter, default): the view settings a link restores
+VIEW = {
+    "compare_group": ("group", compare.SEED_GROUP),
+    "compare_colour": ("colour", compare.NO_GROUP),
+    "compare_component": ("loss", "total"),
+    "compare_x": ("x", "step"),
+    "compare_smooth": ("smooth", 0.0),
+    "compare_log": ("log", False),
+}
 figures: list[tuple[str, go.Figure]] = []  # what the page shows, for the HTML report
 tables: list[tuple[str, pd.DataFrame]] = []
-PERCENT = st.column_config.NumberColumn(format="percent")
+PERCENT = st.column_config.NumberColumn(format="percent", width="small")
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -68,6 +80,15 @@ if not records:
     st.info("No runs yet: launch some on the Distill page.")
     st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
     st.stop()
+if page_entered():  # a reload, a link, or Open in Compare: the URL says what to show
+    params = st.query_params
+    if "runs" in params:
+        ss["compare_runs"] = decode_ids(params["runs"], by_id)
+    for key, (param, default) in VIEW.items():
+        try:
+            ss[key] = decode_value(params[param], default) if param in params else default
+        except ValueError:
+            ss[key] = default
 
 values = compare.filter_values(records)
 chosen_filters = {}
@@ -78,18 +99,48 @@ for column, name in zip(st.columns(len(compare.FILTERS)), compare.FILTERS, stric
         name, values[name], key=f"compare_f_{name}", placeholder="any"
     )
 shown = compare.filter_runs(records, chosen_filters)
-table = compare.selection_table(shown)
+table = compare.selection_table(shown, store().epochs)
+names_all = short_names(records)
+table.insert(1, "shown as", [names_all[i] for i in table["id"]])
 st.dataframe(
     table,
     key="compare_table",
     hide_index=True,
     width="stretch",
-    column_order=["name", "group", *(c for c in table.columns if c not in ("name", "group"))],
+    column_order=[
+        "shown as",
+        ACCURACY_METRIC,
+        "status",
+        "group",
+        *(
+            c
+            for c in table.columns
+            if c
+            not in (
+                "shown as",
+                "name",
+                "group",
+                "status",
+                ACCURACY_METRIC,
+                "progress",
+                "eta",
+                "duration",
+                "config",
+            )
+        ),
+    ],
     column_config={
-        "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
-        "teacher_acc": st.column_config.NumberColumn("teacher acc", format="percent"),
+        "shown as": st.column_config.TextColumn("name", width="medium"),
+        ACCURACY_METRIC: st.column_config.NumberColumn(
+            ACCURACY_LABEL, format="percent", width="small"
+        ),
+        "group": st.column_config.TextColumn("seed group", width="medium"),
+        "teacher_acc": st.column_config.NumberColumn(
+            f"teacher {ACCURACY_LABEL}", format="percent", width="small"
+        ),
         "agreement": PERCENT,
-        "seconds": st.column_config.NumberColumn("seconds", format="%.0f"),
+        "temperature": st.column_config.NumberColumn("T", format="%g", width="small"),
+        "seconds": st.column_config.NumberColumn("seconds", format="%.0f", width="small"),
         "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
     },
 )
@@ -118,28 +169,51 @@ selected = st.multiselect(
     compare.selection_options(shown_ids, ss["compare_runs"]),
     key="compare_runs",
     persist_state="session",
-    format_func=lambda r: run_label(by_id[r]),
+    format_func=lambda r: option_label(names_all[r], r),
     placeholder="Pick runs here, or open them from the Runs or Ablations page",
 )
-col_group, col_component = st.columns([1, 1], vertical_alignment="bottom")
-grouped = col_group.toggle(
-    "group seeds (mean ± std band)",
-    value=True,
+chosen = [by_id[r] for r in selected]
+choices = compare.group_choices(chosen)
+keep_valid("compare_group", choices, compare.SEED_GROUP)
+keep_valid("compare_colour", choices, compare.NO_GROUP)
+col_group, col_colour, col_component = st.columns(3, vertical_alignment="bottom")
+group_by = col_group.selectbox(
+    "Group by",
+    choices,
     key="compare_group",
-    help="Runs whose configs differ only by seed become one curve, heatmap and column.",
+    help="'seeds of one config': runs that differ only by seed become one curve (mean ± std "
+    "band), heatmap and column; a config field: runs that share its value do.",
+)
+colour_by = col_colour.selectbox(
+    "Colour by",
+    choices,
+    key="compare_colour",
+    help="Curves that share this field's value share a colour.",
 )
 component = col_component.selectbox(
     "Loss component (loss and weight curves)", compare.LOSS_CHOICES, key="compare_component"
 )
-chosen = [by_id[r] for r in selected]
-units = compare.units(chosen, grouped=grouped)
+col_x, col_smooth, col_log = st.columns([1, 2, 1], vertical_alignment="bottom")
+x_axis = col_x.segmented_control("x axis", list(plots.X_AXES), key="compare_x", required=True)
+smoothing = col_smooth.slider("Smoothing", 0.0, 0.95, step=0.05, key="compare_smooth")
+log_y = col_log.toggle("log scale (losses)", key="compare_log")
+grouped = group_by != compare.NO_GROUP
+units = compare.units(chosen, group_by=group_by)
+colours = compare.colours(units, colour_by)
 home = str(store().home)
 data = {r["id"]: run_data(home, compare.data_version(r)) for r in chosen}
 # Everything a figure of the selection depends on: who is in which unit, and their data.
 key = (
     tuple((label, tuple(m["id"] for m in members)) for label, members in units.items()),
     tuple(compare.data_version(r) for r in chosen),
-    grouped,
+    group_by,
+    colour_by,
+    smoothing,
+)
+set_params(
+    {"runs": encode_ids(selected)}
+    | {param: encode_value(ss[k]) for k, (param, default) in VIEW.items() if ss[k] != default},
+    owned=("runs", *(param for param, _ in VIEW.values())),
 )
 if not chosen:
     st.info("Pick runs above to overlay their curves and compare their layers.")
@@ -154,13 +228,16 @@ if chosen:
             st.caption(f"No finished epoch yet: {', '.join(silent)}.")
         left, right = st.columns(2)
         with left:
-            st.markdown("**Validation accuracy**")
+            st.markdown(f"**{ACCURACY_LABEL.capitalize()}** per epoch")
             if epochs:
+                acc_x = "time" if x_axis == "time" else "epoch"
                 chart(
-                    "Validation accuracy",
+                    ACCURACY_LABEL.capitalize(),
                     "compare_accuracy",
-                    key,
-                    lambda: plots.accuracy_curves(epochs, band=grouped),
+                    (key, acc_x),
+                    lambda: plots.accuracy_curves(
+                        epochs, band=grouped, x=acc_x, smoothing=smoothing, colours=colours
+                    ),
                 )
         with right:
             st.markdown(f"**{component.capitalize()} loss** (unweighted)")
@@ -168,8 +245,16 @@ if chosen:
                 chart(
                     f"{component.capitalize()} loss",
                     "compare_losses",
-                    (key, component),
-                    lambda: plots.loss_curves(histories, component, band=grouped),
+                    (key, component, x_axis, log_y),
+                    lambda: plots.loss_curves(
+                        histories,
+                        component,
+                        band=grouped,
+                        x=x_axis,
+                        log_y=log_y,
+                        smoothing=smoothing,
+                        colours=colours,
+                    ),
                 )
         if histories:
             st.markdown("**Loss weights over time**")
@@ -181,8 +266,8 @@ if chosen:
             chart(
                 "Loss weights",
                 "compare_weights",
-                (key, weight),
-                lambda: plots.weight_curves(histories, weight, band=grouped),
+                (key, weight, x_axis),
+                lambda: plots.weight_curves(histories, weight, band=grouped, x=x_axis),
             )
 
 # ------------------------------------------------------------------------- config diff
@@ -237,7 +322,7 @@ if chosen:
         ]
         if gram_runs:
             st.markdown("**Gram matrices** of a distilled layer pair (samples sorted by class)")
-            labels = compare.run_labels(chosen)
+            labels = short_names(chosen)
             col_run, col_pair = st.columns(2)
             keep_valid("compare_gram_run", gram_runs)
             gram_run = col_run.selectbox(
@@ -265,35 +350,50 @@ if chosen:
             if cosines.empty:
                 st.caption("Recorded for runs that trained with a feature loss.")
             else:
-                fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in cosines.columns}
+                fmt = {
+                    c: st.column_config.NumberColumn(
+                        plots.fit_text(c, 24), format="%.3f", width="small"
+                    )
+                    for c in cosines.columns
+                }
                 st.dataframe(cosines, key="compare_pair_cosine", column_config=fmt)
                 tables.append(("Cosine of adapted features per layer pair", cosines))
         with col_class:
-            st.markdown("**Accuracy per class** and agreement with the teacher")
+            st.markdown(
+                f"**{ACCURACY_LABEL.capitalize()} per class** and agreement with the teacher"
+            )
             per_class = compare.per_class_table(probes)
             if per_class.empty:
                 st.caption("Recorded when a student run finishes.")
             else:
                 fmt = {"_index": st.column_config.TextColumn(width="medium")}
-                fmt |= {c: PERCENT for c in per_class.columns}
+                fmt |= {
+                    c: st.column_config.NumberColumn(
+                        plots.fit_text(c, 24), format="percent", width="small"
+                    )
+                    for c in per_class.columns
+                }
                 st.dataframe(per_class, key="compare_per_class", column_config=fmt)
                 tables.append(("Accuracy per class", per_class))
 
 # ------------------------------------------------------------------------- sweeps
-st.subheader("Loss weights and temperature vs accuracy")
+st.subheader(f"Loss weights and temperature vs {ACCURACY_LABEL}")
 st.caption("Every finished student run in the filtered table, not only the selection.")
 with errors_shown():
-    sweep = compare.parcoords_records(shown, grouped=grouped)
+    seed_groups = group_by == compare.SEED_GROUP
+    sweep = compare.parcoords_records(shown, grouped=seed_groups)
     chart(
-        "Loss weights and temperature vs validation accuracy",
+        f"Loss weights and temperature vs {ACCURACY_LABEL}",
         "compare_parcoords",
-        (tuple(compare.data_version(r) for r in shown), grouped),
+        (tuple(compare.data_version(r) for r in shown), seed_groups),
         lambda: plots.parallel_coordinates(sweep),
     )
 
 # ------------------------------------------------------------------------- export
 st.subheader("Export")
-report_tables = [("Runs", compare.selection_table(chosen)), *tables] if chosen else tables
+report_tables = (
+    [("Runs", compare.selection_table(chosen, store().epochs)), *tables] if chosen else tables
+)
 st.download_button(
     "Download this comparison (HTML)",
     data=lambda: comparison_report("KD Workbench comparison", figures, report_tables),

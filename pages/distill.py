@@ -1,4 +1,8 @@
-"""Distill: the hybrid loss, the training settings, and the Launch button."""
+"""Distill: the hybrid loss, the training settings, a name and tags, and the Launch button.
+
+Launch is enabled only when the draft is valid (``workbench.launch.check_draft``, on every
+rerun); each message shows under the widgets of its field, once.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,10 @@ import streamlit as st
 import torch
 
 from pages._shared import (
-    TEACHER_MODES,
     choices_caption,
     choices_key,
     choices_slug,
-    data_path,
-    field_error,
+    errors_shown,
     live,
     manager,
     model_pair,
@@ -21,18 +23,27 @@ from pages._shared import (
     require_app,
     show_error,
     store,
+    sync_draft_url,
 )
 from workbench.config import COMPONENTS, PRESETS
-from workbench.engine import preflight
-from workbench.errors import IncompatibleModelsError
-from workbench.forms import FormError, build_configs, hybrid_formula, parse_seeds
+from workbench.forms import hybrid_formula
+from workbench.launch import (
+    check_draft,
+    draft_key,
+    launch_runs,
+    preflight_errors,
+    reset_pairs,
+    route_errors,
+)
 from workbench.losses import FEATURE_LOSSES, RELATION_LOSSES
+from workbench.store import ACTIVE
 from workbench.suites import launch_suite
 from workbench.views import progress_text
 from workbench.weighting import WEIGHTINGS
 
 require_app(__file__)
 ss = st.session_state
+slots: dict[str, object] = {}  # where each field's messages go (workbench.launch.SLOTS)
 st.title("Distill")
 st.markdown(choices_caption())
 st.page_link("pages/models.py", label="Change the models", icon=":material/account_tree:")
@@ -43,25 +54,72 @@ def apply_preset(name: str) -> None:
         ss[f"w_{component}"] = value
 
 
+def active_preset() -> str | None:
+    weights = {c: float(ss[f"w_{c}"]) for c in COMPONENTS}
+    for name, preset in PRESETS.items():
+        if all(abs(weights[c] - v) < 1e-9 for c, v in preset.as_dict().items()):
+            return name
+    return None
+
+
+def launch(suite: bool) -> None:
+    """The Launch buttons' callback: preflight, then queue (or keep the errors for their
+    widgets). A callback runs before the next script run, so no click after it is lost."""
+    ss.pop("launched", None)
+    ss.pop("launched_suite", None)
+    ss["launch_errors"], ss["launch_problem"] = {}, None
+    ss["launch_errors_for"] = draft_key(ss)
+    configs, errors = check_draft(ss)
+    if not errors:
+        errors, problem = preflight_errors(configs[0])
+        ss["launch_problem"] = problem
+    if errors or ss["launch_problem"] is not None:
+        ss["launch_errors"] = errors
+        return
+    try:
+        if suite:
+            record = launch_suite(
+                configs[0].replace(seed=0),
+                store(),
+                manager().submit,
+                seeds=int(ss["ablation_seeds"]),
+                factorial=bool(ss["ablation_factorial"]),
+                name=ss["run_name"].strip(),
+            )
+            ss["launched_suite"] = ss["last_suite"] = record["id"]
+        else:
+            ss["launched"] = launch_runs(
+                configs, manager().submit, name=ss["run_name"], tags=ss["run_tags"]
+            )
+    except Exception as exc:
+        ss["launch_problem"] = exc
+
+
 # ---------------------------------------------------------------------------------- the loss
 st.subheader("Loss")
-st.caption("Presets fill the weights:")
+st.caption("Presets fill the weights (the one in use is highlighted):")
+current_preset = active_preset()
 for column, name in zip(st.columns(len(PRESETS)), PRESETS, strict=True):
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    column.button(name, key=f"preset_{slug}", on_click=apply_preset, args=(name,), width="stretch")
+    column.button(
+        name,
+        key=f"preset_{slug}",
+        on_click=apply_preset,
+        args=(name,),
+        width="stretch",
+        type="primary" if name == current_preset else "secondary",
+    )
 
 weight_columns = st.columns(len(COMPONENTS))
 for column, component in zip(weight_columns, COMPONENTS, strict=True):
     column.number_input(
         f"{component} weight",
-        min_value=0.0,
-        max_value=100.0,
         step=0.05,
         format="%.2f",
         key=f"w_{component}",
         persist_state="session",
     )
-weights_slot = st.container()
+slots["weights"] = st.container()
 st.latex(
     hybrid_formula(
         {c: ss[f"w_{c}"] for c in COMPONENTS},
@@ -74,8 +132,6 @@ st.latex(
 col_t, col_f, col_r, col_w = st.columns(4)
 col_t.number_input(
     "Temperature T",
-    min_value=0.05,
-    max_value=100.0,
     step=0.5,
     key="temperature",
     persist_state="session",
@@ -102,45 +158,40 @@ col_w.selectbox(
     persist_state="session",
     help="fixed uses the weights above; the others adapt them during training.",
 )
-kinds_slot = st.container()
+slots["kinds"] = st.container()
 
 # ---------------------------------------------------------------------------------- layer pairs
 st.subheader("Layer pairs")
-pairs_slot = st.container()
+slots["pairs"] = st.container()
 try:
     pair = model_pair(*choices_key())
 except Exception as exc:  # e.g. the dataset is not on disk: Models shows how to get it
     show_error(exc)
     pair = None
 if pair is not None:
-    if ss.get("pairs_for") != choices_key():  # Models was not visited for these choices
-        ss["pairs_for"] = choices_key()
-        ss["layer_pairs"] = pair.suggested_pairs
+    reset_pairs(ss, choices_key(), pair.suggested_pairs)  # Models was not visited for these
     pairs_editor(
         "distill_pairs_" + choices_slug(),
         [li.path for li in pair.student_layers],
         [li.path for li in pair.teacher_layers],
+        inline_error=False,  # shown once, with the other field messages below
     )
 
 # ---------------------------------------------------------------------------------- training
 st.subheader("Training")
 col_e, col_b, col_lr = st.columns(3)
-col_e.number_input(
-    "Epochs", min_value=1, max_value=500, step=1, key="epochs", persist_state="session"
-)
-col_b.number_input(
-    "Batch size", min_value=2, max_value=4096, step=16, key="batch_size", persist_state="session"
-)
+# No min/max on the widgets: Streamlit would silently keep the old value of an out-of-range
+# entry; the config's own check disables Launch and says why under the field instead.
+col_e.number_input("Epochs", step=1, key="epochs", persist_state="session")
+col_b.number_input("Batch size", step=16, key="batch_size", persist_state="session")
 col_lr.number_input(
     "Learning rate",
-    min_value=1e-6,
-    max_value=1.0,
     step=1e-4,
     format="%.4f",
     key="lr",
     persist_state="session",
 )
-train_slot = st.container()
+slots["training"] = st.container()
 col_s, col_d = st.columns(2)
 col_s.text_input(
     "Seeds",
@@ -153,22 +204,56 @@ devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 if ss["device"] not in devices:
     ss["device"] = "auto"
 col_d.selectbox("Device", devices, key="device", persist_state="session")
-seeds_slot = col_s.container()
-device_slot = col_d.container()
+slots["seeds"], slots["device"] = col_s.container(), col_d.container()
 
-# ---------------------------------------------------------------------------------- launch
+# ---------------------------------------------------------------------------------- name, launch
+col_name, col_tags = st.columns(2)
+col_name.text_input(
+    "Run name",
+    key="run_name",
+    persist_state="session",
+    placeholder="optional: named by what differs from the runs beside it",
+    help="Shown in every table and legend; several seeds get '· seed N' appended.",
+)
+col_tags.text_input(
+    "Tags (comma separated)", key="run_tags", persist_state="session", placeholder="optional"
+)
+
+configs, draft_errors = check_draft(ss)
+# The errors of the last click (preflight: data, models, pairs) until the draft changes.
+clicked = ss.get("launch_errors") or {}
+if ss.get("launch_errors_for") != draft_key(ss):
+    clicked, ss["launch_errors"], ss["launch_problem"] = {}, {}, None
+routed = route_errors({**clicked, **draft_errors})
+for name, slot in slots.items():  # the launch slot is drawn below the buttons
+    with slot:
+        for message in routed.get(name, []):
+            st.error(message, icon=":material/error:")
+
 col_launch, col_ablate, col_ab_seeds, col_ab_kind = st.columns(
     [1, 1.4, 1, 1.6], vertical_alignment="bottom"
 )
-launched = col_launch.button(
-    "Launch", key="launch", type="primary", icon=":material/rocket_launch:"
+blocked = "Fix the fields marked in red first." if draft_errors else None
+col_launch.button(
+    "Launch",
+    key="launch",
+    type="primary",
+    icon=":material/rocket_launch:",
+    disabled=bool(draft_errors),
+    help=blocked,
+    on_click=launch,
+    args=(False,),
 )
-ablate = col_ablate.button(
+col_ablate.button(
     "Launch ablation suite",
     key="launch_ablation",
     icon=":material/science:",
-    help="The full loss, the loss with each active component removed, and label only, "
+    disabled=bool(draft_errors),
+    help=blocked
+    or "The full loss, the loss with each active component removed, and label only, "
     "each for the ablation seeds; results on the Ablations page.",
+    on_click=launch,
+    args=(True,),
 )
 col_ab_seeds.number_input(
     "Ablation seeds", min_value=1, max_value=10, value=3, key="ablation_seeds"
@@ -178,95 +263,14 @@ col_ab_kind.checkbox(
     key="ablation_factorial",
     help="A factorial suite: 2^k - 1 variants for k active components instead of k + 2.",
 )
-launch_slot = st.container()
-
-if launched or ablate:
-    ss.pop("launched", None)
-    ss.pop("launched_suite", None)
-    values = {
-        "dataset": ss["dataset"],
-        "data_path": data_path(),
-        "teacher": ss["teacher"],
-        "student": ss["student"],
-        "teacher_run": ss["teacher_run"] if ss["teacher_mode"] != TEACHER_MODES[0] else "",
-        "teacher_epochs": int(ss["teacher_epochs"]),
-        "weights": {c: float(ss[f"w_{c}"]) for c in COMPONENTS},
-        "temperature": float(ss["temperature"]),
-        "feature_kind": ss["feature_kind"],
-        "relation_kind": ss["relation_kind"],
-        "weighting": ss["weighting"],
-        "layer_pairs": tuple(ss.get("layer_pairs") or ()),
-        "epochs": int(ss["epochs"]),
-        "batch_size": int(ss["batch_size"]),
-        "lr": float(ss["lr"]),
-        "device": ss["device"],
-    }
-    errors: dict[str, str] = {}
-    problem: Exception | None = None  # an error that belongs to no single widget
-    try:
-        seeds = parse_seeds(ss["seeds"])
-    except FormError as exc:
-        errors.update(exc.errors)
-        seeds = (0,)
-    configs = []
-    try:
-        configs = build_configs(values, seeds)
-    except FormError as exc:
-        errors.update(exc.errors)
-    if ss.get("layer_pairs_error"):
-        errors["layer_pairs"] = ss["layer_pairs_error"]
-    if not errors:
-        try:
-            with st.spinner("Checking the data and the models..."):
-                preflight(configs[0])
-        except IncompatibleModelsError as exc:
-            errors["layer_pairs"] = str(exc)
-        except Exception as exc:  # e.g. DatasetUnavailableError, with how to get the files
-            problem = exc
-    if errors or problem:
-        with weights_slot:
-            field_error(errors, "weights", "temperature")
-        with kinds_slot:
-            field_error(errors, "feature_kind", "relation_kind", "weighting")
-        with pairs_slot:
-            field_error(errors, "layer_pairs")
-        with train_slot:
-            field_error(errors, "epochs", "batch_size", "lr", "teacher_epochs")
-        with seeds_slot:
-            field_error(errors, "seeds")
-        with device_slot:
-            field_error(errors, "device")
-        with launch_slot:
-            model_fields = [
-                f
-                for f in ("dataset", "data_path", "teacher", "student", "teacher_run")
-                if f in errors
-            ]
-            if model_fields:
-                st.error(
-                    "Change this on the Models page: " + "; ".join(errors[f] for f in model_fields),
-                    icon=":material/error:",
-                )
-            field_error(errors, "form")
-            if problem is not None:
-                show_error(problem)
-            st.caption("Nothing was queued.")
-    else:
-        try:
-            if ablate:
-                suite = launch_suite(
-                    configs[0].replace(seed=0),
-                    store(),
-                    manager().submit,
-                    seeds=int(ss["ablation_seeds"]),
-                    factorial=bool(ss["ablation_factorial"]),
-                )
-                ss["launched_suite"] = ss["last_suite"] = suite["id"]
-            else:
-                ss["launched"] = [manager().submit(config) for config in configs]
-        except Exception as exc:
-            with launch_slot:
-                show_error(exc)
+slots["launch"] = st.container()
+with slots["launch"]:
+    for message in routed.get("launch", []):
+        st.error(message, icon=":material/error:")
+    if ss.get("launch_problem") is not None:
+        show_error(ss["launch_problem"])
+    if draft_errors or clicked or ss.get("launch_problem") is not None:
+        st.caption("Nothing was queued.")
 
 
 def launched_status(run_ids: list[str], polling: bool) -> None:
@@ -274,28 +278,37 @@ def launched_status(run_ids: list[str], polling: bool) -> None:
     records = [store().get_run(r) for r in run_ids if store().has_run(r)]
     for record in records:
         st.write(f"`{record['id']}` seed {record['config']['seed']}: {progress_text(record)}")
-    if polling and not any(r["status"] in ("queued", "running") for r in records):
+    if polling and not any(r["status"] in ACTIVE for r in records):
         st.rerun()
 
 
+def open_runs(run_id: str) -> None:
+    ss["runs_select_next"] = run_id  # the run just launched, not the one selected before
+
+
 if ss.get("launched"):
-    with launch_slot:
+    with slots["launch"], errors_shown():
         ids = ss["launched"]
         st.success(f"Queued {len(ids)} run{'s' if len(ids) > 1 else ''}.")
-        active = any(
-            store().has_run(r) and store().get_run(r)["status"] in ("queued", "running")
-            for r in ids
-        )
+        active = any(store().has_run(r) and store().get_run(r)["status"] in ACTIVE for r in ids)
         live(launched_status, polling=active)(ids, active)
-        if st.button("Open Runs", key="open_runs", icon=":material/monitoring:"):
-            st.switch_page("pages/runs.py")
+        if st.button(
+            "Open Runs",
+            key="open_runs",
+            icon=":material/monitoring:",
+            on_click=open_runs,
+            args=(ids[0],),
+        ):
+            st.switch_page("pages/runs.py", query_params={"run": ids[0]})
 
 if ss.get("launched_suite"):
-    with launch_slot:
+    with slots["launch"], errors_shown():
         suite = store().get_suite(ss["launched_suite"])
         st.success(
             f"Queued an ablation suite: {len(suite['variants'])} variants x {suite['seeds']} "
             f"seed(s) = {len(suite['runs'])} runs."
         )
         if st.button("Open Ablations", key="open_ablations", icon=":material/science:"):
-            st.switch_page("pages/ablations.py")
+            st.switch_page("pages/ablations.py", query_params={"suite": suite["id"]})
+
+sync_draft_url()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import (
-    TEACHER_MODES,
     choices_key,
     choices_slug,
     data_path,
@@ -17,11 +16,14 @@ from pages._shared import (
     require_app,
     show_error,
     store,
+    sync_draft_url,
 )
 from workbench.config import RunConfig
 from workbench.data import DATASETS, list_datasets, load_dataset
 from workbench.forms import import_uploaded_teacher
+from workbench.launch import TEACHER_MODES, reset_pairs, upload_message
 from workbench.models import MODELS, list_models
+from workbench.store import ACTIVE
 from workbench.views import (
     format_percent,
     layer_rows,
@@ -83,7 +85,7 @@ def teacher_job(run_id: str, polling: bool) -> None:
     except KeyError:
         st.warning(f"Teacher run {run_id} is no longer in the store.")
         return
-    active = record["status"] in ("queued", "running")
+    active = record["status"] in ACTIVE
     st.progress(progress_fraction(record), text=f"Teacher {run_id}: {progress_text(record)}")
     if record["status"] == "completed":
         acc = (record.get("metrics") or {}).get("val_acc")
@@ -127,7 +129,7 @@ if mode == TEACHER_MODES[0]:  # train one now
     job = ss.get("teacher_job")
     if job and store().has_run(job):
         status = store().get_run(job)["status"]
-        polling = status in ("queued", "running")
+        polling = status in ACTIVE
         live(teacher_job, polling=polling)(job, polling)
 
 elif mode == TEACHER_MODES[1]:  # pick a trained teacher
@@ -164,6 +166,7 @@ else:  # upload a checkpoint
     )
     if uploaded is None:
         ss["teacher_run"] = ""
+        ss["teacher_upload_error"] = None
     else:
         done = ss.get("teacher_upload_done") or {}
         stamp = (uploaded.file_id, *choices_key())
@@ -183,9 +186,14 @@ else:  # upload a checkpoint
                 done["error"] = exc
             ss["teacher_upload_done"] = done
         if done["error"] is not None:
-            show_error(done["error"])
+            ss["teacher_upload_error"] = upload_message(done["error"], uploaded.name)
+            st.error(ss["teacher_upload_error"], icon=":material/error:")
+            st.caption(
+                "Launch stays off until a checkpoint is accepted or another source is chosen."
+            )
             ss["teacher_run"] = ""
         else:
+            ss["teacher_upload_error"] = None
             acc = (store().get_run(done["run_id"]).get("metrics") or {}).get("val_acc")
             st.success(f"Teacher imported as run {done['run_id']} (val acc {format_percent(acc)}).")
             ss["teacher_run"] = done["run_id"]
@@ -201,6 +209,7 @@ st.selectbox(
 )
 
 # ---------------------------------------------------------------------------------- side by side
+sync_draft_url()
 if not dataset_ok:
     st.stop()
 try:
@@ -209,9 +218,7 @@ except Exception as exc:
     show_error(exc)
     st.stop()
 
-if ss.get("pairs_for") != choices_key():  # new models: start from the suggested pairs
-    ss["pairs_for"] = choices_key()
-    ss["layer_pairs"] = pair.suggested_pairs
+reset_pairs(ss, choices_key(), pair.suggested_pairs)  # new models: the suggested pairs
 
 st.subheader("Side by side")
 st.caption(
@@ -239,4 +246,5 @@ pairs_editor(
     [li.path for li in pair.student_layers],
     [li.path for li in pair.teacher_layers],
 )
+sync_draft_url()
 st.page_link("pages/distill.py", label="Next: set the loss and launch", icon=":material/tune:")

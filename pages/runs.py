@@ -1,4 +1,6 @@
-"""Runs: every run in the store, live while something trains; one run's curves and actions."""
+"""Runs: every run in the store, live while something trains; one run's curves and actions.
+
+The selected run and the chart options live in the URL (``/runs?run=ID&smooth=0.6``)."""
 
 from __future__ import annotations
 
@@ -9,25 +11,41 @@ from pages._shared import (
     guarded,
     live,
     manager,
+    page_entered,
     require_app,
+    set_params,
     show_action_error,
     store,
 )
 from workbench import plots
 from workbench.config import COMPONENTS, RunConfig
-from workbench.store import ACTIVE
+from workbench.launch import parse_tags
+from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, option_label, short_names
+from workbench.store import ACTIVE, FINISHED
+from workbench.urlstate import decode_value, encode_ids, encode_value
 from workbench.views import (
     format_percent,
     history_csv,
+    latest_accuracy,
     progress_fraction,
     progress_text,
-    run_label,
-    runs_table,
+    run_table,
 )
 
 require_app(__file__)
 ss = st.session_state
 st.title("Runs")
+# widget key -> (query parameter, default): the view settings a link restores
+VIEW = {"runs_x": ("x", "step"), "runs_smooth": ("smooth", 0.0), "runs_log": ("log", False)}
+if page_entered():
+    params = st.query_params
+    if params.get("run"):
+        ss["runs_select_next"] = params["run"]
+    for key, (param, default) in VIEW.items():
+        try:
+            ss[key] = decode_value(params[param], default) if param in params else default
+        except ValueError:
+            ss[key] = default
 
 
 def cancel(run_id: str) -> None:
@@ -48,11 +66,8 @@ def delete(run_id: str) -> None:
 
 
 def rename(run_id: str) -> None:
-    tags = ss[f"run_tags_{run_id}"].split(",")
     store().update_run(
-        run_id,
-        name=ss[f"run_name_{run_id}"].strip(),
-        tags=[t.strip() for t in tags if t.strip()],
+        run_id, name=ss[f"run_name_{run_id}"].strip(), tags=parse_tags(ss[f"run_tags_{run_id}"])
     )
 
 
@@ -68,7 +83,7 @@ def run_actions(record: dict) -> None:
             on_click=guarded(cancel),
             args=(run_id,),
         )
-    elif status in ("interrupted", "cancelled", "failed", "diverged"):
+    elif status in FINISHED and status != "completed":
         cols[0].button(
             "Restart run",
             key="run_restart",
@@ -128,15 +143,19 @@ def run_actions(record: dict) -> None:
         )
 
 
-def run_detail(record: dict) -> None:
+def run_detail(record: dict, name: str) -> None:
     run_id = record["id"]
     st.progress(progress_fraction(record), text=progress_text(record))
     metrics = record.get("metrics") or {}
+    history, epochs = store().history(run_id), store().epochs(run_id)
     cols = st.columns(4)
-    acc = metrics.get("val_acc")
-    cols[0].metric("Val accuracy", format_percent(acc))
+    final = metrics.get(ACCURACY_METRIC) is not None
+    cols[0].metric(
+        ACCURACY_LABEL if final else f"{ACCURACY_LABEL} (last epoch)",
+        format_percent(latest_accuracy(record, epochs)),
+    )
     teacher_acc = metrics.get("teacher_acc")
-    cols[1].metric("Teacher val accuracy", format_percent(teacher_acc))
+    cols[1].metric(f"teacher {ACCURACY_LABEL}", format_percent(teacher_acc))
     agreement = metrics.get("agreement")
     cols[2].metric("Agreement with teacher", format_percent(agreement))
     cols[3].metric("Teacher outputs", record.get("teacher_source") or "-")
@@ -145,32 +164,46 @@ def run_detail(record: dict) -> None:
         st.caption(record["teacher_note"])
     if record.get("error"):
         st.error(f"{record['status']}: {record['error']}", icon=":material/error:")
+    x, smoothing, log_y = ss["runs_x"], ss["runs_smooth"], ss["runs_log"]
     left, right = st.columns(2)
-    history, epochs = store().history(run_id), store().epochs(run_id)
     with left:
         terms = {
-            c: [(row["step"], row[c]) for row in history]
+            c: [(row[x], row[c]) for row in history if row.get(x) is not None]
             for c in (*COMPONENTS, "total")
             if any(row.get(c) for row in history)  # an inactive term is constant 0
         }
         if terms:
-            st.markdown("**Loss terms** (unweighted)")
-            fig = plots.curve_figure(terms, x_title="step", y_title="loss")
+            st.markdown("**Loss terms** (unweighted; the response term carries T²)")
+            fig = plots.curve_figure(
+                terms,
+                x_title=plots.X_AXES[x],
+                y_title="loss",
+                smoothing=smoothing,
+                log_y=log_y,
+            )
             st.plotly_chart(fig, key="run_losses", width="stretch")
         else:
             st.caption("No loss values logged yet.")
     with right:
         if epochs:
-            st.markdown("**Validation accuracy**")
-            fig = plots.accuracy_curves({run_label(record): epochs})
+            st.markdown(f"**{ACCURACY_LABEL.capitalize()}** per epoch")
+            fig = plots.accuracy_curves({name: epochs}, x="time" if x == "time" else "epoch")
             st.plotly_chart(fig, key="run_accuracy", width="stretch")
         else:
             st.caption("No epoch finished yet.")
     if record["config"].get("weighting", "fixed") != "fixed" and history:
         st.markdown("**Loss weights** (adapted by the weighting scheme)")
-        fig = plots.weight_curves({run_label(record): history})
+        fig = plots.weight_curves({name: history}, x=x)
         st.plotly_chart(fig, key="run_weights", width="stretch")
     run_actions(record)
+
+
+def chart_options() -> None:
+    """Curve options: x by step, epoch or time; smoothing; log scale (for the T²-scaled term)."""
+    col_x, col_smooth, col_log = st.columns([1, 2, 1], vertical_alignment="bottom")
+    col_x.segmented_control("x axis", list(plots.X_AXES), key="runs_x", required=True)
+    col_smooth.slider("Smoothing", 0.0, 0.95, step=0.05, key="runs_smooth")
+    col_log.toggle("log scale (losses)", key="runs_log")
 
 
 def runs_view(polling: bool) -> None:
@@ -183,60 +216,88 @@ def runs_view(polling: bool) -> None:
         st.info("No runs yet: launch one on the Distill page.")
         st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
         return
+    names = short_names(records)
+    table = run_table(records, epochs=store().epochs)
+    table.insert(1, "shown as", [names[i] for i in table["id"]])
     st.dataframe(
-        runs_table(records),
+        table,
         key="runs_table",
         hide_index=True,
         width="stretch",
         column_order=(
-            "name",
+            "shown as",
             "id",
             "role",
             "status",
             "progress",
             "eta",
-            "val_acc",
+            ACCURACY_METRIC,
             "duration",
             "config",
-            "teacher",
+            "teacher_source",
             "tags",
             "error",
         ),
         column_config={
-            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
-            "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
-            "eta": st.column_config.TextColumn("ETA"),
-            "teacher": st.column_config.TextColumn(
+            "shown as": st.column_config.TextColumn("name", width="medium"),
+            "id": st.column_config.TextColumn("id", width="small"),
+            "progress": st.column_config.ProgressColumn(
+                "progress", min_value=0.0, max_value=1.0, width="small"
+            ),
+            ACCURACY_METRIC: st.column_config.NumberColumn(
+                ACCURACY_LABEL,
+                format="percent",
+                width="small",
+                help="The final accuracy, or the last finished epoch's while a run trains "
+                "(and for a cancelled run)",
+            ),
+            "eta": st.column_config.TextColumn("ETA", width="small"),
+            "duration": st.column_config.TextColumn("duration", width="small"),
+            "config": st.column_config.TextColumn("config", width="large"),
+            "teacher_source": st.column_config.TextColumn(
                 "teacher outputs", help="cache: precomputed teacher outputs; live: teacher forward"
             ),
         },
     )
     by_id = {r["id"]: r for r in records}
     ids = list(by_id)
-    if ss.get("runs_select_next") in by_id:  # set by an action after the selectbox was drawn
-        ss["runs_selected"] = ss.pop("runs_select_next")
-    if ss.get("runs_selected") not in by_id:
-        ss["runs_selected"] = ids[0]
+    if ss.get("runs_select_next") in by_id:  # set by an action, a link or Distill's Open Runs
+        ss["runs_run"] = ss.pop("runs_select_next")
+    if ss.get("runs_run") not in by_id:
+        ss["runs_run"] = ids[0]
+    # The selection is held in runs_run, not in the widget: a renamed run changes the option's
+    # label, and the selectbox must not jump to another run then.
+    ss["runs_selected"] = ss["runs_run"]
     pick_col, compare_col = st.columns([3, 2], vertical_alignment="bottom")
-    selected = pick_col.selectbox(
+    pick_col.selectbox(
         "Run",
         ids,
         key="runs_selected",
-        persist_state="session",
-        format_func=lambda r: run_label(by_id[r]),
+        format_func=lambda r: option_label(names[r], r),
+        on_change=lambda: ss.update(runs_run=ss["runs_selected"]),
     )
     with compare_col:
         picks = st.multiselect(
             "Runs to compare",
             ids,
             default=[r for r in ss.get("compare_runs", []) if r in by_id],
-            format_func=lambda r: run_label(by_id[r]),
+            format_func=lambda r: option_label(names[r], r),
             key="runs_compare_pick",
         )
         if st.button("Open in Compare", key="open_compare", disabled=not picks):
             ss["compare_runs"] = list(picks)
-            st.switch_page("pages/compare.py")
-    run_detail(by_id[selected])
+            st.switch_page("pages/compare.py", query_params={"runs": encode_ids(picks)})
+    chart_options()
+    set_params(
+        {"run": ss["runs_run"]}
+        | {
+            param: encode_value(ss[key])
+            for key, (param, default) in VIEW.items()
+            if ss[key] != default
+        },
+        owned=("run", *(param for param, _ in VIEW.values())),
+    )
+    run_detail(by_id[ss["runs_run"]], names[ss["runs_run"]])
     if not polling:
         st.button("Refresh", key="runs_refresh", icon=":material/refresh:")
 

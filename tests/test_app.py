@@ -197,22 +197,92 @@ def test_presets_fill_the_form(store):
         assert f"{weights.label:g} \\cdot" in at.latex[0].value
 
 
-def test_all_weights_zero_shows_the_error_and_queues_nothing(store):
+def launch_disabled(at: AppTest) -> bool:
+    return at.button(key="launch").disabled and at.button(key="launch_ablation").disabled
+
+
+def test_all_weights_zero_disables_launch_with_the_reason(store):
     at = app("pages/distill.py")
     for c in COMPONENTS:
         at.number_input(key=f"w_{c}").set_value(0.0)
-    at.button(key="launch").click().run()
+    at.run()
     assert not at.exception
     assert any("all loss weights are zero" in e for e in errors(at)), errors(at)
+    assert launch_disabled(at)
     assert store.list_runs() == []
 
 
-def test_bad_seeds_show_the_error_and_queue_nothing(store):
+def test_bad_seeds_disable_launch_with_the_reason(store):
     at = app("pages/distill.py")
     at.text_input(key="seeds").set_value("0, x").run()
-    at.button(key="launch").click().run()
-    assert any("seeds" in e for e in errors(at)), errors(at)
+    assert [e for e in errors(at) if "seeds" in e] and launch_disabled(at)
+    at.text_input(key="seeds").set_value("2").run()
+    assert not errors(at) and not launch_disabled(at)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0])
+def test_an_invalid_temperature_blocks_launch_instead_of_becoming_the_default(store, temperature):
+    at = app("pages/distill.py")
+    at.number_input(key="temperature").set_value(temperature).run()
+    # the field keeps what was typed (no widget minimum replaces it) and says why, once
+    assert at.number_input(key="temperature").value == temperature
+    assert errors(at) == [f"temperature must be > 0, got {temperature:g}"]
+    assert launch_disabled(at)
+    assert any("Nothing was queued" in c.value for c in at.caption)
     assert store.list_runs() == []
+
+
+def test_a_rejected_upload_blocks_launch_until_another_source_is_chosen(store):
+    at = app()
+    at.selectbox(key="teacher").set_value("small_cnn").run()
+    at.radio(key="teacher_mode").set_value("upload a checkpoint").run()
+    at.file_uploader(key="teacher_upload").set_value(
+        ("my-teacher.pt", b"this is not a checkpoint", "application/octet-stream")
+    ).run()
+    assert any("my-teacher.pt" in e for e in errors(at)), errors(at)  # not the temporary file
+    at.switch_page("pages/distill.py").run()
+    assert launch_disabled(at)
+    (message,) = errors(at)
+    assert message.startswith("Change this on the Models page") and "rejected" in message
+    at.switch_page("pages/models.py").run()
+    at.radio(key="teacher_mode").set_value("train one now").run()
+    at.switch_page("pages/distill.py").run()
+    assert not errors(at) and not launch_disabled(at)
+    assert store.list_runs() == []
+
+
+def test_the_preset_in_use_is_highlighted(store):
+    at = app("pages/distill.py")
+    presets = {b.label: b for b in at.button if b.key and b.key.startswith("preset_")}
+    first = next(iter(PRESETS))
+    assert [n for n, b in presets.items() if b.proto.type == "primary"] == [first]
+    at.number_input(key="w_label").set_value(0.77).run()
+    presets = {b.label: b for b in at.button if b.key and b.key.startswith("preset_")}
+    assert all(b.proto.type != "primary" for b in presets.values())
+
+
+def test_the_distill_draft_is_in_the_url_and_a_reload_restores_it(store):
+    at = app()
+    tiny_models(at)
+    at.switch_page("pages/distill.py").run()
+    at.number_input(key="temperature").set_value(2.5)
+    at.selectbox(key="feature_kind").set_value("mse")
+    at.text_input(key="run_name").set_value("my draft").run()
+    params = dict(at.query_params)
+    assert params["temperature"] == "2.5" and params["feature_kind"] == "mse"
+    assert params["teacher"] == "small_cnn" and params["run_name"] == "my draft"
+    assert "epochs" not in params  # unchanged fields keep the URL short
+    # a reload: a new session with the same URL
+    fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    fresh.query_params.update(params)
+    fresh.run()
+    fresh.switch_page("pages/distill.py").run()
+    assert not fresh.exception
+    assert fresh.number_input(key="temperature").value == 2.5
+    assert fresh.selectbox(key="feature_kind").value == "mse"
+    assert fresh.text_input(key="run_name").value == "my draft"
+    assert fresh.session_state["teacher"] == "small_cnn"
+    assert fresh.session_state["layer_pairs"] == at.session_state["layer_pairs"]
 
 
 def test_layers_that_cannot_be_paired_show_the_error_and_queue_nothing(store):
@@ -233,10 +303,14 @@ def test_launch_runs_and_compare(store):
     at.switch_page("pages/distill.py").run()
     at.number_input(key="epochs").set_value(1)
     at.text_input(key="seeds").set_value("2")
+    at.text_input(key="run_name").set_value("tiny kd")
+    at.text_input(key="run_tags").set_value("demo, kd")
     at.button(key="launch").click().run()
     assert not at.exception and not errors(at), errors(at)
     launched = at.session_state["launched"]
     assert len(launched) == 2
+    assert [store.get_run(r)["name"] for r in launched] == ["tiny kd · seed 0", "tiny kd · seed 1"]
+    assert store.get_run(launched[1])["tags"] == ["demo", "kd"]
 
     started = time.monotonic()
     runs = wait_until_idle(store, timeout=90)
@@ -248,10 +322,15 @@ def test_launch_runs_and_compare(store):
     assert sorted(by_id[r]["config"]["seed"] for r in launched) == [0, 1]
     assert sum(r["role"] == "teacher" for r in runs) == 1  # the seeds share one teacher
 
-    at.switch_page("pages/runs.py").run()
+    at.button(key="open_runs").click().run()
     assert not at.exception and not errors(at)
+    assert at.title[0].value == "Runs"
+    assert at.selectbox(key="runs_selected").value == launched[0]  # the new run, selected
     table = at.dataframe[0].value
     assert set(launched) <= set(table["id"]) and set(table["status"]) == {"completed"}
+    assert table.set_index("id").loc[launched[0], "shown as"] == "tiny kd · seed 0"
+    at.switch_page("pages/runs.py")  # AppTest stays on the page it ran before st.switch_page
+    at.selectbox(key="runs_selected").set_value(launched[1]).run()
     at.selectbox(key="runs_selected").set_value(launched[0]).run()
     assert {"run_losses", "run_accuracy"} <= {c.key for c in at.get("plotly_chart")}
     assert {"run_download_checkpoint", "run_download_csv"} <= {
@@ -263,6 +342,9 @@ def test_launch_runs_and_compare(store):
     at.button(key="run_rename_save").click().run()
     assert store.get_run(launched[0])["name"] == "first"
     assert store.get_run(launched[0])["tags"] == ["tiny", "demo"]
+    at.run()
+    assert at.selectbox(key="runs_selected").value == launched[0]  # no jump after a rename
+    assert at.query_params["run"] in (launched[0], [launched[0]])
 
     at.multiselect(key="runs_compare_pick").set_value(launched).run()
     at.button(key="open_compare").click().run()

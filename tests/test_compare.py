@@ -115,41 +115,51 @@ def test_data_version_changes_with_progress_and_finish():
 
 
 # ---------------------------------------------------------------------- units
-def test_run_labels_are_short_and_unique():
-    assert compare.run_labels(RECORDS) == {
-        "a": "KD (seed 0)",
-        "b": "KD (seed 1)",
-        "c": "mlp",
-        "d": "cifar",
-        "t": "teacher",
-    }
-    assert compare.run_labels([{"id": "x", "role": "teacher"}]) == {"x": "teacher"}
-    same_seed = [record("a", "KD"), record("b", "KD"), record("c", "KD (seed 0)")]
-    assert compare.run_labels(same_seed) == {
-        "a": "KD (a)",
-        "b": "KD (b)",
-        "c": "KD (seed 0)",
-    }
-    clash = [record("a", "KD"), record("b", "KD", seed=1), record("c", "KD (seed 1)")]
-    assert compare.run_labels(clash)["c"] == "KD (seed 1) [c]"
-
-
 def test_units_group_seeds_or_keep_single_runs():
-    grouped = compare.units(RECORDS[:3], grouped=True)
+    grouped = compare.units(RECORDS[:3], group_by=compare.SEED_GROUP)
     assert {k: [r["id"] for r in v] for k, v in grouped.items()} == {
         "KD (2 seeds)": ["a", "b"],
         "mlp": ["c"],
     }
-    single = compare.units(RECORDS[:3], grouped=False)
+    single = compare.units(RECORDS[:3], group_by=compare.NO_GROUP)
     assert {k: [r["id"] for r in v] for k, v in single.items()} == {
-        "KD (seed 0)": ["a"],
-        "KD (seed 1)": ["b"],
+        "KD · seed 0": ["a"],
+        "KD · seed 1": ["b"],
         "mlp": ["c"],
     }
 
 
+def test_units_group_by_any_config_field():
+    runs = [
+        record("a", feature_kind="at"),
+        record("b", feature_kind="at", seed=1),
+        record("c", feature_kind="mse"),
+    ]
+    by_kind = compare.units(runs, group_by="feature_kind")
+    assert {k: [r["id"] for r in v] for k, v in by_kind.items()} == {
+        "at (2 runs)": ["a", "b"],
+        "mse": ["c"],
+    }
+    by_weight = compare.units(RECORDS[:2], group_by="weights.label")
+    assert list(by_weight) == ["label 0.5 (2 runs)"]
+    assert "feature_kind" in compare.group_choices(runs)
+    assert "seed" not in compare.group_choices(runs)  # that is "seeds of one config"
+
+
+def test_colour_by_a_field_shares_colours_between_units_with_its_value():
+    runs = [
+        record("a", temperature=2.0),
+        record("b", temperature=4.0),
+        record("c", temperature=2.0, seed=1),
+    ]
+    unit_map = compare.units(runs, group_by=compare.NO_GROUP)
+    colours = compare.colours(unit_map, "temperature")
+    assert list(colours.values()) == [0, 1, 0]
+    assert compare.colours(unit_map, compare.NO_GROUP) is None
+
+
 def test_curve_runs_nest_group_rows_and_skip_empty_units():
-    units = compare.units(RECORDS[:3], grouped=True)
+    units = compare.units(RECORDS[:3], group_by=compare.SEED_GROUP)
     rows = {"a": [{"epoch": 1}], "b": [{"epoch": 1}, {"epoch": 2}], "c": []}
     out = compare.curve_runs(units, rows)
     assert out == {"KD (2 seeds)": [[{"epoch": 1}], [{"epoch": 1}, {"epoch": 2}]]}
@@ -228,16 +238,16 @@ def test_per_class_table_has_agreement_first():
 
 
 def test_diff_table_shows_only_differing_fields():
-    units = compare.units(RECORDS[:3], grouped=True)
+    units = compare.units(RECORDS[:3], group_by=compare.SEED_GROUP)
     diff = compare.diff_table(units)
     assert list(diff.columns) == ["KD (2 seeds)", "mlp"]
     assert diff.to_dict("index") == {
         "student": {"KD (2 seeds)": "small_cnn", "mlp": "mlp"},
         "seed": {"KD (2 seeds)": "0, 1", "mlp": "0"},
     }
-    single = compare.diff_table(compare.units(RECORDS[:2], grouped=False))
+    single = compare.diff_table(compare.units(RECORDS[:2], group_by=compare.NO_GROUP))
     assert single.index.tolist() == ["seed"]
-    assert compare.diff_table(compare.units(RECORDS[:2], grouped=True)).empty
+    assert compare.diff_table(compare.units(RECORDS[:2], group_by=compare.SEED_GROUP)).empty
 
 
 def test_parcoords_records_keep_finished_students():
@@ -249,7 +259,7 @@ def test_parcoords_records_keep_finished_students():
     assert a["metrics"]["val_acc"] == 0.8
 
 
-def test_selection_table_adds_role_and_seed_group():
+def test_selection_table_adds_the_seed_group():
     table = compare.selection_table(RECORDS)
     assert list(table.columns[:5]) == ["id", "name", "role", "group", "status"]
     assert table["group"].tolist() == ["KD (2 seeds)", "KD (2 seeds)", "", "", ""]
@@ -259,11 +269,11 @@ def test_selection_table_adds_role_and_seed_group():
 
 # ---------------------------------------------------------------------- curve layout
 def test_curve_title_and_legend_do_not_share_the_top():
-    series = {f"run {i}": [(0, i), (1, i + 1)] for i in range(8)}
-    plain = curve_figure(series)
+    few = {f"run {i}": [(0, i), (1, i + 1)] for i in range(3)}
+    plain = curve_figure(few)
     assert plain.layout.title.text is None
     assert (plain.layout.legend.yanchor, plain.layout.legend.y) == ("bottom", 1.02)
-    titled = curve_figure(series, title="validation accuracy")
+    titled = curve_figure(few, title="validation accuracy")
     assert titled.layout.title.text == "validation accuracy"
     assert (titled.layout.title.yref, titled.layout.title.yanchor) == ("container", "top")
     legend = titled.layout.legend
@@ -273,6 +283,16 @@ def test_curve_title_and_legend_do_not_share_the_top():
         "bottom",
         0.0,
     )
+
+
+def test_many_curves_get_a_legend_column_beside_the_plot_that_toggles_them():
+    many = {f"run {i}": [(0, i), (1, i + 1)] for i in range(20)}
+    for fig in (curve_figure(many), curve_figure(many, title="acc")):
+        legend = fig.layout.legend
+        # a column right of the plot (x > 1): it never pushes the plot down, however many runs
+        assert (legend.orientation, legend.x) == ("v", 1.02)
+        assert (legend.itemclick, legend.itemdoubleclick) == ("toggle", "toggleothers")
+        assert fig.layout.title.text in (None, "acc")
 
 
 def test_cka_heatmaps_wrap_into_rows_on_one_colour_scale():

@@ -202,7 +202,7 @@ def test_selection_draws_every_figure(runs):
     at = open_compare(runs.values())
     assert at.title[0].value == "Compare"
     assert at.multiselect(key="compare_runs").value == list(runs.values())
-    assert at.toggle(key="compare_group").value is True
+    assert at.selectbox(key="compare_group").value == "seeds of one config"
     drawn = charts(at)
     assert set(drawn) == {
         "compare_accuracy",
@@ -228,10 +228,10 @@ def test_selection_draws_every_figure(runs):
 
 def test_single_runs_and_loss_component(runs):
     at = open_compare([runs["kd0"], runs["kd1"], runs["hy0"]])
-    at.toggle(key="compare_group").set_value(False).run()
+    at.selectbox(key="compare_group").set_value("none").run()
     assert_clean(at)
     names = [t["name"] for t in charts(at)["compare_accuracy"]["data"]]
-    assert names == ["KD (seed 0)", "KD (seed 1)", "hybrid"]
+    assert names == ["KD · seed 0", "KD · seed 1", "hybrid"]
     at.selectbox(key="compare_component").set_value("feature").run()
     assert_clean(at)
     losses = charts(at)["compare_losses"]
@@ -252,15 +252,15 @@ def test_config_diff_lists_only_differing_fields(runs):
         "weighting",
     }
     assert diff.loc["weighting"].tolist() == ["fixed", "uncertainty"]
-    at.toggle(key="compare_group").set_value(False).run()
+    at.selectbox(key="compare_group").set_value("none").run()
     at.multiselect(key="compare_runs").set_value([runs["kd0"], runs["kd1"]]).run()
     assert_clean(at)
     assert frame(at, "field").index.tolist() == ["seed"]
 
 
-def test_cka_difference_against_a_baseline(runs):
+def test_cka_difference_against_a_baseline(runs, store):
     at = open_compare([runs["mlp"], runs["kd0"], runs["hy0"]])
-    at.toggle(key="compare_group").set_value(False).run()
+    at.selectbox(key="compare_group").set_value("none").run()
     # by default a baseline and a run with the same layers (mlp's student has other layers)
     assert at.selectbox(key="compare_baseline").value == "KD"
     assert at.selectbox(key="compare_diff_run").options == ["hybrid", "mlp"]
@@ -269,8 +269,17 @@ def test_cka_difference_against_a_baseline(runs):
     at.selectbox(key="compare_diff_run").set_value("hybrid").run()
     assert_clean(at)
     diff = charts(at)["compare_cka_diff"]
-    assert diff["layout"]["title"]["text"] == "CKA(hybrid) - CKA(KD)"
-    assert diff["data"][0]["zmid"] == 0
+    heat = diff["data"][0]
+    delta = np.asarray(store.probe(runs["hy0"])["cka"]) - np.asarray(
+        store.probe(runs["kd0"])["cka"]
+    )
+    peak = float(np.abs(delta).max())
+    # symmetric and fixed: +-0.2, or the next 0.1 above the largest difference
+    expected = 0.2 if peak <= 0.2 else np.ceil(peak * 10) / 10
+    assert (heat["zmin"], heat["zmax"], heat["zmid"]) == (-expected, expected, 0)
+    assert diff["layout"]["title"]["text"] == (
+        f"CKA(hybrid) - CKA(KD); colour range fixed at ±{expected:.2f}"
+    )
     # another student has other layers: a clear message instead of a figure
     at.selectbox(key="compare_diff_run").set_value("mlp").run()
     assert_clean(at)
@@ -281,13 +290,13 @@ def test_cka_difference_against_a_baseline(runs):
 def test_choices_follow_the_grouping(runs):
     at = open_compare([runs["kd0"], runs["kd1"], runs["hy0"], runs["hy1"]])
     assert at.selectbox(key="compare_baseline").value == "KD (2 seeds)"
-    at.toggle(key="compare_group").set_value(False).run()
+    at.selectbox(key="compare_group").set_value("none").run()
     assert_clean(at)
     # the group labels are gone: the choices are set anew (so the browser shows them too)
     for key in ("compare_baseline", "compare_diff_run"):
         assert at.session_state[key] in at.selectbox(key=key).options
-    assert at.session_state["compare_baseline"] == "KD (seed 0)"
-    assert charts(at)["compare_cka_diff"]["layout"]["title"]["text"].endswith("CKA(KD (seed 0))")
+    assert at.session_state["compare_baseline"] == "KD · seed 0"
+    assert "CKA(KD · seed 0);" in charts(at)["compare_cka_diff"]["layout"]["title"]["text"]
 
 
 def test_gram_view_for_a_chosen_run_and_pair(runs):
@@ -360,7 +369,11 @@ def test_report_holds_the_page_figures_and_tables(runs, monkeypatch):
     assert html.count('class="figure"') == 7
     for heading in ("Runs", "Config fields that differ", "Accuracy per class", "Linear CKA"):
         assert f"<h2>{heading}</h2>" in html
-    assert captured["compare_table_csv"].splitlines()[0].startswith("id,name,role,group,status")
+    assert (
+        captured["compare_table_csv"]
+        .splitlines()[0]
+        .startswith("id,shown as,name,role,group,status")
+    )
 
 
 # ---------------------------------------------------------------------------------- Ablations
@@ -403,3 +416,98 @@ def test_ablations_shows_contributions_and_opens_compare(store):
     assert at.multiselect(key="compare_runs").value == [r["run_id"] for r in suite["runs"]]
     assert "compare_accuracy" not in charts(at)  # fabricated suite runs logged no epochs
     assert "compare_parcoords" in charts(at)
+
+
+def test_ablations_tables_fill_in_while_the_suite_runs_and_its_url_restores_it(store):
+    base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.0))
+    suite = launch_suite(base, store, lambda c, **f: store.create_run(c, **f), seeds=1, name="s")
+    first, *rest = suite["runs"]
+    store.update_run(first["run_id"], status="completed", metrics={"val_acc": 0.8})
+    store.update_run(rest[0]["run_id"], status="running")
+    store.set_epochs(rest[0]["run_id"], [{"epoch": 1, "val_acc": 0.55}])
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["suite"] = suite["id"]
+    at.run()
+    at.switch_page("pages/ablations.py").run()
+    assert_clean(at)
+    assert at.selectbox(key="suite_pick").value == suite["id"]
+    # the page is still polling (a run is active), yet it shows what has finished so far
+    variants = next(
+        d.value for d in at.dataframe if "variant" in d.value.columns and "n" in d.value.columns
+    )
+    assert list(variants["variant"]) == [first["variant"]]
+    suite_runs = next(d.value for d in at.dataframe if "run" in d.value.columns)
+    by_run = suite_runs.set_index("run")
+    assert by_run.loc[first["run_id"], "val_acc"] == 0.8
+    assert by_run.loc[rest[0]["run_id"], "val_acc"] == 0.55  # running: its last epoch
+    store.update_run(rest[0]["run_id"], status="cancelled")
+    at.run()
+    by_run = next(d.value for d in at.dataframe if "run" in d.value.columns).set_index("run")
+    assert by_run.loc[rest[0]["run_id"], "val_acc"] == 0.55  # cancelled: keeps its last one
+    assert "1 of" in texts(at, "caption") or any(
+        "runs finished" in str(p.proto) for p in at.get("progress")
+    )
+
+
+# ---------------------------------------------------------------------------------- the URL
+def test_compare_selection_and_view_come_from_the_url(runs):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update(
+        {"runs": f"{runs['kd0']},{runs['hy0']},gone", "group": "none", "smooth": "0.5", "log": "1"}
+    )
+    at.run()
+    at.switch_page("pages/compare.py").run()
+    assert_clean(at)
+    assert at.multiselect(key="compare_runs").value == [runs["kd0"], runs["hy0"]]
+    assert at.selectbox(key="compare_group").value == "none"
+    assert at.slider(key="compare_smooth").value == 0.5
+    assert at.toggle(key="compare_log").value is True
+    assert charts(at)["compare_losses"]["layout"]["yaxis"]["type"] == "log"
+    assert [t["name"] for t in charts(at)["compare_accuracy"]["data"]] == ["KD", "hybrid"]
+    # a change goes back into the URL (the unknown id is gone from it)
+    at.selectbox(key="compare_colour").set_value("weighting").run()
+    assert at.query_params["colour"] in ("weighting", ["weighting"])
+    assert at.query_params["runs"] in (
+        f"{runs['kd0']},{runs['hy0']}",
+        [f"{runs['kd0']},{runs['hy0']}"],
+    )
+
+
+def test_group_and_colour_by_a_config_field(runs):
+    at = open_compare([runs["kd0"], runs["kd1"], runs["hy0"], runs["mlp"]])
+    at.selectbox(key="compare_group").set_value("weighting").run()
+    assert_clean(at)
+    names = [t["name"] for t in charts(at)["compare_accuracy"]["data"] if "std" not in t["name"]]
+    assert names == ["fixed (3 runs)", "uncertainty"]
+    at.selectbox(key="compare_group").set_value("none").run()
+    at.selectbox(key="compare_colour").set_value("student").run()
+    lines = [t for t in charts(at)["compare_accuracy"]["data"]]
+    colour = {t["name"]: t["line"]["color"] for t in lines}
+    # kd0, kd1 and hy0 train small_cnn, mlp trains mlp: two colours
+    assert len(set(colour.values())) == 2
+    assert colour["KD · seed 0"] == colour["KD · seed 1"] == colour["hybrid"] != colour["mlp"]
+
+
+def test_runs_page_selection_and_options_come_from_the_url(runs, store):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"run": runs["hy0"], "x": "time", "smooth": "0.3"})
+    at.run()
+    at.switch_page("pages/runs.py").run()
+    assert_clean(at)
+    assert at.selectbox(key="runs_selected").value == runs["hy0"]
+    assert at.slider(key="runs_smooth").value == 0.3
+    assert charts(at)["run_losses"]["layout"]["xaxis"]["title"]["text"] == "time (s)"
+    # a rename does not move the selection, and the URL keeps naming the run
+    store.update_run(runs["hy0"], name="renamed")
+    at.run()
+    assert at.selectbox(key="runs_selected").value == runs["hy0"]
+    assert at.query_params["run"] in (runs["hy0"], [runs["hy0"]])
+
+
+def test_runs_table_shows_a_running_runs_latest_accuracy(store):
+    run_id = fabricate_run(store, "live", status="running")  # one epoch at ~0.5 logged
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/runs.py").run()
+    table = at.dataframe[0].value.set_index("id")
+    assert table.loc[run_id, "val_acc"] == pytest.approx(store.epochs(run_id)[-1]["val_acc"])
+    assert any(m.label == "val acc (last epoch)" for m in at.metric)

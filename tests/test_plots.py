@@ -15,11 +15,13 @@ from workbench.plots import (
     config_diff,
     contribution_bars,
     curve_figure,
+    difference_range,
+    fit_text,
     gram_heatmaps,
     group_runs,
     loss_curves,
     parallel_coordinates,
-    run_table,
+    smooth,
     weight_curves,
 )
 
@@ -195,11 +197,15 @@ def test_group_runs_by_config_without_seed():
     assert list(groups) == [
         "KD (3 seeds)",
         "KD hot",
-        "resnet18 -> small_cnn on digits: lab 0.3 res 0.3 fea 0.2 rel 0.2, T=4 (2 seeds)",
+        "T 4 · lr 0.01 (2 seeds)",  # named by what differs from the other groups
     ]
     assert [r["id"] for r in groups["KD (3 seeds)"]] == ["r1", "r2", "r3"]
     suite = [record(f"s{i}", f"suite / full / seed {i}", seed=i, variant="full") for i in range(2)]
     assert list(group_runs(suite)) == ["full (2 seeds)"]
+    # two repeats of seed 0 are two runs, not "2 seeds"
+    assert list(group_runs([record("x", "KD", seed=0), record("y", "KD", seed=0)])) == [
+        "KD (2 runs)"
+    ]
 
 
 # ---------------------------------------------------------------------- layer comparison
@@ -240,6 +246,75 @@ def test_cka_difference_is_centred_at_zero():
     other = probe(2) | {"student_layers": ["conv1", "fc"], "cka": np.zeros((2, 4))}
     with pytest.raises(ValueError, match="same student layers"):
         cka_difference(a, other)
+
+
+def test_cka_difference_has_a_fixed_symmetric_range_stated_in_the_title():
+    a = probe(0)
+    tiny = a | {"cka": a["cka"] + 0.0005}
+    fig = cka_difference(tiny, a, label="hybrid", baseline_label="KD only")
+    (heatmap,) = traces(fig, go.Heatmap)
+    # a 0.0005 difference sits at the pale centre of a +-0.2 scale, not at its ends
+    assert (heatmap.zmin, heatmap.zmax) == (-0.2, 0.2)
+    assert "±0.20" in fig.layout.title.text
+    big = a | {"cka": a["cka"] + 0.31}
+    (wide,) = traces(cka_difference(big, a), go.Heatmap)
+    assert (wide.zmin, wide.zmax) == (-0.4, 0.4)  # widened to the next 0.1, still symmetric
+    assert difference_range(np.array([[-0.25, 0.1], [np.nan, 0.0]])) == 0.3
+    assert difference_range(np.array([0.2])) == 0.2
+
+
+def test_cka_grid_of_20_runs_has_titles_that_fit_and_one_colour_bar():
+    names = [f"at · bs {16 * i} · {i} ep · T {i / 2:g} · lr 0.00{i}" for i in range(20)]
+    fig = cka_heatmaps({n: probe(i % 3) for i, n in enumerate(names)}, per_row=4)
+    titles = [a.text for a in fig.layout.annotations]
+    assert len(titles) == 20 and all(len(t) <= int(1100 / 4 / 7) for t in titles)
+    assert titles[0] == fit_text(names[0], int(1100 / 4 / 7))
+    assert {t.coloraxis for t in traces(fig, go.Heatmap)} == {"coloraxis"}
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.0, 1.0)
+    # the hover names the run in full
+    assert all(n in t.hovertemplate for n, t in zip(names, traces(fig, go.Heatmap), strict=True))
+    assert fit_text("abcdef", 4) == "abc…" and fit_text("abc", 4) == "abc"
+
+
+def test_smoothing_is_a_debiased_exponential_moving_average():
+    y = [1.0, 3.0, 2.0, 5.0]
+    w = 0.6
+    expected, m = [], 0.0
+    for t, v in enumerate(y, start=1):  # TensorBoard's formula, written out
+        m = w * m + (1 - w) * v
+        expected.append(m / (1 - w**t))
+    np.testing.assert_allclose(smooth(y, w), expected)
+    assert smooth(y, 0.0).tolist() == y
+    assert smooth(y, w)[0] == 1.0  # debiased: the first point is not pulled towards 0
+    with pytest.raises(PlotDataError):
+        smooth(y, 1.0)
+    fig = curve_figure({"run": list(enumerate(y))}, smoothing=w)
+    np.testing.assert_allclose(fig.data[0].y, expected)
+
+
+def test_accuracy_is_drawn_in_percent_on_whole_epochs():
+    fig = accuracy_curves({"run": [{"epoch": 1, "val_acc": 0.97, "time": 3.0}]})
+    assert fig.layout.yaxis.tickformat == ".0%" and tuple(fig.layout.yaxis.range) == (0.0, 1.0)
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == "d"
+    assert fig.layout.yaxis.title.text == "val acc"
+    by_time = accuracy_curves({"run": [{"epoch": 1, "val_acc": 0.97, "time": 3.0}]}, x="time")
+    assert list(by_time.data[0].x) == [3.0] and by_time.layout.xaxis.title.text == "time (s)"
+    with pytest.raises(PlotDataError):
+        accuracy_curves({"run": []}, x="step")
+
+
+def test_loss_curves_by_step_epoch_or_time_and_on_a_log_scale():
+    rows = [
+        {"step": 1, "epoch": 1, "time": 0.5, "total": 4.0},
+        {"step": 2, "epoch": 1, "time": 1.0, "total": 2.0},
+        {"step": 3, "epoch": 2, "time": 1.5, "total": 1.0},
+    ]
+    assert list(loss_curves({"r": rows}, x="time").data[0].x) == [0.5, 1.0, 1.5]
+    by_epoch = loss_curves({"r": rows}, x="epoch").data[0]
+    assert list(by_epoch.x) == [1, 2] and list(by_epoch.y) == [3.0, 1.0]  # epoch means
+    assert loss_curves({"r": rows}, log_y=True).layout.yaxis.type == "log"
+    with pytest.raises(PlotDataError):
+        loss_curves({"r": rows}, x="wall")
 
 
 def test_gram_heatmaps_mark_class_boundaries():
@@ -288,7 +363,7 @@ def test_parallel_coordinates():
         "feature weight": [0.2, 0.0],
         "relation weight": [0.2, 0.0],
         "temperature": [2.0, 4.0],
-        "val accuracy": [0.8, 0.9],
+        "val acc": [0.8, 0.9],
     }
     assert list(par.line.color) == [0.8, 0.9]
     assert [tuple(d.range) for d in par.dimensions[:4]] == [(0.0, 1.0)] * 4
@@ -335,35 +410,7 @@ def test_config_diff_keeps_only_differing_fields():
     ]
     diff = config_diff(records)
     assert list(diff.index) == ["weights.label", "temperature", "seed"]
-    assert list(diff.columns) == ["hybrid (r1)", "hybrid (r2)", "scratch"]
+    assert list(diff.columns) == ["hybrid · T 4 · seed 0", "hybrid · T 2 · seed 1", "scratch"]
     assert diff.loc["weights.label"].tolist() == [0.3, 0.3, 1.0]
     assert diff.loc["temperature"].tolist() == [4.0, 2.0, 4.0]
     assert config_diff(records[:1]).empty
-
-
-def test_run_table():
-    records = [record("r1", "hybrid"), record("r2", "running", acc=None, status="running")]
-    table = run_table(records)
-    assert list(table.columns) == [
-        "id",
-        "name",
-        "status",
-        "dataset",
-        "teacher",
-        "student",
-        "weights",
-        "temperature",
-        "seed",
-        "val_acc",
-        "teacher_acc",
-        "agreement",
-        "seconds",
-        "tags",
-        "created",
-    ]
-    first = table.iloc[0]
-    assert first["weights"] == "label=0.3,response=0.3,feature=0.2,relation=0.2"
-    assert (first["val_acc"], first["teacher_acc"], first["tags"]) == (0.9, 0.95, "sweep, t4")
-    assert pd.isna(table.iloc[1]["val_acc"])
-    assert pd.api.types.is_datetime64_any_dtype(table["created"])
-    assert run_table([]).empty

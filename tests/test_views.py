@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 
 import pytest
 
 from workbench.config import LossWeights, RunConfig
 from workbench.views import (
+    RUN_COLUMNS,
     format_duration,
     format_percent,
     history_csv,
     inspect_pair,
+    latest_accuracy,
     progress_fraction,
     progress_text,
-    run_label,
-    run_row,
+    run_table,
     teacher_choices,
 )
 
@@ -83,30 +85,57 @@ def test_progress_of_a_running_run():
     assert progress_text(record(status="failed")) == "failed"
 
 
-def test_run_row_summarises_a_record():
+def test_run_table_summarises_a_record():
     r = record(
         status="completed",
         name="baseline",
         tags=["a", "b"],
         seconds=65.0,
-        metrics={"val_acc": 0.9},
+        metrics={"val_acc": 0.9, "teacher_acc": 0.95},
         teacher_source="cache",
     )
-    row = run_row(r)
+    row = run_table([r]).iloc[0]
     assert row["name"] == "baseline" and row["tags"] == "a, b" and row["val_acc"] == 0.9
     assert row["duration"] == "1 min 05 s" and row["eta"] == "" and row["progress"] == 1.0
-    assert row["config"] == STUDENT.summary() and row["teacher"] == "cache"
-    assert run_label(r) == "baseline · r1"
-    assert run_label(record(TEACHER)) == "teacher · r1"
+    assert row["config"] == STUDENT.summary() and row["teacher_source"] == "cache"
+    assert (row["teacher_acc"], row["dataset"], row["student"]) == (0.95, "digits", "mlp")
+    assert row["weights"] == ",".join(
+        f"{c}={w:g}" for c, w in STUDENT.weights.as_dict().items() if w > 0
+    )
 
 
-def test_run_row_of_a_running_run_counts_its_time_so_far():
-    row = run_row(record(status="running", started_at=time.time() - 5))
+def test_run_table_columns_and_empty_table():
+    assert list(run_table([]).columns) == RUN_COLUMNS
+    assert run_table([]).empty
+
+
+def test_running_and_cancelled_runs_show_their_last_epoch_accuracy():
+    epochs = {
+        "r1": [{"epoch": 1, "val_acc": 0.62}, {"epoch": 2, "val_acc": 0.97}],
+        "r2": [{"epoch": 1, "val_acc": 0.5}],
+        "r3": [],
+    }
+    runs = [
+        record(status="running", id="r1"),
+        record(status="cancelled", id="r2"),
+        record(status="queued", id="r3"),
+        record(status="completed", id="r4", metrics={"val_acc": 0.8}),
+    ]
+    table = run_table(runs, epochs=lambda run_id: epochs.get(run_id, [{"val_acc": 0.1}]))
+    assert table["val_acc"].tolist()[:2] == [0.97, 0.5]
+    assert math.isnan(table["val_acc"].tolist()[2])
+    assert table["val_acc"].tolist()[3] == 0.8  # the final one, not the epoch rows'
+    assert latest_accuracy(runs[0]) is None  # without the epoch rows nothing to show
+    assert latest_accuracy(runs[0], epochs["r1"]) == 0.97
+
+
+def test_run_table_of_a_running_run_counts_its_time_so_far():
+    row = run_table([record(status="running", started_at=time.time() - 5)]).iloc[0]
     assert row["duration"] in ("5 s", "6 s")
 
 
-def test_run_row_survives_a_config_from_another_version():
-    row = run_row(record() | {"config": {"bogus": 1}})
+def test_run_table_survives_a_config_from_another_version():
+    row = run_table([record() | {"config": {"bogus": 1}}]).iloc[0]
     assert "no longer valid" in row["config"]
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``python -m workbench run|ablate|runs|show|download``, the same engine as the app."""
+"""Command line: ``python -m workbench run|ablate|runs|show|store|download``, the same engine as
+the app."""
 
 from __future__ import annotations
 
@@ -244,7 +245,24 @@ def cmd_show(args: argparse.Namespace) -> int:
         _print_record(record)
         for row in store.epochs(args.run_id):
             print(f"  epoch {row['epoch']}: val_acc {row['val_acc']:.4f}")
+        if store.probe_state(args.run_id) == "missing":
+            print(
+                "  probe: missing (it was saved, but its file is gone; "
+                "`python -m workbench store check` lists the damage)"
+            )
     return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from workbench.store_repair import check_store, repair_store
+
+    if args.action == "check":
+        report = check_store()
+        print("\n".join(report.lines()))
+        return 0 if report.ok else 1
+    report = repair_store()
+    print("\n".join(report.lines()))
+    return 0 if report.after.ok else 1
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -298,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_show.add_argument("run_id")
     p_show.add_argument("--json", action="store_true")
     p_show.set_defaults(func=cmd_show)
+    p_store = sub.add_parser(
+        "store",
+        help="check the run store for damage, or repair it (rebuild the run index from the "
+        "run manifests; stop the app and workers first)",
+    )
+    p_store.add_argument("action", choices=["check", "repair"])
+    p_store.set_defaults(func=cmd_store)
     p_dl = sub.add_parser(
         "download", help="download a torchvision dataset into the store (needs internet)"
     )

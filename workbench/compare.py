@@ -10,15 +10,18 @@ samples (``workbench.probe``).
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from workbench import plots
+from workbench.naming import ACCURACY_METRIC, field_text, flat_config, group_fields, short_names
+from workbench.views import run_table
 
 __all__ = [
     "FILTERS",
@@ -36,7 +39,8 @@ __all__ = [
     "parcoords_records",
     "per_class_table",
     "probe_units",
-    "run_labels",
+    "colours",
+    "group_choices",
     "same_layers",
     "selection_options",
     "selection_table",
@@ -111,34 +115,47 @@ def data_version(record: Record) -> tuple[Any, ...]:
 
 
 # ---------------------------------------------------------------------- units
-def run_labels(records: Iterable[Record]) -> dict[str, str]:
-    """``{run id: short unique label}``: the run's name (or role); ``"name (seed 1)"`` when
-    names repeat, ``"name (run id)"`` when name and seed repeat."""
-    records = list(records)
-    names = [r.get("name") or r.get("role") or "run" for r in records]
-    seeds = [(r.get("config") or {}).get("seed") for r in records]
-    seeded = [f"{name} (seed {seed})" for name, seed in zip(names, seeds, strict=True)]
-    labels: dict[str, str] = {}
-    for record, name, with_seed in zip(records, names, seeded, strict=True):
-        if names.count(name) == 1:
-            label = name
-        elif seeded.count(with_seed) == 1:
-            label = with_seed
-        else:
-            label = f"{name} ({record['id']})"
-        if label in labels.values():  # a name that looks like another's label
-            label = f"{label} [{record['id']}]"
-        labels[record["id"]] = label
-    return labels
+NO_GROUP = "none"
+SEED_GROUP = "seeds of one config"
 
 
-def units(records: Iterable[Record], *, grouped: bool) -> dict[str, list[Record]]:
-    """``{label: member records}``: seed groups (``plots.group_runs``) or one run per label."""
+def group_choices(records: Iterable[Record]) -> list[str]:
+    """What the curves can be grouped (or coloured) by: nothing, the seeds of one config, or any
+    config field of these runs (``naming.group_fields``)."""
+    return [NO_GROUP, SEED_GROUP, *(f for f in group_fields(records) if f != "seed")]
+
+
+def units(records: Iterable[Record], *, group_by: str = SEED_GROUP) -> dict[str, list[Record]]:
+    """``{label: member records}``: one run per unit named by ``naming.short_names``
+    (``NO_GROUP``), the seeds of one config (``SEED_GROUP``, ``plots.group_runs``), or the runs
+    that share a value of the config field ``group_by`` (``"feature_kind at (3 runs)"``)."""
     records = list(records)
-    if grouped:
+    if group_by == SEED_GROUP:
         return plots.group_runs(records)
-    labels = run_labels(records)
-    return {labels[r["id"]]: [r] for r in records}
+    if group_by in ("", NO_GROUP, None):
+        names = short_names(records)
+        return {names[r["id"]]: [r] for r in records}
+    groups: dict[str, list[Record]] = {}
+    for record in records:
+        value = flat_config(record.get("config") or {}).get(group_by)
+        groups.setdefault(field_text(group_by, value), []).append(record)
+    return {
+        (f"{label} ({len(members)} runs)" if len(members) > 1 else label): members
+        for label, members in groups.items()
+    }
+
+
+def colours(unit_map: Mapping[str, Sequence[Record]], colour_by: str) -> dict[str, int] | None:
+    """``{unit label: palette index}``: units whose first run shares the value of the config field
+    ``colour_by`` share a colour (in order of first appearance); None to colour each unit."""
+    if colour_by in ("", NO_GROUP, SEED_GROUP, None):
+        return None
+    index: dict[str, int] = {}
+    out = {}
+    for label, members in unit_map.items():
+        value = json.dumps(flat_config(members[0].get("config") or {}).get(colour_by), default=str)
+        out[label] = index.setdefault(value, len(index))
+    return out
 
 
 def curve_runs(
@@ -299,23 +316,24 @@ def parcoords_records(records: Iterable[Record], *, grouped: bool) -> list[dict[
         r
         for r in records
         if r.get("role", "student") == "student"
-        and isinstance((r.get("metrics") or {}).get("val_acc"), (int, float))
-        and math.isfinite((r.get("metrics") or {}).get("val_acc"))
+        and isinstance((r.get("metrics") or {}).get(ACCURACY_METRIC), (int, float))
+        and math.isfinite((r.get("metrics") or {}).get(ACCURACY_METRIC))
     ]
     if not grouped:
         return [dict(r) for r in done]
     out = []
     for members in plots.group_runs(done).values():
-        acc = float(np.mean([m["metrics"]["val_acc"] for m in members]))
-        out.append({**members[0], "metrics": {**members[0]["metrics"], "val_acc": acc}})
+        acc = float(np.mean([m["metrics"][ACCURACY_METRIC] for m in members]))
+        out.append({**members[0], "metrics": {**members[0]["metrics"], ACCURACY_METRIC: acc}})
     return out
 
 
-def selection_table(records: Iterable[Record]) -> pd.DataFrame:
-    """``plots.run_table`` with the run's role and its seed group, for the Compare table."""
+def selection_table(
+    records: Iterable[Record], epochs: Callable[[str], Sequence[Mapping[str, Any]]] | None = None
+) -> pd.DataFrame:
+    """``views.run_table`` with each run's seed group, for the Compare table."""
     records = list(records)
-    table = plots.run_table(records)
-    table.insert(2, "role", [r.get("role") for r in records])
+    table = run_table(records, epochs)
     group_of = {  # only groups of several seeds: a one-run "group" would just repeat its name
         m["id"]: label
         for label, members in plots.group_runs(records).items()

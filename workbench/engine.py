@@ -133,11 +133,14 @@ def ensure_teacher(
         return config.teacher_run
     teacher_cfg = config.teacher_config()
     fingerprint = teacher_cfg.fingerprint()
-    with store.lock(f"teacher:{fingerprint}"):
+    what = f"training teacher {config.teacher} on {config.dataset}"
+    with store.lock(f"teacher:{fingerprint}", description=f"a run {what}") as held:
         found = store.find_teacher(fingerprint)
         if found:
             return found
-        record = run(teacher_cfg, store, on_step=on_step, stop=stop)
+        teacher_id = store.create_run(teacher_cfg)
+        held.describe(f"run {teacher_id}, which is {what}")
+        record = run(teacher_cfg, store, on_step=on_step, stop=stop, run_id=teacher_id)
     if record["status"] == "cancelled":
         raise _Stopped
     if record["status"] != "completed":

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "DatasetUnavailableError",
     "IncompatibleModelsError",
+    "StoreError",
     "UnknownNameError",
     "WorkbenchError",
 ]
@@ -46,3 +47,8 @@ class IncompatibleModelsError(WorkbenchError):
 
 class CheckpointError(WorkbenchError):
     """A checkpoint is missing, unreadable or does not match the architecture."""
+
+
+class StoreError(WorkbenchError):
+    """The run store cannot be read or written: a full disk, a damaged or missing database, a
+    lost file. The message names the file and the command that repairs it."""

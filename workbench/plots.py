@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from plotly.subplots import make_subplots
 
 from workbench.config import COMPONENTS
 from workbench.errors import WorkbenchError
+from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, flat_config, short_names
 
 __all__ = [
     "PlotDataError",
@@ -44,7 +44,9 @@ __all__ = [
     "parallel_coordinates",
     "contribution_bars",
     "config_diff",
-    "run_table",
+    "smooth",
+    "difference_range",
+    "fit_text",
 ]
 
 Point = tuple[float, float]
@@ -104,6 +106,22 @@ def _tidy(series: Mapping[str, Sequence[Any]] | pd.DataFrame) -> pd.DataFrame:
     return frame[np.isfinite(frame["y"].astype(float))]
 
 
+def smooth(y: Sequence[float], weight: float) -> np.ndarray:
+    """Exponential moving average as in TensorBoard, debiased so the first points are not pulled
+    towards 0: ``m_t = w m_{t-1} + (1 - w) y_t``, shown as ``m_t / (1 - w^t)``; ``weight`` 0 is
+    no smoothing."""
+    y = np.asarray(y, dtype=float)
+    if not 0.0 <= weight < 1.0:
+        raise PlotDataError(f"smoothing must be in [0, 1), got {weight}")
+    if weight == 0.0 or y.size == 0:
+        return y
+    out, m = np.empty_like(y), 0.0
+    for t, value in enumerate(y, start=1):
+        m = weight * m + (1.0 - weight) * value
+        out[t - 1] = m / (1.0 - weight**t)
+    return out
+
+
 def curve_figure(
     series: Mapping[str, Sequence[Any]] | pd.DataFrame,
     *,
@@ -112,6 +130,9 @@ def curve_figure(
     y_title: str = "",
     band: bool = True,
     log_y: bool = False,
+    smoothing: float = 0.0,
+    colours: Mapping[str, int] | None = None,
+    percent: bool = False,
 ) -> go.Figure:
     """Overlaid curves, one per label; a label with several runs is drawn as mean +- std.
 
@@ -120,13 +141,20 @@ def curve_figure(
     optionally ``run`` (without it, rows sharing label and x are the group's runs). Runs of a
     group are aligned on equal x; the band is ``mean +- std`` at each x (std 0 where one run
     logged that x). Band traces are named ``"<label> +std"`` / ``"<label> -std"``.
+
+    ``smoothing`` applies ``smooth`` to the mean and the band; ``colours`` maps a label to a
+    palette index (labels that share a value of a "colour by" field share a colour); ``percent``
+    shows y as a percentage (accuracy: one unit everywhere) on a fixed 0..100 % axis. A click on
+    a legend entry hides or shows that curve (and its band); a double click isolates it.
     """
     frame = _tidy(series)
     fig = go.Figure()
+    number = ".1%" if percent else ".4f"
     for i, (label, curve) in enumerate(frame.groupby("label", sort=False)):
+        colour = (colours or {}).get(str(label), i)
         runs = curve["run"].nunique()
         agg = curve.groupby("x", sort=True)["y"].agg(["mean", "std", "count"])
-        x, mean = agg.index.to_numpy(), agg["mean"].to_numpy()
+        x, mean = agg.index.to_numpy(), smooth(agg["mean"].to_numpy(), smoothing)
         std = agg["std"].fillna(0.0).to_numpy()
         mode = "lines+markers" if len(x) <= 30 else "lines"
         if runs > 1 and band:
@@ -138,30 +166,38 @@ def curve_figure(
                     y=mean - std,
                     name=f"{label} -std",
                     fill="tonexty",
-                    fillcolor=_colour(i, 0.2),
+                    fillcolor=_colour(colour, 0.2),
                     **common,
                 )
             )
-        hover = "%{fullData.name}<br>x %{x}<br>y %{y:.4f}"
+        hover = f"%{{fullData.name}}<br>x %{{x}}<br>y %{{y:{number}}}"
         if runs > 1:
-            hover += " +- %{customdata[0]:.4f} (n=%{customdata[1]})"
+            hover += f" +- %{{customdata[0]:{number}}} (n=%{{customdata[1]}})"
         fig.add_trace(
             go.Scatter(
                 x=x,
                 y=mean,
                 name=str(label),
                 mode=mode,
-                line=dict(color=_colour(i)),
+                line=dict(color=_colour(colour)),
                 legendgroup=str(label),
                 customdata=np.stack([std, agg["count"].to_numpy()], axis=1),
                 hovertemplate=hover + "<extra></extra>",
             )
         )
+    labels = frame["label"].nunique()
+    # Few curves: a legend row above the plot. Many: a column on the right that scrolls, so the
+    # legend never takes more room than the plot.
+    legend = (
+        dict(orientation="h", yanchor="bottom", y=1.02, x=0)
+        if labels <= 4
+        else dict(orientation="v", yanchor="top", y=1.0, x=1.02, font=dict(size=11))
+    )
     fig.update_layout(
         xaxis_title=x_title,
         yaxis_title=y_title,
         hovermode="x unified",
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        legend=legend | dict(itemclick="toggle", itemdoubleclick="toggleothers"),
         margin=dict(t=60, b=40, l=50, r=20),
     )
     if title:
@@ -169,11 +205,14 @@ def curve_figure(
         # title there; with a title, the title keeps the top and the legend moves to the
         # figure's bottom edge (both push the margins, so neither overlaps the plot).
         fig.update_layout(
-            title=dict(text=title, yref="container", y=1.0, yanchor="top", pad=dict(t=10)),
-            legend=dict(yref="container", yanchor="bottom", y=0.0),
+            title=dict(text=title, yref="container", y=1.0, yanchor="top", pad=dict(t=10))
         )
+        if labels <= 4:
+            fig.update_layout(legend=dict(yref="container", yanchor="bottom", y=0.0))
+    if percent:
+        fig.update_yaxes(tickformat=".0%", range=[0.0, 1.0])
     if log_y:
-        fig.update_yaxes(type="log")
+        fig.update_yaxes(type="log", range=None)
     return fig
 
 
@@ -187,39 +226,80 @@ def _points(runs: Runs, x_key: str, y_key: str) -> dict[str, list[list[Point]]]:
     for label, rows in runs.items():
         group = list(rows) if _is_group(rows) else [rows]
         out[label] = [
-            [(row[x_key], row[y_key]) for row in run if _finite(row.get(y_key))] for run in group
+            [
+                (row[x_key], row[y_key])
+                for row in run
+                if _finite(row.get(y_key)) and row.get(x_key) is not None
+            ]
+            for run in group
         ]
     return out
 
 
-def accuracy_curves(runs: Runs, metric: str = "val_acc", *, band: bool = True) -> go.Figure:
-    """Validation accuracy (or ``agreement``, ``train_loss``) per epoch from epoch rows.
+X_AXES = {"step": "step", "epoch": "epoch", "time": "time (s)"}
+
+
+def accuracy_curves(
+    runs: Runs,
+    metric: str = ACCURACY_METRIC,
+    *,
+    band: bool = True,
+    x: str = "epoch",
+    smoothing: float = 0.0,
+    colours: Mapping[str, int] | None = None,
+) -> go.Figure:
+    """Accuracy (or ``agreement``, ``train_loss``) per epoch (or ``x="time"``) from epoch rows.
 
     ``runs`` maps a label to one run's epoch rows or to a list of several runs' epoch rows.
+    Accuracies are drawn in percent on a 0..100 % axis; epochs are whole numbers.
     """
-    titles = {"val_acc": "validation accuracy", "agreement": "teacher-student agreement"}
-    return curve_figure(
-        _points(runs, "epoch", metric),
-        x_title="epoch",
+    if x not in ("epoch", "time"):
+        raise PlotDataError(f"epoch rows are drawn by epoch or time, not {x!r}")
+    titles = {ACCURACY_METRIC: ACCURACY_LABEL, "agreement": "teacher-student agreement"}
+    fig = curve_figure(
+        _points(runs, x, metric),
+        x_title=X_AXES[x],
         y_title=titles.get(metric, metric.replace("_", " ")),
         band=band,
+        smoothing=smoothing,
+        colours=colours,
+        percent=metric in (ACCURACY_METRIC, "agreement") or metric.endswith("_acc"),
     )
+    if x == "epoch":
+        fig.update_xaxes(tickformat="d", dtick=1 if _max_x(fig) <= 20 else None, rangemode="tozero")
+    return fig
+
+
+def _max_x(fig: go.Figure) -> float:
+    return max((max(t.x) for t in fig.data if t.x is not None and len(t.x)), default=0)
 
 
 def loss_curves(
-    runs: Runs, component: str = "total", *, x: str = "step", band: bool = True, log_y: bool = False
+    runs: Runs,
+    component: str = "total",
+    *,
+    x: str = "step",
+    band: bool = True,
+    log_y: bool = False,
+    smoothing: float = 0.0,
+    colours: Mapping[str, int] | None = None,
 ) -> go.Figure:
-    """One (unweighted) loss term per logged step from history rows, one curve per label."""
+    """One (unweighted) loss term per logged step from history rows, one curve per label; ``x``
+    is ``step``, ``time`` or ``epoch`` (then the mean of the epoch's logged steps)."""
     if component not in (*COMPONENTS, "total"):
         raise PlotDataError(
             f"unknown loss component {component!r}; choose one of {', '.join((*COMPONENTS, 'total'))}"
         )
+    if x not in X_AXES:
+        raise PlotDataError(f"x must be one of {', '.join(X_AXES)}, not {x!r}")
     return curve_figure(
         _points(runs, x, component),
-        x_title=x,
+        x_title=X_AXES[x],
         y_title=f"{component} loss",
         band=band,
         log_y=log_y,
+        smoothing=smoothing,
+        colours=colours,
     )
 
 
@@ -246,20 +326,6 @@ def weight_curves(
 
 
 # ---------------------------------------------------------------------- grouping runs
-def _config_summary(config: Mapping[str, Any]) -> str:
-    """``RunConfig.summary()`` from a config dict (without building and validating a config)."""
-    if config.get("role") == "teacher":
-        return (
-            f"teacher {config.get('teacher')} on {config.get('dataset')}, {config.get('epochs')} ep"
-        )
-    weights = config.get("weights") or {}
-    w = " ".join(f"{k[:3]} {v:g}" for k, v in weights.items() if v and v > 0)
-    return (
-        f"{config.get('teacher')} -> {config.get('student')} on {config.get('dataset')}: {w}, "
-        f"T={config.get('temperature', 0):g}"
-    )
-
-
 def _seedless_fingerprint(config: Mapping[str, Any]) -> str:
     data = {k: v for k, v in config.items() if k not in _NOT_GROUPED}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -269,28 +335,33 @@ def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[s
     """Group runs whose configs differ only by seed: ``{readable label: [records]}``.
 
     The key is a hash of the config without ``seed`` (nor ``device``, ``log_every``); the label
-    is the suite variant, the run name, or the config summary, plus ``" (n seeds)"`` for a
-    group of several runs. Groups keep the order in which they first appear.
+    is the suite variant, the name the group's runs share, or the short name
+    (``naming.short_names``) of the group among the groups shown, plus ``" (n seeds)"`` for a
+    group of n runs with n different seeds (``" (n runs)"`` when seeds repeat). Groups keep the
+    order in which they first appear.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
         groups.setdefault(_seedless_fingerprint(record.get("config", {})), []).append(record)
-    labelled: dict[str, list[Mapping[str, Any]]] = {}
+    # a group is named like a run among the other groups, by what differs apart from the seed
+    stand_ins = []
     for fingerprint, members in groups.items():
-        variants = {m.get("variant") for m in members}
+        config = {k: v for k, v in (members[0].get("config") or {}).items() if k != "seed"}
         names = {m.get("name") for m in members}
-        if len(variants) == 1 and None not in variants and "" not in variants:
-            base = str(variants.pop())
-        elif len(members) == 1 and members[0].get("name"):
-            base = str(members[0]["name"])
-        elif len(names) == 1 and None not in names and "" not in names:
-            base = str(names.pop())
+        variants = {m.get("variant") for m in members}
+        if len(variants) == 1 and not {None, ""} & variants:
+            name = str(next(iter(variants)))
+        elif len(names) == 1 and not {None, ""} & names:
+            name = str(next(iter(names)))
         else:
-            base = _config_summary(members[0].get("config", {}))
-        label = f"{base} ({len(members)} seeds)" if len(members) > 1 else base
-        if label in labelled:  # two configs with the same name: tell them apart
-            label = f"{label} [{fingerprint[:6]}]"
-        labelled[label] = members
+            name = ""
+        stand_ins.append({**members[0], "id": fingerprint[:6], "name": name, "config": config})
+    names = short_names(stand_ins)
+    labelled: dict[str, list[Mapping[str, Any]]] = {}
+    for stand_in, members in zip(stand_ins, groups.values(), strict=True):
+        seeds = {(m.get("config") or {}).get("seed") for m in members}
+        count = f"{len(members)} seeds" if len(seeds) == len(members) else f"{len(members)} runs"
+        labelled[names[stand_in["id"]] + (f" ({count})" if len(members) > 1 else "")] = members
     return labelled
 
 
@@ -354,18 +425,23 @@ def cka_heatmaps(
     row_px = max(220, 26 * layers)  # the heatmap itself
     gap_px = 150  # rotated teacher-layer ticks, the axis title, the next row's subplot titles
     height = max(380, 160 + 26 * layers) + (grid_rows - 1) * (row_px + gap_px)
+    # A subplot title must fit its column (about 7 px a character at 12 px on a 1400 px page):
+    # longer names are cut with an ellipsis; the hover names the run in full.
+    fit = max(12, int(1100 / cols / 7))
     fig = make_subplots(
         rows=grid_rows,
         cols=cols,
-        subplot_titles=list(drawable),
+        subplot_titles=[fit_text(label, fit) for label in drawable],
         horizontal_spacing=min(0.12, 1.0 / (cols - 1) - 1e-3) if cols > 1 else 0.0,
         vertical_spacing=min(gap_px / (height - 200), 1.0 / (grid_rows - 1) - 1e-3)
         if grid_rows > 1
         else 0.0,
     )
-    for i, probe in enumerate(drawable.values()):
+    fig.update_annotations(font=dict(size=12))
+    for i, (label, probe) in enumerate(drawable.items()):
         row, col = i // cols + 1, i % cols + 1
         teacher, student = list(probe["teacher_layers"]), list(probe["student_layers"])
+        name = str(label).replace("%", "%%")
         fig.add_trace(
             go.Heatmap(
                 z=_cka(probe),
@@ -374,7 +450,9 @@ def cka_heatmaps(
                 zmin=zmin,
                 zmax=zmax,
                 coloraxis="coloraxis",
-                hovertemplate="student %{y}<br>teacher %{x}<br>CKA %{z:.3f}<extra></extra>",
+                name=str(label),
+                hovertemplate=f"{name}<br>student %{{y}}<br>teacher %{{x}}<br>CKA %{{z:.3f}}"
+                "<extra></extra>",
             ),
             row=row,
             col=col,
@@ -399,7 +477,9 @@ def cka_difference(
     label: str = "run",
     baseline_label: str = "baseline",
 ) -> go.Figure:
-    """Heatmap of ``CKA(run) - CKA(baseline)`` on a diverging scale centred at 0 (``zmid=0``).
+    """Heatmap of ``CKA(run) - CKA(baseline)`` on a diverging scale centred at 0 with a fixed,
+    symmetric range (``difference_range``: +-0.2 unless a cell is larger), stated in the title,
+    so a tiny difference looks tiny.
 
     Positive (red) cells: this run's student layer resembles that teacher layer more than the
     baseline's does. Needs the same student and teacher layer lists in both probes.
@@ -416,15 +496,19 @@ def cka_difference(
                 f"{list(baseline_probe[side])}; compare runs of the same teacher and student"
             )
     teacher, student = list(probe["teacher_layers"]), list(probe["student_layers"])
+    delta = a - b
+    limit = difference_range(delta)
     fig = make_subplots(rows=1, cols=1)
     fig.add_trace(
         go.Heatmap(
-            z=a - b,
+            z=delta,
             x=teacher,
             y=student,
+            zmin=-limit,
+            zmax=limit,
             zmid=0.0,
             colorscale="RdBu_r",
-            colorbar=dict(title="delta CKA"),
+            colorbar=dict(title="delta CKA", tickformat="+.2f"),
             hovertemplate="student %{y}<br>teacher %{x}<br>delta %{z:+.3f}<extra></extra>",
         ),
         row=1,
@@ -432,11 +516,30 @@ def cka_difference(
     )
     _layer_axes(fig, 1, teacher, student)
     fig.update_layout(
-        title=f"CKA({label}) - CKA({baseline_label})",
+        title=f"CKA({fit_text(label, 40)}) - CKA({fit_text(baseline_label, 40)}); "
+        f"colour range fixed at ±{limit:.2f}",
         height=max(380, 160 + 26 * len(student)),
         margin=dict(t=60, b=120),
     )
     return fig
+
+
+DIFFERENCE_RANGE = 0.2  # a CKA difference this large is a strong effect (full colour)
+
+
+def difference_range(delta: np.ndarray, base: float = DIFFERENCE_RANGE) -> float:
+    """The half-range of the symmetric colour scale of a difference heatmap: ``base`` (so a
+    0.0005 difference stays pale), widened to the next 0.1 when a cell goes beyond it."""
+    finite = np.abs(np.asarray(delta, dtype=float))
+    finite = finite[np.isfinite(finite)]
+    peak = float(finite.max()) if finite.size else 0.0
+    return base if peak <= base else math.ceil(peak * 10 - 1e-9) / 10
+
+
+def fit_text(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis (titles that fit their column)."""
+    text = str(text)
+    return text if len(text) <= width else text[: max(1, width - 1)].rstrip() + "…"
 
 
 def gram_heatmaps(probe: Mapping[str, Any], pair_index: int = 0) -> go.Figure:
@@ -549,27 +652,43 @@ def parallel_coordinates(records: Iterable[Mapping[str, Any]]) -> go.Figure:
 
     Lines are coloured by validation accuracy; runs without one (not finished) are left out.
     """
-    done = [r for r in records if _finite(_metric(r, "val_acc"))]
+    done = [r for r in records if _finite(_metric(r, ACCURACY_METRIC))]
     if not done:
-        raise PlotDataError("no run with a validation accuracy yet: wait for runs to finish")
-    acc = [float(_metric(r, "val_acc")) for r in done]
+        raise PlotDataError(f"no run with a final {ACCURACY_LABEL} yet: wait for runs to finish")
+    acc = [float(_metric(r, ACCURACY_METRIC)) for r in done]
     dims = []
     for c in COMPONENTS:
         values = [_weights(r)[c] for r in done]
         # a common 0..1 scale (wider if needed), so equal heights mean equal weights
-        dims.append(dict(label=f"{c} weight", values=values, range=[0.0, max(1.0, *values)]))
-    dims.append(dict(label="temperature", values=[r["config"].get("temperature") for r in done]))
-    dims.append(dict(label="val accuracy", values=acc))
+        dims.append(
+            dict(
+                label=f"{c} weight",
+                values=values,
+                range=[0.0, max(1.0, *values)],
+                tickformat=".2~f",
+            )
+        )
+    dims.append(
+        dict(
+            label="temperature",
+            values=[r["config"].get("temperature") for r in done],
+            tickformat=".3~g",
+        )
+    )
+    dims.append(dict(label=ACCURACY_LABEL, values=acc, tickformat=".1%"))
     fig = go.Figure(
         go.Parcoords(
             line=dict(
-                color=acc, colorscale="Viridis", showscale=True, colorbar=dict(title="val acc")
+                color=acc,
+                colorscale="Viridis",
+                showscale=True,
+                colorbar=dict(title=ACCURACY_LABEL, tickformat=".0%"),
             ),
             dimensions=dims,
         )
     )
     fig.update_layout(
-        title="loss weights and temperature vs validation accuracy", margin=dict(l=60, r=60)
+        title=f"loss weights and temperature vs {ACCURACY_LABEL}", margin=dict(l=60, r=60)
     )
     return fig
 
@@ -609,7 +728,7 @@ def contribution_bars(contrib: pd.DataFrame, *, title: str = "") -> go.Figure:
             customdata=list(
                 zip(np.full(n, math.nan) if half is None else half, notes, strict=True)
             ),
-            hovertemplate="%{x}: %{y:+.4f} +- %{customdata[0]:.4f}<br>%{customdata[1]}<extra></extra>",
+            hovertemplate="%{x}: %{y:+.2%} +- %{customdata[0]:.2%}<br>%{customdata[1]}<extra></extra>",
         )
     )
     for i, component in enumerate(contrib["component"]):
@@ -621,8 +740,9 @@ def contribution_bars(contrib: pd.DataFrame, *, title: str = "") -> go.Figure:
         )
     fig.add_hline(y=0, line=dict(color="black", width=1))
     fig.update_layout(
-        title=title or "contribution to validation accuracy (full - without component)",
-        yaxis_title="accuracy difference",
+        title=title or f"contribution to {ACCURACY_LABEL} (full - without component)",
+        yaxis_title=f"{ACCURACY_LABEL} difference",
+        yaxis_tickformat="+.1%",
         xaxis_title="component",
         showlegend=False,
     )
@@ -630,82 +750,19 @@ def contribution_bars(contrib: pd.DataFrame, *, title: str = "") -> go.Figure:
 
 
 # ---------------------------------------------------------------------- tables
-def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        elif isinstance(value, (list, tuple)):
-            flat[key] = json.dumps(value)  # hashable and readable: [["conv2", "layer3"]]
-        else:
-            flat[key] = value
-    return flat
-
-
-def _run_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    names = [r.get("name") or r.get("id", "?") for r in records]
-    return [
-        f"{name} ({r.get('id', '?')})" if names.count(name) > 1 else name
-        for name, r in zip(names, records, strict=True)
-    ]
-
-
 def config_diff(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The config fields that differ between runs: one row per field, one column per run.
 
     Weights are flattened to ``weights.label`` etc.; a field missing from a record counts as
-    ``None``. Columns are run names (with the id when names repeat).
+    ``None``. Columns are the runs' short names (``naming.short_names``: a given name, with the
+    id when names repeat).
     """
     records = list(records)
-    flats = [_flat_config(r.get("config", {})) for r in records]
+    flats = [flat_config(r.get("config", {})) for r in records]
     fields = list(dict.fromkeys(k for f in flats for k in f))
     differing = [k for k in fields if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+    names = short_names(records)
     data = {
-        label: [f.get(k) for k in differing]
-        for label, f in zip(_run_labels(records), flats, strict=True)
+        names[r["id"]]: [f.get(k) for k in differing] for r, f in zip(records, flats, strict=True)
     }
-    frame = pd.DataFrame(data, index=pd.Index(differing, name="field"), dtype=object)
-    return frame
-
-
-RUN_COLUMNS = [
-    "id", "name", "status", "dataset", "teacher", "student", "weights", "temperature", "seed",
-    "val_acc", "teacher_acc", "agreement", "seconds", "tags", "created",
-]  # fmt: skip
-
-
-def run_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per run, for the runs list (metrics NaN until a run finishes).
-
-    ``weights`` lists the non-zero weights as ``label=0.3,response=0.7`` (what
-    ``config.parse_weights`` reads); ``created`` is local time.
-    """
-    rows = []
-    for r in records:
-        config = r.get("config", {})
-        weights = _weights(r)
-        created = r.get("created_at")
-        rows.append(
-            {
-                "id": r.get("id"),
-                "name": r.get("name"),
-                "status": r.get("status"),
-                "dataset": config.get("dataset"),
-                "teacher": config.get("teacher"),
-                "student": config.get("student"),
-                "weights": ",".join(f"{c}={w:g}" for c, w in weights.items() if w > 0),
-                "temperature": config.get("temperature"),
-                "seed": config.get("seed"),
-                "val_acc": _metric(r, "val_acc"),
-                "teacher_acc": _metric(r, "teacher_acc"),
-                "agreement": _metric(r, "agreement"),
-                "seconds": r.get("seconds"),
-                "tags": ", ".join(r.get("tags") or []),
-                "created": datetime.fromtimestamp(created) if created is not None else None,
-            }
-        )
-    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    for column in ("val_acc", "teacher_acc", "agreement", "seconds", "temperature"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    frame["created"] = pd.to_datetime(frame["created"])
-    return frame
+    return pd.DataFrame(data, index=pd.Index(differing, name="field"), dtype=object)

@@ -29,6 +29,7 @@ from torch import nn
 
 from workbench.analysis import cka_matrix, gram, pair_cosine
 from workbench.features import FeatureTaps
+from workbench.store import is_disk_full
 from workbench.teacher_cache import (
     _DTYPE,
     _build,
@@ -108,14 +109,19 @@ def teacher_probe_features(
         size = len(x) * _per_sample_bytes(teacher, paths, x)
         if size > limit:
             return _features(teacher, paths, x), "live: over the teacher cache limit"
-        with store.lock(f"teacher_outputs:{key}"):
-            outputs = _open(folder, len(x), len(paths))  # another run may have built it
-            if outputs is None:
-                meta = {"kind": "probe", "teacher_run": teacher_id, "split": "probe"}
-                meta.update(paths=paths, dtype=str(_DTYPE))
-                _build(folder, teacher, paths, x, store, limit, meta=meta)
-                how = "cache: built now"
-                outputs = _open(folder, len(x), len(paths))
+        try:
+            with store.lock(f"teacher_outputs:{key}", description="a run caching probe features"):
+                outputs = _open(folder, len(x), len(paths))  # another run may have built it
+                if outputs is None:
+                    meta = {"kind": "probe", "teacher_run": teacher_id, "split": "probe"}
+                    meta.update(paths=paths, dtype=str(_DTYPE))
+                    _build(folder, teacher, paths, x, store, limit, meta=meta)
+                    how = "cache: built now"
+                    outputs = _open(folder, len(x), len(paths))
+        except Exception as exc:
+            if not is_disk_full(exc, folder.parent):
+                raise
+            return _features(teacher, paths, x), "live: the disk holding the teacher cache is full"
         if outputs is None:  # evicted at once by a concurrent builder
             return _features(teacher, paths, x), "live: the cache entry was evicted"
     return list(outputs.features), how

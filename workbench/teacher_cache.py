@@ -17,7 +17,8 @@ tensor (shape and a digest of its values, so dataset, split, transform and norma
 hooked layer paths and the dtype. An entry is built once under ``store.lock`` into a temporary
 folder that is renamed into place, so concurrent runs (threads or processes) never see half of
 one. The entries together stay under ``KDWB_TEACHER_CACHE_BYTES`` (default 2 GiB); the least
-recently used ones are removed to make room.
+recently used ones are removed to make room. A full disk while an entry is built falls back
+to the live teacher, with a note that says so.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from torch import nn
 
 from workbench.errors import ConfigError
 from workbench.features import FeatureTaps
+from workbench.store import is_disk_full
 
 __all__ = [
     "CachedTeacher",
@@ -165,12 +167,27 @@ def teacher_source(
                 f"samples need {_mib(size)}, over the teacher cache limit of {_mib(limit)} "
                 f"(raise {LIMIT_ENV} to cache them)",
             )
-        with store.lock(f"teacher_outputs:{key}"):
-            outputs = _open(folder, n, len(paths))  # another run may have built it meanwhile
-            if outputs is None:
-                _build(folder, teacher, paths, train_x, store, limit, meta=_meta(config, paths))
-                built = True
-                outputs = _open(folder, n, len(paths))
+        try:
+            with store.lock(
+                f"teacher_outputs:{key}",
+                description=f"a run building the teacher-output cache of {config.teacher} "
+                f"({n:,} samples, {_mib(size)})",
+            ):
+                outputs = _open(folder, n, len(paths))  # another run may have built it meanwhile
+                if outputs is None:
+                    _build(folder, teacher, paths, train_x, store, limit, meta=_meta(config, paths))
+                    built = True
+                    outputs = _open(folder, n, len(paths))
+        except Exception as exc:
+            if not is_disk_full(exc, folder.parent):
+                raise
+            return LiveTeacher(
+                teacher,
+                paths,
+                note=f"teacher run live on every batch: the disk holding the teacher cache "
+                f"({folder.parent}) is full, so its outputs ({_mib(size)}) could not be cached; "
+                "free space there to cache them",
+            )
         if outputs is None:  # evicted between the build and now by a concurrent builder
             return LiveTeacher(
                 teacher,
@@ -230,7 +247,11 @@ def teacher_predictions(
         teacher.train(was_training)
     pred = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
     if key is not None:
-        store.set(key, pred)
+        try:
+            store.set(key, pred)
+        except Exception as exc:  # only a cache: a full disk costs a recomputation next time
+            if not is_disk_full(exc, Path(store.home)):
+                raise
     return pred
 
 
@@ -331,7 +352,8 @@ def _build(
     tmp = root / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        torch.save(outputs, tmp / _OUTPUTS)
+        with open(tmp / _OUTPUTS, "wb") as f:  # a file object: a full disk is an OSError
+            torch.save(outputs, f)
         meta = {
             **meta,
             "format": FORMAT,
@@ -342,7 +364,8 @@ def _build(
         }
         (tmp / _META).write_text(json.dumps(meta, indent=1))
         size = _entry_bytes(tmp)
-        with store.lock("teacher_outputs"):  # one evictor at a time, and the rename inside it
+        # one evictor at a time, and the rename inside it
+        with store.lock("teacher_outputs", description="a run making room in the teacher cache"):
             _make_room(root, size, limit, keep=folder.name)
             _remove(folder)  # a damaged leftover under the same key, if any
             os.rename(tmp, folder)

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+import pandas as pd
 
 from workbench.config import RunConfig
 from workbench.errors import WorkbenchError
+from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC
 
 __all__ = [
+    "RUN_COLUMNS",
     "ModelPair",
     "format_duration",
     "format_percent",
@@ -26,9 +32,8 @@ __all__ = [
     "layer_rows",
     "progress_fraction",
     "progress_text",
-    "run_label",
-    "run_row",
-    "runs_table",
+    "latest_accuracy",
+    "run_table",
     "teacher_choices",
 ]
 
@@ -74,12 +79,22 @@ def progress_text(record: Mapping[str, Any]) -> str:
     return f"{text}, ETA {eta}" if eta else text
 
 
-def run_label(record: Mapping[str, Any]) -> str:
-    """A stable, unique name for a run in selectboxes and legends: ``name · id`` (or the role).
+def latest_accuracy(
+    record: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | None = None
+) -> float | None:
+    """The run's accuracy (``naming.ACCURACY_METRIC``): the final one, else that of its last
+    finished epoch, so a running or cancelled run shows where it got to."""
+    value = (record.get("metrics") or {}).get(ACCURACY_METRIC)
+    if _finite(value):
+        return float(value)
+    for row in reversed(epochs or ()):
+        if _finite(row.get(ACCURACY_METRIC)):
+            return float(row[ACCURACY_METRIC])
+    return None
 
-    Status and accuracy stay out: a widget keeps the label it was first drawn with.
-    """
-    return f"{record.get('name') or record.get('role') or 'run'} · {record['id']}"
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _summary(config: Mapping[str, Any]) -> str:
@@ -89,32 +104,69 @@ def _summary(config: Mapping[str, Any]) -> str:
         return f"(config no longer valid: {exc})"
 
 
-def run_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One row of the runs table."""
-    metrics = record.get("metrics") or {}
-    status = record.get("status", "")
-    eta = (record.get("progress") or {}).get("eta_s") if status == "running" else None
-    seconds = record.get("seconds")
-    if seconds is None and status == "running" and record.get("started_at"):
-        seconds = time.time() - record["started_at"]
-    return {
-        "id": record["id"],
-        "name": record.get("name") or "",
-        "role": record.get("role", ""),
-        "status": status,
-        "progress": progress_fraction(record),
-        "eta": format_duration(eta),
-        "val_acc": metrics.get("val_acc"),
-        "duration": format_duration(seconds),
-        "config": _summary(record.get("config") or {}),
-        "teacher": record.get("teacher_source") or "",
-        "tags": ", ".join(record.get("tags") or []),
-        "error": record.get("error") or "",
-    }
+RUN_COLUMNS = [
+    "id", "name", "role", "status", "progress", "eta", ACCURACY_METRIC, "teacher_acc",
+    "agreement", "duration", "seconds", "dataset", "teacher", "student", "weights",
+    "temperature", "seed", "config", "teacher_source", "tags", "error", "created",
+]  # fmt: skip
 
 
-def runs_table(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [run_row(r) for r in records]
+def run_table(
+    records: Iterable[Mapping[str, Any]],
+    epochs: Callable[[str], Sequence[Mapping[str, Any]]] | None = None,
+) -> pd.DataFrame:
+    """One row per run, for the Runs and Compare tables (``RUN_COLUMNS``).
+
+    ``epochs(run_id)`` gives a run's epoch rows: runs without a final accuracy (running,
+    cancelled) then show their latest one. ``weights`` lists the non-zero weights as
+    ``label=0.3,response=0.7`` (what ``config.parse_weights`` reads); ``created`` is local time.
+    """
+    rows = []
+    for r in records:
+        config = r.get("config") or {}
+        metrics = r.get("metrics") or {}
+        status = r.get("status", "")
+        eta = (r.get("progress") or {}).get("eta_s") if status == "running" else None
+        seconds = r.get("seconds")
+        if seconds is None and status == "running" and r.get("started_at"):
+            seconds = time.time() - r["started_at"]
+        weights = config.get("weights") or {}
+        final = _finite(metrics.get(ACCURACY_METRIC))
+        created = r.get("created_at")
+        rows.append(
+            {
+                "id": r["id"],
+                "name": r.get("name") or "",
+                "role": r.get("role", ""),
+                "status": status,
+                "progress": progress_fraction(r),
+                "eta": format_duration(eta),
+                ACCURACY_METRIC: latest_accuracy(
+                    r, None if final or epochs is None else epochs(r["id"])
+                ),
+                "teacher_acc": metrics.get("teacher_acc"),
+                "agreement": metrics.get("agreement"),
+                "duration": format_duration(seconds),
+                "seconds": seconds,
+                "dataset": config.get("dataset"),
+                "teacher": config.get("teacher"),
+                "student": config.get("student"),
+                "weights": ",".join(f"{c}={w:g}" for c, w in weights.items() if w and w > 0),
+                "temperature": config.get("temperature"),
+                "seed": config.get("seed"),
+                "config": _summary(config),
+                "teacher_source": r.get("teacher_source") or "",
+                "tags": ", ".join(r.get("tags") or []),
+                "error": r.get("error") or "",
+                "created": datetime.fromtimestamp(created) if created is not None else None,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    numeric = (ACCURACY_METRIC, "teacher_acc", "agreement", "seconds", "temperature", "progress")
+    for column in numeric:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["created"] = pd.to_datetime(frame["created"])
+    return frame
 
 
 def teacher_choices(
@@ -131,8 +183,8 @@ def teacher_choices(
             and config.get("teacher") == teacher
             and (config.get("data_path") or "") == (data_path or "")
         ):
-            acc = (r.get("metrics") or {}).get("val_acc")
-            acc_text = f"val acc {format_percent(acc)}"
+            acc = (r.get("metrics") or {}).get(ACCURACY_METRIC)
+            acc_text = f"{ACCURACY_LABEL} {format_percent(acc)}"
             name = r.get("name") or f"{teacher}, {config.get('epochs', '?')} ep"
             choices[r["id"]] = f"{name} ({acc_text}, {r['id']})"
     return choices

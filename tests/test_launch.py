@@ -1,0 +1,148 @@
+"""workbench.launch: the Distill draft's checks, where each message goes, and the launch."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from workbench import launch
+from workbench.config import COMPONENTS, PRESETS, RunConfig
+from workbench.errors import CheckpointError, DatasetUnavailableError, IncompatibleModelsError
+
+
+def draft(**changes):
+    """A valid draft as the app's session holds it (small_cnn -> mlp on digits)."""
+    defaults = RunConfig(teacher="small_cnn", student="mlp")
+    values = {
+        "dataset": "digits",
+        "data_path": "",
+        "teacher": "small_cnn",
+        "student": "mlp",
+        "teacher_mode": launch.TEACHER_MODES[0],
+        "teacher_epochs": 1,
+        "teacher_run": "",
+        "layer_pairs": (),
+        "temperature": defaults.temperature,
+        "feature_kind": defaults.feature_kind,
+        "relation_kind": defaults.relation_kind,
+        "weighting": defaults.weighting,
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.001,
+        "seeds": "1",
+        "device": "auto",
+    }
+    values |= {f"w_{c}": v for c, v in next(iter(PRESETS.values())).as_dict().items()}
+    return values | changes
+
+
+def test_a_valid_draft_gives_one_config_per_seed():
+    configs, errors = launch.check_draft(draft(seeds="0, 4"))
+    assert errors == {}
+    assert [c.seed for c in configs] == [0, 4]
+    assert configs[0].temperature == 4.0 and configs[0].epochs == 2
+
+
+@pytest.mark.parametrize("temperature", [0, 0.0, -1.0])
+def test_an_invalid_temperature_is_an_error_not_a_default(temperature):
+    configs, errors = launch.check_draft(draft(temperature=temperature))
+    assert configs == []
+    assert set(errors) == {"temperature"} and "temperature must be > 0" in errors["temperature"]
+    routed = launch.route_errors(errors)
+    assert routed == {"weights": [errors["temperature"]]}  # next to the temperature field, once
+
+
+def test_every_invalid_field_is_reported_next_to_its_widget():
+    bad = draft(epochs=0, batch_size=0, lr=-1.0, seeds="x", w_label=-1.0)
+    _, errors = launch.check_draft(bad)
+    assert {"epochs", "batch_size", "lr", "seeds", "weights"} <= set(errors)
+    routed = launch.route_errors(errors)
+    assert len(routed["training"]) == 3 and routed["seeds"] == [errors["seeds"]]
+    assert routed["weights"] == [errors["weights"]]
+    placed = [m for messages in routed.values() for m in messages]
+    assert sorted(placed) == sorted(errors.values())  # each message exactly once
+
+
+def test_a_rejected_upload_blocks_launch_instead_of_training_a_teacher():
+    upload = launch.TEACHER_MODES[2]
+    _, errors = launch.check_draft(
+        draft(teacher_mode=upload, teacher_upload_error="not a state dict of small_cnn")
+    )
+    assert "rejected" in errors["teacher_run"] and "not a state dict" in errors["teacher_run"]
+    routed = launch.route_errors(errors)
+    assert routed["launch"][0].startswith("Change this on the Models page: ")
+    _, none_yet = launch.check_draft(draft(teacher_mode=upload))
+    assert "no teacher checkpoint uploaded" in none_yet["teacher_run"]
+    # an accepted upload (a teacher run) or training one now can be launched
+    assert launch.check_draft(draft(teacher_mode=upload, teacher_run="abc"))[1] == {}
+    assert launch.check_draft(draft(teacher_upload_error="old"))[1] == {}
+
+
+def test_a_half_filled_pair_row_blocks_launch():
+    _, errors = launch.check_draft(draft(layer_pairs_error="layer pair row 2 has no teacher"))
+    assert launch.route_errors(errors) == {"pairs": ["layer pair row 2 has no teacher"]}
+
+
+def test_preflight_routes_pair_problems_to_the_pairs_and_keeps_other_errors_whole():
+    config = RunConfig(teacher="small_cnn", student="mlp")
+
+    def incompatible(_):
+        raise IncompatibleModelsError("at needs conv layers on both sides")
+
+    def no_data(_):
+        raise DatasetUnavailableError("cifar10 is not on disk: run ...")
+
+    assert launch.preflight_errors(config, incompatible) == (
+        {"layer_pairs": "at needs conv layers on both sides"},
+        None,
+    )
+    errors, problem = launch.preflight_errors(config, no_data)
+    assert errors == {} and isinstance(problem, DatasetUnavailableError)
+    assert launch.preflight_errors(config, lambda c: {}) == ({}, None)
+
+
+def test_launch_runs_names_and_tags_each_run():
+    configs = [RunConfig(seed=s) for s in (0, 1)]
+    calls = []
+
+    def submit(config, *, name, tags):
+        calls.append((config.seed, name, tags))
+        return f"run{config.seed}"
+
+    ids = launch.launch_runs(configs, submit, name=" at sweep ", tags="kd, at, kd,")
+    assert ids == ["run0", "run1"]
+    assert calls == [
+        (0, "at sweep · seed 0", ["kd", "at"]),
+        (1, "at sweep · seed 1", ["kd", "at"]),
+    ]
+    assert launch.run_names("solo", [3]) == ["solo"] and launch.run_names("", [0, 1]) == ["", ""]
+
+
+def test_pairs_reset_only_when_the_models_change():
+    state = {}
+    assert launch.reset_pairs(state, ("a", "b", "digits", ""), [("s1", "t1")])
+    assert state["layer_pairs"] == (("s1", "t1"),)
+    state["layer_pairs"] = (("s2", "t2"),)  # edited by the user
+    assert not launch.reset_pairs(state, ("a", "b", "digits", ""), [("s1", "t1")])
+    assert state["layer_pairs"] == (("s2", "t2"),)
+    assert launch.reset_pairs(state, ("a", "c", "digits", ""), [])
+    assert state["layer_pairs"] == ()
+
+
+def test_the_upload_message_names_the_uploaded_file():
+    temp = os.path.join(tempfile.gettempdir(), "tmpab12cd.pt")
+    exc = CheckpointError(f"{temp} is not a state dict: save model.state_dict()")
+    assert launch.upload_message(exc, "teacher.pt") == (
+        "teacher.pt is not a state dict: save model.state_dict()"
+    )
+    bare = CheckpointError("tmpckj0fic8.pt is not a readable PyTorch state dict (IndexError)")
+    assert launch.upload_message(bare, "mine.pth").startswith("mine.pth is not a readable")
+
+
+def test_draft_key_changes_with_the_draft():
+    assert launch.draft_key(draft()) == launch.draft_key(draft())
+    assert launch.draft_key(draft()) != launch.draft_key(draft(temperature=2.0))
+    assert launch.draft_key(draft()) != launch.draft_key(draft(seeds="2"))
+    assert {f"w_{c}" for c in COMPONENTS} <= set(draft())

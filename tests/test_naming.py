@@ -1,0 +1,76 @@
+"""workbench.naming: one short name per run, from what tells the runs shown apart."""
+
+from __future__ import annotations
+
+from workbench import naming
+from workbench.config import LossWeights, RunConfig
+from workbench.naming import field_text, option_label, short_names
+
+
+def run(run_id, name="", **fields):
+    config = RunConfig(teacher="small_cnn", student="mlp", **fields)
+    return {"id": run_id, "name": name, "role": config.role, "config": config.to_dict()}
+
+
+def test_runs_are_named_by_the_fields_that_differ():
+    runs = [
+        run("a", feature_kind="at", batch_size=32, epochs=5),
+        run("b", feature_kind="cosine", batch_size=64, epochs=5),
+        run("c", feature_kind="at", batch_size=64, epochs=2),
+    ]
+    assert short_names(runs) == {
+        "a": "at · 5 ep · bs 32",
+        "b": "cosine · 5 ep · bs 64",
+        "c": "at · 2 ep · bs 64",
+    }
+
+
+def test_a_given_name_wins_and_repeats_are_told_apart():
+    runs = [run("a", "KD"), run("b", "KD", seed=1), run("c", "KD", seed=1), run("d")]
+    names = short_names(runs)
+    assert names["a"] == "KD · seed 0"
+    # b and c share name and seed: only the id tells them apart
+    assert (names["b"], names["c"]) == ("KD · seed 1 · b", "KD · seed 1 · c")
+    assert names["d"] == "seed 0"  # unnamed: what differs from the others
+    assert len(set(names.values())) == 4
+
+
+def test_one_run_alone_or_identical_configs():
+    assert short_names([run("a")]) == {"a": "student"}
+    assert short_names([run("a"), run("b")]) == {"a": "student · a", "b": "student · b"}
+    teacher = RunConfig(teacher="small_cnn").teacher_config()
+    rec = {"id": "t", "name": "", "role": "teacher", "config": teacher.to_dict()}
+    assert short_names([rec]) == {"t": "teacher"}
+
+
+def test_weights_and_pairs_are_written_briefly_and_at_most_five_fields():
+    runs = [
+        run("a", weights=LossWeights(1, 0, 0, 0), temperature=2.0, lr=0.01, epochs=3),
+        run("b", weights=LossWeights(0.5, 0.5, 0, 0), temperature=8.0, lr=0.1, epochs=4),
+    ]
+    names = short_names(runs)
+    assert names["a"] == "label 1 · resp 0 · T 2 · 3 ep · lr 0.01"
+    assert len(names["a"].split(" · ")) == naming.MAX_FIELDS
+    assert field_text("layer_pairs", '[["b1", "l2"]]') == "pairs b1>l2"
+    assert field_text("layer_pairs", "[]") == "pairs auto"
+    assert field_text("teacher_epochs", 3) == "teacher 3 ep"
+
+
+def test_device_and_log_interval_never_name_a_run():
+    names = short_names([run("a", device="cpu"), run("b", device="auto")])
+    assert names == {"a": "student · a", "b": "student · b"}
+
+
+def test_option_label_keeps_the_id():
+    assert option_label("at · 5 ep", "r1") == "at · 5 ep · r1"
+    assert option_label("KD · r1", "r1") == "KD · r1"
+
+
+def test_the_accuracy_label_comes_from_one_place():
+    assert (naming.ACCURACY_METRIC, naming.ACCURACY_LABEL) == ("val_acc", "val acc")
+    assert naming.accuracy_title("teacher") == "teacher val acc"
+
+
+def test_metric_labels_name_the_split():
+    assert naming.metric_label("val_acc") == "val acc"
+    assert naming.metric_label("test_acc") == "test acc"

@@ -1,0 +1,163 @@
+"""What a run is called on screen: one short name per run, made from what tells it apart.
+
+As in W&B and Aim, a run shown among others is named by the config fields whose values differ
+between the runs shown (``"at · bs 32 · 5 ep"``), or by the name a user gave it. Every legend,
+subplot title, table header and selector of the app takes its names from ``short_names``, so a
+run is called the same everywhere on a page.
+
+The accuracy the app shows is named here too (``ACCURACY_METRIC`` / ``ACCURACY_LABEL``): when the
+test split arrives, switching both to ``test_acc`` / ``"test acc"`` relabels every view.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "ACCURACY_LABEL",
+    "ACCURACY_METRIC",
+    "accuracy_title",
+    "field_text",
+    "flat_config",
+    "group_fields",
+    "metric_label",
+    "option_label",
+    "short_names",
+]
+
+ACCURACY_METRIC = "val_acc"  # the metric every accuracy on screen shows
+ACCURACY_LABEL = "val acc"  # ... and what it is called ("test acc" once data.py has a test split)
+
+# Fields that never tell runs apart on screen (where a run ran, how often it logged).
+_HIDDEN = ("device", "log_every", "data_path")
+# How a field's value is written in a short name; ``{}`` is the value. Fields not listed are
+# written ``field value``.
+_FORMATS = {
+    "role": "{}",
+    "dataset": "{}",
+    "teacher": "{} teacher",
+    "student": "{}",
+    "teacher_run": "teacher run {}",
+    "teacher_epochs": "teacher {} ep",
+    "feature_kind": "{}",
+    "relation_kind": "{}",
+    "weighting": "{}",
+    "temperature": "T {}",
+    "epochs": "{} ep",
+    "batch_size": "bs {}",
+    "lr": "lr {}",
+    "seed": "seed {}",
+    "weights.label": "label {}",
+    "weights.response": "resp {}",
+    "weights.feature": "feat {}",
+    "weights.relation": "rel {}",
+}
+
+
+def metric_label(metric: str) -> str:
+    """How an accuracy metric is named on screen: ``val_acc`` -> ``"val acc"``, ``test_acc`` ->
+    ``"test acc"`` (every accuracy says its split)."""
+    return ACCURACY_LABEL if metric == ACCURACY_METRIC else metric.replace("_", " ")
+
+
+def accuracy_title(prefix: str = "") -> str:
+    """``"val acc"`` or ``"<prefix> val acc"``: the one spelling of the shown accuracy."""
+    return f"{prefix} {ACCURACY_LABEL}".strip()
+
+
+def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict with ``weights`` flattened to ``weights.label`` etc. and lists as JSON
+    text (hashable, comparable): the fields a run can be named, grouped or coloured by."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, (list, tuple)):
+            flat[key] = json.dumps(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def field_text(field: str, value: Any) -> str:
+    """One field of a short name: ``bs 32``, ``5 ep``, ``T 4``, ``at``."""
+    if isinstance(value, float):
+        value = f"{value:g}"
+    elif field == "layer_pairs":
+        pairs = json.loads(value) if isinstance(value, str) else value
+        value = ",".join(f"{s}>{t}" for s, t in pairs) if pairs else "auto"
+        return f"pairs {value}"
+    elif value is None or value == "":
+        value = "-"
+    return _FORMATS.get(field, field.replace("_", " ") + " {}").format(value)
+
+
+def group_fields(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every config field of ``records`` (flattened) that a view can group or colour by."""
+    fields: dict[str, None] = {}
+    for record in records:
+        fields.update(dict.fromkeys(flat_config(record.get("config") or {})))
+    return [f for f in fields if f not in _HIDDEN]
+
+
+# The order of the fields in a short name: what a distillation run is about first.
+_PRIORITY = (
+    "role", "student", "teacher", "dataset", "weights.label", "weights.response",
+    "weights.feature", "weights.relation", "feature_kind", "relation_kind", "weighting",
+    "temperature", "epochs", "batch_size", "lr", "teacher_epochs", "layer_pairs", "teacher_run",
+    "seed",
+)  # fmt: skip
+MAX_FIELDS = 5  # more than this many differing fields: the first ones, then the id
+
+
+def _differing(flats: Sequence[Mapping[str, Any]]) -> list[str]:
+    fields = list(dict.fromkeys(k for f in flats for k in f if k not in _HIDDEN))
+    differing = [
+        k
+        for k in fields
+        if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1
+    ]
+    rank = {k: i for i, k in enumerate(_PRIORITY)}
+    return sorted(differing, key=lambda k: rank.get(k, len(rank)))[:MAX_FIELDS]
+
+
+def short_names(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """``{run id: short unique name}`` for the runs shown together.
+
+    A run's name is the name a user gave it, else the fields whose values differ between these
+    runs (``"at · bs 32 · 5 ep"``; at most ``MAX_FIELDS``, the loss first), else its role
+    (``"student"``, ``"teacher"``). A name that repeats gets what differs among the runs that
+    share it (``"KD · seed 1"``), and the run id if even that repeats (``"full · r3"``). So one
+    run alone is named by its name or role, and two runs that differ only by seed are
+    ``"seed 0"`` and ``"seed 1"``.
+    """
+    records = list(records)
+    flats = [flat_config(r.get("config") or {}) for r in records]
+    differing = _differing(flats)
+    names = []
+    for record, flat in zip(records, flats, strict=True):
+        if record.get("name"):
+            names.append(str(record["name"]))
+            continue
+        parts = [field_text(k, flat.get(k)) for k in differing]
+        names.append(" · ".join(parts) or str(record.get("role") or "run"))
+    # A name that repeats: what differs among the runs that share it ("KD · seed 1").
+    for name in {n for n in names if names.count(n) > 1}:
+        same = [i for i, n in enumerate(names) if n == name]
+        among = _differing([flats[i] for i in same])
+        for i in same:
+            extra = " · ".join(field_text(k, flats[i].get(k)) for k in among)
+            names[i] = f"{name} · {extra}" if extra else name
+    out: dict[str, str] = {}
+    for record, name in zip(records, names, strict=True):
+        if names.count(name) > 1 or name in out.values():
+            name = f"{name} · {record['id']}"
+        out[record["id"]] = name
+    return out
+
+
+def option_label(name: str, run_id: str) -> str:
+    """A run in a selector: its short name and its id, which stays when names change."""
+    return name if name.endswith(run_id) else f"{name} · {run_id}"
