@@ -26,7 +26,10 @@ like on a machine shared with other work; the best of the repeats is reported (o
 ever adds time).
 
     .venv/bin/python bench/analysis.py [--tower-sizes 1000 5000] [--sizes 1000 2000 5000]
-                                       [--repeats 3]
+                                       [--repeats 3] [--threads 1]
+
+On a machine loaded by other work, ``--threads 1`` gives steadier ratios: with 2 threads every
+parallel region waits for its slowest thread, and a descheduled thread stalls them all.
 
 Last line: ``cka_matrix vs torch-cka: N=1000 Xx, ...; new vs previous cka_matrix: ...``.
 """
@@ -200,10 +203,9 @@ def child_synthetic(n: int, method: str) -> None:
     print(json.dumps(result))
 
 
-def _child(*args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
-    ).stdout
+def _child(*args: str, threads: int = 0) -> dict:
+    command = [sys.executable, __file__, "--threads", str(threads), "--child", *args]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -216,8 +218,13 @@ def main() -> None:
     parser.add_argument("--tower-sizes", type=int, nargs="*", default=[1000, 5000])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 2000, 5000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         kind, n, rest = args.child[0], int(args.child[1]), args.child[2]
         child_towers(n, int(rest)) if kind == "towers" else child_synthetic(n, rest)
@@ -228,7 +235,7 @@ def main() -> None:
     )
     summary_tcka, summary_old = [], []
     for n in args.tower_sizes:
-        r = _child("towers", str(n), str(args.repeats))
+        r = _child("towers", str(n), str(args.repeats), threads=args.threads)
         t = {k: min(v) for k, v in r["times"].items()}
         c = {k: min(v) for k, v in r["cpu"].items()}
         summary_tcka.append(
@@ -260,7 +267,7 @@ def main() -> None:
         runs: dict[str, list[dict]] = {"before": [], "new": []}
         for _ in range(args.repeats):
             for method in runs:
-                runs[method].append(_child("synthetic", str(n), method))
+                runs[method].append(_child("synthetic", str(n), method, threads=args.threads))
         s = {k: min(r["seconds"] for r in v) for k, v in runs.items()}
         peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
         diff = max(

@@ -24,6 +24,7 @@ probe cache on; a single run is its "full" variant, seed 0, alone against anothe
 the warm cached suite runs once more under cProfile.
 
     .venv/bin/python bench/suite.py [--epochs 2] [--rounds 2] [--no-suite18] [--profile]
+                                    [--threads 1]
 
 Last line: ``cached 5-run suite / 5 student-only runs: probe cached X (warm Y), probe uncached
 X (warm Y), target <= 2.5; 18-run suite / 18 single runs: X (cold single), Y (warm single)``.
@@ -136,7 +137,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the 18-run suite")
     parser.add_argument("--no-suite18", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     home = tempfile.mkdtemp(prefix="kdwb-bench-")
     store = Store(home)
@@ -176,7 +182,7 @@ def main() -> None:
     keys = ("student", "on_cold", "on_warm", "off_cold", "off_warm", "memo_cold", "memo_warm")
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
     notes = []
-    for r in range(args.rounds):
+    for r in range(args.rounds):  # (flush: the rounds show while the next one runs)
         times["student"].append(suite(scratch, store)[0])
         arms = ("on", "off", "memo") if r % 2 == 0 else ("memo", "off", "on")
         for arm in arms:
@@ -192,7 +198,8 @@ def main() -> None:
                 notes = sorted({str(store.probe(x["id"]).get("teacher_features")) for x in records})
         print(
             f"round {r + 1} (wall s / CPU s): "
-            + ", ".join(f"{k} {v[-1][0]:.1f} / {v[-1][1]:.1f}" for k, v in times.items())
+            + ", ".join(f"{k} {v[-1][0]:.1f} / {v[-1][1]:.1f}" for k, v in times.items()),
+            flush=True,
         )
     print(f"probe teacher features (probe cache on): {notes}")
     med = {k: [statistics.median(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
