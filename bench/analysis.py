@@ -100,7 +100,7 @@ def torch_cka(student, teacher, x, student_layers) -> torch.Tensor:
     return cka.export()["CKA"].double()
 
 
-def child_towers(n: int, repeats: int) -> None:
+def child_towers(n: int, repeats: int, with_torch_cka: bool = True) -> None:
     student, teacher = tower(TOWER_WIDTHS[0], seed=1), tower(TOWER_WIDTHS[1], seed=2)
     x = torch.randn(n, TOWER_IN, generator=torch.Generator().manual_seed(3))
     s_feats, t_feats = tower_features(student, x), tower_features(teacher, x)
@@ -132,7 +132,7 @@ def child_towers(n: int, repeats: int) -> None:
         timed("new", lambda: cka_matrix(s_feats, t_feats))  # on the same features
         timed("new_other", lambda: cka_matrix(s_feats, t_feats, form=other))
         timed("before", lambda: analysis_before.cka_matrix(s_feats, t_feats))
-        if r == 0 or n <= TCKA_FULL_UP_TO:  # at 5,000 one run of torch-cka takes minutes
+        if with_torch_cka and (r == 0 or n <= TCKA_FULL_UP_TO):  # at 5,000: minutes a run
             scale = len(tanh_paths(student)) / len(rows)
             timed("torch_cka", lambda: torch_cka(student, teacher, x, rows), scale)
     new = values["new"]
@@ -146,7 +146,9 @@ def child_towers(n: int, repeats: int) -> None:
                 "cpu": cpu,
                 "diff_other": float((new - values["new_other"]).abs().max()),
                 "diff_before": float((new - values["before"]).abs().max()),
-                "diff_torch_cka": float((new[: len(rows)] - values["torch_cka"]).abs().max()),
+                "diff_torch_cka": float((new[: len(rows)] - values["torch_cka"]).abs().max())
+                if with_torch_cka
+                else float("nan"),
             }
         )
     )
@@ -221,13 +223,17 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
     )
+    parser.add_argument("--no-torch-cka", action="store_true", help="towers without torch-cka")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
         kind, n, rest = args.child[0], int(args.child[1]), args.child[2]
-        child_towers(n, int(rest)) if kind == "towers" else child_synthetic(n, rest)
+        if kind == "towers":
+            child_towers(n, int(rest), with_torch_cka=args.child[3:] != ["no-torch-cka"])
+        else:
+            child_synthetic(n, rest)
         return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats, "
@@ -235,7 +241,10 @@ def main() -> None:
     )
     summary_tcka, summary_old = [], []
     for n in args.tower_sizes:
-        r = _child("towers", str(n), str(args.repeats), threads=args.threads)
+        extra = ["no-torch-cka"] if args.no_torch_cka else []
+        r = _child("towers", str(n), str(args.repeats), *extra, threads=args.threads)
+        if args.no_torch_cka:
+            r["times"]["torch_cka"] = r["cpu"]["torch_cka"] = [float("nan")]
         t = {k: min(v) for k, v in r["times"].items()}
         c = {k: min(v) for k, v in r["cpu"].items()}
         summary_tcka.append(
