@@ -48,8 +48,8 @@ MUTANTS = [
     Mutant(
         "weight decay on the learned log-variances",
         "workbench/engine.py",
-        'n.startswith("weighting.") == weighting',
-        'n.startswith("weights.") == weighting',
+        "if (id(p) in scheme) == weighting]",
+        "if (id(p) in scheme) != weighting]",
         (STEPS + "::test_optimizer_trains_the_adapters_and_the_learned_weights_without_decay",),
     ),
     Mutant(

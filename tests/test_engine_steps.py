@@ -57,7 +57,7 @@ def test_optimizer_trains_the_adapters_and_the_learned_weights_without_decay():
     ids = lambda params: {id(p) for p in params}  # noqa: E731
     assert ids(adapters.parameters()) <= ids(decayed["params"])
     assert ids(model.parameters()) <= ids(decayed["params"])
-    assert ids(hybrid.weighting.parameters()) == ids(free["params"]) != set()
+    assert ids(hybrid.scheme.parameters()) == ids(free["params"]) != set()
     assert free["weight_decay"] == 0.0 and decayed["weight_decay"] > 0.0
 
 
@@ -319,7 +319,7 @@ def test_every_weighting_scheme_keeps_its_state_in_the_checkpoint(scheme, tmp_pa
     }
     first = HybridLoss(weights, temperature=4.0, weighting=scheme)
     for acc in (0.5, 0.6, 0.55, 0.55):
-        first.weighting(terms, first.base)
+        first.scheme(terms, first.configured)
         first.epoch_end(acc)
     with torch.no_grad():
         for p in first.parameters():
@@ -330,7 +330,7 @@ def test_every_weighting_scheme_keeps_its_state_in_the_checkpoint(scheme, tmp_pa
     second.load_state_dict(torch.load(path, weights_only=True))
     for h in (first, second):
         h.epoch_end(0.5)
-    assert first.weighting(terms, first.base) == second.weighting(terms, second.base)
+    assert first.scheme(terms, first.configured) == second.scheme(terms, second.configured)
     assert first.current_weights() == second.current_weights()
 
 
@@ -402,3 +402,17 @@ def test_train_fraction_trains_on_the_fixed_stratified_subset(store):
     )
     assert t.steps_per_epoch == len(subset) // 16
     assert run(config, store)["metrics"]["train_size"] == len(subset)
+
+
+def test_gradient_shares_are_logged_every_log_every_steps_and_sum_to_one(store):
+    config = TINY.replace(epochs=2, log_every=3)
+    record = run(config, store)
+    rows = store.history(record["id"])
+    with_shares = [r["step"] for r in rows if "g_label" in r]
+    assert with_shares == [
+        s for s in (r["step"] for r in rows) if s % 3 == 0 or s == rows[-1]["step"]
+    ]
+    for row in rows:
+        if "g_label" in row:
+            shares = [row[f"g_{k}"] for k in ("label", "response", "feature", "relation")]
+            assert sum(shares) == pytest.approx(1.0) and all(v > 0 for v in shares)

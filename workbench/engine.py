@@ -617,7 +617,8 @@ def build_optimizer(
 
 def _loss_parameters(hybrid: HybridLoss, *, weighting: bool) -> list[nn.Parameter]:
     """The loss's own parameters: the weighting scheme's, or the rest (the adapters)."""
-    return [p for n, p in hybrid.named_parameters() if n.startswith("weighting.") == weighting]
+    scheme = {id(p) for p in hybrid.scheme.parameters()}
+    return [p for p in hybrid.parameters() if (id(p) in scheme) == weighting]
 
 
 def _channels_last(
@@ -657,8 +658,12 @@ def train_epoch(t: Training, epoch: int, taps: FeatureTaps) -> None:
         x, y = t.train_x[idx], t.train_y[idx]  # [B, C, H, W], [B]
         if config.augment:
             x = augment_batch(x, t.generator)
-        logged = (t.step + 1) % config.log_every == 0 or b == t.steps_per_epoch - 1
-        terms, shares = train_step(t, idx, x, y, taps, shares=logged)
+        every = (t.step + 1) % config.log_every == 0
+        logged = every or b == t.steps_per_epoch - 1
+        # Gradient shares cost a backward pass per term: measured every log_every steps and at
+        # the run's last step, not at every epoch's end (short epochs would pay it each time).
+        last = epoch == config.epochs and b == t.steps_per_epoch - 1
+        terms, shares = train_step(t, idx, x, y, taps, shares=every or last)
         t.step += 1
         if t.stop is not None and t.stop.is_set():
             raise _Stopped

@@ -179,10 +179,11 @@ def suite_analysis(store: Store, suite: dict[str, Any], confidence: float = 0.95
         if results
         else pd.DataFrame(columns=["variant", "n", "mean", "std"])
     )
-    try:
-        contrib = contributions(results, confidence=confidence, per_image=per_image)
-    except (KeyError, ValueError):  # no finished "full" run yet
-        contrib = pd.DataFrame()
+    contrib = (  # no finished "full" run yet: nothing to compare with
+        contributions(results, confidence=confidence, per_image=per_image)
+        if FULL in results
+        else pd.DataFrame()
+    )
     n_test = suite.get("n_test") if split == "test" else suite.get("n_val")
     if per_image.get(FULL):
         n_test = len(next(iter(per_image[FULL].values())))
