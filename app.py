@@ -25,7 +25,8 @@ page = st.navigation(
 st.set_page_config(page_title="KD Workbench")  # st.navigation sets the page's own title
 st.session_state[APP_STARTED] = True
 if deep_link := st.session_state.pop(DEEP_LINK, None):
-    st.switch_page(deep_link)  # a deep link that first ran alone (see require_app)
+    target, params = deep_link  # a deep link that first ran alone (see require_app)
+    st.switch_page(target, query_params=params)
 try:
     page.run()
 except Exception as exc:  # the last net: a bug on a page shows a short error, no traceback

@@ -97,8 +97,8 @@ def init_session() -> None:
 
 
 def sync_draft_url() -> None:
-    """Put the draft's changed fields in the URL, so a reload of Models or Distill keeps them
-    (layer pairs only when they are not the ones suggested for the models)."""
+    """Put the draft's changed fields in the URL (of every page: ``require_app`` calls this), so a
+    reload anywhere keeps them; layer pairs only when they are not the ones suggested."""
     ss = st.session_state
     defaults = draft_defaults() | {"layer_pairs": ss.get("pairs_suggested")}
     set_params(to_params({k: ss.get(k) for k in defaults}, defaults), owned=defaults)
@@ -226,8 +226,10 @@ def pairs_editor(
 def choices_caption() -> str:
     ss = st.session_state
     dataset = ss["dataset"] + (f" ({data_path()})" if data_path() else "")
-    if ss["teacher_mode"] == TEACHER_MODES[0] or not ss.get("teacher_run"):
+    if ss["teacher_mode"] == TEACHER_MODES[0]:
         teacher = f"{ss['teacher']} (trained for {ss['teacher_epochs']} epochs, or reused)"
+    elif not ss.get("teacher_run"):  # never a quiet fallback to training one
+        teacher = f"{ss['teacher']} (none yet: {ss['teacher_mode']} on the Models page)"
     else:
         teacher = f"{ss['teacher']} (run {ss['teacher_run']})"
     return f"**Teacher** {teacher} → **student** {ss['student']} on **{dataset}**"
@@ -262,13 +264,16 @@ def require_app(page_file: str) -> None:
     page through ``st.navigation``.
     """
     if not st.session_state.get(APP_STARTED):
-        st.session_state[DEEP_LINK] = "pages/" + Path(page_file).name
-        st.switch_page("app.py")
+        # the query parameters go along both ways: they hold the page's state (a reload)
+        params = st.query_params.to_dict()
+        st.session_state[DEEP_LINK] = ("pages/" + Path(page_file).name, params)
+        st.switch_page("app.py", query_params=params)
     # A page reads its state from the URL when it is entered (a reload, a link, a page switch)
     # and writes it back as it changes (``page_entered``).
     name = Path(page_file).stem
     st.session_state[PAGE_ENTERED] = st.session_state.get(PAGE) != name
     st.session_state[PAGE] = name
+    sync_draft_url()  # the Distill draft rides along in every page's URL: a reload keeps it
 
 
 URL_READ = "_kdwb_url_read"

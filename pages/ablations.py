@@ -107,14 +107,15 @@ def suite_view(polling: bool) -> None:
                 "distinguishable" if d else "not distinguishable from noise"
                 for d in shown.pop("distinguishable")
             ]
-            signed = st.column_config.NumberColumn(format="%+.2f%%", width="small")
+            signed = st.column_config.NumberColumn(format="%+.2f%%", width=96)
             for column in ("contribution", "ci_low", "ci_high"):
                 shown[column] = shown[column] * 100  # accuracy points, as everywhere: percent
             st.dataframe(
                 shown,
                 hide_index=True,
                 key="contrib_table",
-                column_config={c: signed for c in ("contribution", "ci_low", "ci_high")},
+                column_config={c: signed for c in ("contribution", "ci_low", "ci_high")}
+                | {"verdict": st.column_config.TextColumn("verdict", width="medium")},
             )
     with col_table:
         st.subheader(f"{label.capitalize()} per variant")
@@ -126,7 +127,8 @@ def suite_view(polling: bool) -> None:
                 summary,
                 hide_index=True,
                 key="variant_table",
-                column_config={c: percent for c in acc_columns},
+                column_config={c: percent for c in acc_columns}
+                | {"variant": st.column_config.TextColumn("variant", width="medium")},
             )
         if analysis["shapley"]:
             st.subheader("Shapley values")

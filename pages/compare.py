@@ -130,7 +130,7 @@ st.dataframe(
         ),
     ],
     column_config={
-        "shown as": st.column_config.TextColumn("name", width="medium"),
+        "shown as": st.column_config.TextColumn("name", width="large"),
         ACCURACY_METRIC: st.column_config.NumberColumn(
             ACCURACY_LABEL, format="percent", width="small"
         ),
@@ -226,7 +226,9 @@ if chosen:
         histories = compare.curve_runs(units, {i: d["history"] for i, d in data.items()})
         if silent := [label for label in units if label not in epochs]:
             st.caption(f"No finished epoch yet: {', '.join(silent)}.")
-        left, right = st.columns(2)
+        # Side by side for a few curves; one under the other for many, so that the legend
+        # column beside each plot leaves the plot most of the width.
+        left, right = st.columns(2) if len(units) <= 6 else (st.container(), st.container())
         with left:
             st.markdown(f"**{ACCURACY_LABEL.capitalize()}** per epoch")
             if epochs:

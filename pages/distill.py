@@ -23,7 +23,6 @@ from pages._shared import (
     require_app,
     show_error,
     store,
-    sync_draft_url,
 )
 from workbench.config import COMPONENTS, PRESETS
 from workbench.forms import hybrid_formula
@@ -218,6 +217,7 @@ col_name.text_input(
 col_tags.text_input(
     "Tags (comma separated)", key="run_tags", persist_state="session", placeholder="optional"
 )
+slots["name"] = col_name.container()
 
 configs, draft_errors = check_draft(ss)
 # The errors of the last click (preflight: data, models, pairs) until the draft changes.
@@ -310,5 +310,3 @@ if ss.get("launched_suite"):
         )
         if st.button("Open Ablations", key="open_ablations", icon=":material/science:"):
             st.switch_page("pages/ablations.py", query_params={"suite": suite["id"]})
-
-sync_draft_url()

@@ -16,7 +16,6 @@ from pages._shared import (
     require_app,
     show_error,
     store,
-    sync_draft_url,
 )
 from workbench.config import RunConfig
 from workbench.data import DATASETS, list_datasets, load_dataset
@@ -209,7 +208,6 @@ st.selectbox(
 )
 
 # ---------------------------------------------------------------------------------- side by side
-sync_draft_url()
 if not dataset_ok:
     st.stop()
 try:
@@ -246,5 +244,4 @@ pairs_editor(
     [li.path for li in pair.student_layers],
     [li.path for li in pair.teacher_layers],
 )
-sync_draft_url()
 st.page_link("pages/distill.py", label="Next: set the loss and launch", icon=":material/tune:")

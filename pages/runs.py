@@ -240,7 +240,7 @@ def runs_view(polling: bool) -> None:
         ),
         column_config={
             "shown as": st.column_config.TextColumn("name", width="medium"),
-            "id": st.column_config.TextColumn("id", width="small"),
+            "id": st.column_config.TextColumn("id", width=180),  # 22 characters, whole
             "progress": st.column_config.ProgressColumn(
                 "progress", min_value=0.0, max_value=1.0, width="small"
             ),
@@ -251,8 +251,9 @@ def runs_view(polling: bool) -> None:
                 help="The final accuracy, or the last finished epoch's while a run trains "
                 "(and for a cancelled run)",
             ),
-            "eta": st.column_config.TextColumn("ETA", width="small"),
-            "duration": st.column_config.TextColumn("duration", width="small"),
+            # pixel widths that fit "59 min 59 s" whole (the issue saw "1 min 1")
+            "eta": st.column_config.TextColumn("ETA", width=96),
+            "duration": st.column_config.TextColumn("duration", width=96),
             "config": st.column_config.TextColumn("config", width="large"),
             "teacher_source": st.column_config.TextColumn(
                 "teacher outputs", help="cache: precomputed teacher outputs; live: teacher forward"

@@ -17,6 +17,7 @@ from workbench.ablation import (
     leave_one_out_variants,
     mcnemar_exact,
     noise_floor,
+    paired_comparison,
     paired_correct,
     seeds_needed,
     shapley_tables,
@@ -30,13 +31,8 @@ from workbench.errors import ConfigError
 
 
 @pytest.fixture
-def base(monkeypatch):
-    """A student config with weights label 0.3, response 0.5, feature 0, relation 0.2.
-
-    An ablation only changes weights and seeds, so the test checks the weights alone and does
-    not depend on the dataset and model registries that ``RunConfig.validate`` consults.
-    """
-    monkeypatch.setattr(RunConfig, "validate", lambda self: self.weights.validate())
+def base():
+    """A student config with weights label 0.3, response 0.5, feature 0, relation 0.2."""
     return RunConfig(weights=LossWeights(0.3, 0.5, 0.0, 0.2), temperature=3.0, epochs=2)
 
 
@@ -407,3 +403,17 @@ def test_shapley_with_the_label_only_baseline(base):
     assert tables["chance"] == pytest.approx(
         shapley_values(factorial_values(results, players, 10), players)
     )
+
+
+def test_paired_comparison_of_full_against_label_only():
+    results = {"full": [0.90, 0.92, 0.91, 0.93], "label only": [0.84, 0.85, 0.86, 0.85]}
+    per_image = {"full": {0: [1, 1, 0, 1]}, "label only": {0: [0, 1, 0, 0]}}
+    row = paired_comparison(results, "full", "label only", per_image=per_image)
+    ref = stats.ttest_rel(results["full"], results["label only"])
+    low, high = ref.confidence_interval(0.95)
+    assert row["contribution"] == pytest.approx(0.065)
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert row["p_value"] == pytest.approx(ref.pvalue) and row["distinguishable"]
+    assert (row["b"], row["c"]) == (2, 0) and row["p_mcnemar"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no variant"):
+        paired_comparison(results, "full", "without label")

@@ -226,7 +226,7 @@ def test_an_invalid_temperature_blocks_launch_instead_of_becoming_the_default(st
     at.number_input(key="temperature").set_value(temperature).run()
     # the field keeps what was typed (no widget minimum replaces it) and says why, once
     assert at.number_input(key="temperature").value == temperature
-    assert errors(at) == [f"temperature must be > 0, got {temperature:g}"]
+    assert errors(at) == [f"temperature must be a number from 0.05 to 100, got {temperature:g}"]
     assert launch_disabled(at)
     assert any("Nothing was queued" in c.value for c in at.caption)
     assert store.list_runs() == []

@@ -1,4 +1,10 @@
-"""The main journey in real Chromium: pages load, a teacher trains, a run distils and compares."""
+"""The main journey in real Chromium: pages load offline, a teacher trains, a run distils and
+compares, a suite updates its page as it runs, and every page restores its state on a reload.
+
+Runs are tiny (digits, small_cnn -> mlp, 1-2 epochs) and every wait on training is a wait on
+progress (``wait_for_runs``: it fails only when nothing moves for two minutes), so a busy
+machine makes the journey slower, not red. The 20-run Compare view uses fabricated runs.
+Screenshots go to tests/artifacts/."""
 
 from __future__ import annotations
 
@@ -15,7 +21,10 @@ from tests.browser_harness import (
     CHROMIUM_FLAGS,
     AppServer,
     assert_no_exception,
+    boxes_overlap,
+    wait_for_runs,
     wait_idle,
+    watch_requests,
 )
 
 pytestmark = [
@@ -56,12 +65,16 @@ def page(browser):
     context.close()
 
 
-@pytest.mark.parametrize("path", ["", "distill", "runs", "compare"])
-def test_every_page_loads_without_an_exception(server, page, path):
+@pytest.mark.parametrize("path", ["", "distill", "runs", "compare", "ablations"])
+def test_every_page_loads_offline_without_an_exception(server, page, path):
+    outside = watch_requests(page)
     page.goto(f"{server.url}/{path}")
     wait_idle(page)
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / f"page-{path or 'models'}.png"), full_page=True)
+    assert outside == []  # no font, icon or favicon from the internet
+    icon = page.locator("link[rel*=icon]").first.get_attribute("href") or ""
+    assert not icon.startswith("http") or icon.startswith(server.url), icon
 
 
 # ------------------------------------------------------------------------------ the journey
@@ -95,10 +108,49 @@ def _record_timing(name: str, seconds: float) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
+def _text(page, key: str, value: str) -> None:
+    box = page.locator(f".st-key-{key} input")
+    box.fill(value)
+    box.press("Enter")
+    wait_idle(page)
+
+
+def _shown(page, key: str) -> str:
+    """What a selectbox or multiselect shows: its text and the value of its input."""
+    return page.locator(f".st-key-{key}").evaluate(
+        "el => el.textContent + ' ' + Array.from(el.querySelectorAll('input'))"
+        ".map(i => i.value).join(' ')"
+    )
+
+
+def _launch_disabled(page) -> bool:
+    return page.get_by_role("button", name="Launch", exact=True).is_disabled()
+
+
+def _store_runs(home, **filters) -> list[dict]:
+    from workbench.store import Store
+
+    store = Store(home)
+    try:
+        return store.list_runs(**filters)
+    finally:
+        store.close()
+
+
+def _h1(page, title: str) -> None:
+    page.wait_for_function(
+        f"() => document.querySelector('h1') && document.querySelector('h1').innerText.includes('{title}')",
+        timeout=90_000,
+    )
+    wait_idle(page)
+
+
 def test_main_journey(server, browser):
-    """Train a tiny teacher, distil a student, watch it finish, compare it, ablate it."""
+    """Train a tiny teacher, distil a student, watch it finish, compare it, ablate it; reload
+    each page on the way; an invalid temperature and a failed upload block Launch."""
     context = browser.new_context(viewport={"width": 1400, "height": 1100})
     page = context.new_page()
+    outside = watch_requests(page)
     page.goto(server.url)
     wait_idle(page)
 
@@ -107,80 +159,203 @@ def test_main_journey(server, browser):
     _pick(page, "student", "mlp")
     _number(page, "teacher_epochs", 1)
     page.locator(".st-key-train_teacher button").click()
-    page.get_by_text("Teacher trained").wait_for(timeout=120_000)
+    wait_idle(page)
+    wait_for_runs(server.home, [r["id"] for r in _store_runs(server.home, role="teacher")])
+    page.get_by_text("Teacher trained").wait_for(timeout=60_000)
     wait_idle(page)
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "journey-1-models.png"), full_page=True)
 
-    # Distill: the course's hybrid loss, launched; time to the first live metric.
+    # Distill: an invalid temperature disables Launch and says why next to the field.
     _nav(page, "Distill")
-    _number(page, "epochs", 15)  # long enough that the second session below opens mid-run
+    _number(page, "temperature", 0)
+    assert _launch_disabled(page)
+    page.get_by_text(re.compile(r"^temperature must be .*, got 0$")).wait_for(timeout=30_000)
+    assert page.locator(".st-key-temperature input").input_value() in ("0", "0.00")
+    page.screenshot(path=str(ARTIFACTS / "journey-2-invalid-temperature.png"), full_page=True)
+    _number(page, "temperature", 3)
+    assert not _launch_disabled(page)
+
+    # The draft is in the URL: a reload keeps it.
+    _number(page, "epochs", 2)
+    _text(page, "run_name", "journey")
+    assert "epochs=2" in page.url and "temperature=3" in page.url
+    page.reload()
+    _h1(page, "Distill")
+    assert page.locator(".st-key-epochs input").input_value() == "2"
+    assert page.locator(".st-key-run_name input").input_value() == "journey"
+    assert "small_cnn" in page.locator('[data-testid="stMain"]').inner_text()
+
     started = time.monotonic()
-    page.locator(".st-key-launch button").click()
+    page.get_by_role("button", name="Launch", exact=True).click()
+    page.locator(".st-key-run_tags input").click()  # a click right after Launch must not drop it
     page.get_by_text(re.compile(r"Queued 1 run")).wait_for(timeout=60_000)
+    (run,) = _store_runs(server.home, role="student")
+    assert run["name"] == "journey" and run["config"]["temperature"] == 3
     page.get_by_text(re.compile(r"(step \d+/\d+|completed)")).first.wait_for(timeout=120_000)
     _record_timing("launch_to_first_live_metric_s", time.monotonic() - started)
     assert_no_exception(page)
-    page.screenshot(path=str(ARTIFACTS / "journey-2-distill.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "journey-3-distill.png"), full_page=True)
+    wait_for_runs(server.home, [run["id"]])
 
-    # A second browser session sees the same run, and reloading it loses nothing.
-    other = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-    other.goto(f"{server.url}/runs")
-    other.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
-    seen_running = (
-        other.locator('[data-testid="stProgress"]').filter(has_text="running").count() > 0
-    )
-    _record_timing("second_session_saw_the_run_running", float(seen_running))
-    other.locator('[data-testid="stProgress"]').filter(
-        has_text=re.compile("running|completed")
-    ).first.wait_for(timeout=30_000)
-    other.reload()
-    wait_idle(other)
-    other.locator('[data-testid="stProgress"]').filter(has_text="completed").first.wait_for(
-        timeout=120_000
-    )
-    other.context.close()
-
-    # Runs: it finished.
-    _nav(page, "Runs")
+    # Open Runs selects the new run; a reload of /runs?run=ID keeps it.
+    page.locator(".st-key-open_runs button").click()
+    _h1(page, "Runs")
+    assert f"run={run['id']}" in page.url
     page.locator('[data-testid="stProgress"]').filter(has_text="completed").first.wait_for(
-        timeout=120_000
+        timeout=60_000
     )
+    assert "journey" in _shown(page, "runs_selected")
+    page.reload()
+    _h1(page, "Runs")
+    assert "journey" in _shown(page, "runs_selected")
+    assert "teacher=small_cnn" in page.url  # the Distill draft rides along: a reload keeps it
     assert_no_exception(page)
-    page.screenshot(path=str(ARTIFACTS / "journey-3-runs.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "journey-4-runs.png"), full_page=True)
 
-    # Compare: the run's curves, opened from Runs as a user would.
-    _nav(page, "Runs")
+    # Compare, opened from Runs; the selection is in the URL and survives a reload.
     page.locator(".st-key-runs_compare_pick [role=combobox]").click()
-    page.get_by_role("option", name=re.compile("student")).first.click()
+    page.get_by_role("option", name=re.compile("journey")).first.click()
     page.keyboard.press("Escape")
     wait_idle(page)
     page.locator(".st-key-open_compare button").click()
-    page.wait_for_function(
-        "() => document.querySelector('h1') && document.querySelector('h1').innerText.includes('Compare')"
-    )
-    wait_idle(page)
+    _h1(page, "Compare")
+    assert f"runs={run['id']}" in page.url
+    page.reload()
+    _h1(page, "Compare")
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    assert "journey" in _shown(page, "compare_runs")
     assert_no_exception(page)
-    page.screenshot(path=str(ARTIFACTS / "journey-4-compare.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "journey-5-compare.png"), full_page=True)
 
-    # Ablate: one small leave-one-out suite from the same form.
+    # A rejected upload blocks Launch until another teacher source is chosen.
+    _nav(page, "Models")
+    page.locator(".st-key-teacher_mode").get_by_text("upload a checkpoint").click()
+    wait_idle(page)
+    page.locator(".st-key-teacher_upload input[type=file]").set_input_files(
+        files=[{"name": "broken-teacher.pt", "mimeType": "application/octet-stream",
+                "buffer": b"this is not a checkpoint"}]
+    )  # fmt: skip
+    page.get_by_text(re.compile("broken-teacher.pt is not")).first.wait_for(timeout=60_000)
     _nav(page, "Distill")
+    assert _launch_disabled(page)
+    message = page.get_by_text(re.compile("uploaded teacher checkpoint was rejected"))
+    message.wait_for()
+    message.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "journey-6-upload-blocks-launch.png"))
+    _nav(page, "Models")
+    page.locator(".st-key-teacher_mode").get_by_text("train one now").click()
+    wait_idle(page)
+
+    # Ablations: the page's tables fill in while the suite runs.
+    _nav(page, "Distill")
+    assert not _launch_disabled(page)
     _number(page, "epochs", 1)
-    _number(page, "ablation_seeds", 2)
+    _number(page, "ablation_seeds", 1)
     page.get_by_role("button", name="Launch ablation suite").click()
     page.get_by_text(re.compile(r"Queued an ablation suite")).wait_for(timeout=60_000)
     page.locator(".st-key-open_ablations button").click()
-    page.wait_for_function(
-        "() => document.querySelector('h1') && document.querySelector('h1').innerText.includes('Ablations')"
-    )
-    page.get_by_text(re.compile(r"12 of 12 runs finished")).wait_for(timeout=300_000)
-    wait_idle(page)
+    _h1(page, "Ablations")
+    assert "suite=" in page.url
+    (suite_run_ids,) = {tuple(r["id"] for r in _store_runs(server.home) if r.get("suite"))}
+    seen_live = False
+    deadline_stall = 120.0
+    last, since = None, time.monotonic()
+    while True:
+        text = page.locator('[data-testid="stMain"]').inner_text()
+        found = re.search(r"(\d+) of (\d+) runs finished", text)
+        if found:
+            done, total = int(found[1]), int(found[2])
+            if 0 < done < total and "No finished runs yet" not in text:
+                seen_live = True
+                page.screenshot(
+                    path=str(ARTIFACTS / "journey-7-ablations-live.png"), full_page=True
+                )
+            if done == total:
+                break
+            # progress is any run moving (a teacher trained for the suite included)
+            moving = [
+                (r["status"], (r.get("progress") or {}).get("step"))
+                for r in _store_runs(server.home)
+            ]
+            if ((done, total), moving) != last:
+                last, since = ((done, total), moving), time.monotonic()
+        if time.monotonic() - since > deadline_stall:
+            page.screenshot(path=str(ARTIFACTS / "journey-7-ablations-stalled.png"), full_page=True)
+            server.dump_threads()
+            states = [
+                (r["status"], r.get("progress")) for r in _store_runs(server.home) if r.get("suite")
+            ]
+            raise TimeoutError(
+                f"the Ablations page did not move for {deadline_stall:.0f}s: {last}; runs: {states}"
+            )
+        page.wait_for_timeout(300)
+    assert seen_live, "the Ablations page never showed results while the suite ran"
+    wait_for_runs(server.home, list(suite_run_ids))
+    page.reload()
+    _h1(page, "Ablations")
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     assert page.get_by_text("Contribution of each component").count() == 1
     assert_no_exception(page)
-    page.screenshot(path=str(ARTIFACTS / "journey-5-ablations.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "journey-8-ablations.png"), full_page=True)
+    assert outside == [], outside
     context.close()
+
+
+def test_compare_with_20_runs_stays_legible(server, browser):
+    """20 fabricated finished runs in Compare (from the URL): short names in the legends, CKA
+    subplot titles that do not overlap, a legend no larger than its plot; reload keeps them."""
+    from tests.test_compare_page import fabricate_run
+    from workbench.store import Store
+
+    store = Store(server.home)
+    weights = [(0.5, 0.5, 0.0, 0.0), (0.3, 0.3, 0.2, 0.2), (1, 0, 0, 0), (0.4, 0.4, 0.2, 0.0),
+               (0.6, 0.2, 0.0, 0.2)]  # fmt: skip
+    ids = []
+    for w in weights:
+        for seed in range(4):
+            run_id = fabricate_run(store, f"w{w}", seed=seed, weights=w, tags=("twenty",))
+            store.update_run(run_id, name="")  # named automatically by what differs
+            ids.append(run_id)
+    store.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    started = time.monotonic()
+    page.goto(f"{server.url}/compare?runs={','.join(ids)}&group=none")
+    _h1(page, "Compare")
+    page.locator(".st-key-compare_cka .js-plotly-plot").wait_for(timeout=120_000)
+    wait_idle(page)
+    _record_timing("compare_20_runs_s", time.monotonic() - started)
+    assert_no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / "compare-20-runs.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 2400})  # the whole grid on screen at once
+    wait_idle(page)
+    page.locator(".st-key-compare_cka").screenshot(path=str(ARTIFACTS / "compare-20-runs-cka.png"))
+    page.locator(".st-key-compare_accuracy").screenshot(
+        path=str(ARTIFACTS / "compare-20-runs-accuracy.png")
+    )
+    titles = page.locator(".st-key-compare_cka g.annotation").all()
+    assert len(titles) >= 20
+    boxes = [t.bounding_box() for t in titles]
+    clashes = [
+        (i, j) for i in range(len(boxes)) for j in range(i) if boxes_overlap(boxes[i], boxes[j])
+    ]
+    assert clashes == [], clashes
+    # the legend (a scrolling column beside the plot) takes less room than the plot itself
+    legend = page.locator(".st-key-compare_accuracy g.legend").bounding_box()
+    plot = page.locator(".st-key-compare_accuracy .nsewdrag").first.bounding_box()
+    assert legend["width"] * legend["height"] < plot["width"] * plot["height"]
+    assert legend["width"] < plot["width"] / 2
+    entries = page.locator(".st-key-compare_accuracy g.legend .traces").evaluate_all(
+        "els => els.map(e => e.textContent)"
+    )
+    assert entries and all("·" in e and len(e) < 60 for e in entries), entries  # short names
+    page.reload()
+    _h1(page, "Compare")
+    page.locator(".st-key-compare_cka .js-plotly-plot").wait_for(timeout=120_000)
+    wait_idle(page)
+    assert page.locator(".st-key-compare_cka g.annotation").count() == len(titles)
+    assert "seed 3" in _shown(page, "compare_runs")
+    page.close()
 
 
 def test_runs_page_with_50_runs(server, page):
@@ -218,7 +393,10 @@ def test_deep_link_on_a_fresh_server_goes_through_the_app(tmp_path, browser):
     try:
         app.wait_healthy()
         page = browser.new_page(viewport={"width": 1400, "height": 900})
+        started = time.monotonic()
         page.goto(f"{app.url}/compare")
+        page.wait_for_selector("h1", timeout=90_000)
+        _record_timing("cold_first_page_heading_s", time.monotonic() - started)
         wait_idle(page)
         page.wait_for_function(
             "() => document.querySelector('h1') && document.querySelector('h1').innerText.includes('Compare')"

@@ -613,3 +613,42 @@ def test_a_real_run_survives_a_zero_byte_index(home, capsys):
     assert repaired.find_teacher(configs[teacher].fingerprint()) == teacher
     assert repaired.probe_state(student) == "missing"
     assert main(["show", student]) == 0 and "probe: missing" in capsys.readouterr().out
+
+
+def test_a_lock_won_after_a_long_wait_is_not_taken_for_silent(store):
+    """The winner of a long wait starts with a fresh heartbeat: a third acquirer waits for it
+    instead of taking the lock over (its heartbeat time must not be that of its first try)."""
+    order: list[str] = []
+    messages: list[str] = []
+    b_holds, b_go = threading.Event(), threading.Event()
+
+    def a() -> None:
+        with store.lock("j", heartbeat=0.5):
+            order.append("a")
+            time.sleep(3.0)  # longer than the 2 s a silent holder of B's heartbeat may last
+
+    def b() -> None:
+        with store.lock("j", heartbeat=0.5, poll=0.05):
+            order.append("b")
+            b_holds.set()
+            b_go.wait(BOUND_S)
+
+    def c() -> None:
+        with store.lock("j", stale_after=0.5, on_wait=messages.append, report_after=0.2):
+            order.append("c")
+
+    ta = threading.Thread(target=a, daemon=True)
+    ta.start()
+    while store.lock_holder("j") is None:
+        time.sleep(0.01)
+    tb = threading.Thread(target=b, daemon=True)
+    tb.start()
+    assert b_holds.wait(BOUND_S)
+    tc = threading.Thread(target=c, daemon=True)
+    tc.start()
+    time.sleep(0.5)  # give C time to (wrongly) take the lock over
+    b_go.set()
+    for t in (ta, tb, tc):
+        t.join(BOUND_S)
+    assert order == ["a", "b", "c"]
+    assert not [m for m in messages if "took over" in m]

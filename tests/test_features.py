@@ -201,6 +201,12 @@ def test_attention_transfer_needs_maps_on_both_sides():
     message = str(info.value).lower()
     assert "attention" in message and "cosine" in message and "mse" in message
     assert "layer1" in message
+    with pytest.raises(IncompatibleModelsError, match="attention transfer"):
+        check_pairs(pairs, student, teacher, "at_paper")  # the paper-scale kind too
+    # Maps of other channel counts and sizes pass: the loss resizes the student's map.
+    convs = feature_layers(build_model("small_cnn", (1, 8, 8), 10), (1, 8, 8))
+    assert len({li.shape for li in convs}) > 1
+    check_pairs(((convs[0].path, convs[-1].path),), convs, convs, "at")
 
 
 # --------------------------------------------------------------------------------- adapters

@@ -80,12 +80,16 @@ def test_build_configs_one_per_seed():
             {"label": 0, "response": 0, "feature": 0, "relation": 0},
             "all loss weights are zero",
         ),
-        ("weights", {"label": -1, "response": 0, "feature": 0, "relation": 0}, "must be >= 0"),
-        ("temperature", 0.0, "temperature must be > 0"),
-        ("epochs", 0, "epochs must be a whole number >= 1"),
+        (
+            "weights",
+            {"label": -1, "response": 0, "feature": 0, "relation": 0},
+            "must be a number from 0 to 100",
+        ),
+        ("temperature", 0.0, "temperature must be a number from 0.05 to 100"),
+        ("epochs", 0, "epochs must be a whole number from 1 to 500"),
         ("feature_kind", "nope", "unknown feature kind"),
         ("student", "nope", "unknown student model"),
-        ("lr", -1.0, "lr must be > 0"),
+        ("lr", -1.0, "lr must be a number from 1e-06 to 1"),
     ],
 )
 def test_each_error_is_attributed_to_its_field(field, value, message):
@@ -114,3 +118,64 @@ def test_hybrid_formula_shows_the_numbers():
     assert r"{\color{gray} 0 \cdot \mathcal{L}_{\mathrm{feat}}^{\mathrm{mse}}}" in latex
     assert "rkd" in latex
     assert hybrid_formula({"label": 1.0}, 4.0).count("gray") == 3
+
+
+def test_device_5_is_a_message_for_its_field_not_a_traceback():
+    # issue 8: field_errors raised AttributeError ('int' object has no attribute 'startswith')
+    assert field_errors({"device": 5}) == {"device": "device must be text, got 5"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("augment", "no"),
+        ("teacher_cache", "false"),
+        ("epochs", 10000),
+        ("epochs", "3"),
+        ("lr", 1e308),
+        ("seed", 2**70),
+        ("batch_size", 1),
+        ("temperature", True),
+        ("data_path", 7),
+        ("layer_pairs", 5),
+        ("weights", {"label": "x"}),
+        ("weights", {"bogus": 1.0}),
+        ("weights", "label=1"),
+        ("role", None),
+    ],
+)
+def test_wrong_values_are_attributed_to_their_field(field, value):
+    errors = field_errors({**FORM, field: value})
+    assert set(errors) == {field}
+    assert "\n" not in errors[field]
+
+
+def test_every_field_checked_alone_gives_a_message():
+    from tests.test_config import WRONG_TYPES
+
+    for field, values in WRONG_TYPES.items():
+        for value in values:
+            errors = field_errors({field: value})
+            assert set(errors) == {field}, (field, value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (str(2**32), "seeds must be a whole number from 0 to 4294967295, got 4294967296"),
+        ("0, -1", "seeds must be a whole number from 0 to 4294967295, got -1"),
+    ],
+)
+def test_seeds_within_the_seed_bounds(text, message):
+    with pytest.raises(FormError) as info:
+        parse_seeds(text if "," in text else f"0, {text}")
+    assert info.value.errors["seeds"] == message
+
+
+def test_a_teacher_role_is_checked_with_its_weights():
+    label_only = {"label": 1.0, "response": 0.0, "feature": 0.0, "relation": 0.0}
+    assert field_errors({"role": "teacher", "weights": label_only}) == {}
+    errors = field_errors({"role": "teacher", "weights": FORM["weights"]})
+    assert set(errors) == {"role"} and "labels alone" in errors["role"]
+    # a bad companion is reported under its own field only
+    assert set(field_errors({"role": None, "weights": label_only})) == {"role"}

@@ -101,3 +101,37 @@ def test_weak_terms_flags_a_term_under_one_percent_with_its_factor():
     # Over the whole history the term acted: no flag with tail=1.
     assert weak_terms(history, weights, tail=1.0) == []
     assert weak_terms([], weights) == []
+
+
+def test_shares_count_the_student_only_not_the_adapters():
+    """Feature and relation terms through an adapter: the norm is taken on the student's
+    parameters; the adapter's own gradient is not part of it."""
+    torch.manual_seed(2)
+    body, head = nn.Linear(6, 8), nn.Linear(8, 4)
+    adapter = nn.ModuleList([nn.Linear(8, 5)])
+    x, y, t_logits, t_feat = (
+        torch.randn(10, 6),
+        torch.randint(0, 4, (10,)),
+        torch.randn(10, 4),
+        torch.randn(10, 5),
+    )
+    hybrid = HybridLoss(
+        LossWeights(0.3, 0.3, 0.2, 0.2), temperature=2.0, feature_kind="mse", adapters=adapter
+    )
+    student = [*body.parameters(), *head.parameters()]
+
+    def forward():
+        h = torch.relu(body(x))
+        return hybrid(head(h), y, t_logits, [h], [t_feat])
+
+    shares = gradient_shares(forward(), hybrid.current_weights(), student)
+    ref = {}
+    for k, w in hybrid.current_weights().items():
+        for p in [*student, *adapter.parameters()]:
+            p.grad = None
+        (w * forward()[k]).backward()
+        grads = [p.grad for p in student if p.grad is not None]  # the head has none for features
+        ref[k] = float(np.sqrt(sum((g.double() ** 2).sum().item() for g in grads)))
+    total = sum(ref.values())
+    assert shares == pytest.approx({k: v / total for k, v in ref.items()}, rel=1e-5)
+    assert all(shares[k] > 0 for k in ref)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from workbench import runqueue
 from workbench.config import LossWeights, RunConfig
 from workbench.jobs import JobManager, device_key
 from workbench.store import Store
@@ -125,8 +126,110 @@ def test_a_new_manager_sees_the_same_runs(store, home):
     assert store.get_run(restarted)["config"] == store.get_run(run_id)["config"]
 
 
-def test_runs_left_by_a_dead_process_show_as_interrupted(home):
-    store = Store(home)
+def _dead(store, run_id, **fields):
+    """Make ``run_id`` look claimed by a process that no longer exists."""
+    store.update_run(run_id, status="running", pid=2**22 + 12345, host=runqueue._HOST, **fields)
+
+
+def test_a_run_left_by_a_dead_process_is_resumed_once(store):
     run_id = store.create_run(SCRATCH)
-    store.update_run(run_id, status="running", pid=2**22 + 12345)  # no such process
-    assert Store(home).get_run(run_id)["status"] == "interrupted"
+    _dead(store, run_id)
+    assert runqueue.recover(store) == [run_id]
+    record = store.get_run(run_id)
+    assert record["status"] == "queued" and record["auto_resumes"] == 1
+    _dead(store, run_id)  # it died again: now it stays interrupted
+    runqueue.recover(store)
+    assert store.get_run(run_id)["status"] == "interrupted"
+
+
+def test_auto_resume_can_be_turned_off(store, monkeypatch):
+    run_id = store.create_run(SCRATCH)
+    _dead(store, run_id)
+    monkeypatch.setenv("KDWB_AUTO_RESUME", "0")
+    runqueue.recover(store)
+    assert store.get_run(run_id)["status"] == "interrupted"
+
+
+def test_a_silent_holder_is_taken_for_dead_and_a_live_one_is_not(store):
+    alive = store.create_run(SCRATCH)
+    silent = store.create_run(SCRATCH)
+    store.update_run(alive, status="running", heartbeat=time.time())
+    store.update_run(silent, status="running", heartbeat=time.time() - 10 * runqueue.SILENT_AFTER_S)
+    assert runqueue.recover(store) == [silent]
+    assert store.get_run(alive)["status"] == "running"
+
+
+def test_queued_runs_outlive_the_process_that_queued_them(store, home):
+    runner = FakeRunner(store, hold=False)
+    front = JobManager(store, runner=runner, execute="none")  # queues, never executes
+    ids = [front.submit(SCRATCH.replace(seed=i)) for i in range(2)]
+    time.sleep(0.2)
+    assert runner.order == [] and {store.get_run(i)["status"] for i in ids} == {"queued"}
+    front.close()
+    later = JobManager(Store(home), runner=runner)  # the restarted app
+    assert later.wait(timeout=10)
+    assert runner.order == ids
+    later.close()
+
+
+def test_each_run_is_claimed_once_by_competing_executors(store):
+    executors = [runqueue.Executor("worker") for _ in range(4)]
+    ids = [store.create_run(SCRATCH.replace(seed=i)) for i in range(20)]
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def drain(executor):
+        while (record := runqueue.claim_next(Store(store.home), executor, {"cpu"})) is not None:
+            with lock:
+                claimed.append(record["id"])
+
+    threads = [threading.Thread(target=drain, args=(e,)) for e in executors]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(ids)
+    assert all(store.get_run(i)["claims"] == 1 for i in ids)
+
+
+def test_the_app_leaves_execution_to_live_workers(store):
+    runner = FakeRunner(store, hold=False)
+    worker = runqueue.Executor("worker")
+    runqueue.register_worker(store, worker, {"cpu": 1})
+    app = JobManager(store, runner=runner)
+    assert not app.executing()
+    run_id = app.submit(SCRATCH)
+    time.sleep(0.3)
+    assert store.get_run(run_id)["status"] == "queued" and runner.order == []
+    runqueue.unregister_worker(store, worker)
+    assert app.executing()
+    assert _wait_for(lambda: store.get_run(run_id)["status"] == "completed")
+    app.close()
+
+
+def test_a_cancel_from_another_process_stops_the_run(store, home):
+    runner = FakeRunner(store)
+    manager = JobManager(store, runner=runner, poll=0.05)
+    run_id = manager.submit(SCRATCH)
+    assert _wait_for(lambda: store.get_run(run_id)["status"] == "running")
+    assert runqueue.cancel(Store(home), run_id) == "requested"  # e.g. the CLI
+    assert _wait_for(lambda: store.get_run(run_id)["status"] == "cancelled")
+    manager.close()
+
+
+def test_resume_queues_the_same_run_again(store):
+    runner = FakeRunner(store, hold=False)
+    manager = JobManager(store, runner=runner)
+    run_id = store.create_run(SCRATCH, status="cancelled")
+    store.request_cancel(run_id)
+    assert manager.resume(run_id) == run_id
+    assert manager.wait(timeout=10)
+    assert store.get_run(run_id)["status"] == "completed"
+    assert not store.cancel_requested(run_id)
+    import pytest
+
+    from workbench.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError, match="only interrupted, failed, cancelled"):
+        manager.resume(run_id)
+    manager.close()

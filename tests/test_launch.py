@@ -49,9 +49,12 @@ def test_a_valid_draft_gives_one_config_per_seed():
 def test_an_invalid_temperature_is_an_error_not_a_default(temperature):
     configs, errors = launch.check_draft(draft(temperature=temperature))
     assert configs == []
-    assert set(errors) == {"temperature"} and "temperature must be > 0" in errors["temperature"]
+    assert (
+        set(errors) == {"temperature"}
+        and "temperature must be a number from 0.05 to 100" in errors["temperature"]
+    )
     routed = launch.route_errors(errors)
-    assert routed == {"weights": [errors["temperature"]]}  # next to the temperature field, once
+    assert routed == {"kinds": [errors["temperature"]]}  # under the temperature's row, once
 
 
 def test_every_invalid_field_is_reported_next_to_its_widget():
@@ -146,3 +149,11 @@ def test_draft_key_changes_with_the_draft():
     assert launch.draft_key(draft()) != launch.draft_key(draft(temperature=2.0))
     assert launch.draft_key(draft()) != launch.draft_key(draft(seeds="2"))
     assert {f"w_{c}" for c in COMPONENTS} <= set(draft())
+
+
+def test_a_run_name_of_two_lines_blocks_launch_like_on_the_command_line():
+    configs, errors = launch.check_draft(draft(run_name="two\nlines"))
+    assert configs == [] and set(errors) == {"run_name"}
+    assert errors["run_name"].startswith("name must be one line of printable text")
+    assert launch.route_errors(errors) == {"name": [errors["run_name"]]}  # under the name field
+    assert launch.check_draft(draft(run_name="  my run  "))[1] == {}

@@ -23,6 +23,7 @@ from workbench.plots import (
     parallel_coordinates,
     smooth,
     weight_curves,
+    wrap_name,
 )
 
 
@@ -266,14 +267,24 @@ def test_cka_difference_has_a_fixed_symmetric_range_stated_in_the_title():
 def test_cka_grid_of_20_runs_has_titles_that_fit_and_one_colour_bar():
     names = [f"at · bs {16 * i} · {i} ep · T {i / 2:g} · lr 0.00{i}" for i in range(20)]
     fig = cka_heatmaps({n: probe(i % 3) for i, n in enumerate(names)}, per_row=4)
+    width = int(1100 / 4 / 7)
     titles = [a.text for a in fig.layout.annotations]
-    assert len(titles) == 20 and all(len(t) <= int(1100 / 4 / 7) for t in titles)
-    assert titles[0] == fit_text(names[0], int(1100 / 4 / 7))
+    assert len(titles) == 20
+    assert all(len(line) <= width for t in titles for line in t.split("<br>"))
+    assert all(t.count("<br>") <= 1 for t in titles)
+    # what tells the runs apart (the end of the name) is still in the title
+    assert titles[3] == names[3]  # 36 characters fit one line
+    four = {f"label 0.3 · resp 0.3 · feat 0.2 · rel 0.2 · seed {i}": probe(0) for i in range(4)}
+    long = cka_heatmaps(four, per_row=4)
+    assert long.layout.annotations[2].text == "label 0.3 · resp 0.3 · feat 0.2<br>rel 0.2 · seed 2"
+    assert len(set(titles)) == 20
     assert {t.coloraxis for t in traces(fig, go.Heatmap)} == {"coloraxis"}
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.0, 1.0)
     # the hover names the run in full
     assert all(n in t.hovertemplate for n, t in zip(names, traces(fig, go.Heatmap), strict=True))
     assert fit_text("abcdef", 4) == "abc…" and fit_text("abc", 4) == "abc"
+    assert wrap_name("a · b · c", 5) == "a · b<br>c"
+    assert wrap_name("aaaa · bbbb · cccc", 4) == "aaaa<br>bbb…"
 
 
 def test_smoothing_is_a_debiased_exponential_moving_average():
@@ -367,6 +378,8 @@ def test_parallel_coordinates():
     }
     assert list(par.line.color) == [0.8, 0.9]
     assert [tuple(d.range) for d in par.dimensions[:4]] == [(0.0, 1.0)] * 4
+    # ranges read "94.4%" and "2", not "0.944444" and "2.000000"
+    assert [d.tickformat for d in par.dimensions] == [".2~f"] * 4 + [".3~g", ".1%"]
     with pytest.raises(ValueError, match="no run"):
         parallel_coordinates(records[2:])
 

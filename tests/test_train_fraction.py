@@ -27,9 +27,9 @@ def test_train_subset_is_stratified_fixed_and_without_repeats():
 
 
 def test_train_fraction_validates_and_keeps_old_fingerprints():
-    with pytest.raises(ConfigError, match="train_fraction must be > 0"):
+    with pytest.raises(ConfigError, match="train_fraction must be a number > 0 and <= 1, got 0"):
         RunConfig(train_fraction=0.0)
-    with pytest.raises(ConfigError, match=r"train_fraction must be in \(0, 1\]"):
+    with pytest.raises(ConfigError, match="train_fraction must be a number > 0 and <= 1, got 1.5"):
         RunConfig(train_fraction=1.5)
     config = RunConfig()
     # The fingerprint of a default config is that of the same config before the field existed.

@@ -223,12 +223,12 @@ def test_normalized_running_magnitude_by_hand():
 def test_uncertainty_parameters_belong_to_the_hybrid_loss_and_train():
     hybrid = HybridLoss(LossWeights(0.5, 0.5, 0.0, 0.0), temperature=2.0, weighting="uncertainty")
     params = dict(hybrid.named_parameters())
-    assert list(params) == ["weighting.log_var_raw"]
-    assert params["weighting.log_var_raw"].shape == (2,)
+    assert list(params) == ["scheme.log_var_raw"]
+    assert params["scheme.log_var_raw"].shape == (2,)
     logits, targets = torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 2, 0])
     out = hybrid(logits, targets, torch.randn(4, 3))
     out["total"].backward()
-    grad = hybrid.weighting.log_var_raw.grad
+    grad = hybrid.scheme.log_var_raw.grad
     assert grad is not None and (grad != 0).all()  # an optimizer over parameters() moves them
     weights = hybrid.current_weights()
     assert weights["feature"] == 0.0 and weights["relation"] == 0.0

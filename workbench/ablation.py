@@ -68,6 +68,7 @@ __all__ = [
     "mcnemar_exact",
     "paired_correct",
     "noise_floor",
+    "paired_comparison",
     "seeds_needed",
     "shapley_tables",
     "game_players",
@@ -356,6 +357,41 @@ def _interval(
         row["half_width"] = float(stats.t.ppf(q, len(d) - 1) * se)
         row["p_value"] = float(2 * stats.t.sf(abs(row["contribution"]) / se, len(d) - 1))
     row["note"] = "; ".join(notes)
+    return row
+
+
+def paired_comparison(
+    results: Mapping[str, Accuracies],
+    a: str,
+    b: str,
+    confidence: float = 0.95,
+    per_image: Mapping[str, PerImage] | None = None,
+) -> dict[str, Any]:
+    """One comparison of variant ``a`` against variant ``b`` (e.g. ``"full"`` against
+    ``"label only"``: what distillation adds as a whole), with the same statistics as one row
+    of ``contributions``: ``contribution = mean acc(a) - acc(b)`` over the shared seeds, its
+    paired t interval and p-value (unadjusted: a single test), and McNemar's ``b, c, p``."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    for name in (a, b):
+        if name not in results:
+            raise ValueError(f"no variant {name!r}; got variants {sorted(results)}")
+    row = _interval(_by_seed(results[a]), _by_seed(results[b]), confidence)
+    row["ci_low"] = row["contribution"] - row["half_width"]
+    row["ci_high"] = row["contribution"] + row["half_width"]
+    row["seeds_needed"] = seeds_needed(row["contribution"], row["sd_diff"], confidence)
+    row.update(b=math.nan, c=math.nan, pairs=0, p_mcnemar=math.nan)
+    if per_image and a in per_image and b in per_image:
+        counts = paired_correct(per_image[a], per_image[b])
+        if counts["pairs"]:
+            row.update(
+                b=counts["b"],
+                c=counts["c"],
+                pairs=counts["pairs"],
+                p_mcnemar=mcnemar_exact(counts["b"], counts["c"]),
+            )
+    p = row["p_value"]
+    row["distinguishable"] = bool(math.isfinite(p) and p < 1.0 - confidence)
     return row
 
 

@@ -1,5 +1,5 @@
-"""Command line: ``python -m workbench run|ablate|runs|show|store|download``, the same engine as
-the app."""
+"""Command line: ``python -m workbench run|ablate|resume|cancel|worker|runs|show|store|download``,
+the same engine and the same queue as the app."""
 
 from __future__ import annotations
 
@@ -7,39 +7,41 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
-from workbench.config import COMPONENTS, RunConfig, parse_weights
+from workbench.config import COMPONENTS, RunConfig, check_run_name, parse_weights, summary_of
 from workbench.errors import WorkbenchError
 
 __all__ = ["main"]
 
-# CLI flag -> RunConfig field, for the flags that map one to one.
-_FLAGS = {
-    "dataset": str,
-    "data_path": str,
-    "teacher": str,
-    "student": str,
-    "teacher_run": str,
-    "epochs": int,
-    "teacher_epochs": int,
-    "batch_size": int,
-    "lr": float,
-    "temperature": float,
-    "feature_kind": str,
-    "relation_kind": str,
-    "weighting": str,
-    "seed": int,
-    "device": str,
-    "log_every": int,
-    "train_fraction": float,
-}
+# RunConfig fields with a flag of their own (--data-path for data_path, ...). Flags are read as
+# text and converted by RunConfig.parse_field, so a bad value gets the same one-line message
+# (field and allowed range) as in a TOML file or the app.
+_FLAGS = (
+    "dataset",
+    "data_path",
+    "teacher",
+    "student",
+    "teacher_run",
+    "epochs",
+    "teacher_epochs",
+    "batch_size",
+    "lr",
+    "temperature",
+    "feature_kind",
+    "relation_kind",
+    "weighting",
+    "seed",
+    "device",
+    "log_every",
+    "train_fraction",
+)
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a TOML file of RunConfig fields; flags override it")
-    for field, kind in _FLAGS.items():
-        parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None)
+    for field in _FLAGS:
+        parser.add_argument("--" + field.replace("_", "-"), dest=field, default=None)
     parser.add_argument("--weights", help="e.g. label=0.3,response=0.3,feature=0.2,relation=0.2")
     parser.add_argument(
         "--layer-pairs", help="student:teacher module paths, e.g. block2:layer2.1,block3:layer4.1"
@@ -57,7 +59,11 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """A RunConfig from ``--config`` (if any) overridden by the flags given."""
     base = RunConfig.from_toml(args.config).to_dict() if args.config else {}
-    for field in (*_FLAGS, "augment", "teacher_cache"):
+    for field in _FLAGS:
+        text = getattr(args, field, None)
+        if text is not None:
+            base[field] = RunConfig.parse_field(field, text)
+    for field in ("augment", "teacher_cache"):  # store_true / store_false: real booleans
         value = getattr(args, field, None)
         if value is not None:
             base[field] = value
@@ -103,6 +109,8 @@ class Progress:
             if event.get("agreement") is not None:
                 line += f" agreement {event['agreement']:.4f}"
             print(line, file=self.stream)
+        elif phase == "wait":
+            print(f"[{who}] {event['message']}", file=self.stream)
         elif phase == "end":
             print(
                 f"[{who}] {event['status']}"
@@ -127,35 +135,105 @@ def result_json(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workbench.engine import preflight, run
+    from workbench.admission import admit
+    from workbench.engine import preflight
     from workbench.store import Store
 
     config = config_from_args(args)
+    name = check_run_name(args.name)
     preflight(config)  # a missing dataset or unpairable layers: a message, no failed run
     store = Store()
-    run_id = store.create_run(config, name=args.name)
+    admit(config, store)  # no CUDA, an unknown teacher run, ...: a message, no failed run
+    run_id = store.create_run(config, name=name, status="running")  # this process runs it
+    return _run_here(config, store, run_id, args.json)
+
+
+def _run_here(config: RunConfig, store: Any, run_id: str, as_json: bool) -> int:
+    """Train ``run_id`` in this process (already claimed by it) and print the result."""
+    from workbench import runqueue
+    from workbench.engine import run
+
+    store.update_run(run_id, **runqueue.Executor("cli").claim_fields())
     record = run(config, store, on_step=Progress(), run_id=run_id)
-    if args.json:
+    if as_json:
         print(json.dumps(result_json(record)))
     else:
         _print_record(record)
     return 0 if record["status"] == "completed" else 1
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted, failed or cancelled run from its last checkpoint, here."""
+    from workbench import runqueue
+    from workbench.store import Store
+
+    store = Store()
+    record = _get_run(store, args.run_id)
+    runqueue.recover(store)
+    if store.get_run(args.run_id)["status"] != "queued":  # auto-resume may have queued it already
+        runqueue.requeue(store, args.run_id)
+    if runqueue.claim(store, args.run_id, runqueue.Executor("cli")) is None:
+        raise WorkbenchError(f"run {args.run_id} was taken by another worker meanwhile")
+    print(f"[resume] run {args.run_id}", file=sys.stderr)
+    return _run_here(RunConfig.from_dict(record["config"]), store, args.run_id, args.json)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from workbench import runqueue
+    from workbench.store import Store
+
+    store = Store()
+    _get_run(store, args.run_id)
+    outcome = runqueue.cancel(store, args.run_id)
+    print(
+        f"run {args.run_id} cancelled"
+        if outcome == "cancelled"
+        else f"run {args.run_id}: cancel requested; it stops at its next logged step"
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Execute queued runs from the store until interrupted (Ctrl-C or SIGTERM)."""
+    from workbench.store import Store
+    from workbench.worker import serve
+
+    if args.slots < 1:
+        raise WorkbenchError(f"--slots must be >= 1, got {args.slots}")
+    serve(Store(), device=args.device, slots=args.slots, once=args.once)
+    return 0
+
+
+def _get_run(store: Any, run_id: str) -> dict[str, Any]:
+    try:
+        return store.get_run(run_id)
+    except KeyError as exc:
+        raise WorkbenchError(f"{exc.args[0]}; list runs with `python -m workbench runs`") from None
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from workbench import runqueue
+    from workbench.admission import admit
     from workbench.engine import preflight, run
+    from workbench.forms import MAX_SEEDS
     from workbench.store import Store
     from workbench.suites import launch_suite, suite_analysis
 
     config = config_from_args(args)
-    if args.seeds < 1:
-        raise WorkbenchError(f"--seeds must be >= 1, got {args.seeds}")
+    args.name = check_run_name(args.name)
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise WorkbenchError(
+            f"--seeds must be a whole number from 1 to {MAX_SEEDS}, got {args.seeds}"
+        )
     preflight(config)
     store = Store()
+    admit(config, store)
     queued: list[tuple[str, RunConfig, str]] = []
+    me = runqueue.Executor("cli")
 
-    def submit(cfg: RunConfig, **fields: Any) -> str:
-        run_id = store.create_run(cfg, **fields)
+    def submit(cfg: RunConfig, **fields: Any) -> str:  # held by this process, never queued
+        run_id = store.create_run(cfg, status="running", **fields)
+        store.update_run(run_id, **me.claim_fields())
         queued.append((run_id, cfg, fields.get("variant") or ""))
         return run_id
 
@@ -208,14 +286,17 @@ def _print_suite(suite: dict[str, Any], analysis: dict[str, Any]) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from workbench.store import Store
+    from workbench.store import STATUSES, Store
 
+    if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
+        raise WorkbenchError(f"--status must be one of {', '.join(STATUSES)}, got {args.status!r}")
     records = Store().list_runs(status=args.status, role=args.role)
     if args.json:
         print(
             json.dumps(
                 [
-                    result_json(r) | {"summary": RunConfig.from_dict(r["config"]).summary()}
+                    result_json(r)
+                    | {"name": r.get("name") or "", "summary": summary_of(r["config"])}
                     for r in records
                 ]
             )
@@ -226,19 +307,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in records:
         acc = (r.get("metrics") or {}).get("val_acc")
         acc_text = f"{acc:.4f}" if acc is not None else "  -   "
-        summary = RunConfig.from_dict(r["config"]).summary()
-        print(f"{r['id']}  {r['status']:<11} {acc_text}  {r.get('name') or ''}  {summary}")
+        name, summary = one_line(r.get("name") or ""), one_line(summary_of(r["config"]))
+        print(f"{r['id']}  {r['status']:<11} {acc_text}  {name}  {summary}")
     return 0
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so that a name stored before names
+    were checked cannot break a listing of one run per line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from workbench.store import Store
 
     store = Store()
-    try:
-        record = store.get_run(args.run_id)
-    except KeyError as exc:
-        raise WorkbenchError(f"{exc.args[0]}; list runs with `python -m workbench runs`") from None
+    record = _get_run(store, args.run_id)
     if args.json:
         print(json.dumps(record | {"epochs": store.epochs(args.run_id)}, default=str))
     else:
@@ -275,8 +359,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def _print_record(record: dict[str, Any]) -> None:
     metrics = record.get("metrics") or {}
-    config = RunConfig.from_dict(record["config"])
-    print(f"run {record['id']} ({record['status']}): {config.summary()}")
+    config = record["config"]  # as stored: not validated again against today's bounds
+    print(f"run {record['id']} ({record['status']}): {one_line(summary_of(config))}")
     if record.get("error"):
         print(f"  error: {record['error']}")
     for key in ("val_acc", "teacher_acc", "agreement"):
@@ -284,16 +368,21 @@ def _print_record(record: dict[str, Any]) -> None:
             print(f"  {key}: {metrics[key]:.4f}")
     for key in COMPONENTS:
         value = metrics.get("final_losses", {}).get(key)
-        if value is not None and getattr(config.weights, key) > 0:
+        if value is not None and (config.get("weights") or {}).get(key, 0) > 0:
             print(f"  final {key} loss: {value:.4f}")
     if record.get("seconds") is not None:
         print(f"  seconds: {record['seconds']:.1f}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``error: ...``) like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m workbench", description="KD Workbench command line"
-    )
+    parser = _Parser(prog="python -m workbench", description="KD Workbench command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="train one run (the teacher first, if needed)")
     _add_run_flags(p_run)
@@ -307,6 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--factorial", action="store_true", help="all on/off combinations, with Shapley values"
     )
     p_ablate.set_defaults(func=cmd_ablate)
+    p_resume = sub.add_parser(
+        "resume", help="continue an interrupted, failed or cancelled run from its last checkpoint"
+    )
+    p_resume.add_argument("run_id")
+    p_resume.add_argument("--json", action="store_true")
+    p_resume.set_defaults(func=cmd_resume)
+    p_cancel = sub.add_parser("cancel", help="cancel a queued or running run")
+    p_cancel.add_argument("run_id")
+    p_cancel.set_defaults(func=cmd_cancel)
+    p_worker = sub.add_parser("worker", help="execute queued runs from the store")
+    p_worker.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
+    p_worker.add_argument("--slots", type=int, default=1, help="runs at once (default 1)")
+    p_worker.add_argument(
+        "--once", action="store_true", help="exit when nothing is queued for this worker"
+    )
+    p_worker.set_defaults(func=cmd_worker)
     p_runs = sub.add_parser("runs", help="list the runs in the store")
     p_runs.add_argument("--status")
     p_runs.add_argument("--role", choices=["student", "teacher"])

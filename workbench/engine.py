@@ -14,35 +14,54 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from workbench import checkpoints, runqueue
 from workbench.config import COMPONENTS, RunConfig
-from workbench.data import DataBundle, load_dataset
+from workbench.data import SPLIT_VERSION, DataBundle, load_dataset, train_subset
 from workbench.errors import CheckpointError, ConfigError, WorkbenchError
 from workbench.features import FeatureTaps, build_adapters, check_pairs, pair_layers
-from workbench.losses import HybridLoss
+from workbench.gradshare import SHARE_FIELDS, gradient_shares
+from workbench.losses import HybridLoss, uses_adapter
 from workbench.models import build_model, feature_layers
 from workbench.probe import per_class_accuracy, run_probe
+from workbench.rng import seeded_construction, use_run_generator
 from workbench.store import Store, load_state_dict
-from workbench.teacher_cache import teacher_predictions, teacher_source
+from workbench.teacher_cache import (
+    CachedTeacher,
+    LiveTeacher,
+    teacher_predictions,
+    teacher_source,
+)
 
 __all__ = [
     "StopFlag",
+    "Training",
+    "augment_batch",
+    "build_model_and_loss",
+    "build_optimizer",
+    "end_epoch",
     "ensure_teacher",
     "evaluate",
+    "finish",
     "import_teacher",
     "load_teacher",
+    "prepare",
     "preflight",
     "resolve_device",
+    "restore",
     "run",
+    "train_epoch",
+    "train_step",
+    "training_state",
 ]
 
 OnStep = Callable[[dict[str, Any]], None]
@@ -67,11 +86,6 @@ def resolve_device(name: str) -> torch.device:
             f"device {name} asked for, but CUDA is not available here; choose auto or cpu"
         )
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)  # seeds CUDA too
 
 
 @torch.inference_mode()
@@ -134,11 +148,22 @@ def ensure_teacher(
     teacher_cfg = config.teacher_config()
     fingerprint = teacher_cfg.fingerprint()
     what = f"training teacher {config.teacher} on {config.dataset}"
-    with store.lock(f"teacher:{fingerprint}", description=f"a run {what}") as held:
-        found = store.find_teacher(fingerprint)
+    with store.lock(
+        f"teacher:{fingerprint}",
+        description=f"a run {what}",
+        on_wait=lambda message: (
+            on_step({"run_id": None, "role": "teacher", "phase": "wait", "message": message})
+            if on_step
+            else None
+        ),
+    ) as held:
+        found = store.find_teacher(teacher_key(teacher_cfg))
         if found:
             return found
-        teacher_id = store.create_run(teacher_cfg)
+        teacher_id = _unfinished_teacher(store, fingerprint) or store.create_run(
+            teacher_cfg,
+            status="running",  # held by this process, never seen as queued
+        )  # an unfinished one is a run a dead process left: it continues from its checkpoint
         held.describe(f"run {teacher_id}, which is {what}")
         record = run(teacher_cfg, store, on_step=on_step, stop=stop, run_id=teacher_id)
     if record["status"] == "cancelled":
@@ -148,6 +173,31 @@ def ensure_teacher(
             f"training the teacher {config.teacher} {record['status']}: {record['error'] or ''}".strip()
         )
     return record["id"]
+
+
+def teacher_key(teacher_config: RunConfig) -> str:
+    """The key under which the store finds the trained teacher of a recipe: its fingerprint
+    and the version of the data splits (a teacher trained on older splits may have seen
+    today's test images, so it is not reused)."""
+    return f"{teacher_config.fingerprint()}:split{SPLIT_VERSION}"
+
+
+def _unfinished_teacher(store: Store, fingerprint: str) -> str | None:
+    """A teacher run of this recipe that a process left unfinished (interrupted, or still
+    marked running by a dead process), claimed for resuming; None when there is none."""
+    runqueue.recover(store, auto_resume=False)
+    for record in store.list_runs(role="teacher", status=("interrupted", "queued")):
+        if record["fingerprint"] != fingerprint:
+            continue
+        claimed = store.update_run_if(
+            record["id"],
+            lambda r: r["status"] in ("interrupted", "queued"),
+            status="running",
+            **runqueue.Executor("teacher").claim_fields(),
+        )
+        if claimed is not None:
+            return record["id"]
+    return None
 
 
 def _teacher_record(store: Store, run_id: str) -> dict[str, Any]:
@@ -196,7 +246,8 @@ def import_teacher(
         raise CheckpointError(
             f"this checkpoint does not fit {teacher} for {dataset}: {first.strip()}"
         ) from None
-    acc = float((evaluate(model, data.val_x) == data.val_y).float().mean())
+    val_acc = float((evaluate(model, data.val_x) == data.val_y).float().mean())
+    test_acc = float((evaluate(model, data.test_x) == data.test_y).float().mean())
     run_id = store.create_run(
         config, name=name or f"uploaded {teacher}", tags=["uploaded"], status="completed"
     )
@@ -208,7 +259,7 @@ def import_teacher(
         finished_at=now,
         seconds=0.0,
         teacher_source="upload",
-        metrics={"val_acc": acc},
+        metrics={"val_acc": val_acc, "test_acc": test_acc},
     )
     return run_id
 
@@ -252,285 +303,587 @@ def run(
 ) -> dict[str, Any]:
     """Train one run to the end and return its record (never raises for a failed run).
 
-    Status at the end: ``completed``; ``cancelled`` when ``stop`` is set or a cancel is
-    requested in the store; ``diverged`` (with ``diverged_step``) on a NaN/inf loss; ``failed``
-    with the message on any exception, CUDA out-of-memory included.
+    A run that has a training checkpoint (``workbench.checkpoints``: it finished an epoch
+    before it was interrupted, failed or was cancelled) continues from it; the result equals
+    that of an uninterrupted run. Status at the end: ``completed``; ``cancelled`` when ``stop``
+    is set or a cancel is requested in the store; ``diverged`` (with ``diverged_step``) on a
+    NaN/inf loss; ``failed`` with the message on any exception, CUDA out-of-memory included.
     """
-    run_id = run_id or store.create_run(config)
+    run_id = run_id or store.create_run(config, status="running")  # never seen as queued
     started = time.time()
-    store.update_run(
-        run_id, status="running", started_at=started, pid=os.getpid(), host=socket.gethostname()
+    store.update_run_if(  # `executions` counts the starts: a run is executed once per claim
+        run_id,
+        lambda record: True,
+        status="running",
+        started_at=lambda record: record.get("started_at") or started,
+        finished_at=None,
+        error=None,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        executions=lambda record: (record.get("executions") or 0) + 1,
     )
-    status, fields = "completed", {}
-    try:
-        fields = _train(config, store, run_id, on_step or (lambda event: None), stop, started)
-    except (_Stopped, KeyboardInterrupt):
-        status = "cancelled"
-    except _Diverged as exc:
-        status, fields = (
-            "diverged",
-            {
-                "diverged_step": exc.step,
-                "error": f"the loss became NaN/inf at step {exc.step}; lower the learning rate or the weights",
-            },
-        )
-    except WorkbenchError as exc:
-        status, fields = "failed", {"error": str(exc)}
-    except torch.OutOfMemoryError:
-        status, fields = (
-            "failed",
-            {"error": "out of GPU memory: lower the batch size or pick smaller models"},
-        )
-    except (
-        Exception
-    ) as exc:  # a bug or an environment problem: keep the message, keep the store sane
-        status, fields = "failed", {"error": f"{type(exc).__name__}: {exc}"}
+    status, fields = _train_safely(config, store, run_id, on_step, stop)
     finished = time.time()
     record = store.update_run(
-        run_id, status=status, finished_at=finished, seconds=finished - started, **fields
+        run_id,
+        status=status,
+        finished_at=finished,
+        seconds=finished - store.get_run(run_id)["started_at"],
+        **fields,
     )
-    if status == "completed" and config.role == "teacher":
-        store.set_teacher(config.fingerprint(), run_id)  # later students reuse it
+    if status == "completed":
+        checkpoints.delete_state(store.home, run_id)  # its final weights are the plain checkpoint
+        if config.role == "teacher":
+            store.set_teacher(teacher_key(config), run_id)  # later students reuse it
     if on_step:
-        on_step(
-            {
-                "run_id": run_id,
-                "role": config.role,
-                "phase": "end",
-                "status": status,
-                "error": record.get("error"),
-            }
-        )
+        end = {"run_id": run_id, "role": config.role, "phase": "end", "status": status}
+        on_step(end | {"error": record.get("error")})
     return record
 
 
+def _train_safely(
+    config: RunConfig, store: Store, run_id: str, on_step: OnStep | None, stop: StopFlag | None
+) -> tuple[str, dict[str, Any]]:
+    """``_train`` with every way it can end turned into a final status and record fields."""
+    try:
+        return "completed", _train(config, store, run_id, on_step or (lambda event: None), stop)
+    except (_Stopped, KeyboardInterrupt):
+        return "cancelled", {}
+    except _Diverged as exc:
+        return "diverged", {
+            "diverged_step": exc.step,
+            "error": f"the loss became NaN/inf at step {exc.step}; "
+            "lower the learning rate or the weights",
+        }
+    except WorkbenchError as exc:
+        return "failed", {"error": str(exc)}
+    except torch.OutOfMemoryError:
+        return "failed", {"error": "out of GPU memory: lower the batch size or pick smaller models"}
+    except (
+        Exception
+    ) as exc:  # a bug or an environment problem: keep the message, keep the store sane
+        return "failed", {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def _train(
+    config: RunConfig, store: Store, run_id: str, on_step: OnStep, stop: StopFlag | None
+) -> dict[str, Any]:
+    """Prepare (or restore) the run, train its remaining epochs, finish it."""
+    state = checkpoints.load_state(store.home, run_id)
+    t = prepare(config, store, run_id, on_step, stop)
+    if state is not None:
+        restore(t, state)
+    else:  # a first start, or a restart of a run that never finished an epoch
+        store.set_history(run_id, [])
+        store.set_epochs(run_id, [])
+    with FeatureTaps(t.model, t.student_paths) as taps:
+        for epoch in range(t.epoch + 1, config.epochs + 1):
+            train_epoch(t, epoch, taps)
+            end_epoch(t, epoch)
+    return {"metrics": finish(t)}
+
+
+# ---------------------------------------------------------------------------- the run's state
+@dataclass
+class Training:
+    """Everything one run trains with. ``prepare`` builds it, ``restore`` rewinds it to a
+    checkpoint, and the named steps (``train_epoch``, ``end_epoch``, ``finish``) advance it."""
+
+    config: RunConfig
+    store: Store
+    run_id: str
+    on_step: OnStep
+    stop: StopFlag | None
+    device: torch.device
+    data: DataBundle
+    teacher: nn.Module | None
+    teacher_id: str | None
+    student_layers: list
+    teacher_layers: list
+    pairs: tuple[tuple[str, str], ...]
+    model: nn.Module
+    hybrid: HybridLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # CPU: data order and augmentation
+    model_generator: torch.Generator  # the model's device: dropout, stochastic depth
+    source: LiveTeacher | CachedTeacher | None
+    teacher_pred: torch.Tensor | None  # [N_val], the teacher's predicted classes
+    teacher_test_pred: torch.Tensor | None  # [N_test]
+    train_x: torch.Tensor  # [N, C, H, W] on the device
+    train_y: torch.Tensor  # [N]
+    val_x: torch.Tensor  # [N_val, C, H, W] on the device
+    test_x: torch.Tensor  # [N_test, C, H, W] on the device
+    batch: int
+    steps_per_epoch: int
+    amp_dtype: torch.dtype
+    use_amp: bool
+    started: float = field(default_factory=time.time)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_rows: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+    epoch: int = 0  # the last finished epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    @property
+    def student_paths(self) -> list[str]:
+        return [s for s, _ in self.pairs] if self.hybrid.needs_features else []
+
+    @property
+    def teacher_paths(self) -> list[str]:
+        return [t for _, t in self.pairs] if self.hybrid.needs_features else []
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+
+def prepare(
     config: RunConfig,
     store: Store,
     run_id: str,
-    on_step: OnStep,
-    stop: StopFlag | None,
-    started: float,
-) -> dict[str, Any]:
+    on_step: OnStep = lambda event: None,
+    stop: StopFlag | None = None,
+) -> Training:
+    """Everything a run needs before its first step: data, teacher, model, loss, optimizer."""
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, data_path=config.data_path)
-    teacher, teacher_id = None, None
-    if config.uses_teacher:
-        teacher_id = ensure_teacher(config, store, on_step=on_step, stop=stop)
-        teacher = load_teacher(teacher_id, store, data, device)
-    elif config.role == "student":  # scratch: probe against a teacher only if one exists already
-        teacher_id = config.teacher_run or store.find_teacher(config.teacher_config().fingerprint())
-        if teacher_id:
-            teacher = load_teacher(teacher_id, store, data, device)
+    teacher, teacher_id = _teacher_for(config, store, run_id, data, device, on_step, stop)
     store.update_run(run_id, teacher_run=teacher_id)
+    model, hybrid, generator, model_generator, pairs, s_layers, t_layers = build_model_and_loss(
+        config, data, teacher, device
+    )
+    optimizer = build_optimizer(model, hybrid, lr=config.lr, device=device)
+    subset = train_subset(data.train_y, config.train_fraction)  # [M]: all, or a reduced recipe
+    train_x, train_y = data.train_x[subset].to(device), data.train_y[subset].to(device)
+    n = len(train_y)
+    batch = min(config.batch_size, n)
+    steps_per_epoch = max(1, n // batch)  # drop the ragged last batch (BatchNorm needs > 1 sample)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=steps_per_epoch * config.epochs
+    )
+    val_x = data.val_x.to(device)
+    test_x = data.test_x.to(device)
+    source, teacher_pred, teacher_test_pred = _teacher_outputs(
+        config, store, run_id, hybrid, pairs, teacher, teacher_id, (train_x, val_x, test_x), device
+    )
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    train_x = _channels_last(model, teacher, source, train_x, device)
+    return Training(
+        config=config,
+        store=store,
+        run_id=run_id,
+        on_step=on_step,
+        stop=stop,
+        device=device,
+        data=data,
+        teacher=teacher,
+        teacher_id=teacher_id,
+        student_layers=s_layers,
+        teacher_layers=t_layers,
+        pairs=pairs,
+        model=model,
+        hybrid=hybrid,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        generator=generator,
+        model_generator=model_generator,
+        source=source,
+        teacher_pred=teacher_pred,
+        teacher_test_pred=teacher_test_pred,
+        train_x=train_x,
+        train_y=train_y,
+        val_x=val_x,
+        test_x=test_x,
+        batch=batch,
+        steps_per_epoch=steps_per_epoch,
+        amp_dtype=amp_dtype,
+        use_amp=use_amp,
+    )
 
-    seed_everything(config.seed)
-    model = build_model(config.trained_model, data.input_shape, data.num_classes).to(device)
-    s_layers = feature_layers(model, data.input_shape)
-    t_layers = feature_layers(teacher, data.input_shape) if teacher is not None else []
-    pairs: tuple[tuple[str, str], ...] = ()
-    if teacher is not None:
-        pairs = _layer_pairs(config, s_layers, t_layers)
-    hybrid = HybridLoss(
-        config.weights,
-        temperature=config.temperature,
-        feature_kind=config.feature_kind,
-        relation_kind=config.relation_kind,
-        adapters=build_adapters(pairs, s_layers, t_layers) if config.weights.feature > 0 else None,
-        weighting=config.weighting,
-    ).to(device)
-    # Adapters and weighting parameters exist before the optimizer, so they train.
-    # Weight decay would pull learned loss weights (log-variances) towards 1, so they get none.
-    optimizer = torch.optim.AdamW(
+
+def _teacher_outputs(
+    config: RunConfig,
+    store: Store,
+    run_id: str,
+    hybrid: HybridLoss,
+    pairs: tuple[tuple[str, str], ...],
+    teacher: nn.Module | None,
+    teacher_id: str | None,
+    splits: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device,
+) -> tuple[LiveTeacher | CachedTeacher | None, torch.Tensor | None, torch.Tensor | None]:
+    """Where the loss gets the teacher's outputs (live or cached; None when no term needs
+    them), and the teacher's predicted classes on validation and test (once per teacher and
+    split, unless the cache is off; None without a teacher)."""
+    train_x, val_x, test_x = splits
+    source = None
+    if hybrid.needs_teacher:
+        paths = [t for _, t in pairs] if hybrid.needs_features else []
+        source = teacher_source(config, teacher, teacher_id, paths, train_x, store, device)
+        store.update_run(run_id, teacher_source=source.kind, teacher_note=source.note)
+    if teacher is None:
+        return source, None, None
+    return (
+        source,
+        teacher_predictions(config, teacher, teacher_id, val_x, store),
+        teacher_predictions(config, teacher, teacher_id, test_x, store),
+    )
+
+
+def _teacher_for(
+    config: RunConfig,
+    store: Store,
+    run_id: str,
+    data: DataBundle,
+    device: torch.device,
+    on_step: OnStep,
+    stop: StopFlag | None,
+) -> tuple[nn.Module | None, str | None]:
+    """The frozen teacher a run trains or is probed against, and its run id (or None, None).
+
+    A resumed run keeps the teacher it started with. A scratch student is probed against a
+    teacher only if one exists already."""
+    teacher_id = store.get_run(run_id).get("teacher_run") if config.role == "student" else None
+    if teacher_id and not store.has_run(teacher_id):
+        teacher_id = None
+    if not teacher_id and config.uses_teacher:
+        teacher_id = ensure_teacher(config, store, on_step=on_step, stop=stop)
+    elif not teacher_id and config.role == "student":
+        teacher_id = config.teacher_run or store.find_teacher(teacher_key(config.teacher_config()))
+    if not teacher_id:
+        return None, None
+    return load_teacher(teacher_id, store, data, device), teacher_id
+
+
+def build_model_and_loss(
+    config: RunConfig, data: DataBundle, teacher: nn.Module | None, device: torch.device
+) -> tuple[nn.Module, HybridLoss, torch.Generator, torch.Generator, tuple, list, list]:
+    """The model to train and the hybrid loss (with its adapters and weighting parameters),
+    initialised from ``config.seed`` alone, and the run's own generators.
+
+    Returns ``(model, hybrid, generator, model_generator, pairs, student_layers,
+    teacher_layers)``: ``generator`` (CPU) orders and augments the data, ``model_generator``
+    (on the device) drives dropout; nothing of the run draws from the global generator."""
+    with seeded_construction(config.seed):
+        model = build_model(config.trained_model, data.input_shape, data.num_classes)
+        s_layers = feature_layers(model, data.input_shape)
+        t_layers = feature_layers(teacher, data.input_shape) if teacher is not None else []
+        pairs = _layer_pairs(config, s_layers, t_layers) if teacher is not None else ()
+        adapted = config.weights.feature > 0 and uses_adapter(config.feature_kind)
+        adapters = build_adapters(pairs, s_layers, t_layers) if adapted else None
+        hybrid = HybridLoss(
+            config.weights,
+            temperature=config.temperature,
+            feature_kind=config.feature_kind,
+            relation_kind=config.relation_kind,
+            adapters=adapters,
+            weighting=config.weighting,
+        )
+    model_generator = torch.Generator(device=device).manual_seed(config.seed)
+    use_run_generator(model, model_generator)
+    return (
+        model.to(device),
+        hybrid.to(device),
+        torch.Generator().manual_seed(config.seed),
+        model_generator,
+        pairs,
+        s_layers,
+        t_layers,
+    )
+
+
+def build_optimizer(
+    model: nn.Module, hybrid: HybridLoss, *, lr: float, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW over the model, the loss's adapters (so they train, unlike the course sketch's
+    lazily created projection) and the weighting scheme's parameters. Weight decay would pull
+    learned loss weights (log-variances) towards 1, so that group gets none."""
+    return torch.optim.AdamW(
         [
             {"params": [*model.parameters(), *_loss_parameters(hybrid, weighting=False)]},
             {"params": _loss_parameters(hybrid, weighting=True), "weight_decay": 0.0},
         ],
-        lr=config.lr,
+        lr=lr,
         fused=device.type == "cuda",
     )
 
-    n = len(data.train_x)
-    batch = min(config.batch_size, n)
-    steps_per_epoch = max(1, n // batch)  # drop the ragged last batch (BatchNorm needs > 1 sample)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    val_x = data.val_x.to(device)
 
-    s_paths = [s for s, _ in pairs] if hybrid.needs_features else []
-    t_paths = [t for _, t in pairs] if hybrid.needs_features else []
-    source = (
-        teacher_source(config, teacher, teacher_id, t_paths, train_x, store, device)
-        if hybrid.needs_teacher
-        else None
-    )
-    if source is not None:
-        store.update_run(run_id, teacher_source=source.kind, teacher_note=source.note)
-    teacher_pred = (  # computed once per teacher and validation split, unless the cache is off
-        teacher_predictions(config, teacher, teacher_id, val_x, store)
-        if teacher is not None
-        else None
-    )
-    teacher_acc = (
-        float((teacher_pred == data.val_y).float().mean()) if teacher_pred is not None else None
-    )
+def _loss_parameters(hybrid: HybridLoss, *, weighting: bool) -> list[nn.Parameter]:
+    """The loss's own parameters: the weighting scheme's, or the rest (the adapters)."""
+    scheme = {id(p) for p in hybrid.scheme.parameters()}
+    return [p for p in hybrid.parameters() if (id(p) in scheme) == weighting]
 
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    # Channels-last lets cuDNN run its NHWC tensor-core kernels under autocast; it pays only for
-    # convolutional models. Batches train_x[idx] inherit train_x's layout, so the input is
-    # converted once here instead of at the first convolution of every step.
-    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+
+def _channels_last(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    source: LiveTeacher | CachedTeacher | None,
+    train_x: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """On CUDA, channels-last lets cuDNN run its NHWC tensor-core kernels under autocast; it
+    pays only for convolutional models. Batches ``train_x[idx]`` inherit ``train_x``'s layout,
+    so the input is converted once here instead of at the first convolution of every step."""
+    if device.type != "cuda":
+        return train_x
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
         train_x = train_x.contiguous(memory_format=torch.channels_last)
     if (
-        device.type == "cuda"
+        teacher is not None
         and source is not None
         and source.kind == "live"
         and any(isinstance(m, nn.Conv2d) for m in teacher.modules())
     ):
         teacher.to(memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(config.seed)
-    history: list[dict[str, Any]] = []
-    epoch_rows: list[dict[str, Any]] = []
-    step = 0
-    model.train()
-    with FeatureTaps(model, s_paths) as s_taps:
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = len(history)
-            order = torch.randperm(n, generator=generator)[: steps_per_epoch * batch].to(device)
-            for b in range(steps_per_epoch):
-                idx = order[b * batch : (b + 1) * batch]  # [B]
-                x, y = train_x[idx], train_y[idx]  # [B, C, H, W], [B]
-                if config.augment:
-                    x = augment_batch(x, generator)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = model(x)  # [B, K]
-                    t_logits, t_feats = source(idx, x) if source is not None else (None, [])
-                    terms = hybrid(logits, y, t_logits, s_taps.features, t_feats)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms["total"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                if stop is not None and stop.is_set():
-                    raise _Stopped
-                if step % config.log_every == 0 or b == steps_per_epoch - 1:
-                    row = _log_row(terms, hybrid, step, epoch, started)
-                    if not math.isfinite(row["total"]):
-                        raise _Diverged(step)
-                    history.append(row)
-                    store.save_history_tail(run_id, history)
-                    eta = (time.time() - started) / step * (total_steps - step)
-                    progress = {
-                        "epoch": epoch,
-                        "epochs": config.epochs,
-                        "step": step,
-                        "total_steps": total_steps,
-                        "eta_s": eta,
-                    }
-                    store.update_run(run_id, progress=progress)
-                    on_step(
-                        {
-                            "run_id": run_id,
-                            "role": config.role,
-                            "phase": "step",
-                            **progress,
-                            "losses": {k: row[k] for k in (*COMPONENTS, "total")},
-                            "weights": hybrid.current_weights(),
-                        }
-                    )
-                    if store.cancel_requested(run_id):
-                        raise _Stopped
-            pred = evaluate(model, val_x)
-            val_acc = float((pred == data.val_y).float().mean())
-            agreement = (
-                float((pred == teacher_pred).float().mean()) if teacher_pred is not None else None
-            )
-            hybrid.epoch_end(val_acc)
-            logged = [r["total"] for r in history[epoch_start:]]  # this epoch's logged steps
-            train_loss = sum(logged) / max(1, len(logged))
-            epoch_rows.append(
-                {
-                    "epoch": epoch,
-                    "val_acc": val_acc,
-                    "agreement": agreement,
-                    "train_loss": train_loss,
-                    "time": time.time() - started,
-                }
-            )
-            store.set_epochs(run_id, epoch_rows)
-            on_step(
-                {
-                    "run_id": run_id,
-                    "role": config.role,
-                    "phase": "epoch",
-                    "epoch": epoch,
-                    "epochs": config.epochs,
-                    "step": step,
-                    "total_steps": total_steps,
-                    "val_acc": val_acc,
-                    "agreement": agreement,
-                }
-            )
+    return train_x
 
-    store.save_checkpoint(run_id, model.state_dict())
-    metrics = {
-        "val_acc": epoch_rows[-1]["val_acc"],
-        "best_val_acc": max(r["val_acc"] for r in epoch_rows),
-        "teacher_acc": teacher_acc,
-        "agreement": epoch_rows[-1]["agreement"],
-        "final_losses": {k: history[-1][k] for k in (*COMPONENTS, "total")} if history else {},
-        "per_class_acc": per_class_accuracy(pred, data.val_y, data.num_classes),
+
+# ---------------------------------------------------------------------------- the named steps
+def train_epoch(t: Training, epoch: int, taps: FeatureTaps) -> None:
+    """One pass over the training set in the run's own shuffled order; logs every
+    ``log_every`` steps and the epoch's last step."""
+    config, n = t.config, len(t.train_x)
+    order = torch.randperm(n, generator=t.generator)[: t.steps_per_epoch * t.batch].to(t.device)
+    t.model.train()
+    for b in range(t.steps_per_epoch):
+        idx = order[b * t.batch : (b + 1) * t.batch]  # [B]
+        x, y = t.train_x[idx], t.train_y[idx]  # [B, C, H, W], [B]
+        if config.augment:
+            x = augment_batch(x, t.generator)
+        every = (t.step + 1) % config.log_every == 0
+        logged = every or b == t.steps_per_epoch - 1
+        # Gradient shares cost a backward pass per term: measured every log_every steps and at
+        # the run's last step, not at every epoch's end (short epochs would pay it each time).
+        last = epoch == config.epochs and b == t.steps_per_epoch - 1
+        terms, shares = train_step(t, idx, x, y, taps, shares=every or last)
+        t.step += 1
+        if t.stop is not None and t.stop.is_set():
+            raise _Stopped
+        if logged:
+            log_step(t, terms, epoch, shares)
+
+
+def train_step(
+    t: Training,
+    idx: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    taps: FeatureTaps,
+    *,
+    shares: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, float] | None]:
+    """Forward, hybrid loss, backward and one optimizer and schedule step. With ``shares``
+    (on logged steps) also each term's share of the gradient on the model's parameters
+    (``workbench.gradshare``), measured before the step."""
+    with torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.use_amp):
+        logits = t.model(x)  # [B, K]
+        t_logits, t_feats = t.source(idx, x) if t.source is not None else (None, [])
+        terms = t.hybrid(logits, y, t_logits, taps.features, t_feats)
+    measured = (
+        gradient_shares(terms, t.hybrid.current_weights(), t.model.parameters()) if shares else None
+    )
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(terms["total"]).backward()
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.scheduler.step()
+    return terms, measured
+
+
+def log_step(
+    t: Training,
+    terms: dict[str, torch.Tensor],
+    epoch: int,
+    shares: dict[str, float] | None = None,
+) -> None:
+    """Append a history row, report progress, and honour a cancel asked through the store."""
+    row = _log_row(terms, t.hybrid, t.step, epoch, t.elapsed())
+    if not math.isfinite(row["total"]):
+        raise _Diverged(t.step)
+    if shares is not None:
+        row.update({SHARE_FIELDS[k]: v for k, v in shares.items()})
+    t.history.append(row)
+    t.store.save_history_tail(t.run_id, t.history)
+    eta = t.elapsed() / t.step * (t.total_steps - t.step)
+    progress = {
+        "epoch": epoch,
+        "epochs": t.config.epochs,
+        "step": t.step,
+        "total_steps": t.total_steps,
+        "eta_s": eta,
     }
-    store.update_run(run_id, metrics=metrics)
-    if config.role == "student":
+    t.store.update_run(t.run_id, progress=progress, heartbeat=time.time())
+    t.on_step(
+        {
+            "run_id": t.run_id,
+            "role": t.config.role,
+            "phase": "step",
+            **progress,
+            "losses": {k: row[k] for k in (*COMPONENTS, "total")},
+            "weights": t.hybrid.current_weights(),
+        }
+    )
+    if t.store.cancel_requested(t.run_id):
+        raise _Stopped
+
+
+def end_epoch(t: Training, epoch: int) -> dict[str, Any]:
+    """Validate, let the weighting scheme see the validation accuracy, record the epoch and
+    checkpoint the whole training state; returns the epoch's row."""
+    pred = evaluate(t.model, t.val_x)
+    val_acc = float((pred == t.data.val_y).float().mean())
+    agreement = (
+        float((pred == t.teacher_pred).float().mean()) if t.teacher_pred is not None else None
+    )
+    t.hybrid.epoch_end(val_acc)
+    logged = [r["total"] for r in t.history if r["epoch"] == epoch]  # this epoch's logged steps
+    row = {
+        "epoch": epoch,
+        "val_acc": val_acc,
+        "agreement": agreement,
+        "train_loss": sum(logged) / max(1, len(logged)),
+        "time": t.elapsed(),
+    }
+    t.epoch_rows.append(row)
+    t.epoch = epoch
+    t.store.set_epochs(t.run_id, t.epoch_rows)
+    checkpoints.save_state(t.store.home, t.run_id, training_state(t))
+    t.store.write_manifest(t.run_id)  # what `store repair` rebuilds the index from
+    t.on_step(
+        {
+            "run_id": t.run_id,
+            "role": t.config.role,
+            "phase": "epoch",
+            "epoch": epoch,
+            "epochs": t.config.epochs,
+            "step": t.step,
+            "total_steps": t.total_steps,
+            "val_acc": val_acc,
+            "agreement": agreement,
+        }
+    )
+    return row
+
+
+def finish(t: Training) -> dict[str, Any]:
+    """Save the final weights, compute the run's metrics and (for a student) its probe.
+
+    Validation chose nothing here but is what the weighting saw; the headline numbers
+    (``test_acc``, the teacher's accuracy, the agreement, per-class accuracy) are measured on
+    the test split, which nothing in training looked at."""
+    t.store.save_checkpoint(t.run_id, t.model.state_dict())
+    test_pred = evaluate(t.model, t.test_x)  # [N_test]
+    test_y = t.data.test_y
+    correct = test_pred == test_y  # [N_test]
+    teacher = t.teacher_test_pred
+    metrics = {
+        "val_acc": t.epoch_rows[-1]["val_acc"],
+        "best_val_acc": max(r["val_acc"] for r in t.epoch_rows),
+        "test_acc": float(correct.float().mean()),
+        "train_size": len(t.train_y),
+        "teacher_acc": float((teacher == test_y).float().mean()) if teacher is not None else None,
+        "agreement": float((test_pred == teacher).float().mean()) if teacher is not None else None,
+        "final_losses": {k: t.history[-1][k] for k in (*COMPONENTS, "total")} if t.history else {},
+        "per_class_acc": per_class_accuracy(test_pred, test_y, t.data.num_classes),
+    }
+    t.store.update_run(t.run_id, metrics=metrics)
+    if t.config.role == "student":
         probe = run_probe(
-            student=model,
-            student_layers=[info.path for info in s_layers],
-            teacher=teacher,
-            teacher_layers=[info.path for info in t_layers],
-            pairs=pairs,
-            adapters=hybrid.adapters if config.weights.feature > 0 else None,
-            val_x=data.val_x,
-            val_y=data.val_y,
-            class_names=data.class_names,
-            device=device,
+            student=t.model,
+            student_layers=[info.path for info in t.student_layers],
+            teacher=t.teacher,
+            teacher_layers=[info.path for info in t.teacher_layers],
+            pairs=t.pairs,
+            adapters=t.hybrid.adapters,
+            val_x=t.data.val_x,
+            val_y=t.data.val_y,
+            class_names=t.data.class_names,
+            device=t.device,
+            store=t.store,
+            teacher_id=t.teacher_id,
         )
         probe["per_class_acc"] = metrics["per_class_acc"]
         probe["agreement"] = metrics["agreement"]
-        store.save_probe(run_id, probe)
-    return {"metrics": metrics}
+        probe["test_correct"] = correct.to(torch.uint8).tolist()  # per-image tests (McNemar)
+        t.store.save_probe(t.run_id, probe)
+    return metrics
 
 
-def _loss_parameters(hybrid: HybridLoss, *, weighting: bool) -> list[nn.Parameter]:
-    """The loss's own parameters: the weighting scheme's, or the rest (the adapters)."""
-    return [p for n, p in hybrid.named_parameters() if n.startswith("weighting.") == weighting]
+# ---------------------------------------------------------------------------- checkpoint state
+def training_state(t: Training) -> dict[str, Any]:
+    """What ``restore`` needs to continue ``t`` exactly (tensors and plain values only)."""
+    return {
+        "run_id": t.run_id,
+        "fingerprint": t.config.fingerprint(),
+        "epoch": t.epoch,
+        "step": t.step,
+        "elapsed": t.elapsed(),
+        "model": t.model.state_dict(),
+        "hybrid": t.hybrid.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict(),
+        "generator": t.generator.get_state(),
+        "model_generator": t.model_generator.get_state(),
+    }
+
+
+def restore(t: Training, state: dict[str, Any]) -> None:
+    """Rewind ``t`` (freshly prepared for the same config) to a checkpointed state; the history
+    and epoch rows logged after that checkpoint are dropped from the store."""
+    if state.get("fingerprint") != t.config.fingerprint():
+        raise CheckpointError(
+            f"the training checkpoint of run {t.run_id} belongs to another configuration; "
+            "restart the run instead of resuming it"
+        )
+    t.model.load_state_dict(state["model"])
+    t.hybrid.load_state_dict(state["hybrid"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    t.scaler.load_state_dict(state["scaler"])
+    t.generator.set_state(state["generator"])
+    t.model_generator.set_state(state["model_generator"])
+    t.epoch, t.step = state["epoch"], state["step"]
+    t.started = time.time() - state["elapsed"]
+    t.history = [r for r in t.store.history(t.run_id) if r["step"] <= t.step]
+    t.epoch_rows = [r for r in t.store.epochs(t.run_id) if r["epoch"] <= t.epoch]
+    t.store.set_history(t.run_id, t.history)
+    t.store.set_epochs(t.run_id, t.epoch_rows)
 
 
 def _log_row(
-    terms: dict[str, torch.Tensor], hybrid: HybridLoss, step: int, epoch: int, started: float
+    terms: dict[str, torch.Tensor], hybrid: HybridLoss, step: int, epoch: int, elapsed: float
 ) -> dict[str, Any]:
     values = torch.stack(
         [terms[k].detach().float() for k in (*COMPONENTS, "total")]
     ).tolist()  # one sync
-    row: dict[str, Any] = {"step": step, "epoch": epoch, "time": time.time() - started}
+    row: dict[str, Any] = {"step": step, "epoch": epoch, "time": elapsed}
     row.update(zip((*COMPONENTS, "total"), values, strict=True))
     row.update({f"w_{k}": v for k, v in hybrid.current_weights().items()})
     return row
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random shift by up to 1/8 of the side (zero padding) and, for RGB, horizontal flips."""
+    """Random shift of each image by up to 1/8 of its side (zero padding), drawn per sample, and,
+    for RGB, a horizontal flip of each image with probability 1/2."""
     b, c, h, w = x.shape  # [B, C, H, W]
     pad = max(1, h // 8)
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-    out = padded[:, :, dy : dy + h, dx : dx + w]
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # [B, C, H + 2p, W + 2p]
+    shifts = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)  # [2, B]
+    rows = shifts[0][:, None] + torch.arange(h, device=x.device)  # [B, H]
+    cols = shifts[1][:, None] + torch.arange(w, device=x.device)  # [B, W]
+    batch = torch.arange(b, device=x.device)[:, None, None]  # [B, 1, 1]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    out = out.permute(0, 3, 1, 2)  # [B, C, H, W]
     if c == 3:
         flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    return out
+    return out.contiguous(memory_format=torch.preserve_format)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.errors import IncompatibleModelsError
+from workbench.losses import UNADAPTED_FEATURE_KINDS
 from workbench.models import LayerInfo, candidate_paths
 
 __all__ = ["Adapter", "FeatureTaps", "build_adapters", "check_pairs", "pair_layers"]
@@ -157,7 +158,9 @@ def check_pairs(
     """Raise ``IncompatibleModelsError`` (saying what to change) unless every pair can be used.
 
     Each pair must be ``(student_path, teacher_path)`` with both paths among the candidate layers
-    of their model; attention transfer (``feature_kind == "at"``) needs 4-D maps on both sides.
+    of their model; attention transfer (``at``, ``at_paper``) needs 4-D maps on both sides (their
+    channels and spatial sizes may differ: the loss compares the student's own attention map,
+    resized to the teacher's, without an adapter).
     """
     if not pairs:
         raise IncompatibleModelsError(
@@ -180,7 +183,7 @@ def check_pairs(
                     f"{path!r} is not a candidate layer of the {side}; choose one of: {valid}"
                 )
             shape = layers[path].shape
-            if feature_kind == "at" and len(shape) != 3:
+            if feature_kind in UNADAPTED_FEATURE_KINDS and len(shape) != 3:
                 raise IncompatibleModelsError(
                     f"attention transfer needs 4-D feature maps [B, C, H, W], but the {side} layer "
                     f"{path!r} gives a vector of shape {list(shape)}: choose feature kind cosine or "
@@ -259,9 +262,9 @@ def build_adapters(
 ) -> nn.ModuleList:
     """One ``Adapter`` per pair, sized from the dry-run shapes of ``models.feature_layers``.
 
-    Call this before building the optimizer and hand it the adapters' parameters (the engine
-    passes ``HybridLoss.parameters()``, which include them), so the adapters train with the
-    student. A projection created lazily inside a loss's ``forward`` on the first batch, as in
+    Call this before building the optimizer and hand it the adapters' parameters
+    (``engine.build_optimizer`` puts the ``HybridLoss``'s non-weighting parameters, the adapters,
+    in the model's parameter group), so the adapters train with the student. A projection created lazily inside a loss's ``forward`` on the first batch, as in
     the course sketch of ``FeatureDistillationLoss``, is born after the optimizer and is never
     updated: it stays a fixed random map, and the feature loss then trains the student so that a
     random projection of its features matches the teacher.

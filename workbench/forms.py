@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.config import COMPONENTS, LossWeights, RunConfig
+from workbench.config import COMPONENTS, LIMITS, LossWeights, RunConfig
 from workbench.errors import ConfigError, WorkbenchError
 
 if TYPE_CHECKING:
@@ -36,7 +36,12 @@ __all__ = [
 FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 MAX_SEEDS = 20
 # A field that is only valid together with another one is checked with it.
-_CHECKED_WITH = {"dataset": ("data_path",), "data_path": ("dataset",), "weights": ("role",)}
+_CHECKED_WITH = {
+    "dataset": ("data_path",),
+    "data_path": ("dataset",),
+    "weights": ("role",),
+    "role": ("weights",),
+}
 
 
 class FormError(ConfigError):
@@ -67,8 +72,8 @@ def parse_seeds(text: str | int) -> tuple[int, ...]:
             seed = int(part)
         except ValueError:
             raise FormError({"seeds": f"{how}; {part!r} is not a whole number"}) from None
-        if seed < 0:
-            raise FormError({"seeds": f"seeds must be >= 0, got {seed}"})
+        if not LIMITS["seed"].contains(seed):
+            raise FormError({"seeds": f"seeds must be {LIMITS['seed'].describe()}, got {seed}"})
         seeds.append(seed)
     if not seeds:
         raise FormError({"seeds": f"{how}; got {raw!r}"})
@@ -108,21 +113,32 @@ def _cell(value: Any) -> str:
 
 
 def field_errors(values: Mapping[str, Any]) -> dict[str, str]:
-    """A message for each field of ``values`` that is invalid on its own (on the defaults)."""
-    errors = {}
+    """A message for each field of ``values`` that is invalid on the defaults, checked together
+    with the fields it depends on (``_CHECKED_WITH``) that are valid themselves, so that one bad
+    value is reported under its own field only."""
+    unknown = [name for name in values if name not in FIELDS]
+    errors = {
+        name: f"{name} is not a run setting; valid ones: {', '.join(FIELDS)}" for name in unknown
+    }
+    alone = {name: _error({name: values[name]}) for name in values if name in FIELDS}
     for name, value in values.items():
         if name not in FIELDS:
-            errors[name] = f"{name} is not a run setting; valid ones: {', '.join(FIELDS)}"
             continue
-        fields = {name: value}
-        fields.update({k: values[k] for k in _CHECKED_WITH.get(name, ()) if k in values})
-        try:
-            RunConfig(**fields)
-        except WorkbenchError as exc:
-            errors[name] = str(exc)
-        except (TypeError, ValueError) as exc:  # e.g. LossWeights(**{"bogus": 1})
-            errors[name] = f"{name}: {exc}"
+        with_fields = {
+            k: values[k] for k in _CHECKED_WITH.get(name, ()) if k in values and not alone[k]
+        }
+        message = _error({name: value, **with_fields}) if with_fields else alone[name]
+        if message:
+            errors[name] = message
     return errors
+
+
+def _error(fields: Mapping[str, Any]) -> str | None:
+    try:
+        RunConfig(**fields)  # every wrong type or value is a one-line ConfigError
+    except WorkbenchError as exc:
+        return str(exc)
+    return None
 
 
 def build_configs(values: Mapping[str, Any], seeds: Iterable[int]) -> list[RunConfig]:

@@ -1,67 +1,89 @@
-"""Background runs: a process-wide queue with a concurrency limit per device.
+"""Background runs: submit to the durable queue, and execute queued runs in threads.
 
-The app holds one ``JobManager`` per process (``st.cache_resource``) and every browser session
-shares it. Worker threads call ``engine.run`` and nothing else; they never touch Streamlit. A
-run's state lives in the store, not in the manager, so a page reload, a second browser or a new
-manager on the same store sees the same runs.
+``JobManager`` is what the pages, the CLI and worker processes hold:
+
+- **the queue side** (``submit``, ``cancel``, ``resume``, ``restart``) writes to the store
+  (``workbench.runqueue``), so a queued run survives the process that queued it;
+- **the executor side** claims queued runs from the store and trains each in a background
+  thread with ``engine.run``, up to ``limits`` runs per device at once, heartbeating its claims
+  and recovering runs whose process died.
+
+``execute`` says whether this process executes: ``"threads"`` always (a worker process),
+``"none"`` never (a front end of workers), ``"auto"`` (the app's default) only while no worker
+process is alive on the store, so that ``streamlit run app.py`` alone works with no setup and
+a lab with workers keeps training in them when the server restarts. Another executor (a Ray
+cluster, say) only has to claim, run, heartbeat and honour cancel in the same way: the pages
+talk to the queue side and never see who executes.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from workbench import runqueue
+from workbench.admission import admit
 from workbench.config import RunConfig
+from workbench.errors import WorkbenchError
+from workbench.runqueue import Executor, device_key
 from workbench.store import ACTIVE, Store
 
-__all__ = ["JobManager", "device_key"]
+__all__ = ["EXECUTE_MODES", "JobManager", "device_key"]
 
 Runner = Callable[..., dict[str, Any]]
-
-
-def device_key(device: str) -> str:
-    """The slot a run occupies: ``cpu`` or ``cuda:N`` (``auto`` resolved here)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return "cuda:0"
-    return device
-
-
-@dataclass
-class _Job:
-    run_id: str
-    config: RunConfig
-    stop: threading.Event
+EXECUTE_MODES = ("auto", "threads", "none")
 
 
 class JobManager:
-    """Queue runs, run them in background threads, cancel them.
+    """Queue runs in the store; execute queued runs in background threads.
 
     ``limits`` maps a device key to the number of runs it may train at once (default: one on
-    the CPU and one per GPU). ``runner`` is ``engine.run`` unless a test injects another.
+    the CPU and one per GPU); only those devices are executed here. ``runner`` is
+    ``engine.run`` unless a test injects another. ``poll`` is how often (seconds) the
+    dispatcher looks for work, recovers dead runs and heartbeats its claims.
     """
 
     def __init__(
-        self, store: Store, limits: dict[str, int] | None = None, runner: Runner | None = None
+        self,
+        store: Store,
+        limits: dict[str, int] | None = None,
+        runner: Runner | None = None,
+        *,
+        execute: str = "auto",
+        kind: str = "app",
+        poll: float = runqueue.HEARTBEAT_S,
+        auto_resume: bool | None = None,
     ):
+        if execute not in EXECUTE_MODES:
+            raise WorkbenchError(
+                f"execute must be one of {', '.join(EXECUTE_MODES)}, got {execute!r}"
+            )
         if runner is None:
             from workbench.engine import run as runner
         self.store = store
         self.limits = {"cpu": 1} | {f"cuda:{i}": 1 for i in range(torch.cuda.device_count())}
         self.limits.update(limits or {})
+        self.execute = execute
+        self.executor = Executor(kind)
+        self.auto_resume = auto_resume
         self._runner = runner
+        self._poll = poll
         self._lock = threading.Lock()
-        self._queues: dict[str, deque[_Job]] = {}
-        self._running: dict[str, _Job] = {}
+        self._running: dict[str, tuple[str, threading.Event]] = {}  # run id -> (device, stop)
         self._threads: dict[str, threading.Thread] = {}
+        self._closed = threading.Event()
+        self._wake = threading.Event()
+        runqueue.recover(store, auto_resume=auto_resume)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_forever, name=f"kdwb-dispatch-{self.executor.id}", daemon=True
+        )
+        self._dispatcher.start()
 
-    # ------------------------------------------------------------------ submit / cancel
+    # ------------------------------------------------------------------ the queue side
     def submit(
         self,
         config: RunConfig,
@@ -71,30 +93,31 @@ class JobManager:
         suite: str | None = None,
         variant: str | None = None,
     ) -> str:
-        """Queue one run; returns its id at once (status ``queued``)."""
-        key = device_key(config.device)
+        """Queue one run; returns its id at once (status ``queued``). A run that cannot run
+        (no such device here, an unknown teacher run, ...) is refused before a record exists."""
+        admit(config, self.store, check_device_here=self.execute != "none" and self.executing())
         run_id = self.store.create_run(config, name=name, tags=tags, suite=suite, variant=variant)
-        with self._lock:
-            self._queues.setdefault(key, deque()).append(_Job(run_id, config, threading.Event()))
-        self._pump(key)
+        self._wake.set()
         return run_id
 
     def cancel(self, run_id: str) -> None:
-        """Cancel a queued or running run (a run of another process is asked through the store)."""
+        """Cancel a queued run at once; ask a running one to stop (wherever it runs)."""
         with self._lock:
-            for queue in self._queues.values():
-                for job in list(queue):
-                    if job.run_id == run_id:
-                        queue.remove(job)
-                        self.store.update_run(run_id, status="cancelled", error=None)
-                        return
-            job = self._running.get(run_id)
-            if job is not None:
-                job.stop.set()
-        self.store.request_cancel(run_id)
+            local = self._running.get(run_id)
+        if local is not None:
+            local[1].set()
+        if self.store.get_run(run_id)["status"] in ACTIVE:
+            runqueue.cancel(self.store, run_id)
+
+    def resume(self, run_id: str) -> str:
+        """Queue an interrupted, failed or cancelled run again to continue from its last
+        checkpoint; returns its id (the same run)."""
+        runqueue.requeue(self.store, run_id)
+        self._wake.set()
+        return run_id
 
     def restart(self, run_id: str) -> str:
-        """Queue a fresh run with the config of ``run_id`` (e.g. after an interruption)."""
+        """Queue a fresh run with the config of ``run_id`` (from scratch, a new id)."""
         record = self.store.get_run(run_id)
         config = RunConfig.from_dict(record["config"])
         return self.submit(
@@ -106,69 +129,128 @@ class JobManager:
         )
 
     # ------------------------------------------------------------------ status
-    def queued(self) -> list[str]:
-        with self._lock:
-            return [job.run_id for queue in self._queues.values() for job in queue]
-
     def running(self) -> list[str]:
+        """Runs this process is executing now."""
         with self._lock:
             return list(self._running)
 
+    def executing(self) -> bool:
+        """Whether this process executes queued runs now (see ``execute``)."""
+        if self.execute == "auto":
+            return not runqueue.live_workers(self.store)
+        return self.execute == "threads"
+
     def busy(self, records: Iterable[dict[str, Any]] | None = None) -> bool:
-        """True while this manager has queued or running work, or the store has active runs.
+        """True while the store has queued or running runs (or this process runs one).
 
         ``records``: the store's runs when the caller has just listed them (saves a second
         listing on a page that polls every second).
         """
         with self._lock:
-            if self._running or any(self._queues.values()):
+            if self._running:
                 return True
         if records is None:
             return bool(self.store.list_runs(status=ACTIVE))
         return any(r["status"] in ACTIVE for r in records)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until every queued and running job is done (tests, CLI); False on timeout."""
-        import time
-
+        """Block until no run this process could execute is queued or running here (tests,
+        CLI); False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            self._wake.set()
             with self._lock:
                 threads = list(self._threads.values())
-                pending = any(self._queues.values())
-            if not threads and not pending:
-                return True
+            if not threads and not self._claimable():
+                time.sleep(0.05)  # a claim may be on its way from the dispatcher
+                with self._lock:
+                    if not self._threads and not self._claimable():
+                        return True
+                continue
             for thread in threads:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 thread.join(remaining)
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if not threads:
+                time.sleep(0.05)
 
-    # ------------------------------------------------------------------ workers
-    def _pump(self, key: str) -> None:
+    def close(self) -> None:
+        """Stop dispatching (running threads finish their runs)."""
+        self._closed.set()
+        self._wake.set()
+        self._dispatcher.join(timeout=5)
+
+    # ------------------------------------------------------------------ the executor side
+    def _claimable(self) -> bool:
+        if not self.executing():
+            return False
+        return any(
+            device_key(r["config"].get("device", "auto")) in self.limits
+            for r in self.store.list_runs(status="queued")
+        )
+
+    def _dispatch_forever(self) -> None:
+        last_beat = 0.0
+        while not self._closed.is_set():
+            try:
+                if time.monotonic() - last_beat >= self._poll:
+                    self._beat()
+                    last_beat = time.monotonic()
+                self._fill_slots()
+            except Exception:  # a store error must not kill the dispatcher; it retries
+                pass
+            self._wake.wait(self._poll)
+            self._wake.clear()
+
+    def _beat(self) -> None:
         with self._lock:
-            limit = self.limits.get(key, 1)
-            queue = self._queues.get(key, deque())
-            active = sum(
-                1 for job in self._running.values() if device_key(job.config.device) == key
-            )
-            while queue and active < limit:
-                job = queue.popleft()
-                self._running[job.run_id] = job
-                thread = threading.Thread(
-                    target=self._work, args=(key, job), name=f"kdwb-{job.run_id}", daemon=True
-                )
-                self._threads[job.run_id] = thread
-                thread.start()
-                active += 1
+            mine = dict(self._running)
+        runqueue.heartbeat(self.store, self.executor, mine)
+        for run_id, (_, stop) in mine.items():  # a cancel asked from another process
+            if self.store.cancel_requested(run_id):
+                stop.set()
+        runqueue.recover(self.store, auto_resume=self.auto_resume)
 
-    def _work(self, key: str, job: _Job) -> None:
+    def _free_devices(self) -> set[str]:
+        with self._lock:
+            busy: dict[str, int] = {}
+            for device, _ in self._running.values():
+                busy[device] = busy.get(device, 0) + 1
+        return {d for d, limit in self.limits.items() if busy.get(d, 0) < limit}
+
+    def _fill_slots(self) -> None:
+        if not self.executing():
+            return
+        while free := self._free_devices():
+            record = runqueue.claim_next(self.store, self.executor, free)
+            if record is None:
+                return
+            self._start(record)
+
+    def _start(self, record: dict[str, Any]) -> None:
+        run_id = record["id"]
+        stop = threading.Event()
+        device = device_key(record["config"].get("device", "auto"))
+        thread = threading.Thread(
+            target=self._work, args=(record, stop), name=f"kdwb-{run_id}", daemon=True
+        )
+        with self._lock:  # registered and started at once: `wait` never sees it unstarted
+            self._running[run_id] = (device, stop)
+            self._threads[run_id] = thread
+            thread.start()
+
+    def _work(self, record: dict[str, Any], stop: threading.Event) -> None:
+        run_id = record["id"]
         try:
-            self._runner(job.config, self.store, stop=job.stop, run_id=job.run_id)
+            config = RunConfig.from_dict(record["config"])
+            if self.store.cancel_requested(run_id):
+                stop.set()
+            self._runner(config, self.store, stop=stop, run_id=run_id)
         except BaseException as exc:  # the runner records failures itself; this is the last net
-            self.store.update_run(job.run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            self.store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
-                self._running.pop(job.run_id, None)
-                self._threads.pop(job.run_id, None)
-            self._pump(key)
+                self._running.pop(run_id, None)
+                self._threads.pop(run_id, None)
+            self._wake.set()

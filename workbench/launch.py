@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from workbench.config import COMPONENTS, RunConfig
-from workbench.errors import IncompatibleModelsError
+from workbench.config import COMPONENTS, RunConfig, check_run_name
+from workbench.errors import ConfigError, IncompatibleModelsError
 from workbench.forms import FormError, build_configs, parse_seeds
 
 __all__ = [
@@ -41,12 +41,13 @@ __all__ = [
 TEACHER_MODES = ("train one now", "pick a trained teacher", "upload a checkpoint")
 # Where each field's message is shown on the Distill page: the slot under its widgets.
 SLOTS = {
-    "weights": ("weights", "temperature"),
-    "kinds": ("feature_kind", "relation_kind", "weighting"),
+    "weights": ("weights",),
+    "kinds": ("temperature", "feature_kind", "relation_kind", "weighting"),  # the row under T
     "pairs": ("layer_pairs",),
     "training": ("epochs", "batch_size", "lr", "teacher_epochs"),
     "seeds": ("seeds",),
     "device": ("device",),
+    "name": ("run_name",),
     "launch": ("form",),
 }
 # Fields set on the Models page: their messages say to go there.
@@ -143,6 +144,10 @@ def check_draft(draft: Mapping[str, Any]) -> tuple[list[RunConfig], dict[str, st
         errors["layer_pairs"] = draft["layer_pairs_error"]
     if problem := teacher_source_error(draft):
         errors["teacher_run"] = problem
+    try:  # the same rule as the CLI's --name: one printable line
+        check_run_name(draft.get("run_name", ""))
+    except ConfigError as exc:
+        errors["run_name"] = str(exc)
     return ([], errors) if errors else (configs, {})
 
 

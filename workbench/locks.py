@@ -4,7 +4,7 @@ A lock is one key of the store's database, ``lock:<name>``, whose value names it
 pid (with the process's start time, so that a reused pid is not taken for the holder), thread,
 a description written for people ("run X, which is training teacher resnet18") and a heartbeat
 that a background thread refreshes while the lock is held. A waiter takes the lock over at once
-when its holder is dead (same host, process gone) or silent (no heartbeat for ``stale_after``
+when its holder is dead (same host and pid namespace, process gone) or silent (no heartbeat for ``stale_after``
 seconds: another host, a hung or stopped process).
 
 Nothing waits silently: a wait longer than ``report_after`` seconds is logged (logger
@@ -35,6 +35,10 @@ __all__ = ["LockHandle", "acquire", "describe_holder", "process_alive"]
 
 log = logging.getLogger("kdwb.store")
 _HOST = socket.gethostname()
+try:  # containers may share a host name but not their process ids
+    _PID_NAMESPACE: str | None = os.readlink("/proc/self/ns/pid")
+except OSError:
+    _PID_NAMESPACE = None
 
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
@@ -99,9 +103,8 @@ def _why_stale(holder: Any, stale_after: float) -> str | None:
         if host == _HOST and pid.isdigit() and not process_alive(int(pid)):
             return "its process is gone"
         return None  # another host: the old format expires by itself
-    if holder.get("host") == _HOST and not process_alive(
-        holder.get("pid", -1), holder.get("pid_started")
-    ):
+    same_host = holder.get("host") == _HOST and holder.get("pid_namespace") == _PID_NAMESPACE
+    if same_host and not process_alive(holder.get("pid", -1), holder.get("pid_started")):
         return "its process is gone"
     silent_for = time.time() - float(holder.get("heartbeat", 0.0))
     limit = max(stale_after, 4 * float(holder.get("heartbeat_s", 0.0)))
@@ -181,14 +184,14 @@ def _try_acquire(
     db: Any, key: str, mine: dict[str, Any], stale_after: float
 ) -> tuple[bool, Any, str | None]:
     """``(acquired, previous holder, why it was taken over)``."""
+    now = time.time()
+    mine.update(acquired_at=now, heartbeat=now)  # fresh: a long wait must not look silent
     if db.add(key, mine):  # free: one INSERT
         return True, None, None
     with db.transact():
         current = db.get(key)
         why = None if current is None else _why_stale(current, stale_after)
         if current is None or why:
-            now = time.time()
-            mine.update(acquired_at=now, heartbeat=now)
             db.set(key, mine)
             return True, current, why
     return False, current, None
@@ -215,6 +218,7 @@ def acquire(
         "host": _HOST,
         "pid": os.getpid(),
         "pid_started": process_start(os.getpid()),
+        "pid_namespace": _PID_NAMESPACE,
         "thread": threading.current_thread().name,
         "thread_id": threading.get_ident(),
         "description": description,

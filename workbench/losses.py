@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.config import COMPONENTS, LossWeights
+from workbench.components import COMPONENTS, LossWeights
 from workbench.errors import ConfigError, IncompatibleModelsError, UnknownNameError
 from workbench.weighting import WEIGHTINGS
 
@@ -341,8 +341,10 @@ class HybridLoss(nn.Module):
       given for it are not used and are not parameters of the loss;
     - relation term: ``sum_i relation_loss(s_i, t_i, relation_kind)`` on the raw features.
 
-    The module's parameters are the adapters' and the weighting scheme's: build it before the
-    optimizer and hand the optimizer ``parameters()``.
+    Names: ``configured`` holds the weights as set (``{component: w}``), ``scheme`` the weighting
+    module built from them (``scheme_name`` its registry name); ``current_weights()`` the
+    effective weights at the latest ``forward``. The module's parameters are the adapters' and
+    the scheme's: build it before the optimizer and hand the optimizer ``parameters()``.
     """
 
     def __init__(
@@ -365,26 +367,25 @@ class HybridLoss(nn.Module):
             raise UnknownNameError("weighting scheme", weighting, list(WEIGHTINGS))
         if isinstance(temperature, bool) or not float(temperature) > 0:
             raise ConfigError(f"temperature must be > 0, got {temperature!r}")
-        self.weights = weights
-        self.base = weights.as_dict()
+        self.configured = weights.as_dict()  # the weights the user set, {component: w}
         self.temperature = float(temperature)
         self.feature_kind = feature_kind
         self.relation_kind = relation_kind
         # Attention transfer compares the student's own maps: an adapter in front would let a
         # learned map fit the teacher's attention while the student stays as it is.
         self.adapters = adapters if uses_adapter(feature_kind) else None
-        self.weighting_name = weighting
-        self.weighting = WEIGHTINGS[weighting](self.base)
+        self.scheme_name = weighting
+        self.scheme = WEIGHTINGS[weighting](self.configured)  # the weighting module
 
     @property
     def needs_teacher(self) -> bool:
         """True when a term reads the teacher's logits or features."""
-        return any(self.base[k] > 0 for k in ("response", "feature", "relation"))
+        return any(self.configured[k] > 0 for k in ("response", "feature", "relation"))
 
     @property
     def needs_features(self) -> bool:
         """True when a term reads intermediate features."""
-        return self.base["feature"] > 0 or self.base["relation"] > 0
+        return self.configured["feature"] > 0 or self.configured["relation"] > 0
 
     def forward(
         self,
@@ -398,7 +399,7 @@ class HybridLoss(nn.Module):
 
         Teacher tensors are read only (they may be inference tensors or cached constants).
         """
-        needed = self.weighting.needed(self.base)
+        needed = self.scheme.needed(self.configured)
         zero = torch.zeros((), device=student_logits.device)
         terms: dict[str, Tensor] = dict.fromkeys(COMPONENTS, zero)
         if "label" in needed:
@@ -424,7 +425,7 @@ class HybridLoss(nn.Module):
                 [relation_loss(s, t, self.relation_kind) for s, t in pairs]
             ).sum()
         active = {k: terms[k] for k in needed}
-        return {**terms, "total": self.weighting(active, self.base)}
+        return {**terms, "total": self.scheme(active, self.configured)}
 
     @staticmethod
     def _pairs(
@@ -439,15 +440,15 @@ class HybridLoss(nn.Module):
 
     def current_weights(self) -> dict[str, float]:
         """Effective weight of each component at the latest ``forward`` (may sync the device)."""
-        return self.weighting.current()
+        return self.scheme.current()
 
     def epoch_end(self, val_acc: float) -> None:
         """Tell the weighting scheme the validation accuracy of the epoch that just ended."""
-        self.weighting.epoch_end(val_acc)
+        self.scheme.epoch_end(val_acc)
 
     def extra_repr(self) -> str:
-        w = ", ".join(f"{k}={v:g}" for k, v in self.base.items())
+        w = ", ".join(f"{k}={v:g}" for k, v in self.configured.items())
         return (
             f"{w}, temperature={self.temperature:g}, feature_kind={self.feature_kind}, "
-            f"relation_kind={self.relation_kind}, weighting={self.weighting_name}"
+            f"relation_kind={self.relation_kind}, weighting={self.scheme_name}"
         )

@@ -15,7 +15,6 @@ outputs are ``go.Figure`` objects (or ``DataFrame`` tables) that the pages show 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +26,7 @@ import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative
 from plotly.subplots import make_subplots
 
-from workbench.config import COMPONENTS
+from workbench.config import COMPONENTS, fingerprint_of
 from workbench.errors import WorkbenchError
 from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, flat_config, short_names
 
@@ -47,6 +46,7 @@ __all__ = [
     "smooth",
     "difference_range",
     "fit_text",
+    "wrap_name",
 ]
 
 Point = tuple[float, float]
@@ -56,8 +56,6 @@ Runs = Mapping[str, Sequence[Row] | Sequence[Sequence[Row]]]
 
 PALETTE = qualitative.Plotly
 NOT_SIGNIFICANT = "#9e9e9e"
-# Config fields that do not change what a run computes, nor tell its seeds apart.
-_NOT_GROUPED = ("seed", "device", "log_every")
 
 
 class PlotDataError(WorkbenchError, ValueError):
@@ -326,23 +324,19 @@ def weight_curves(
 
 
 # ---------------------------------------------------------------------- grouping runs
-def _seedless_fingerprint(config: Mapping[str, Any]) -> str:
-    data = {k: v for k, v in config.items() if k not in _NOT_GROUPED}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
     """Group runs whose configs differ only by seed: ``{readable label: [records]}``.
 
-    The key is a hash of the config without ``seed`` (nor ``device``, ``log_every``); the label
-    is the suite variant, the name the group's runs share, or the short name
+    The key is the run's identity without its seed (``config.fingerprint_of(config,
+    exclude_seed=True)``); the label is the suite variant, the name the group's runs share, or the short name
     (``naming.short_names``) of the group among the groups shown, plus ``" (n seeds)"`` for a
     group of n runs with n different seeds (``" (n runs)"`` when seeds repeat). Groups keep the
     order in which they first appear.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
-        groups.setdefault(_seedless_fingerprint(record.get("config", {})), []).append(record)
+        key = fingerprint_of(record.get("config", {}), exclude_seed=True)
+        groups.setdefault(key, []).append(record)
     # a group is named like a run among the other groups, by what differs apart from the seed
     stand_ins = []
     for fingerprint, members in groups.items():
@@ -426,12 +420,13 @@ def cka_heatmaps(
     gap_px = 150  # rotated teacher-layer ticks, the axis title, the next row's subplot titles
     height = max(380, 160 + 26 * layers) + (grid_rows - 1) * (row_px + gap_px)
     # A subplot title must fit its column (about 7 px a character at 12 px on a 1400 px page):
-    # longer names are cut with an ellipsis; the hover names the run in full.
+    # names wrap onto two lines between their parts, the rest is cut with an ellipsis; the
+    # hover names the run in full.
     fit = max(12, int(1100 / cols / 7))
     fig = make_subplots(
         rows=grid_rows,
         cols=cols,
-        subplot_titles=[fit_text(label, fit) for label in drawable],
+        subplot_titles=[wrap_name(label, fit) for label in drawable],
         horizontal_spacing=min(0.12, 1.0 / (cols - 1) - 1e-3) if cols > 1 else 0.0,
         vertical_spacing=min(gap_px / (height - 200), 1.0 / (grid_rows - 1) - 1e-3)
         if grid_rows > 1
@@ -534,6 +529,20 @@ def difference_range(delta: np.ndarray, base: float = DIFFERENCE_RANGE) -> float
     finite = finite[np.isfinite(finite)]
     peak = float(finite.max()) if finite.size else 0.0
     return base if peak <= base else math.ceil(peak * 10 - 1e-9) / 10
+
+
+def wrap_name(name: str, width: int, lines: int = 2) -> str:
+    """A run's short name on at most ``lines`` lines of ``width`` characters (``<br>`` between),
+    broken between its `` · `` parts; only what does not fit then is cut (``fit_text``)."""
+    out: list[str] = []
+    for part in str(name).split(" · "):
+        if out and len(out[-1]) + 3 + len(part) <= width:
+            out[-1] += " · " + part
+        else:
+            out.append(part)
+    if len(out) > lines:
+        out = [*out[: lines - 1], " · ".join(out[lines - 1 :])]
+    return "<br>".join(fit_text(line, width) for line in out)
 
 
 def fit_text(text: str, width: int) -> str:

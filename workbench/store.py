@@ -5,8 +5,8 @@ Records, histories and probes are kept in a diskcache ``Cache`` (SQLite undernea
 safe to share between threads and processes; checkpoints are plain ``.pt`` files beside it,
 written to a temporary name and renamed so that a reader never sees half a file.
 
-A run that a process left ``running`` or ``queued`` when it died is shown as ``interrupted``
-the next time any process opens the store.
+The queue of runs lives here too (the records whose status is ``queued``); claiming, heartbeats
+and the recovery of runs whose process died are ``workbench.runqueue``'s.
 
 Failing loudly, and repairably: every storage error (a full disk, a damaged, truncated or empty
 ``store/cache.db``, a lost value file) becomes one ``StoreError`` line that names the file and
@@ -343,13 +343,6 @@ class Store:
             db = _ReadOnlyIndex(self.home / "store", self.read_only)
             log.info("the run store is open read-only: %s", self.read_only)
         self._db = _GuardedDb(db, self.home)
-        if self.read_only is None:
-            try:
-                self.mark_interrupted()
-            except StoreError as exc:  # a full disk must not stop `runs` and `show`
-                if not is_disk_full(exc, self.home):
-                    raise
-                log.info("could not mark interrupted runs: %s", exc)
 
     @property
     def db_path(self) -> Path:
@@ -449,6 +442,23 @@ class Store:
             self._write_manifest_quietly(run_id)
         return record
 
+    def update_run_if(
+        self, run_id: str, condition: Callable[[dict[str, Any]], bool], **fields: Any
+    ) -> dict[str, Any] | None:
+        """Merge ``fields`` into the record in one transaction if ``condition(record)`` holds;
+        the record, or None when it did not hold (or the run is gone). A field's value may be a
+        function of the record before the change (e.g. a counter's increment)."""
+        key = f"run:{run_id}"
+        with self._db.transact():
+            record = self._db.get(key)
+            if record is None or not condition(record):
+                return None
+            record.update({k: v(record) if callable(v) else v for k, v in fields.items()})
+            self._db.set(key, record)
+        if "status" in fields:  # queued again, claimed, interrupted: keep the manifest current
+            self._write_manifest_quietly(run_id)
+        return record
+
     def list_runs(
         self,
         *,
@@ -487,25 +497,15 @@ class Store:
         folder = self.home / "checkpoints"
         return [folder / f"{run_id}{suffix}" for suffix in RUN_FILE_SUFFIXES]
 
-    def mark_interrupted(self) -> list[str]:
-        """Mark runs whose owning process on this host is gone as ``interrupted``."""
-        marked = []
-        for record in self.list_runs(status=ACTIVE):
-            if record.get("host") == _HOST and not _pid_alive(record.get("pid", -1)):
-                self.update_run(
-                    record["id"],
-                    status="interrupted",
-                    error="the process running this run stopped before it finished",
-                )
-                marked.append(record["id"])
-        return marked
-
     # ------------------------------------------------------------------ cancel flags
     def request_cancel(self, run_id: str) -> None:
         self._db.set(f"cancel:{run_id}", True)
 
     def cancel_requested(self, run_id: str) -> bool:
         return bool(self._db.get(f"cancel:{run_id}", False))
+
+    def clear_cancel(self, run_id: str) -> None:
+        self._db.delete(f"cancel:{run_id}")
 
     # ------------------------------------------------------------------ history
     # The history is kept in chunks of HISTORY_CHUNK rows, so that a logged step rewrites one
@@ -715,6 +715,18 @@ class Store:
 
     def set(self, key: str, value: Any) -> None:
         self._db.set(key, value)
+
+    def delete(self, key: str) -> None:
+        self._db.delete(key)
+
+    def values(self, prefix: str) -> list[Any]:
+        """The values of every key that starts with ``prefix``."""
+        found = (
+            self._db.get(k)
+            for k in self._db.iterkeys()
+            if isinstance(k, str) and k.startswith(prefix)
+        )
+        return [v for v in found if v is not None]
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

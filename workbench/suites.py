@@ -167,7 +167,8 @@ def suite_analysis(store: Store, suite: dict[str, Any], confidence: float = 0.95
     runs complete. Shapley values appear once every combination of a factorial suite has a run.
     Keys: ``results, summary, contributions, shapley`` (chance baseline, as before),
     ``shapley_tables`` (``{"chance": ..., "label only": ...}``), ``noise`` (``noise_floor`` of
-    the full variant), ``metric`` and ``split`` (which accuracy the numbers are).
+    the full variant), ``per_image`` (``{variant: {seed: [0/1]}}`` on the test split, for
+    ``ablation.paired_comparison``), ``metric`` and ``split`` (which accuracy the numbers are).
     """
     records = _records(store, suite)
     metric, split = suite_metric(records)
@@ -178,10 +179,11 @@ def suite_analysis(store: Store, suite: dict[str, Any], confidence: float = 0.95
         if results
         else pd.DataFrame(columns=["variant", "n", "mean", "std"])
     )
-    try:
-        contrib = contributions(results, confidence=confidence, per_image=per_image)
-    except (KeyError, ValueError):  # no finished "full" run yet
-        contrib = pd.DataFrame()
+    contrib = (  # no finished "full" run yet: nothing to compare with
+        contributions(results, confidence=confidence, per_image=per_image)
+        if FULL in results
+        else pd.DataFrame()
+    )
     n_test = suite.get("n_test") if split == "test" else suite.get("n_val")
     if per_image.get(FULL):
         n_test = len(next(iter(per_image[FULL].values())))
@@ -196,6 +198,7 @@ def suite_analysis(store: Store, suite: dict[str, Any], confidence: float = 0.95
         "shapley": tables.get("chance"),
         "shapley_tables": tables,
         "noise": noise,
+        "per_image": per_image,
         "metric": metric,
         "split": split,
     }

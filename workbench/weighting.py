@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from workbench.config import COMPONENTS
+from workbench.components import COMPONENTS
 from workbench.errors import ConfigError
 
 __all__ = [
@@ -276,6 +276,14 @@ class ValidationWeighting(FixedWeighting):
             factor = (1.0 - self.rate) ** (-self.direction)
             self.keep = min(self.keep_max, max(self.keep_min, self.keep * factor))
         self.previous = acc if math.isfinite(acc) else -math.inf
+
+    def get_extra_state(self) -> dict[str, float]:
+        """Host-side state, kept in ``state_dict()`` so a resumed run continues exactly."""
+        return {"keep": self.keep, "direction": self.direction, "previous": self.previous}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        self.keep, self.direction = float(state["keep"]), int(state["direction"])
+        self.previous = None if state["previous"] is None else float(state["previous"])
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,286 @@
+"""`make mutants`: apply a named list of plausible bugs, one at a time, to a copy of the tree and
+check that a fast test catches each. Not part of `make test` (a few minutes on a 2-core CPU).
+
+Each mutation replaces one exact snippet of one file (it must occur exactly once: a stale
+entry is reported, not skipped) and names the tests that should fail. The report lists every
+mutant as caught or SURVIVED; the exit code is non-zero if any survived or is stale.
+
+    python tests/mutants.py            # all
+    python tests/mutants.py -k seed    # those whose name contains "seed"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files, relative to the root
+
+
+STEPS = "tests/test_engine_steps.py"
+JOBS = "tests/test_jobs.py"
+
+MUTANTS = [
+    # --- from issue 13's review (the engine) ---
+    Mutant(
+        "adapters left out of the optimizer",
+        "workbench/engine.py",
+        '{"params": [*model.parameters(), *_loss_parameters(hybrid, weighting=False)]},',
+        '{"params": [*model.parameters()]},',
+        (STEPS + "::test_optimizer_trains_the_adapters_and_the_learned_weights_without_decay",),
+    ),
+    Mutant(
+        "weight decay on the learned log-variances",
+        "workbench/engine.py",
+        "if (id(p) in scheme) == weighting]",
+        "if (id(p) in scheme) != weighting]",
+        (STEPS + "::test_optimizer_trains_the_adapters_and_the_learned_weights_without_decay",),
+    ),
+    Mutant(
+        "data order seeded with 0",
+        "workbench/engine.py",
+        "torch.Generator().manual_seed(config.seed),",
+        "torch.Generator().manual_seed(0),",
+        (STEPS + "::test_seeds_change_the_initialisation_and_the_data_order",),
+    ),
+    Mutant(
+        "initialisation seeded with 0",
+        "workbench/engine.py",
+        "with seeded_construction(config.seed):",
+        "with seeded_construction(0):",
+        (STEPS + "::test_seeds_change_the_initialisation_and_the_data_order",),
+    ),
+    Mutant(
+        "weighting never sees the validation accuracy",
+        "workbench/engine.py",
+        "    t.hybrid.epoch_end(val_acc)\n",
+        "",
+        (STEPS + "::test_end_epoch_reports_validation_to_the_weighting_scheme",),
+    ),
+    Mutant(
+        "epoch train loss over the whole history",
+        "workbench/engine.py",
+        'logged = [r["total"] for r in t.history if r["epoch"] == epoch]',
+        'logged = [r["total"] for r in t.history]',
+        (STEPS + "::test_epoch_train_loss_is_the_mean_of_that_epochs_logged_steps",),
+    ),
+    Mutant(
+        "evaluate leaves the model in eval mode",
+        "workbench/engine.py",
+        "    model.train(was_training)\n",
+        "",
+        (STEPS + "::test_evaluate_uses_eval_mode_and_restores_training_mode",),
+    ),
+    Mutant(
+        "evaluate in training mode",
+        "workbench/engine.py",
+        "    model.eval()\n    preds",
+        "    preds",
+        (STEPS + "::test_evaluate_uses_eval_mode_and_restores_training_mode",),
+    ),
+    Mutant(
+        "augmentation raises",
+        "workbench/engine.py",
+        "    b, c, h, w = x.shape  # [B, C, H, W]\n    pad",
+        "    raise RuntimeError('augment')\n    b, c, h, w = x.shape\n    pad",
+        (STEPS + "::test_augmentation_runs_in_the_engine",),
+    ),
+    Mutant(
+        "one shift for the whole batch",
+        "workbench/engine.py",
+        "shifts = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)",
+        "shifts = torch.randint(0, 2 * pad + 1, (2, 1), generator=generator).expand(2, b)",
+        (STEPS + "::test_augment_shifts_each_image_by_its_own_offset",),
+    ),
+    Mutant(
+        "headline accuracy on the validation split",
+        "workbench/engine.py",
+        "test_pred = evaluate(t.model, t.test_x)  # [N_test]",
+        "test_pred = evaluate(t.model, t.val_x)  # [N_test]",
+        (STEPS + "::test_headline_metrics_are_measured_on_the_test_split",),
+    ),
+    # --- the ablation statistics ---
+    Mutant(
+        "seeds paired by position",
+        "workbench/ablation.py",
+        "d = np.array([full[s] - reduced[s] for s in shared])",
+        "d = np.array(list(full.values())[: len(shared)]) - np.array("
+        "list(reduced.values())[: len(shared)])",
+        ("tests/test_ablation.py",),
+    ),
+    Mutant(
+        "Holm without the step-down maximum",
+        "workbench/ablation.py",
+        "running = max(running, min(1.0, (m - rank) * p))",
+        "running = min(1.0, (m - rank) * p)",
+        ("tests/test_ablation.py",),
+    ),
+    Mutant(
+        "response loss without T^2",
+        "workbench/losses.py",
+        'reduction="batchmean", log_target=True) * (t * t)',
+        'reduction="batchmean", log_target=True)',
+        ("tests/test_losses.py",),
+    ),
+    # --- new code: checkpoints and resume ---
+    Mutant(
+        "resume without the optimizer state",
+        "workbench/engine.py",
+        '    t.optimizer.load_state_dict(state["optimizer"])\n',
+        "",
+        (STEPS + "::test_a_resumed_run_equals_an_uninterrupted_one",),
+    ),
+    Mutant(
+        "resume without the data-order generator",
+        "workbench/engine.py",
+        '    t.generator.set_state(state["generator"])\n',
+        "",
+        (STEPS + "::test_a_resumed_run_equals_an_uninterrupted_one",),
+    ),
+    Mutant(
+        "resume without the schedule",
+        "workbench/engine.py",
+        '    t.scheduler.load_state_dict(state["scheduler"])\n',
+        "",
+        (STEPS + "::test_a_resumed_run_equals_an_uninterrupted_one",),
+    ),
+    Mutant(
+        "validation scheme state not checkpointed",
+        "workbench/weighting.py",
+        '        self.keep, self.direction = float(state["keep"]), int(state["direction"])\n',
+        "        pass\n",
+        (STEPS + "::test_every_weighting_scheme_keeps_its_state_in_the_checkpoint",),
+    ),
+    # --- new code: one RNG per run ---
+    Mutant(
+        "construction without restoring the global generator",
+        "workbench/rng.py",
+        "with _CONSTRUCTION, torch.random.fork_rng(devices=[]):",
+        "with _CONSTRUCTION:",
+        (STEPS + "::test_construction_leaves_the_global_generator_alone",),
+    ),
+    Mutant(
+        "dropout from the global generator",
+        "workbench/rng.py",
+        "mask = torch.rand(x.shape, generator=self.generator, device=x.device) < keep",
+        "mask = torch.rand(x.shape, device=x.device) < keep",
+        (STEPS + "::test_dropout_draws_from_the_run_generator",),
+    ),
+    # --- new code: the queue ---
+    Mutant(
+        "a claim that does not check the status",
+        "workbench/runqueue.py",
+        '        lambda r: r["status"] == "queued",\n        status="running",',
+        '        lambda r: True,\n        status="running",',
+        (JOBS + "::test_each_run_is_claimed_once_by_competing_executors",),
+    ),
+    Mutant(
+        "a silent holder taken for alive",
+        "workbench/runqueue.py",
+        "    if beat is not None and now - beat > SILENT_AFTER_S:\n        return False\n",
+        "",
+        (JOBS + "::test_a_silent_holder_is_taken_for_dead_and_a_live_one_is_not",),
+    ),
+    Mutant(
+        "auto-resume without a limit",
+        "workbench/runqueue.py",
+        'again = auto_resume and (record.get("auto_resumes") or 0) < 1',
+        "again = auto_resume",
+        (JOBS + "::test_a_run_left_by_a_dead_process_is_resumed_once",),
+    ),
+    Mutant(
+        "a queued run cannot be cancelled",
+        "workbench/runqueue.py",
+        'done = store.update_run_if(run_id, lambda r: r["status"] == "queued", status="cancelled")',
+        "done = None",
+        (JOBS + "::test_cancel_queued_and_running",),
+    ),
+    Mutant(
+        "the app executes although a worker is alive",
+        "workbench/jobs.py",
+        "            return not runqueue.live_workers(self.store)",
+        "            return True",
+        (JOBS + "::test_the_app_leaves_execution_to_live_workers",),
+    ),
+]
+
+
+def _copy_tree(dest: Path) -> None:
+    for name in ("workbench", "tests", "pages"):
+        shutil.copytree(
+            ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "artifacts")
+        )
+    for name in ("pyproject.toml", "app.py"):
+        shutil.copy2(ROOT / name, dest / name)
+
+
+def _apply(tree: Path, mutant: Mutant) -> str | None:
+    """Mutate ``tree`` in place; the reason when the snippet is not there exactly once."""
+    path = tree / mutant.path
+    text = path.read_text()
+    count = text.count(mutant.old)
+    if count != 1:
+        return f"stale: the snippet occurs {count} times in {mutant.path}"
+    path.write_text(text.replace(mutant.old, mutant.new))
+    return None
+
+
+def _run_tests(tree: Path, tests: tuple[str, ...]) -> int:
+    env = dict(os.environ, PYTHONPATH=str(tree), KDWB_HOME=str(tree / "home"))
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    return subprocess.run(cmd, cwd=tree, env=env, capture_output=True).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="only mutants whose name contains this")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if args.k in m.name]
+    started = time.monotonic()
+    survived, stale = [], []
+    with tempfile.TemporaryDirectory(prefix="kdwb-mutants-") as tmp:
+        pristine = Path(tmp) / "pristine"
+        _copy_tree(pristine)
+        for i, mutant in enumerate(chosen, 1):
+            tree = Path(tmp) / f"m{i}"
+            shutil.copytree(pristine, tree)
+            problem = _apply(tree, mutant)
+            if problem:
+                stale.append(mutant.name)
+                verdict = problem
+            else:
+                code = _run_tests(tree, mutant.tests)
+                # 1: tests failed (caught); 0: all passed (survived); else an error (caught only
+                # if a collection error is what the mutation causes, which it is not meant to).
+                verdict = "caught" if code == 1 else "SURVIVED" if code == 0 else f"error {code}"
+                if code != 1:
+                    survived.append(mutant.name)
+            print(f"[{i:2d}/{len(chosen)}] {verdict:<9} {mutant.name}", flush=True)
+            shutil.rmtree(tree, ignore_errors=True)
+    caught = len(chosen) - len(survived) - len(stale)
+    elapsed = time.monotonic() - started
+    print(f"mutants: {len(chosen)} tried, {caught} caught, {len(survived)} survived, "
+          f"{len(stale)} stale, {elapsed:.0f} s")  # fmt: skip
+    for name in survived + stale:
+        print(f"  not caught: {name}")
+    return 0 if not survived and not stale else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

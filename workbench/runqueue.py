@@ -1,0 +1,236 @@
+"""The run queue, kept in the store: queued runs, claims, heartbeats and recovery.
+
+The queue is not an object in memory: it is the run records whose status is ``queued``, so it
+outlives every process. Anything that executes runs (the app's in-process threads, a
+``python -m workbench worker`` process, later a cluster) does four things only:
+
+- ``claim_next(store, executor, devices)`` takes the oldest queued run it can execute, in one
+  store transaction, so every run is executed exactly once however many executors compete;
+- it runs ``engine.run(config, store, stop=..., run_id=...)`` on it;
+- ``heartbeat(store, executor, run_ids)`` every few seconds while it runs;
+- it honours a cancel (``cancel_requested``, or the stop flag it passed in).
+
+Crash-only (Candea and Fox, "Crash-Only Software", HotOS 2003): there is no shutdown path to
+trust. ``recover`` runs whenever an executor starts or polls: a run claimed by a holder that is
+dead (its process is gone from this host) or silent (no heartbeat for ``SILENT_AFTER_S``) is
+marked ``interrupted`` and, unless auto-resume is off, queued again once; the engine resumes it
+from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.store import Store, new_id
+
+__all__ = [
+    "Executor",
+    "HEARTBEAT_S",
+    "RESUMABLE",
+    "SILENT_AFTER_S",
+    "auto_resume_enabled",
+    "cancel",
+    "claim",
+    "claim_next",
+    "device_key",
+    "heartbeat",
+    "holder_alive",
+    "live_workers",
+    "recover",
+    "register_worker",
+    "requeue",
+    "unregister_worker",
+]
+
+HEARTBEAT_S = 2.0  # executors refresh their claims this often
+SILENT_AFTER_S = 60.0  # a holder with no heartbeat for this long is taken for dead
+RESUMABLE = ("interrupted", "failed", "cancelled")
+AUTO_RESUME_ENV = "KDWB_AUTO_RESUME"
+_HOST = socket.gethostname()
+
+
+def auto_resume_enabled() -> bool:
+    """Whether a run whose process died is queued again once (``KDWB_AUTO_RESUME=0``: no)."""
+    return os.environ.get(AUTO_RESUME_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def device_key(device: str) -> str:
+    """The slot a run occupies: ``cpu`` or ``cuda:N`` (``auto`` resolved on this machine)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return "cuda:0"
+    return device
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Who holds a claim: an id, the host and the process (``kind``: app, worker, cli)."""
+
+    kind: str
+    id: str = field(default="")
+    host: str = field(default=_HOST)
+    pid: int = field(default_factory=os.getpid)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", new_id(f"{self.kind}-"))
+
+    def claim_fields(self) -> dict[str, Any]:
+        return {"claimed_by": self.id, "host": self.host, "pid": self.pid, "heartbeat": time.time()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # alive, owned by someone else / not a pid
+        return True
+    return True
+
+
+def holder_alive(record: dict[str, Any], now: float | None = None) -> bool:
+    """Whether the process that claimed ``record`` may still be running it."""
+    now = time.time() if now is None else now
+    beat = record.get("heartbeat")
+    if beat is not None and now - beat > SILENT_AFTER_S:
+        return False
+    if record.get("host") == _HOST:
+        pid = record.get("pid")
+        return isinstance(pid, int) and pid > 0 and _pid_alive(pid)
+    return beat is not None  # another host: alive while it beats
+
+
+# ------------------------------------------------------------------ claims
+def claim(store: Store, run_id: str, executor: Executor) -> dict[str, Any] | None:
+    """Take the queued run ``run_id`` for ``executor``; None when someone else was first."""
+    return store.update_run_if(
+        run_id,
+        lambda r: r["status"] == "queued",
+        status="running",
+        **executor.claim_fields(),
+        claims=lambda r: (r.get("claims") or 0) + 1,
+    )
+
+
+def claim_next(
+    store: Store, executor: Executor, devices: Iterable[str], records: list | None = None
+) -> dict[str, Any] | None:
+    """Claim the oldest queued run that runs on one of ``devices`` (device keys)."""
+    devices = set(devices)
+    queued = records if records is not None else store.list_runs(status="queued")
+    for record in sorted(queued, key=lambda r: r["created_at"]):
+        if record["status"] != "queued":
+            continue
+        if device_key(record["config"].get("device", "auto")) not in devices:
+            continue
+        claimed = claim(store, record["id"], executor)
+        if claimed is not None:
+            return claimed
+    return None
+
+
+def heartbeat(store: Store, executor: Executor, run_ids: Iterable[str]) -> None:
+    """Refresh the claims ``executor`` holds (a run that moved on is left alone)."""
+    now = time.time()
+    for run_id in run_ids:
+        store.update_run_if(
+            run_id,
+            lambda r: r["status"] == "running" and r.get("claimed_by") == executor.id,
+            heartbeat=now,
+        )
+
+
+# ------------------------------------------------------------------ user actions
+def cancel(store: Store, run_id: str) -> str:
+    """Cancel a run: a queued run at once (returns ``cancelled``); a running one is asked to
+    stop through the store, which its executor polls (returns ``requested``)."""
+    done = store.update_run_if(run_id, lambda r: r["status"] == "queued", status="cancelled")
+    if done is not None:
+        return "cancelled"
+    record = store.get_run(run_id)
+    if record["status"] != "running":
+        raise WorkbenchError(
+            f"run {run_id} is {record['status']}: only queued or running runs cancel"
+        )
+    store.request_cancel(run_id)
+    return "requested"
+
+
+def requeue(store: Store, run_id: str) -> dict[str, Any]:
+    """Queue an interrupted, failed or cancelled run again; the engine resumes it from its last
+    checkpoint (or starts it over when it never finished an epoch)."""
+    store.clear_cancel(run_id)
+    record = store.update_run_if(
+        run_id,
+        lambda r: r["status"] in RESUMABLE,
+        status="queued",
+        error=None,
+        claimed_by=None,
+    )
+    if record is None:
+        status = store.get_run(run_id)["status"]
+        raise WorkbenchError(
+            f"run {run_id} is {status}: only {', '.join(RESUMABLE)} runs can be resumed"
+        )
+    return record
+
+
+# ------------------------------------------------------------------ recovery
+def recover(store: Store, *, auto_resume: bool | None = None) -> list[str]:
+    """Mark runs whose holder is dead or silent as ``interrupted``; queue each again once
+    (``auto_resumes`` counts it) unless ``auto_resume`` is off. Returns the ids it touched."""
+    auto_resume = auto_resume_enabled() if auto_resume is None else auto_resume
+    touched = []
+    now = time.time()
+    for record in store.list_runs(status="running"):
+        if holder_alive(record, now):
+            continue
+        again = auto_resume and (record.get("auto_resumes") or 0) < 1
+        message = "the process running this run stopped before it finished"
+        changed = store.update_run_if(
+            record["id"],
+            lambda r: r["status"] == "running" and not holder_alive(r, now),
+            status="queued" if again else "interrupted",
+            error=None if again else message,
+            note=f"{message}; resumed automatically from its last checkpoint" if again else None,
+            claimed_by=None,
+            auto_resumes=(record.get("auto_resumes") or 0) + (1 if again else 0),
+        )
+        if changed is not None:
+            touched.append(record["id"])
+    return touched
+
+
+# ------------------------------------------------------------------ worker registry
+def register_worker(store: Store, executor: Executor, devices: dict[str, int]) -> None:
+    """Announce (or refresh) a worker process: its devices and slots, with a heartbeat."""
+    store.set(
+        f"worker:{executor.id}",
+        {
+            "id": executor.id,
+            "host": executor.host,
+            "pid": executor.pid,
+            "devices": dict(devices),
+            "heartbeat": time.time(),
+        },
+    )
+
+
+def unregister_worker(store: Store, executor: Executor) -> None:
+    store.delete(f"worker:{executor.id}")
+
+
+def live_workers(store: Store) -> list[dict[str, Any]]:
+    """Worker processes that beat recently (and, on this host, whose process exists)."""
+    now = time.time()
+    return [w for w in store.values("worker:") if holder_alive(w, now)]

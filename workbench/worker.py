@@ -1,0 +1,72 @@
+"""``python -m workbench worker``: a process that executes queued runs from the store.
+
+It is a ``JobManager`` that always executes (``execute="threads"``) on the devices it is
+given, announced in the store's worker registry with a heartbeat, so that the app stops
+executing in-process while a worker is alive. Any number of workers and app processes can
+share one store: each run is claimed by exactly one of them (``workbench.runqueue``). Stopping
+a worker (Ctrl-C, SIGTERM, kill -9) leaves its runs to be recovered and resumed by the next
+executor that polls.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from workbench import runqueue
+from workbench.errors import ConfigError
+from workbench.jobs import JobManager
+from workbench.store import Store
+
+__all__ = ["serve"]
+
+
+def _device_slots(device: str, slots: int) -> dict[str, int]:
+    key = runqueue.device_key(device)
+    if key != "cpu" and not key.startswith("cuda:"):
+        raise ConfigError(f"--device must be cpu or cuda:N, got {device!r}")
+    if key.startswith("cuda:"):
+        import torch
+
+        index = int(key.split(":", 1)[1]) if key.split(":", 1)[1].isdigit() else -1
+        if not 0 <= index < torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return {key: slots}
+
+
+def serve(
+    store: Store,
+    *,
+    device: str = "cpu",
+    slots: int = 1,
+    once: bool = False,
+    stop: threading.Event | None = None,
+) -> None:
+    """Execute queued runs for ``device`` with ``slots`` at once until ``stop`` is set, the
+    process is signalled, or (``once``) nothing is left to do."""
+    limits = _device_slots(device, slots)
+    stop = stop or threading.Event()
+    manager = JobManager(store, limits=limits, execute="threads", kind="worker")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(
+        f"[worker {manager.executor.id}] executing {device} runs, {slots} at once, "
+        f"store {store.home}",
+        file=sys.stderr,
+    )
+    try:
+        while not stop.is_set():
+            runqueue.register_worker(store, manager.executor, limits)
+            if once and manager.wait(timeout=runqueue.HEARTBEAT_S):
+                break
+            stop.wait(runqueue.HEARTBEAT_S)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runqueue.unregister_worker(store, manager.executor)
+        manager.close()
+        for run_id in manager.running():  # leave them to recovery, resumable
+            print(f"[worker] run {run_id} left running; it will be resumed", file=sys.stderr)
