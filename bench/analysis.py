@@ -4,15 +4,16 @@ Two sets of cases, 8 student x 8 teacher layers each:
 
 - **towers** (the case of issue 12): two MLP towers of 8 ``Linear -> Tanh`` blocks, widths 256
   (student) and 512 (teacher), random weights, on N random inputs of 64 features (N = 1,000 and
-  5,000); the features are the 8 Tanh outputs of each. Timed from the inputs to the matrix:
-  ``cka_matrix`` (forward passes with hooks + the matrix, in the form it picks and in the other
-  one), the previous ``cka_matrix`` (``bench/analysis_before.py``, a frozen copy) on the same
-  features, and ``torch_cka.CKA(...).compare(...)`` with one batch of all N samples (its forward
+  5,000); the features are the 8 Tanh outputs of each. Timed on the same features (as in the
+  issue): ``cka_matrix`` in the form it picks and in the other one, and the previous
+  ``cka_matrix`` (``bench/analysis_before.py``, a frozen copy); and from the inputs to the
+  matrix: ``cka_matrix`` after forward passes with hooks, against
+  ``torch_cka.CKA(...).compare(...)`` with one batch of all N samples (its forward
   passes included). torch-cka is a benchmark-only comparison, not a project dependency:
   ``.venv/bin/pip install torch-cka tqdm matplotlib`` (its module imports both). Its values are
   the unbiased HSIC estimator of Nguyen, Raghu and Kornblith (ICLR 2021), so they differ from
   the linear CKA by O(1/N); the maximum difference is printed. Its cost per pair is two N x N x N
-  products in float32, so at N >= 5,000 it runs on one student layer against the 8 teacher
+  products in float32, so above N = 2,000 it runs on one student layer against the 8 teacher
   layers (every row costs the same: equal widths) and its time is multiplied by 8.
 - **synthetic** (the cases of the earlier benchmark): post-ReLU-like float32 [N, D] features
   sharing a low-rank signal, student D = 16 ... 2,048, teacher D = 32 ... 2,048 and 6,144, at
@@ -21,10 +22,14 @@ Two sets of cases, 8 student x 8 teacher layers each:
   with Linux ``/proc/self/clear_refs``), alternating ``--repeats`` times.
 
 Every case alternates the methods in one process or one run, so the ratios compare like with
-like on a machine shared with other work; medians are reported.
+like on a machine shared with other work; the best of the repeats is reported (other work only
+ever adds time).
 
     .venv/bin/python bench/analysis.py [--tower-sizes 1000 5000] [--sizes 1000 2000 5000]
-                                       [--repeats 3]
+                                       [--repeats 3] [--threads 1]
+
+On a machine loaded by other work, ``--threads 1`` gives steadier ratios: with 2 threads every
+parallel region waits for its slowest thread, and a descheduled thread stalls them all.
 
 Last line: ``cka_matrix vs torch-cka: N=1000 Xx, ...; new vs previous cka_matrix: ...``.
 """
@@ -34,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -96,14 +100,15 @@ def torch_cka(student, teacher, x, student_layers) -> torch.Tensor:
     return cka.export()["CKA"].double()
 
 
-def child_towers(n: int, repeats: int) -> None:
+def child_towers(n: int, repeats: int, with_torch_cka: bool = True) -> None:
     student, teacher = tower(TOWER_WIDTHS[0], seed=1), tower(TOWER_WIDTHS[1], seed=2)
     x = torch.randn(n, TOWER_IN, generator=torch.Generator().manual_seed(3))
     s_feats, t_feats = tower_features(student, x), tower_features(teacher, x)
     picked = cka_form(n, [f.shape[1] for f in s_feats], [f.shape[1] for f in t_feats])
     other = next(f for f in FORMS if f != picked)
     rows = tanh_paths(student) if n <= TCKA_FULL_UP_TO else tanh_paths(student)[:1]
-    times: dict[str, list[float]] = {k: [] for k in ("new", "new_other", "before", "torch_cka")}
+    methods = ("new", "new_total", "new_other", "before", "torch_cka")
+    times: dict[str, list[float]] = {k: [] for k in methods}
     cpu: dict[str, list[float]] = {k: [] for k in times}
     times["forward"] = []
     values = {}
@@ -117,14 +122,17 @@ def child_towers(n: int, repeats: int) -> None:
     def forward() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return tower_features(student, x), tower_features(teacher, x)
 
+    values["new_total"] = cka_matrix(*forward())  # warm-up: the first call pays one-off costs
+
     for r in range(repeats):
+        timed("new_total", lambda: cka_matrix(*forward()))  # from the inputs, like torch-cka
         started = time.perf_counter()
         forward()
         times["forward"].append(time.perf_counter() - started)
-        timed("new", lambda: cka_matrix(*forward()))
-        timed("new_other", lambda: cka_matrix(*forward(), form=other))
-        timed("before", lambda: analysis_before.cka_matrix(*forward()))
-        if r == 0 or n <= TCKA_FULL_UP_TO:  # at 5,000 one run of torch-cka takes minutes
+        timed("new", lambda: cka_matrix(s_feats, t_feats))  # on the same features
+        timed("new_other", lambda: cka_matrix(s_feats, t_feats, form=other))
+        timed("before", lambda: analysis_before.cka_matrix(s_feats, t_feats))
+        if with_torch_cka and (r == 0 or n <= TCKA_FULL_UP_TO):  # at 5,000: minutes a run
             scale = len(tanh_paths(student)) / len(rows)
             timed("torch_cka", lambda: torch_cka(student, teacher, x, rows), scale)
     new = values["new"]
@@ -138,7 +146,9 @@ def child_towers(n: int, repeats: int) -> None:
                 "cpu": cpu,
                 "diff_other": float((new - values["new_other"]).abs().max()),
                 "diff_before": float((new - values["before"]).abs().max()),
-                "diff_torch_cka": float((new[: len(rows)] - values["torch_cka"]).abs().max()),
+                "diff_torch_cka": float((new[: len(rows)] - values["torch_cka"]).abs().max())
+                if with_torch_cka
+                else float("nan"),
             }
         )
     )
@@ -195,10 +205,9 @@ def child_synthetic(n: int, method: str) -> None:
     print(json.dumps(result))
 
 
-def _child(*args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
-    ).stdout
+def _child(*args: str, threads: int = 0) -> dict:
+    command = [sys.executable, __file__, "--threads", str(threads), "--child", *args]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -211,43 +220,64 @@ def main() -> None:
     parser.add_argument("--tower-sizes", type=int, nargs="*", default=[1000, 5000])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 2000, 5000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
+    )
+    parser.add_argument("--no-torch-cka", action="store_true", help="towers without torch-cka")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         kind, n, rest = args.child[0], int(args.child[1]), args.child[2]
-        child_towers(n, int(rest)) if kind == "towers" else child_synthetic(n, rest)
+        if kind == "towers":
+            child_towers(n, int(rest), with_torch_cka=args.child[3:] != ["no-torch-cka"])
+        else:
+            child_synthetic(n, rest)
         return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats, "
-        "medians; times in s"
+        "best of the repeats (the least disturbed by other work on the machine); times in s"
     )
     summary_tcka, summary_old = [], []
     for n in args.tower_sizes:
-        r = _child("towers", str(n), str(args.repeats))
-        t = {k: statistics.median(v) for k, v in r["times"].items()}
-        c = {k: statistics.median(v) for k, v in r["cpu"].items()}
-        summary_tcka.append(f"N={n} {t['torch_cka'] / t['new']:.1f}x")
+        extra = ["no-torch-cka"] if args.no_torch_cka else []
+        r = _child("towers", str(n), str(args.repeats), *extra, threads=args.threads)
+        if args.no_torch_cka:
+            r["times"]["torch_cka"] = r["cpu"]["torch_cka"] = [float("nan")]
+        t = {k: min(v) for k, v in r["times"].items()}
+        c = {k: min(v) for k, v in r["cpu"].items()}
+        summary_tcka.append(
+            f"N={n} {t['torch_cka'] / t['new_total']:.1f}x (features only "
+            f"{t['torch_cka'] / t['new']:.1f}x)"
+        )
         summary_old.append(f"towers N={n} {t['before'] / t['new']:.2f}x")
         est = (
             "" if r["tcka_rows"] == 8 else f" (1 of 8 rows x 8, {len(r['times']['torch_cka'])} run)"
         )
         print(
-            f"towers N={n}: cka_matrix ({r['form']}) {t['new']:.3f} (forward passes "
-            f"{t['forward']:.3f}); {r['other']} form {t['new_other']:.3f}; previous cka_matrix "
-            f"{t['before']:.3f}; torch-cka {t['torch_cka']:.2f}{est}; speed-up over torch-cka "
-            f"{t['torch_cka'] / t['new']:.1f}x (CPU time {c['torch_cka'] / c['new']:.1f}x), over "
-            f"previous {t['before'] / t['new']:.2f}x (CPU {c['before'] / c['new']:.2f}x), over "
-            f"the other form {t['new_other'] / t['new']:.2f}x (CPU "
-            f"{c['new_other'] / c['new']:.2f}x); max |diff| previous "
-            f"{r['diff_before']:.1e}, other form {r['diff_other']:.1e}, torch-cka (unbiased "
-            f"HSIC) {r['diff_torch_cka']:.1e}"
+            f"towers N={n}: on the same features: cka_matrix ({r['form']}) {t['new']:.3f} "
+            f"(CPU {c['new']:.3f}), the {r['other']} form {t['new_other']:.3f} (CPU "
+            f"{c['new_other']:.3f}), previous cka_matrix {t['before']:.3f} (CPU "
+            f"{c['before']:.3f}); from the inputs (forward passes {t['forward']:.3f} included): "
+            f"cka_matrix {t['new_total']:.3f} (CPU {c['new_total']:.3f}), torch-cka "
+            f"{t['torch_cka']:.2f} (CPU {c['torch_cka']:.2f}){est}"
+        )
+        print(
+            f"  speed-up over torch-cka: {t['torch_cka'] / t['new_total']:.1f}x from the inputs "
+            f"(CPU {c['torch_cka'] / c['new_total']:.1f}x), {t['torch_cka'] / t['new']:.1f}x on "
+            f"the features (CPU {c['torch_cka'] / c['new']:.1f}x); over the previous cka_matrix "
+            f"{t['before'] / t['new']:.2f}x (CPU {c['before'] / c['new']:.2f}x); over the other "
+            f"form {t['new_other'] / t['new']:.2f}x (CPU {c['new_other'] / c['new']:.2f}x); max "
+            f"|diff| previous {r['diff_before']:.1e}, other form {r['diff_other']:.1e}, torch-cka "
+            f"(unbiased HSIC) {r['diff_torch_cka']:.1e}"
         )
     for n in args.sizes:
         runs: dict[str, list[dict]] = {"before": [], "new": []}
         for _ in range(args.repeats):
             for method in runs:
-                runs[method].append(_child("synthetic", str(n), method))
-        s = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+                runs[method].append(_child("synthetic", str(n), method, threads=args.threads))
+        s = {k: min(r["seconds"] for r in v) for k, v in runs.items()}
         peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
         diff = max(
             abs(a - b)

@@ -226,8 +226,10 @@ def pairs_editor(
 def choices_caption() -> str:
     ss = st.session_state
     dataset = ss["dataset"] + (f" ({data_path()})" if data_path() else "")
-    if ss["teacher_mode"] == TEACHER_MODES[0] or not ss.get("teacher_run"):
+    if ss["teacher_mode"] == TEACHER_MODES[0]:
         teacher = f"{ss['teacher']} (trained for {ss['teacher_epochs']} epochs, or reused)"
+    elif not ss.get("teacher_run"):  # never a quiet fallback to training one
+        teacher = f"{ss['teacher']} (none yet: {ss['teacher_mode']} on the Models page)"
     else:
         teacher = f"{ss['teacher']} (run {ss['teacher_run']})"
     return f"**Teacher** {teacher} → **student** {ss['student']} on **{dataset}**"

@@ -54,7 +54,7 @@ def test_an_invalid_temperature_is_an_error_not_a_default(temperature):
         and "temperature must be a number from 0.05 to 100" in errors["temperature"]
     )
     routed = launch.route_errors(errors)
-    assert routed == {"weights": [errors["temperature"]]}  # next to the temperature field, once
+    assert routed == {"kinds": [errors["temperature"]]}  # under the temperature's row, once
 
 
 def test_every_invalid_field_is_reported_next_to_its_widget():

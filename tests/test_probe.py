@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -12,7 +14,13 @@ import torch.nn.functional as F
 from workbench.analysis import cka_matrix, gram
 from workbench.features import FeatureTaps, build_adapters, pair_layers
 from workbench.models import build_model, feature_layers
-from workbench.probe import PROBE_SIZE, gram_subset, per_class_accuracy, run_probe
+from workbench.probe import (
+    PROBE_SIZE,
+    gram_subset,
+    per_class_accuracy,
+    run_probe,
+    teacher_probe_features,
+)
 from workbench.teacher_cache import LIMIT_ENV, list_entries
 
 
@@ -174,3 +182,33 @@ def test_probe_runs_the_teacher_live_when_the_cache_is_too_small(store, monkeypa
     assert live["teacher_features"] == "live: over the teacher cache limit"
     assert list_entries(store) == []
     _assert_same_probe(run_probe(**kwargs), live)
+
+
+def test_concurrent_probes_build_one_entry(store):
+    teacher, kwargs = _probe_case()
+    x = kwargs["val_x"][:PROBE_SIZE]
+    paths = kwargs["teacher_layers"]
+    copies = [teacher, copy.deepcopy(teacher)]  # each run loads its own teacher module
+    forwards = [_count_forwards(m) for m in copies]
+    barrier = threading.Barrier(2)
+    results: list = [None, None]
+
+    def probe(i: int) -> None:
+        barrier.wait()
+        results[i] = teacher_probe_features(copies[i], paths, x, store=store)
+
+    threads = [threading.Thread(target=probe, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(note for _, note in results) == [
+        "cache: built by an earlier run",
+        "cache: built now",
+    ]
+    assert sum(b for f in forwards for b in f if b > 2) == len(x)  # one build, one pass
+    assert len(list_entries(store)) == 1
+    live, _ = teacher_probe_features(teacher, paths, x)
+    for feats, _ in results:
+        for got, want in zip(feats, live, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

@@ -57,6 +57,9 @@ GRAM_ROWS = 160
 # inner products reuse each loaded entry only S or T times, so they are bound by memory, not
 # arithmetic (measured on 2 cores: 4.7 for 8 x 8 layers, 3.0 for 16 x 16).
 PAIR_COST = 5.0
+# The Gram form keeps a float64 centred copy of layers up to this many bytes in all, so a strip
+# is one matrix product per layer; wider layers are centred again, block by block, per strip.
+CENTRED_BYTES = 256 * 2**20
 FORMS = ("features", "gram")
 
 
@@ -145,34 +148,65 @@ def _features_form(students: list[Tensor], teachers: list[Tensor], same: bool) -
     return out
 
 
-def _gram_strip(x: Tensor, mean: Tensor, start: int, stop: int, chunk: int, out: Tensor) -> None:
-    """out [stop - start, N - start] = rows start:stop of Kc = Xc Xc^T, columns start:, built
-    from float64 blocks of ``chunk`` centred feature columns."""
+def _gram_strip(
+    x: Tensor,
+    mean: Tensor,
+    start: int,
+    stop: int,
+    chunk: int,
+    out: Tensor,
+    scratch: Tensor,
+    centred: Tensor | None = None,
+) -> None:
+    """out [stop - start, N - start] = rows start:stop of Kc = Xc Xc^T, columns start:. From the
+    layer's ``centred`` float64 copy when it has one, else from float64 blocks of ``chunk``
+    centred feature columns, centred in ``scratch`` (reused: a fresh buffer per block costs more
+    in page faults than the copy itself)."""
+    if centred is not None:
+        torch.mm(centred[start:stop], centred[start:].T, out=out)
+        return
+    m = x.shape[0] - start
     for c in range(0, x.shape[1], chunk):
-        rest = x[start:, c : c + chunk].to(torch.float64) - mean[c : c + chunk]  # [N - start, c]
-        out.addmm_(rest[: stop - start], rest.T)
+        width = min(chunk, x.shape[1] - c)
+        rest = scratch[: m * width].view(m, width)  # [N - start, c]
+        rest.copy_(x[start:, c : c + width]).sub_(mean[c : c + width])
+        if c == 0:
+            torch.mm(rest[: stop - start], rest.T, out=out)
+        else:
+            out.addmm_(rest[: stop - start], rest.T)
 
 
 def _gram_form(students: list[Tensor], teachers: list[Tensor], same: bool, chunk: int) -> Tensor:
     """HSIC <Ks, Kt>_F per pair from the centred Gram matrices, a strip of ``GRAM_ROWS`` rows of
     every layer at a time: only the entries on and right of the diagonal are built, the ones
     right of the diagonal block weighted by sqrt(2) so that each counts twice (K is symmetric),
-    and all pairs' inner products are batched matrix products per strip. Peak: one
-    strip per layer, (S + T) x GRAM_ROWS x N float64 (102 MB for 16 layers at N = 5,000)."""
+    and all pairs' inner products are batched matrix products per strip. Peak: one strip per
+    layer, (S + T) x GRAM_ROWS x N float64 (102 MB for 16 layers at N = 5,000), the layers
+    centred once (up to ``CENTRED_BYTES``) and one block of N x ``chunk`` centred features."""
     layers = students if same else students + teachers
     means = [x.mean(dim=0, dtype=torch.float64) for x in layers]  # [D] each
-    n, s = layers[0].shape[0], len(students)
-    device = layers[0].device
-    hsic = torch.zeros(s, len(teachers), dtype=torch.float64, device=device)
-    squares = torch.zeros(len(layers), dtype=torch.float64, device=device)  # ||Kc||_F^2
+    n, s, count = layers[0].shape[0], len(students), len(layers)
+    device, f64 = layers[0].device, torch.float64
+    hsic = torch.zeros(s, len(teachers), dtype=f64, device=device)
+    squares = torch.zeros(count, dtype=f64, device=device)  # ||Kc||_F^2
+    # Layers centred once in float64 while they fit in CENTRED_BYTES (one product per strip and
+    # no re-centring); the rest are centred block by block for every strip.
+    centred: list[Tensor | None] = []
+    room = CENTRED_BYTES
+    for x in layers:
+        size = x.numel() * 8
+        centred.append(_centred(x) if size <= room else None)
+        room -= size if size <= room else 0
+    widest = max([x.shape[1] for x, c in zip(layers, centred, strict=True) if c is None] or [0])
+    scratch = torch.empty(n * min(chunk, widest), dtype=f64, device=device)
+    strip_buffer = torch.empty(count * min(GRAM_ROWS, n) * n, dtype=f64, device=device)
     for start in range(0, n, GRAM_ROWS):
         stop = min(start + GRAM_ROWS, n)
-        strips = torch.zeros(
-            len(layers), stop - start, n - start, dtype=torch.float64, device=device
-        )
-        for x, mean, strip in zip(layers, means, strips, strict=True):
-            _gram_strip(x, mean, start, stop, chunk, strip)
-        strips[:, :, stop - start :] *= math.sqrt(2.0)  # above the diagonal block: counts twice
+        rows, cols = stop - start, n - start
+        strips = strip_buffer[: count * rows * cols].view(count, rows, cols)
+        for x, mean, strip, xc in zip(layers, means, strips, centred, strict=True):
+            _gram_strip(x, mean, start, stop, chunk, strip, scratch, xc)
+        strips[:, :, rows:] *= math.sqrt(2.0)  # above the diagonal block: counts twice
         by_row = strips.transpose(0, 1)  # [r, L, N - start]
         if same:
             products = torch.bmm(by_row, by_row.transpose(1, 2)).sum(dim=0)  # [S, S]
@@ -182,7 +216,7 @@ def _gram_form(students: list[Tensor], teachers: list[Tensor], same: bool, chunk
             # One product per strip row, summed: faster here than one [S, M] x [M, T] product,
             # which BLAS runs as a memory-bound long inner product.
             hsic += torch.bmm(by_row[:, :s], by_row[:, s:].transpose(1, 2)).sum(dim=0)  # [S, T]
-            squares += torch.linalg.vector_norm(strips.reshape(len(layers), -1), dim=1).square()
+            squares += torch.linalg.vector_norm(strips.reshape(count, -1), dim=1).square()
     norms = squares.sqrt()
     if same:  # the batched products need not round both triangles alike
         hsic = (hsic + hsic.T) / 2

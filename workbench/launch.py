@@ -41,8 +41,8 @@ __all__ = [
 TEACHER_MODES = ("train one now", "pick a trained teacher", "upload a checkpoint")
 # Where each field's message is shown on the Distill page: the slot under its widgets.
 SLOTS = {
-    "weights": ("weights", "temperature"),
-    "kinds": ("feature_kind", "relation_kind", "weighting"),
+    "weights": ("weights",),
+    "kinds": ("temperature", "feature_kind", "relation_kind", "weighting"),  # the row under T
     "pairs": ("layer_pairs",),
     "training": ("epochs", "batch_size", "lr", "teacher_epochs"),
     "seeds": ("seeds",),
