@@ -238,3 +238,23 @@ def test_two_workers_and_the_app_execute_each_run_exactly_once(store, home):
     assert all(r["claims"] == 1 and r["executions"] == 1 for r in records)
     assert [w.returncode for w in workers] == [0, 0], [_log(w) for w in workers]
     assert store.values("worker:") == []  # they unregistered
+
+
+def test_runs_shows_a_killed_run_queued_to_resume_not_running(tmp_path):
+    home = tmp_path / "home"
+    victim = _cli(home, "run", *SLOW, "--json")
+    try:
+        _wait(
+            lambda: (r := _one_run(home)) and _store(home).epochs(r["id"]),
+            "the run to finish an epoch",
+            procs=[victim],
+        )
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        _kill(victim)
+    listing = _cli(home, "runs", "--json")
+    out, _ = listing.communicate(timeout=DEADLINE)
+    assert listing.returncode == 0, _log(listing)
+    assert [r["status"] for r in json.loads(out)] == ["queued"]
+    note = _store(home).list_runs()[0]["note"]
+    assert "resumed automatically from its last checkpoint" in note

@@ -204,6 +204,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover(store: Any) -> None:
+    """Show runs whose process died as they are (queued again to resume, or interrupted), not as
+    still running; a read-only store (full disk) is shown as it is."""
+    from workbench import runqueue
+
+    if store.read_only is None:
+        runqueue.recover(store)
+
+
 def _get_run(store: Any, run_id: str) -> dict[str, Any]:
     try:
         return store.get_run(run_id)
@@ -290,7 +299,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
         raise WorkbenchError(f"--status must be one of {', '.join(STATUSES)}, got {args.status!r}")
-    records = Store().list_runs(status=args.status, role=args.role)
+    store = Store()
+    _recover(store)
+    records = store.list_runs(status=args.status, role=args.role)
     if args.json:
         print(
             json.dumps(
@@ -322,6 +333,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from workbench.store import Store
 
     store = Store()
+    _recover(store)
     record = _get_run(store, args.run_id)
     if args.json:
         print(json.dumps(record | {"epochs": store.epochs(args.run_id)}, default=str))
