@@ -17,10 +17,11 @@ from pages._shared import (
     show_action_error,
     store,
 )
-from workbench import plots
+from workbench import checkpoints, plots
 from workbench.config import COMPONENTS, RunConfig
 from workbench.launch import parse_tags
 from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, option_label, short_names
+from workbench.runqueue import RESUMABLE
 from workbench.store import ACTIVE, FINISHED
 from workbench.urlstate import decode_value, encode_ids, encode_value
 from workbench.views import (
@@ -56,6 +57,10 @@ def restart(run_id: str) -> None:
     ss["runs_select_next"] = manager().restart(run_id)
 
 
+def resume(run_id: str) -> None:
+    ss["runs_select_next"] = manager().resume(run_id)
+
+
 def ask_delete(run_id: str | None) -> None:
     ss["confirm_delete"] = run_id
 
@@ -72,7 +77,7 @@ def rename(run_id: str) -> None:
 
 
 def run_actions(record: dict) -> None:
-    """Cancel, restart, delete, rename/tag and downloads for one run."""
+    """Cancel, resume, restart, delete, rename/tag and downloads for one run."""
     run_id, status = record["id"], record["status"]
     cols = st.columns(4)
     if status in ACTIVE:
@@ -84,6 +89,18 @@ def run_actions(record: dict) -> None:
             args=(run_id,),
         )
     elif status in FINISHED and status != "completed":
+        if status in RESUMABLE:
+            saved = checkpoints.state_path(store().home, run_id).exists()
+            cols[0].button(
+                "Resume run",
+                key="run_resume",
+                icon=":material/play_arrow:",
+                on_click=guarded(resume),
+                args=(run_id,),
+                help="Continue from the end of its last finished epoch."
+                if saved
+                else "It never finished an epoch: it starts over, under the same id.",
+            )
         cols[0].button(
             "Restart run",
             key="run_restart",

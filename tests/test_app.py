@@ -390,6 +390,32 @@ def test_an_interrupted_run_can_be_restarted(store):
     assert at.selectbox(key="runs_selected").value == new["id"]
 
 
+def test_an_interrupted_run_resumes_from_its_checkpoint(store):
+    import threading
+
+    from workbench.engine import run
+
+    config = _scratch(epochs=3)
+    run_id = store.create_run(config, name="stopped")
+    stop = threading.Event()
+    run(
+        config,
+        store,
+        on_step=lambda e: e["phase"] == "epoch" and stop.set(),
+        stop=stop,
+        run_id=run_id,
+    )
+    store.update_run(run_id, status="interrupted")
+    at = app("pages/runs.py")
+    at.selectbox(key="runs_selected").select(run_id).run()
+    at.button(key="run_resume").click().run()
+    assert not at.exception and not errors(at)
+    (record,) = wait_until_idle(store)
+    assert record["id"] == run_id and record["status"] == "completed"
+    assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2, 3]
+    assert record["executions"] == 2  # the first start, and the resume
+
+
 def test_a_running_run_can_be_cancelled(store):
     at = app()
     from pages._shared import manager  # the app's JobManager for this store
