@@ -11,7 +11,13 @@ import streamlit as st
 
 from pages._shared import live, manager, page_entered, require_app, set_params, show_error, store
 from workbench.config import RunConfig
-from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, metric_label
+from workbench.naming import (
+    ACCURACY_LABEL,
+    ACCURACY_METRIC,
+    EPOCH_LABEL,
+    EPOCH_METRIC,
+    metric_label,
+)
 from workbench.plots import contribution_bars
 from workbench.store import ACTIVE, FINISHED
 from workbench.suites import suite_analysis, suite_progress
@@ -59,13 +65,15 @@ def suite_rows() -> list[dict]:
     for entry in suite["runs"]:
         if store().has_run(entry["run_id"]):
             record = store().get_run(entry["run_id"])
-            final = (record.get("metrics") or {}).get(ACCURACY_METRIC) is not None
+            metrics = record.get("metrics") or {}
+            final = metrics.get(EPOCH_METRIC) is not None
             rows.append(
                 {
                     "variant": entry["variant"],
                     "seed": entry["seed"],
                     "status": record["status"],
-                    ACCURACY_METRIC: latest_accuracy(
+                    ACCURACY_METRIC: metrics.get(ACCURACY_METRIC),
+                    EPOCH_METRIC: latest_accuracy(
                         record, None if final else store().epochs(entry["run_id"])
                     ),
                     "run": entry["run_id"],
@@ -150,7 +158,10 @@ def suite_view(polling: bool) -> None:
         hide_index=True,
         key="suite_runs",
         column_config={
-            ACCURACY_METRIC: st.column_config.NumberColumn(ACCURACY_LABEL, format="percent")
+            ACCURACY_METRIC: st.column_config.NumberColumn(ACCURACY_LABEL, format="percent"),
+            EPOCH_METRIC: st.column_config.NumberColumn(
+                EPOCH_LABEL, format="percent", help="the last finished epoch's (live)"
+            ),
         },
     )
     if polling and progress["done"]:

@@ -14,7 +14,13 @@ import streamlit as st
 
 from pages._shared import errors_shown, page_entered, require_app, set_params, store
 from workbench import compare, plots
-from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, option_label, short_names
+from workbench.naming import (
+    ACCURACY_LABEL,
+    ACCURACY_METRIC,
+    EPOCH_LABEL,
+    option_label,
+    short_names,
+)
 from workbench.report import comparison_report
 from workbench.urlstate import decode_ids, decode_value, encode_ids, encode_value
 
@@ -230,11 +236,11 @@ if chosen:
         # column beside each plot leaves the plot most of the width.
         left, right = st.columns(2) if len(units) <= 6 else (st.container(), st.container())
         with left:
-            st.markdown(f"**{ACCURACY_LABEL.capitalize()}** per epoch")
+            st.markdown(f"**{EPOCH_LABEL.capitalize()}** per epoch")
             if epochs:
                 acc_x = "time" if x_axis == "time" else "epoch"
                 chart(
-                    ACCURACY_LABEL.capitalize(),
+                    EPOCH_LABEL.capitalize(),
                     "compare_accuracy",
                     (key, acc_x),
                     lambda: plots.accuracy_curves(

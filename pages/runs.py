@@ -20,7 +20,14 @@ from pages._shared import (
 from workbench import checkpoints, plots
 from workbench.config import COMPONENTS, RunConfig
 from workbench.launch import parse_tags
-from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, option_label, short_names
+from workbench.naming import (
+    ACCURACY_LABEL,
+    ACCURACY_METRIC,
+    EPOCH_LABEL,
+    EPOCH_METRIC,
+    option_label,
+    short_names,
+)
 from workbench.runqueue import RESUMABLE
 from workbench.store import ACTIVE, FINISHED
 from workbench.urlstate import decode_value, encode_ids, encode_value
@@ -166,11 +173,11 @@ def run_detail(record: dict, name: str) -> None:
     metrics = record.get("metrics") or {}
     history, epochs = store().history(run_id), store().epochs(run_id)
     cols = st.columns(4)
-    final = metrics.get(ACCURACY_METRIC) is not None
-    cols[0].metric(
-        ACCURACY_LABEL if final else f"{ACCURACY_LABEL} (last epoch)",
-        format_percent(latest_accuracy(record, epochs)),
-    )
+    if metrics.get(ACCURACY_METRIC) is not None:
+        cols[0].metric(ACCURACY_LABEL, format_percent(metrics[ACCURACY_METRIC]))
+    else:  # running, cancelled, failed: where it got to
+        label = f"{EPOCH_LABEL} (last epoch)"
+        cols[0].metric(label, format_percent(latest_accuracy(record, epochs)))
     teacher_acc = metrics.get("teacher_acc")
     cols[1].metric(f"teacher {ACCURACY_LABEL}", format_percent(teacher_acc))
     agreement = metrics.get("agreement")
@@ -203,7 +210,7 @@ def run_detail(record: dict, name: str) -> None:
             st.caption("No loss values logged yet.")
     with right:
         if epochs:
-            st.markdown(f"**{ACCURACY_LABEL.capitalize()}** per epoch")
+            st.markdown(f"**{EPOCH_LABEL.capitalize()}** per epoch")
             fig = plots.accuracy_curves({name: epochs}, x="time" if x == "time" else "epoch")
             st.plotly_chart(fig, key="run_accuracy", width="stretch")
         else:
@@ -249,6 +256,7 @@ def runs_view(polling: bool) -> None:
             "progress",
             "eta",
             ACCURACY_METRIC,
+            EPOCH_METRIC,
             "duration",
             "config",
             "teacher_source",
@@ -265,8 +273,14 @@ def runs_view(polling: bool) -> None:
                 ACCURACY_LABEL,
                 format="percent",
                 width="small",
-                help="The final accuracy, or the last finished epoch's while a run trains "
-                "(and for a cancelled run)",
+                help="A finished run's accuracy on the test split (nothing in training saw it)",
+            ),
+            EPOCH_METRIC: st.column_config.NumberColumn(
+                EPOCH_LABEL,
+                format="percent",
+                width="small",
+                help="The validation accuracy of the last finished epoch (live while a run "
+                "trains; kept by a cancelled run)",
             ),
             # pixel widths that fit "59 min 59 s" whole (the issue saw "1 min 1")
             "eta": st.column_config.TextColumn("ETA", width=96),

@@ -373,7 +373,7 @@ def test_runs_page_with_50_runs(server, page):
             status="completed",
             finished_at=time.time(),
             seconds=1.0,
-            metrics={"val_acc": 0.5},
+            metrics={"val_acc": 0.5, "test_acc": 0.5},
         )
         store.set_epochs(
             run_id,

@@ -33,7 +33,7 @@ def record(run_id, name="", *, status="completed", tags=(), acc=0.9, role="stude
         "status": status,
         "tags": list(tags),
         "config": base | config,
-        "metrics": {"val_acc": acc} if acc is not None else {},
+        "metrics": {"val_acc": acc, "test_acc": acc} if acc is not None else {},
         "created_at": 1_700_000_000.0,
         "finished_at": 1_700_000_100.0 if status == "completed" else None,
         "progress": {"epoch": 3, "step": 60},
@@ -255,8 +255,8 @@ def test_parcoords_records_keep_finished_students():
     assert [r["id"] for r in runs] == ["a", "b", "d"]  # no failed run, no teacher
     a, b = record("a", "KD", acc=0.8), record("b", "KD", acc=0.9, seed=1)
     grouped = compare.parcoords_records([a, b], grouped=True)
-    assert len(grouped) == 1 and grouped[0]["metrics"]["val_acc"] == pytest.approx(0.85)
-    assert a["metrics"]["val_acc"] == 0.8
+    assert len(grouped) == 1 and grouped[0]["metrics"]["test_acc"] == pytest.approx(0.85)
+    assert a["metrics"]["test_acc"] == 0.8
 
 
 def test_selection_table_adds_the_seed_group():

@@ -83,6 +83,7 @@ def fabricate_run(
         per_class_acc = rng.uniform(0.6, 1.0, len(CLASSES)).tolist()
         metrics = {
             "val_acc": float(accs[-1]),
+            "test_acc": float(accs[-1]) - 0.01,
             "teacher_acc": 0.97,
             "agreement": float(accs[-1]) - 0.02,
             "per_class_acc": per_class_acc,
@@ -396,7 +397,9 @@ def test_ablations_shows_contributions_and_opens_compare(store):
         config = store.get_run(entry["run_id"])["config"]
         acc = 0.5 + sum(v for k, v in effect.items() if config["weights"][k] > 0)
         acc += 0.01 * config["seed"] * (1 + len(entry["variant"]) % 3)  # some seed noise
-        store.update_run(entry["run_id"], status="completed", metrics={"val_acc": acc})
+        store.update_run(
+            entry["run_id"], status="completed", metrics={"val_acc": acc, "test_acc": acc}
+        )
 
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.switch_page("pages/ablations.py").run()
@@ -422,7 +425,9 @@ def test_ablations_tables_fill_in_while_the_suite_runs_and_its_url_restores_it(s
     base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.0))
     suite = launch_suite(base, store, lambda c, **f: store.create_run(c, **f), seeds=1, name="s")
     first, *rest = suite["runs"]
-    store.update_run(first["run_id"], status="completed", metrics={"val_acc": 0.8})
+    store.update_run(
+        first["run_id"], status="completed", metrics={"val_acc": 0.8, "test_acc": 0.79}
+    )
     store.update_run(rest[0]["run_id"], status="running")
     store.set_epochs(rest[0]["run_id"], [{"epoch": 1, "val_acc": 0.55}])
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)

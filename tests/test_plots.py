@@ -65,7 +65,9 @@ def record(run_id, name="", *, acc=0.9, status="completed", variant=None, **conf
         "role": "student",
         "status": status,
         "config": config(**config_changes),
-        "metrics": {"val_acc": acc, "teacher_acc": 0.95, "agreement": 0.9} if acc else {},
+        "metrics": {"val_acc": acc, "test_acc": acc, "teacher_acc": 0.95, "agreement": 0.9}
+        if acc
+        else {},
         "created_at": 1_700_000_000.0,
         "seconds": 12.5,
         "suite": None,
@@ -374,7 +376,7 @@ def test_parallel_coordinates():
         "feature weight": [0.2, 0.0],
         "relation weight": [0.2, 0.0],
         "temperature": [2.0, 4.0],
-        "val acc": [0.8, 0.9],
+        "test acc": [0.8, 0.9],
     }
     assert list(par.line.color) == [0.8, 0.9]
     assert [tuple(d.range) for d in par.dimensions[:4]] == [(0.0, 1.0)] * 4

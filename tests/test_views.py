@@ -91,11 +91,16 @@ def test_run_table_summarises_a_record():
         name="baseline",
         tags=["a", "b"],
         seconds=65.0,
-        metrics={"val_acc": 0.9, "teacher_acc": 0.95},
+        metrics={"val_acc": 0.9, "test_acc": 0.88, "teacher_acc": 0.95},
         teacher_source="cache",
     )
     row = run_table([r]).iloc[0]
-    assert row["name"] == "baseline" and row["tags"] == "a, b" and row["val_acc"] == 0.9
+    assert (
+        row["name"] == "baseline"
+        and row["tags"] == "a, b"
+        and row["val_acc"] == 0.9
+        and row["test_acc"] == 0.88
+    )
     assert row["duration"] == "1 min 05 s" and row["eta"] == "" and row["progress"] == 1.0
     assert row["config"] == STUDENT.summary() and row["teacher_source"] == "cache"
     assert (row["teacher_acc"], row["dataset"], row["student"]) == (0.95, "digits", "mlp")
@@ -119,7 +124,7 @@ def test_running_and_cancelled_runs_show_their_last_epoch_accuracy():
         record(status="running", id="r1"),
         record(status="cancelled", id="r2"),
         record(status="queued", id="r3"),
-        record(status="completed", id="r4", metrics={"val_acc": 0.8}),
+        record(status="completed", id="r4", metrics={"val_acc": 0.8, "test_acc": 0.78}),
     ]
     table = run_table(runs, epochs=lambda run_id: epochs.get(run_id, [{"val_acc": 0.1}]))
     assert table["val_acc"].tolist()[:2] == [0.97, 0.5]
@@ -141,7 +146,7 @@ def test_run_table_survives_a_config_from_another_version():
 
 def test_teacher_choices_match_model_dataset_and_status():
     runs = [
-        record(TEACHER, id="t1", status="completed", metrics={"val_acc": 0.8}),
+        record(TEACHER, id="t1", status="completed", metrics={"val_acc": 0.8, "test_acc": 0.79}),
         record(TEACHER, id="t2", status="failed"),
         record(
             TEACHER.replace(dataset="digits", teacher="mlp", student="mlp"),
@@ -151,7 +156,7 @@ def test_teacher_choices_match_model_dataset_and_status():
         record(STUDENT, id="s1", status="completed"),
     ]
     choices = teacher_choices(runs, dataset="digits", teacher="small_cnn")
-    assert list(choices) == ["t1"] and "val acc 80.0%" in choices["t1"]
+    assert list(choices) == ["t1"] and "test acc 79.0%" in choices["t1"]
     assert teacher_choices(runs, dataset="digits", teacher="resnet18") == {}
 
 

@@ -5,8 +5,10 @@ between the runs shown (``"at · bs 32 · 5 ep"``), or by the name a user gave i
 subplot title, table header and selector of the app takes its names from ``short_names``, so a
 run is called the same everywhere on a page.
 
-The accuracy the app shows is named here too (``ACCURACY_METRIC`` / ``ACCURACY_LABEL``): when the
-test split arrives, switching both to ``test_acc`` / ``"test acc"`` relabels every view.
+The accuracies the app shows are named here too: ``ACCURACY_METRIC`` / ``ACCURACY_LABEL`` for a
+finished run's headline number (the test split, which nothing in training looked at), and
+``EPOCH_METRIC`` / ``EPOCH_LABEL`` for the per-epoch curves and a running run's latest value (the
+validation split). Every accuracy on screen carries one of the two labels.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 __all__ = [
     "ACCURACY_LABEL",
     "ACCURACY_METRIC",
+    "EPOCH_LABEL",
+    "EPOCH_METRIC",
     "accuracy_title",
     "field_text",
     "flat_config",
@@ -27,8 +31,10 @@ __all__ = [
     "short_names",
 ]
 
-ACCURACY_METRIC = "val_acc"  # the metric every accuracy on screen shows
-ACCURACY_LABEL = "val acc"  # ... and what it is called ("test acc" once data.py has a test split)
+ACCURACY_METRIC = "test_acc"  # a finished run's headline accuracy: the test split
+ACCURACY_LABEL = "test acc"  # ... and what it is called on screen
+EPOCH_METRIC = "val_acc"  # the accuracy of every epoch (and of a running run): validation
+EPOCH_LABEL = "val acc"
 
 # Fields that never tell runs apart on screen (where a run ran, how often it logged).
 _HIDDEN = ("device", "log_every", "data_path")
@@ -59,7 +65,8 @@ _FORMATS = {
 def metric_label(metric: str) -> str:
     """How an accuracy metric is named on screen: ``val_acc`` -> ``"val acc"``, ``test_acc`` ->
     ``"test acc"`` (every accuracy says its split)."""
-    return ACCURACY_LABEL if metric == ACCURACY_METRIC else metric.replace("_", " ")
+    labels = {ACCURACY_METRIC: ACCURACY_LABEL, EPOCH_METRIC: EPOCH_LABEL}
+    return labels.get(metric, metric.replace("_", " "))
 
 
 def accuracy_title(prefix: str = "") -> str:

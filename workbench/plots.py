@@ -28,7 +28,14 @@ from plotly.subplots import make_subplots
 
 from workbench.config import COMPONENTS, fingerprint_of
 from workbench.errors import WorkbenchError
-from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, flat_config, short_names
+from workbench.naming import (
+    ACCURACY_LABEL,
+    ACCURACY_METRIC,
+    EPOCH_LABEL,
+    EPOCH_METRIC,
+    flat_config,
+    short_names,
+)
 
 __all__ = [
     "PlotDataError",
@@ -239,7 +246,7 @@ X_AXES = {"step": "step", "epoch": "epoch", "time": "time (s)"}
 
 def accuracy_curves(
     runs: Runs,
-    metric: str = ACCURACY_METRIC,
+    metric: str = EPOCH_METRIC,
     *,
     band: bool = True,
     x: str = "epoch",
@@ -253,7 +260,7 @@ def accuracy_curves(
     """
     if x not in ("epoch", "time"):
         raise PlotDataError(f"epoch rows are drawn by epoch or time, not {x!r}")
-    titles = {ACCURACY_METRIC: ACCURACY_LABEL, "agreement": "teacher-student agreement"}
+    titles = {EPOCH_METRIC: EPOCH_LABEL, "agreement": "teacher-student agreement (val)"}
     fig = curve_figure(
         _points(runs, x, metric),
         x_title=X_AXES[x],
@@ -261,7 +268,7 @@ def accuracy_curves(
         band=band,
         smoothing=smoothing,
         colours=colours,
-        percent=metric in (ACCURACY_METRIC, "agreement") or metric.endswith("_acc"),
+        percent=metric in (EPOCH_METRIC, "agreement") or metric.endswith("_acc"),
     )
     if x == "epoch":
         fig.update_xaxes(tickformat="d", dtick=1 if _max_x(fig) <= 20 else None, rangemode="tozero")

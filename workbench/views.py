@@ -20,7 +20,7 @@ import pandas as pd
 
 from workbench.config import RunConfig
 from workbench.errors import WorkbenchError
-from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC
+from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC, EPOCH_METRIC
 
 __all__ = [
     "RUN_COLUMNS",
@@ -82,14 +82,14 @@ def progress_text(record: Mapping[str, Any]) -> str:
 def latest_accuracy(
     record: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | None = None
 ) -> float | None:
-    """The run's accuracy (``naming.ACCURACY_METRIC``): the final one, else that of its last
-    finished epoch, so a running or cancelled run shows where it got to."""
-    value = (record.get("metrics") or {}).get(ACCURACY_METRIC)
+    """The run's latest validation accuracy (``naming.EPOCH_METRIC``): the final one, else that
+    of its last finished epoch, so a running or cancelled run shows where it got to."""
+    value = (record.get("metrics") or {}).get(EPOCH_METRIC)
     if _finite(value):
         return float(value)
     for row in reversed(epochs or ()):
-        if _finite(row.get(ACCURACY_METRIC)):
-            return float(row[ACCURACY_METRIC])
+        if _finite(row.get(EPOCH_METRIC)):
+            return float(row[EPOCH_METRIC])
     return None
 
 
@@ -105,7 +105,7 @@ def _summary(config: Mapping[str, Any]) -> str:
 
 
 RUN_COLUMNS = [
-    "id", "name", "role", "status", "progress", "eta", ACCURACY_METRIC, "teacher_acc",
+    "id", "name", "role", "status", "progress", "eta", ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc",
     "agreement", "duration", "seconds", "dataset", "teacher", "student", "weights",
     "temperature", "seed", "config", "teacher_source", "tags", "error", "created",
 ]  # fmt: skip
@@ -131,7 +131,7 @@ def run_table(
         if seconds is None and status == "running" and r.get("started_at"):
             seconds = time.time() - r["started_at"]
         weights = config.get("weights") or {}
-        final = _finite(metrics.get(ACCURACY_METRIC))
+        final = _finite(metrics.get(EPOCH_METRIC))
         created = r.get("created_at")
         rows.append(
             {
@@ -141,7 +141,8 @@ def run_table(
                 "status": status,
                 "progress": progress_fraction(r),
                 "eta": format_duration(eta),
-                ACCURACY_METRIC: latest_accuracy(
+                ACCURACY_METRIC: metrics.get(ACCURACY_METRIC),
+                EPOCH_METRIC: latest_accuracy(
                     r, None if final or epochs is None else epochs(r["id"])
                 ),
                 "teacher_acc": metrics.get("teacher_acc"),
@@ -162,7 +163,8 @@ def run_table(
             }
         )
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    numeric = (ACCURACY_METRIC, "teacher_acc", "agreement", "seconds", "temperature", "progress")
+    numeric = (ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc", "agreement", "seconds")
+    numeric += ("temperature", "progress")
     for column in numeric:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["created"] = pd.to_datetime(frame["created"])
