@@ -807,7 +807,7 @@ def finish(t: Training) -> dict[str, Any]:
             val_y=t.data.val_y,
             class_names=t.data.class_names,
             device=t.device,
-            store=t.store,
+            store=t.store if t.config.teacher_cache else None,  # the cache off: live features
             teacher_id=t.teacher_id,
         )
         probe["per_class_acc"] = metrics["per_class_acc"]
