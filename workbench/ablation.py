@@ -395,6 +395,30 @@ def paired_comparison(
     return row
 
 
+CONTRIBUTION_COLUMNS = [
+    "component", "contribution", "ci_low", "ci_high", "half_width", "n", "p_value", "p_holm",
+    "distinguishable", "seeds_needed", "sd_diff", "b", "c", "pairs", "p_mcnemar",
+    "p_mcnemar_holm", "method", "mean_full", "mean_without", "note",
+]  # fmt: skip
+
+
+def _per_image_test(per_image: Mapping[str, PerImage] | None, name: str) -> dict[str, Any]:
+    """McNemar's columns for variant ``name`` against the full one (NaN without per-image
+    results for both)."""
+    empty = {"b": math.nan, "c": math.nan, "pairs": 0, "p_mcnemar": math.nan}
+    if not per_image or FULL not in per_image or name not in per_image:
+        return empty
+    counts = paired_correct(per_image[FULL], per_image[name])
+    if not counts["pairs"]:
+        return empty
+    return {
+        "b": counts["b"],
+        "c": counts["c"],
+        "pairs": counts["pairs"],
+        "p_mcnemar": mcnemar_exact(counts["b"], counts["c"]),
+    }
+
+
 def contributions(
     results: Mapping[str, Accuracies],
     confidence: float = 0.95,
@@ -430,16 +454,7 @@ def contributions(
         row["ci_low"] = row["contribution"] - half
         row["ci_high"] = row["contribution"] + half
         row["seeds_needed"] = seeds_needed(row["contribution"], row["sd_diff"], confidence)
-        row.update(b=math.nan, c=math.nan, pairs=0, p_mcnemar=math.nan)
-        if per_image and FULL in per_image and name in per_image:
-            counts = paired_correct(per_image[FULL], per_image[name])
-            if counts["pairs"]:
-                row.update(
-                    b=counts["b"],
-                    c=counts["c"],
-                    pairs=counts["pairs"],
-                    p_mcnemar=mcnemar_exact(counts["b"], counts["c"]),
-                )
+        row.update(_per_image_test(per_image, name))
         rows.append(row)
     alpha = 1.0 - confidence
     for key, adjusted in (("p_value", "p_holm"), ("p_mcnemar", "p_mcnemar_holm")):
@@ -447,29 +462,7 @@ def contributions(
             row[adjusted] = p
     for row in rows:
         row["distinguishable"] = bool(math.isfinite(row["p_holm"]) and row["p_holm"] < alpha)
-    columns = [
-        "component",
-        "contribution",
-        "ci_low",
-        "ci_high",
-        "half_width",
-        "n",
-        "p_value",
-        "p_holm",
-        "distinguishable",
-        "seeds_needed",
-        "sd_diff",
-        "b",
-        "c",
-        "pairs",
-        "p_mcnemar",
-        "p_mcnemar_holm",
-        "method",
-        "mean_full",
-        "mean_without",
-        "note",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=CONTRIBUTION_COLUMNS)
 
 
 def shapley_values(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench import runqueue
 from workbench.errors import StoreError
 from workbench.store import (
     DB_NAME,
@@ -211,6 +212,65 @@ def check_store(home: str | Path | None = None) -> CheckReport:
     return report
 
 
+def _check_run(store: Store, record: dict, present: set[str]) -> list[Finding]:
+    """What is wrong with one indexed run: its checkpoint, manifest, history and probe."""
+    findings: list[Finding] = []
+    add = findings.append
+    run_id = record["id"]
+    if record["status"] == "completed":
+        path = store.checkpoint_path(run_id)
+        if ".pt" not in present:
+            add(
+                Finding(
+                    "checkpoint",
+                    run_id,
+                    f"completed run {run_id} has no checkpoint ({path} is missing): train "
+                    "it again or restore the file",
+                    False,
+                )
+            )
+        elif not _checkpoint_readable(path):
+            add(
+                Finding(
+                    "checkpoint",
+                    run_id,
+                    f"the checkpoint of run {run_id} ({path}) is truncated or overwritten: "
+                    "train it again or restore the file",
+                    False,
+                )
+            )
+    manifest = None
+    if ".manifest.json" not in present:
+        add(Finding("manifest", run_id, f"run {run_id} has no manifest", True))
+    else:
+        try:
+            manifest = read_manifest(store.manifest_path(run_id))
+        except StoreError as exc:
+            add(Finding("manifest", run_id, f"{exc}; repair writes it anew", True))
+    try:
+        store.history(run_id)
+    except StoreError as exc:
+        saved = manifest is not None and bool(manifest.get("history"))
+        message = (
+            f"the metric history of run {run_id} is damaged (a value file is missing); "
+            "repair restores it from the manifest"
+            if saved
+            else str(exc)
+        )
+        add(Finding("history", run_id, message, saved))
+    if store.probe_state(run_id) == "missing":
+        add(
+            Finding(
+                "probe",
+                run_id,
+                f"the probe of run {run_id} was saved but is missing: the Compare page "
+                "cannot show what it learned (run it again to probe it)",
+                False,
+            )
+        )
+    return findings
+
+
 def _check_runs(store: Store, files: dict[str, set[str]], report: CheckReport) -> None:
     add = report.findings.append
     try:
@@ -222,58 +282,7 @@ def _check_runs(store: Store, files: dict[str, set[str]], report: CheckReport) -
     report.runs = len(records)
     indexed = {r["id"] for r in records}
     for record in records:
-        run_id, present = record["id"], files.get(record["id"], set())
-        if record["status"] == "completed":
-            path = store.checkpoint_path(run_id)
-            if ".pt" not in present:
-                add(
-                    Finding(
-                        "checkpoint",
-                        run_id,
-                        f"completed run {run_id} has no checkpoint ({path} is missing): train "
-                        "it again or restore the file",
-                        False,
-                    )
-                )
-            elif not _checkpoint_readable(path):
-                add(
-                    Finding(
-                        "checkpoint",
-                        run_id,
-                        f"the checkpoint of run {run_id} ({path}) is truncated or overwritten: "
-                        "train it again or restore the file",
-                        False,
-                    )
-                )
-        manifest = None
-        if ".manifest.json" not in present:
-            add(Finding("manifest", run_id, f"run {run_id} has no manifest", True))
-        else:
-            try:
-                manifest = read_manifest(store.manifest_path(run_id))
-            except StoreError as exc:
-                add(Finding("manifest", run_id, f"{exc}; repair writes it anew", True))
-        try:
-            store.history(run_id)
-        except StoreError as exc:
-            saved = manifest is not None and bool(manifest.get("history"))
-            message = (
-                f"the metric history of run {run_id} is damaged (a value file is missing); "
-                "repair restores it from the manifest"
-                if saved
-                else str(exc)
-            )
-            add(Finding("history", run_id, message, saved))
-        if store.probe_state(run_id) == "missing":
-            add(
-                Finding(
-                    "probe",
-                    run_id,
-                    f"the probe of run {run_id} was saved but is missing: the Compare page "
-                    "cannot show what it learned (run it again to probe it)",
-                    False,
-                )
-            )
+        report.findings.extend(_check_run(store, record, files.get(record["id"], set())))
     for run_id in sorted(set(files) - indexed):
         present = files[run_id]
         if ".manifest.json" in present:
@@ -313,7 +322,7 @@ def repair_store(home: str | Path | None = None) -> RepairReport:
         restored, histories, written = _restore_runs(store, files)
         restored_suites = _restore_suites(store, suites)
         if restored:
-            store.mark_interrupted()  # restored `running` runs whose process is gone
+            runqueue.recover(store)  # restored `running` runs whose process is gone
     finally:
         store.close()
     removed = []
