@@ -129,9 +129,13 @@ def child_towers(n: int, repeats: int, with_torch_cka: bool = True) -> None:
         started = time.perf_counter()
         forward()
         times["forward"].append(time.perf_counter() - started)
-        timed("new", lambda: cka_matrix(s_feats, t_feats))  # on the same features
-        timed("new_other", lambda: cka_matrix(s_feats, t_feats, form=other))
-        timed("before", lambda: analysis_before.cka_matrix(s_feats, t_feats))
+        on_features = [  # on the same features, in the reverse order every other repeat
+            ("new", lambda: cka_matrix(s_feats, t_feats)),
+            ("new_other", lambda: cka_matrix(s_feats, t_feats, form=other)),
+            ("before", lambda: analysis_before.cka_matrix(s_feats, t_feats)),
+        ]
+        for name, fn in on_features if r % 2 == 0 else on_features[::-1]:
+            timed(name, fn)
         if with_torch_cka and (r == 0 or n <= TCKA_FULL_UP_TO):  # at 5,000: minutes a run
             scale = len(tanh_paths(student)) / len(rows)
             timed("torch_cka", lambda: torch_cka(student, teacher, x, rows), scale)
