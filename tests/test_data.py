@@ -9,6 +9,7 @@ import os
 import pickle
 import shlex
 import struct
+import threading
 from collections import Counter
 from pathlib import Path
 from urllib.error import URLError
@@ -463,21 +464,28 @@ def test_load_dataset_trust_cannot_be_reached_by_a_user():
 
 @pytest.fixture
 def no_unpickling(monkeypatch):
-    """Every way to unpickle a file raises (and is recorded) while the test runs."""
+    """Every way to unpickle a file raises (and is recorded) in the test's thread while the test
+    runs; other threads (runs an earlier test left training) get the real functions."""
     calls = []
+    owner = threading.get_ident()
 
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError("something was unpickled")
+    def refusing(real):
+        def refuse(*args, **kwargs):
+            if threading.get_ident() != owner:
+                return real(*args, **kwargs)
+            calls.append(args)
+            raise AssertionError("something was unpickled")
+
+        return refuse
 
     for module, attr in [
         (pickle, "load"),
         (pickle, "loads"),
         (pickle, "Unpickler"),
         (torch, "load"),
+        (np, "load"),
     ]:
-        monkeypatch.setattr(module, attr, refuse)
-    monkeypatch.setattr(np, "load", refuse)
+        monkeypatch.setattr(module, attr, refusing(getattr(module, attr)))
     return calls
 
 
