@@ -151,6 +151,9 @@ def curve_figure(
     palette index (labels that share a value of a "colour by" field share a colour); ``percent``
     shows y as a percentage (accuracy: one unit everywhere) on a fixed 0..100 % axis. A click on
     a legend entry hides or shows that curve (and its band); a double click isolates it.
+
+    Long because it builds one Plotly figure: the traces, then the axes, legend and hover settings that belong
+    to them; split into helpers, one figure's layout would be read in pieces.
     """
     frame = _tidy(series)
     fig = go.Figure()
@@ -411,6 +414,9 @@ def cka_heatmaps(
     ``cmax=zmax``), so equal colours mean equal CKA across runs. Runs without a CKA matrix
     (no teacher) are left out and named in the title. ``per_row`` wraps the heatmaps into rows
     of at most that many (default: all in one row).
+
+    Long because it builds one Plotly figure: the traces, then the axes, legend and hover settings that belong
+    to them; split into helpers, one figure's layout would be read in pieces.
     """
     drawable = {label: p for label, p in probes.items() if _cka(p) is not None}
     skipped = [label for label in probes if label not in drawable]
@@ -564,6 +570,9 @@ def gram_heatmaps(probe: Mapping[str, Any], pair_index: int = 0) -> go.Figure:
     Samples are sorted (stably) by class; lines mark class boundaries at ``b - 0.5`` for every
     index ``b`` where the class changes, and the ticks name each class at its block centre.
     Teacher and student share one colour axis; the difference has its own.
+
+    Long because it builds one Plotly figure: the traces, then the axes, legend and hover settings that belong
+    to them; split into helpers, one figure's layout would be read in pieces.
     """
     grams = probe.get("grams") or []
     if not grams:

@@ -137,7 +137,11 @@ def teacher_source(
     device: torch.device,
 ) -> LiveTeacher | CachedTeacher:
     """The cached outputs when the run allows it and they fit, else the live teacher; the
-    source's ``note`` says which and why (the engine stores it in the run record)."""
+    source's ``note`` says which and why (the engine stores it in the run record).
+
+    Long because it is a chain of fallbacks, each with the note it leaves in the run record: read
+    top to bottom, it is the decision table.
+    """
     paths = list(paths)
     if not config.teacher_cache:
         return LiveTeacher(
