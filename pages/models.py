@@ -19,9 +19,11 @@ from pages._shared import (
 )
 from workbench.config import RunConfig
 from workbench.data import DATASETS, list_datasets, load_dataset
+from workbench.engine import teacher_key
 from workbench.forms import import_uploaded_teacher
 from workbench.launch import TEACHER_MODES, reset_pairs, upload_message
 from workbench.models import MODELS, list_models
+from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC
 from workbench.store import ACTIVE
 from workbench.views import (
     format_percent,
@@ -57,8 +59,12 @@ if ss["dataset"] == "image_folder" and not data_path():
     st.info("Type the path of an image folder on the server to use it.")
 else:
     try:
-        load_dataset(ss["dataset"], data_path=data_path())
+        sizes = load_dataset(ss["dataset"], data_path=data_path()).split_sizes()
         dataset_ok = True
+        st.caption(
+            f"Splits: {sizes['train']:,} train · {sizes['validation']:,} validation (what "
+            f"adaptive weighting sees) · {sizes['test']:,} test (the accuracy reported)"
+        )
     except Exception as exc:  # DatasetUnavailableError says how to get the files
         show_error(exc)
 
@@ -87,9 +93,10 @@ def teacher_job(run_id: str, polling: bool) -> None:
     active = record["status"] in ACTIVE
     st.progress(progress_fraction(record), text=f"Teacher {run_id}: {progress_text(record)}")
     if record["status"] == "completed":
-        acc = (record.get("metrics") or {}).get("val_acc")
+        acc = (record.get("metrics") or {}).get(ACCURACY_METRIC)
         st.success(
-            f"Teacher trained: val acc {format_percent(acc)}. Students on this recipe reuse it."
+            f"Teacher trained: {ACCURACY_LABEL} {format_percent(acc)}. Students on this recipe "
+            "reuse it."
         )
     elif not active:
         st.error(f"Teacher run {record['status']}: {record.get('error') or 'no message'}")
@@ -116,14 +123,14 @@ if mode == TEACHER_MODES[0]:  # train one now
             data_path=data_path(),
             teacher_epochs=int(ss["teacher_epochs"]),
         ).teacher_config()
-        found = store().find_teacher(recipe.fingerprint()) if dataset_ok else None
+        found = store().find_teacher(teacher_key(recipe)) if dataset_ok else None
         if col_button.button("Train teacher", key="train_teacher", disabled=not dataset_ok):
             ss["teacher_job"] = found or manager().submit(recipe, name=f"teacher {ss['teacher']}")
         elif found and ss.get("teacher_job") != found:
-            acc = (store().get_run(found).get("metrics") or {}).get("val_acc")
+            acc = (store().get_run(found).get("metrics") or {}).get(ACCURACY_METRIC)
             st.caption(
-                f"This teacher is trained already (run {found}, val acc {format_percent(acc)}): students "
-                "reuse it."
+                f"This teacher is trained already (run {found}, {ACCURACY_LABEL} "
+                f"{format_percent(acc)}): students reuse it."
             )
     job = ss.get("teacher_job")
     if job and store().has_run(job):
@@ -193,8 +200,10 @@ else:  # upload a checkpoint
             ss["teacher_run"] = ""
         else:
             ss["teacher_upload_error"] = None
-            acc = (store().get_run(done["run_id"]).get("metrics") or {}).get("val_acc")
-            st.success(f"Teacher imported as run {done['run_id']} (val acc {format_percent(acc)}).")
+            acc = (store().get_run(done["run_id"]).get("metrics") or {}).get(ACCURACY_METRIC)
+            st.success(
+                f"Teacher imported as run {done['run_id']} ({ACCURACY_LABEL} {format_percent(acc)})."
+            )
             ss["teacher_run"] = done["run_id"]
 
 # ---------------------------------------------------------------------------------- student

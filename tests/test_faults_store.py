@@ -25,6 +25,7 @@ import torch
 from workbench import runqueue
 from workbench.cli import build_parser, config_from_args, main
 from workbench.config import LossWeights, RunConfig
+from workbench.engine import teacher_key
 from workbench.errors import CheckpointError, StoreError
 from workbench.store import Store
 from workbench.store_repair import check_store
@@ -77,8 +78,9 @@ def fabricate(store: Store, n: int = 3) -> list[str]:
     teacher_cfg = CONFIG.teacher_config()
     teacher = store.create_run(teacher_cfg, name="teacher")
     store.save_checkpoint(teacher, {"w": torch.ones(3)})
-    store.update_run(teacher, status="completed", metrics={"val_acc": 0.9})
-    store.set_teacher(teacher_cfg.fingerprint(), teacher)
+    key = teacher_key(teacher_cfg)  # what the engine registers a trained teacher under
+    store.update_run(teacher, status="completed", metrics={"val_acc": 0.9}, teacher_key=key)
+    store.set_teacher(key, teacher)
     ids = [teacher]
     for i in range(n):
         run_id = store.create_run(CONFIG.replace(seed=i), name=f"run {i}", tags=["fault"])
@@ -442,7 +444,7 @@ def test_damaged_index_clear_message_then_repair_restores_every_run(home, how, c
     assert (aside / "cache.db").exists() == (how != "deleted")
     repaired = Store(home)
     assert snapshot(repaired) == before  # every run: record, history, epochs
-    assert repaired.find_teacher(CONFIG.teacher_config().fingerprint()) == ids[0]
+    assert repaired.find_teacher(teacher_key(CONFIG.teacher_config())) == ids[0]
     assert repaired.get_suite("suite-1")["runs"] == ids[1:]
     assert repaired.load_checkpoint(ids[2])["w"].tolist() == [1.0] * 4
 
@@ -613,7 +615,7 @@ def test_a_real_run_survives_a_zero_byte_index(home, capsys):
     for run_id, config in configs.items():  # the same configs (and so fingerprints) as before
         assert RunConfig.from_dict(repaired.get_run(run_id)["config"]) == config
     teacher = repaired.get_run(student)["teacher_run"]
-    assert repaired.find_teacher(configs[teacher].fingerprint()) == teacher
+    assert repaired.find_teacher(teacher_key(configs[teacher])) == teacher
     assert repaired.probe_state(student) == "missing"
     assert main(["show", student]) == 0 and "probe: missing" in capsys.readouterr().out
 

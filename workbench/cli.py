@@ -4,6 +4,7 @@ the same engine and the same queue as the app."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -142,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     name = check_run_name(args.name)
     preflight(config)  # a missing dataset or unpairable layers: a message, no failed run
-    store = Store()
+    store = _opened(Store())
     admit(config, store)  # no CUDA, an unknown teacher run, ...: a message, no failed run
     run_id = store.create_run(config, name=name, status="running")  # this process runs it
     return _run_here(config, store, run_id, args.json)
@@ -167,7 +168,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from workbench import runqueue
     from workbench.store import Store
 
-    store = Store()
+    store = _opened(Store())
     record = _get_run(store, args.run_id)
     runqueue.recover(store)
     if store.get_run(args.run_id)["status"] != "queued":  # auto-resume may have queued it already
@@ -182,7 +183,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from workbench import runqueue
     from workbench.store import Store
 
-    store = Store()
+    store = _opened(Store())
     _get_run(store, args.run_id)
     outcome = runqueue.cancel(store, args.run_id)
     print(
@@ -200,8 +201,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if args.slots < 1:
         raise WorkbenchError(f"--slots must be >= 1, got {args.slots}")
-    serve(Store(), device=args.device, slots=args.slots, once=args.once)
+    serve(_opened(Store()), device=args.device, slots=args.slots, once=args.once)
     return 0
+
+
+_OPENED: list[Any] = []  # stores a command opened, closed when it returns
+
+
+def _opened(store: Any) -> Any:
+    """Close ``store`` when the command ends: an open SQLite connection left to the garbage
+    collector checkpoints its WAL whenever that runs, long after the command."""
+    _OPENED.append(store)
+    return store
 
 
 def _recover(store: Any) -> None:
@@ -235,7 +246,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             f"--seeds must be a whole number from 1 to {MAX_SEEDS}, got {args.seeds}"
         )
     preflight(config)
-    store = Store()
+    store = _opened(Store())
     admit(config, store)
     queued: list[tuple[str, RunConfig, str]] = []
     me = runqueue.Executor("cli")
@@ -299,7 +310,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
         raise WorkbenchError(f"--status must be one of {', '.join(STATUSES)}, got {args.status!r}")
-    store = Store()
+    store = _opened(Store())
     _recover(store)
     records = store.list_runs(status=args.status, role=args.role)
     if args.json:
@@ -332,7 +343,7 @@ def one_line(text: str) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     from workbench.store import Store
 
-    store = Store()
+    store = _opened(Store())
     _recover(store)
     record = _get_run(store, args.run_id)
     if args.json:
@@ -459,3 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted after {time.time() - started:.0f}s", file=sys.stderr)
         return 130
+    finally:
+        while _OPENED:
+            with contextlib.suppress(Exception):  # closing must not hide the command's outcome
+                _OPENED.pop().close()

@@ -324,6 +324,8 @@ def run(
     )
     status, fields = _train_safely(config, store, run_id, on_step, stop)
     finished = time.time()
+    if status == "completed" and config.role == "teacher":  # kept in the manifest for repair
+        fields["teacher_key"] = teacher_key(config)
     record = store.update_run(
         run_id,
         status=status,
@@ -334,7 +336,7 @@ def run(
     if status == "completed":
         checkpoints.delete_state(store.home, run_id)  # its final weights are the plain checkpoint
         if config.role == "teacher":
-            store.set_teacher(teacher_key(config), run_id)  # later students reuse it
+            store.set_teacher(fields["teacher_key"], run_id)  # later students reuse it
     if on_step:
         end = {"run_id": run_id, "role": config.role, "phase": "end", "status": status}
         on_step(end | {"error": record.get("error")})

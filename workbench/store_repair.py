@@ -359,7 +359,9 @@ def _restore_runs(
                 and record.get("status") == "completed"
                 and ".pt" in present
             ):
-                fp, created = record.get("fingerprint"), record.get("created_at") or 0.0
+                # the key the engine registered it under (fingerprint and data split version);
+                # a teacher of an older split has none and is not registered again
+                fp, created = record.get("teacher_key"), record.get("created_at") or 0.0
                 if fp and (fp not in teachers or created < teachers[fp][0]):
                     teachers[fp] = (created, run_id)
             continue
