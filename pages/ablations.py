@@ -183,3 +183,17 @@ if not done and col_cancel.button("Cancel the unfinished runs", key="suite_cance
         if r["status"] in ACTIVE:
             manager().cancel(r["run"])
     st.rerun()
+if done:
+    if ss.get("confirm_delete_suite") == suite_id:
+        col_cancel.warning("Delete this suite? Its runs stay on the Runs page.")
+        if col_cancel.button("Yes, delete the suite", key="suite_delete_yes", type="primary"):
+            store().delete_suite(suite_id)
+            ss["confirm_delete_suite"] = None
+            ss.pop("suite_pick", None)
+            st.rerun()
+        if col_cancel.button("Keep it", key="suite_delete_no"):
+            ss["confirm_delete_suite"] = None
+            st.rerun()
+    elif col_cancel.button("Delete suite", key="suite_delete", icon=":material/delete:"):
+        ss["confirm_delete_suite"] = suite_id
+        st.rerun()

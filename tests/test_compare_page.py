@@ -421,6 +421,23 @@ def test_ablations_shows_contributions_and_opens_compare(store):
     assert "compare_parcoords" in charts(at)
 
 
+def test_a_finished_suite_can_be_deleted_and_its_runs_stay(store):
+    base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.0))
+    suite = launch_suite(base, store, lambda c, **f: store.create_run(c, **f), seeds=1)
+    for entry in suite["runs"]:
+        store.update_run(entry["run_id"], status="completed", metrics={"test_acc": 0.5})
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/ablations.py").run()
+    at.button(key="suite_delete").click().run()
+    assert_clean(at)
+    assert store.list_suites() != []  # asks first
+    at.button(key="suite_delete_yes").click().run()
+    assert_clean(at)
+    assert store.list_suites() == []
+    assert {r["id"] for r in store.list_runs()} == {e["run_id"] for e in suite["runs"]}
+    assert any("No ablation suite yet" in i.value for i in at.info)
+
+
 def test_ablations_tables_fill_in_while_the_suite_runs_and_its_url_restores_it(store):
     base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.0))
     suite = launch_suite(base, store, lambda c, **f: store.create_run(c, **f), seeds=1, name="s")
