@@ -6,6 +6,16 @@ import torch
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_run_left_training():
+    """Runs that pages or tests queued and left training are stopped and joined when the
+    session ends: a daemon thread inside torch while the interpreter exits aborts it."""
+    yield
+    from workbench.jobs import JobManager
+
+    JobManager.stop_all()
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A temporary store home (KDWB_HOME), so no test touches ./cache."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -46,6 +47,8 @@ class JobManager:
     ``engine.run`` unless a test injects another. ``poll`` is how often (seconds) the
     dispatcher looks for work, recovers dead runs and heartbeats its claims.
     """
+
+    _live: weakref.WeakSet[JobManager] = weakref.WeakSet()
 
     def __init__(
         self,
@@ -82,6 +85,7 @@ class JobManager:
             target=self._dispatch_forever, name=f"kdwb-dispatch-{self.executor.id}", daemon=True
         )
         self._dispatcher.start()
+        JobManager._live.add(self)
 
     # ------------------------------------------------------------------ the queue side
     def submit(
@@ -180,6 +184,25 @@ class JobManager:
         self._closed.set()
         self._wake.set()
         self._dispatcher.join(timeout=5)
+
+    def stop_running(self, timeout: float = 60.0) -> None:
+        """Close, stop this process's runs (they end ``cancelled``, resumable) and join them."""
+        self.close()
+        with self._lock:
+            running = list(self._running.values())
+            threads = list(self._threads.values())
+        for _, stop in running:
+            stop.set()
+        for thread in threads:
+            thread.join(timeout)
+
+    @classmethod
+    def stop_all(cls, timeout: float = 60.0) -> None:
+        """``stop_running`` on every manager of this process: a test session's end, so that no
+        run is left training in a daemon thread while the interpreter shuts down (torch aborts
+        the process then)."""
+        for manager in list(cls._live):
+            manager.stop_running(timeout)
 
     # ------------------------------------------------------------------ the executor side
     def _claimable(self) -> bool:
