@@ -19,6 +19,7 @@ from pages._shared import (
 )
 from workbench import checkpoints, plots
 from workbench.config import COMPONENTS, RunConfig
+from workbench.gradshare import weak_terms
 from workbench.launch import parse_tags
 from workbench.naming import (
     ACCURACY_LABEL,
@@ -219,7 +220,23 @@ def run_detail(record: dict, name: str) -> None:
         st.markdown("**Loss weights** (adapted by the weighting scheme)")
         fig = plots.weight_curves({name: history}, x=x)
         st.plotly_chart(fig, key="run_weights", width="stretch")
+    shares_shown(record, history, x)
     run_actions(record)
+
+
+def shares_shown(record: dict, history: list[dict], x: str) -> None:
+    """Each term's share of the student's gradient, and a note on the terms that barely act."""
+    weights = record["config"].get("weights") or {}
+    if sum(1 for w in weights.values() if w > 0) < 2 or not history:
+        return
+    st.markdown("**Share of the gradient** per term (what the weights really do)")
+    try:
+        fig = plots.gradient_share_curves(history, x="step" if x == "epoch" else x)
+        st.plotly_chart(fig, key="run_shares", width="stretch")
+    except plots.PlotDataError as exc:
+        st.caption(str(exc))
+    for weak in weak_terms(history, weights):
+        st.warning(weak["message"], icon=":material/trending_down:")
 
 
 def chart_options() -> None:

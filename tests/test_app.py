@@ -416,6 +416,27 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(store):
     assert record["executions"] == 2  # the first start, and the resume
 
 
+def test_a_run_shows_its_gradient_shares_and_a_term_that_barely_acts(store):
+    from workbench.config import LossWeights, RunConfig
+
+    config = RunConfig(weights=LossWeights(0.3, 0.3, 0.2, 0.2), device="cpu")
+    run_id = store.create_run(config, status="completed")
+    store.set_history(
+        run_id,
+        [
+            {"step": s, "epoch": 1, "time": s, "label": 1.0, "response": 1.0, "feature": 1.0,
+             "relation": 1.0, "total": 1.0, "g_label": 0.5, "g_response": 0.4,
+             "g_feature": 0.095, "g_relation": 0.005}
+            for s in range(10, 110, 10)
+        ],
+    )  # fmt: skip
+    at = app("pages/runs.py")
+    at.selectbox(key="runs_selected").select(run_id).run()
+    assert not at.exception
+    assert "run_shares" in {c.key for c in at.get("plotly_chart")}
+    assert any("relation barely acts" in w.value for w in at.warning)
+
+
 def test_a_running_run_can_be_cancelled(store):
     at = app()
     from pages._shared import manager  # the app's JobManager for this store

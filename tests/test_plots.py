@@ -429,3 +429,19 @@ def test_config_diff_keeps_only_differing_fields():
     assert diff.loc["weights.label"].tolist() == [0.3, 0.3, 1.0]
     assert diff.loc["temperature"].tolist() == [4.0, 2.0, 4.0]
     assert config_diff(records[:1]).empty
+
+
+def test_gradient_share_curves_draw_each_active_terms_share_in_percent():
+    from workbench.plots import gradient_share_curves
+
+    history = [
+        {"step": s, "g_label": 0.6, "g_response": 0.39, "g_feature": 0.0, "g_relation": 0.01}
+        for s in (10, 20, 30)
+    ] + [{"step": 35, "total": 1.0}]  # a logged step without shares
+    fig = gradient_share_curves(history)
+    traces = {t.name: t for t in fig.data if t.name}
+    assert set(traces) == {"label", "response", "relation"}  # feature never acts: left out
+    assert list(traces["response"].x) == [10, 20, 30]
+    assert [round(v, 6) for v in traces["response"].y] in ([39.0] * 3, [0.39] * 3)
+    with pytest.raises(PlotDataError, match="no gradient shares"):
+        gradient_share_curves([{"step": 1, "total": 1.0}])

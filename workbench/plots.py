@@ -333,6 +333,24 @@ def weight_curves(
     return curve_figure(series, x_title=x, y_title="loss weight", band=band)
 
 
+def gradient_share_curves(history: Sequence[Mapping[str, Any]], *, x: str = "step") -> go.Figure:
+    """Each active term's share of the student's gradient (``g_<component>`` history fields,
+    ``workbench.gradshare``) per logged step of one run, in percent: what the weights really
+    do, beside the loss curves."""
+    if x not in X_AXES:
+        raise PlotDataError(f"x must be one of {', '.join(X_AXES)}, not {x!r}")
+    series = {}
+    for c in COMPONENTS:
+        pts = _points({c: history}, x, f"g_{c}")[c]
+        if any(y > 0 for run in pts for _, y in run):
+            series[c] = pts
+    if not series:
+        raise PlotDataError("no gradient shares logged: they are measured every log_every steps")
+    return curve_figure(
+        series, x_title=X_AXES[x], y_title="share of the gradient", band=False, percent=True
+    )
+
+
 # ---------------------------------------------------------------------- grouping runs
 def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
     """Group runs whose configs differ only by seed: ``{readable label: [records]}``.
