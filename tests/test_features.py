@@ -171,8 +171,11 @@ def test_pairing_errors():
 
 
 # ------------------------------------------------------------------------------ check_pairs
-def test_check_pairs_accepts_candidate_pairs():
-    check_pairs((("s0", "t2"), ("s1", "t7")), _layers("s", 2), _layers("t", 8), "at")
+def test_check_pairs_accepts_candidate_pairs_and_only_those():
+    s_layers, t_layers = _layers("s", 2), _layers("t", 8)
+    assert check_pairs((("s0", "t2"), ("s1", "t7")), s_layers, t_layers, "at") is None
+    with pytest.raises(IncompatibleModelsError, match="t8"):
+        check_pairs((("s0", "t2"), ("s1", "t8")), s_layers, t_layers, "at")
 
 
 def test_check_pairs_names_the_unknown_layer_and_the_valid_ones():
