@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.locks import process_alive
 from workbench.store import Store, new_id
 
 __all__ = [
@@ -88,16 +89,6 @@ class Executor:
         return {"claimed_by": self.id, "host": self.host, "pid": self.pid, "heartbeat": time.time()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # alive, owned by someone else / not a pid
-        return True
-    return True
-
-
 def holder_alive(record: dict[str, Any], now: float | None = None) -> bool:
     """Whether the process that claimed ``record`` may still be running it."""
     now = time.time() if now is None else now
@@ -106,7 +97,7 @@ def holder_alive(record: dict[str, Any], now: float | None = None) -> bool:
         return False
     if record.get("host") == _HOST:
         pid = record.get("pid")
-        return isinstance(pid, int) and pid > 0 and _pid_alive(pid)
+        return process_alive(pid)  # a zombie (killed, not yet reaped) is dead
     return beat is not None  # another host: alive while it beats
 
 

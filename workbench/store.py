@@ -60,16 +60,6 @@ def default_home() -> Path:
     return Path(os.environ.get("KDWB_HOME") or Path.cwd() / "cache")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def new_id(prefix: str = "") -> str:
     """Sortable, unique: ``20261127-181501-3f9a2c``."""
     return prefix + time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
