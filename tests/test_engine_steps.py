@@ -41,6 +41,21 @@ def _history(store, run_id):
     return [{k: v for k, v in row.items() if k != "time"} for row in store.history(run_id)]
 
 
+def _stopped_at_first(config, store, phase: str) -> str:
+    """A run of ``config`` stopped (cancelled) at its first ``phase`` event ("step": before any
+    checkpoint, "epoch": right after the first one); returns its id."""
+    run_id = store.create_run(config)
+    stop = threading.Event()
+    run(
+        config,
+        store,
+        on_step=lambda e: e["phase"] == phase and stop.set(),
+        stop=stop,
+        run_id=run_id,
+    )
+    return run_id
+
+
 def _epochs(store, run_id):
     return [{k: v for k, v in row.items() if k != "time"} for row in store.epochs(run_id)]
 
@@ -253,15 +268,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(store, weights, weighting):
 def test_a_run_that_never_finished_an_epoch_restarts_clean(store):
     config = SCRATCH.replace(epochs=2)
     whole = run(config, store)
-    run_id = store.create_run(config)
-    stop = threading.Event()
-    run(
-        config,
-        store,
-        on_step=lambda e: e["phase"] == "step" and stop.set(),
-        stop=stop,
-        run_id=run_id,
-    )
+    run_id = _stopped_at_first(config, store, "step")
     assert store.history(run_id) and checkpoints.load_state(store.home, run_id) is None
     runqueue.requeue(store, run_id)
     run(config, store, run_id=run_id)
@@ -367,15 +374,7 @@ def test_a_damaged_training_checkpoint_fails_the_resume_with_a_message(store, tm
     import pickle
 
     config = SCRATCH.replace(epochs=2)
-    run_id = store.create_run(config)
-    stop = threading.Event()
-    run(
-        config,
-        store,
-        on_step=lambda e: e["phase"] == "epoch" and stop.set(),
-        stop=stop,
-        run_id=run_id,
-    )
+    run_id = _stopped_at_first(config, store, "epoch")
     path = checkpoints.state_path(store.home, run_id)
     marker = tmp_path / "marker"
     if damage == "truncated":

@@ -435,10 +435,6 @@ class Training:
     def student_paths(self) -> list[str]:
         return [s for s, _ in self.pairs] if self.hybrid.needs_features else []
 
-    @property
-    def teacher_paths(self) -> list[str]:
-        return [t for _, t in self.pairs] if self.hybrid.needs_features else []
-
     def elapsed(self) -> float:
         return time.time() - self.started
 

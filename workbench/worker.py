@@ -15,6 +15,7 @@ import sys
 import threading
 
 from workbench import runqueue
+from workbench.admission import check_device
 from workbench.errors import ConfigError
 from workbench.jobs import JobManager
 from workbench.store import Store
@@ -24,16 +25,9 @@ __all__ = ["serve"]
 
 def _device_slots(device: str, slots: int) -> dict[str, int]:
     key = runqueue.device_key(device)
-    if key != "cpu" and not key.startswith("cuda:"):
+    if key != "cpu" and not (key.startswith("cuda:") and key[5:].isdigit()):
         raise ConfigError(f"--device must be cpu or cuda:N, got {device!r}")
-    if key.startswith("cuda:"):
-        import torch
-
-        index = int(key.split(":", 1)[1]) if key.split(":", 1)[1].isdigit() else -1
-        if not 0 <= index < torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
+    check_device(key)  # the same check as a run's device: CUDA present, N below the count
     return {key: slots}
 
 
