@@ -15,7 +15,7 @@ A complete file (every key optional)::
     logout_url = "/oauth2/sign_out" # proxy: where "Sign out" leads
     admins = ["alice"]
 
-    [limits]                        # per user
+    [limits]                        # per user; local mode has none unless this section is given
     queued_runs = 100
     running_runs = 2
     epochs_per_run = 200
@@ -91,11 +91,17 @@ class LabSettings:
     any_data_path: bool | None = None  # None: true in local mode, false otherwise
     upload_max_mib: int = 200
     app_executes: str = "auto"
+    limits_set: bool = False  # a [limits] section was given
     source: str = ""  # the file they were read from ("" for the defaults)
 
     @property
     def local(self) -> bool:
         return self.identity_mode == "local"
+
+    def user_limits(self) -> Limits | None:
+        """The per-user limits in force: none in local mode unless a [limits] section sets
+        them (one person on their own machine), the configured or default ones otherwise."""
+        return self.limits if self.limits_set or not self.local else None
 
     @property
     def upload_max_bytes(self) -> int:
@@ -179,6 +185,7 @@ def parse(data: dict[str, Any], source: str = "") -> LabSettings:
                 value = tuple(v.strip() for v in value)
             if name.startswith("limits."):
                 limits[name.split(".", 1)[1]] = value
+                top["limits_set"] = True
             else:
                 top[name] = value
     settings = LabSettings(**top, limits=Limits(**limits))
