@@ -9,6 +9,7 @@ is created, so every entry point (the CLI, the job queue's submit) calls it firs
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,12 +20,29 @@ from workbench.data import load_dataset
 from workbench.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from workbench.identity import User
+    from workbench.settings import Limits
     from workbench.store import Store
 
-__all__ = ["admit", "check_batch_size", "check_device", "check_teacher_run"]
+__all__ = [
+    "admit",
+    "check_batch_size",
+    "check_device",
+    "check_quota",
+    "check_teacher_run",
+    "store_bytes",
+]
 
 
-def admit(config: RunConfig, store: Store, *, check_device_here: bool = True) -> None:
+def admit(
+    config: RunConfig,
+    store: Store,
+    *,
+    check_device_here: bool = True,
+    user: User | None = None,
+) -> None:
     """Raise a one-line ``ConfigError`` if ``config`` cannot run with ``store`` on this machine.
 
     Checks the device (``check_device_here=False`` where the run will execute on another
@@ -35,7 +53,7 @@ def admit(config: RunConfig, store: Store, *, check_device_here: bool = True) ->
     if check_device_here:
         check_device(config.device)
     if config.role == "student" and config.teacher_run:
-        check_teacher_run(config, store)
+        check_teacher_run(config, store, user)
     check_batch_size(config)
 
 
@@ -56,13 +74,17 @@ def check_device(device: str) -> None:
         )
 
 
-def check_teacher_run(config: RunConfig, store: Store) -> None:
+def check_teacher_run(config: RunConfig, store: Store, user: User | None = None) -> None:
     """``config.teacher_run`` is a completed teacher of ``config.teacher`` on ``config``'s data,
-    with its checkpoint in the store."""
+    with its checkpoint in the store (and, for ``user``, not someone else's private run)."""
+    from workbench.access import can_see
+
     run_id = config.teacher_run
     hint = "list teachers with `python -m workbench runs --role teacher`"
     try:
         record = store.get_run(run_id)
+        if user is not None and not can_see(user, record):
+            raise KeyError(run_id)
     except KeyError:
         raise ConfigError(f"teacher_run {run_id!r} is not in the store; {hint}") from None
     if record.get("role") != "teacher":
@@ -103,3 +125,54 @@ def check_batch_size(config: RunConfig) -> None:
             f"batch_size must be at most the {n} training samples of {config.dataset}, "
             f"got {config.batch_size}"
         )
+
+
+# ---------------------------------------------------------------------- per-user limits
+def store_bytes(store: Store, owner: str) -> int:
+    """Bytes of the run files (checkpoints, training states, manifests) ``owner``'s runs keep."""
+    total = 0
+    for record in store.list_runs():
+        if (record.get("owner") or "") != owner:
+            continue
+        for path in store.run_files(record["id"]):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+    return total
+
+
+def check_quota(
+    store: Store, user: User, configs: Sequence[RunConfig], limits: Limits | None
+) -> None:
+    """Refuse, with the limit's name and how to free it, ``configs`` (one run, a seed batch or a
+    whole suite: a suite counts as its runs) that would take ``user`` past ``limits``."""
+    if limits is None:
+        return
+    for config in configs:
+        _check_epochs(config, limits.epochs_per_run)
+    mine = [r for r in store.list_runs(status="queued") if (r.get("owner") or "") == user.name]
+    if len(mine) + len(configs) > limits.queued_runs:
+        raise ConfigError(
+            f"queued-runs limit: you have {len(mine)} runs queued and asked for {len(configs)} "
+            f"more; each user may have {limits.queued_runs} queued at once. Cancel queued runs "
+            "you no longer need (Runs page, 'mine only') or wait for some to start"
+        )
+    used, cap = store_bytes(store, user.name), limits.store_mib * 2**20
+    if used >= cap:
+        raise ConfigError(
+            f"store limit: your runs keep {used / 2**20:.0f} MiB in the store and each user may "
+            f"keep {limits.store_mib} MiB; delete runs you no longer need (Runs page) to free space"
+        )
+
+
+def _check_epochs(config: RunConfig, most: int) -> None:
+    trains_teacher = config.role == "student" and not config.teacher_run
+    asked = [("epochs", config.epochs)]
+    if trains_teacher and config.uses_teacher:
+        asked.append(("teacher_epochs", config.teacher_epochs))
+    for field, value in asked:
+        if value > most:
+            raise ConfigError(
+                f"epochs limit: {field} is {value}, and a run on this instance may have at most "
+                f"{most} epochs; lower {field} (an admin can raise [limits] epochs_per_run in "
+                "workbench.toml)"
+            )

@@ -1,5 +1,9 @@
-"""Command line: ``python -m workbench run|ablate|resume|cancel|worker|runs|show|store|download``,
-the same engine and the same queue as the app."""
+"""Command line: ``python -m workbench run|ablate|resume|cancel|delete|worker|runs|show|store|
+download``, the same engine and the same queue as the app.
+
+Every command acts as a user: ``--user NAME``, else ``$KDWB_USER``, else the OS user, under the
+same access rules as the app (``workbench.access``): ``cancel RUN --user bob`` on alice's run is
+refused with exit code 2 and one line saying why."""
 
 from __future__ import annotations
 
@@ -135,17 +139,35 @@ def result_json(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _user(args: argparse.Namespace) -> Any:
+    """The user this command acts as (``--user``, ``$KDWB_USER``, the OS user)."""
+    from workbench import settings
+    from workbench.identity import cli_user
+
+    return cli_user(getattr(args, "user", None), settings.current())
+
+
+def _admit_all(store: Any, user: Any, configs: list[RunConfig]) -> None:
+    """What JobManager.submit checks, for runs this process trains itself."""
+    from workbench import settings
+    from workbench.admission import admit, check_quota
+
+    for config in configs[:1]:  # the variants of a suite share data, teacher and device
+        admit(config, store, user=user)
+    check_quota(store, user, configs, settings.current().user_limits())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from workbench.admission import admit
     from workbench.engine import preflight
     from workbench.store import Store
 
     config = config_from_args(args)
     name = check_run_name(args.name)
+    user = _user(args)
     preflight(config)  # a missing dataset or unpairable layers: a message, no failed run
     store = _opened(Store())
-    admit(config, store)  # no CUDA, an unknown teacher run, ...: a message, no failed run
-    run_id = store.create_run(config, name=name, status="running")  # this process runs it
+    _admit_all(store, user, [config])  # no CUDA, an unknown teacher run, a limit: no record
+    run_id = store.create_run(config, name=name, status="running", owner=user.name)
     return _run_here(config, store, run_id, args.json)
 
 
@@ -166,10 +188,12 @@ def _run_here(config: RunConfig, store: Any, run_id: str, as_json: bool) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted, failed or cancelled run from its last checkpoint, here."""
     from workbench import runqueue
+    from workbench.access import check_change
     from workbench.store import Store
 
     store = _opened(Store())
-    record = _get_run(store, args.run_id)
+    record = _get_run(store, args.run_id, args)
+    check_change(_user(args), record, "resume")
     runqueue.recover(store)
     if store.get_run(args.run_id)["status"] != "queued":  # auto-resume may have queued it already
         runqueue.requeue(store, args.run_id)
@@ -180,17 +204,29 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from workbench import runqueue
+    from workbench import actions
     from workbench.store import Store
 
     store = _opened(Store())
-    _get_run(store, args.run_id)
-    outcome = runqueue.cancel(store, args.run_id)
+    _get_run(store, args.run_id, args)
+    outcome = actions.cancel(store, args.run_id, _user(args))
     print(
         f"run {args.run_id} cancelled"
         if outcome == "cancelled"
         else f"run {args.run_id}: cancel requested; it stops at its next logged step"
     )
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from workbench import actions
+    from workbench.store import Store
+
+    store = _opened(Store())
+    _recover(store)
+    _get_run(store, args.run_id, args)
+    actions.delete_run(store, args.run_id, _user(args))
+    print(f"run {args.run_id} deleted, with its checkpoint and files")
     return 0
 
 
@@ -224,20 +260,22 @@ def _recover(store: Any) -> None:
         runqueue.recover(store)
 
 
-def _get_run(store: Any, run_id: str) -> dict[str, Any]:
+def _get_run(store: Any, run_id: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The run as the command's user may see it (someone else's private run is not found)."""
+    from workbench import actions
+
     try:
-        return store.get_run(run_id)
+        return actions.get_run(store, run_id, _user(args))
     except KeyError as exc:
         raise WorkbenchError(f"{exc.args[0]}; list runs with `python -m workbench runs`") from None
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from workbench import runqueue
-    from workbench.admission import admit
     from workbench.engine import preflight, run
     from workbench.forms import MAX_SEEDS
     from workbench.store import Store
-    from workbench.suites import launch_suite, suite_analysis
+    from workbench.suites import launch_suite, suite_analysis, suite_configs
 
     config = config_from_args(args)
     args.name = check_run_name(args.name)
@@ -246,19 +284,26 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             f"--seeds must be a whole number from 1 to {MAX_SEEDS}, got {args.seeds}"
         )
     preflight(config)
+    user = _user(args)
     store = _opened(Store())
-    admit(config, store)
+    _admit_all(store, user, [cfg for _, cfg in suite_configs(config, args.seeds, args.factorial)])
     queued: list[tuple[str, RunConfig, str]] = []
     me = runqueue.Executor("cli")
 
     def submit(cfg: RunConfig, **fields: Any) -> str:  # held by this process, never queued
-        run_id = store.create_run(cfg, status="running", **fields)
+        run_id = store.create_run(cfg, status="running", owner=user.name, **fields)
         store.update_run(run_id, **me.claim_fields())
         queued.append((run_id, cfg, fields.get("variant") or ""))
         return run_id
 
     suite = launch_suite(
-        config, store, submit, seeds=args.seeds, factorial=args.factorial, name=args.name
+        config,
+        store,
+        submit,
+        seeds=args.seeds,
+        factorial=args.factorial,
+        name=args.name,
+        owner=user.name,
     )
     progress = Progress()
     for i, (run_id, cfg, variant) in enumerate(queued, start=1):
@@ -310,9 +355,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
         raise WorkbenchError(f"--status must be one of {', '.join(STATUSES)}, got {args.status!r}")
+    from workbench import actions
+
     store = _opened(Store())
     _recover(store)
-    records = store.list_runs(status=args.status, role=args.role)
+    records = actions.list_runs(
+        store, _user(args), mine=args.mine, status=args.status, role=args.role
+    )
     if args.json:
         print(
             json.dumps(
@@ -345,7 +394,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     store = _opened(Store())
     _recover(store)
-    record = _get_run(store, args.run_id)
+    record = _get_run(store, args.run_id, args)
     if args.json:
         print(json.dumps(record | {"epochs": store.epochs(args.run_id)}, default=str))
     else:
@@ -404,6 +453,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _add_user(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--user", default=None, help="act as this user (default: $KDWB_USER, else the OS user)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m workbench", description="KD Workbench command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -428,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_cancel = sub.add_parser("cancel", help="cancel a queued or running run")
     p_cancel.add_argument("run_id")
     p_cancel.set_defaults(func=cmd_cancel)
+    p_delete = sub.add_parser("delete", help="delete a finished run with its checkpoint")
+    p_delete.add_argument("run_id")
+    p_delete.set_defaults(func=cmd_delete)
     p_worker = sub.add_parser("worker", help="execute queued runs from the store")
     p_worker.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     p_worker.add_argument("--slots", type=int, default=1, help="runs at once (default 1)")
@@ -439,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_runs.add_argument("--status")
     p_runs.add_argument("--role", choices=["student", "teacher"])
     p_runs.add_argument("--json", action="store_true")
+    p_runs.add_argument("--mine", action="store_true", help="only this user's runs")
     p_runs.set_defaults(func=cmd_runs)
     p_show = sub.add_parser("show", help="show one run")
     p_show.add_argument("run_id")
@@ -451,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_store.add_argument("action", choices=["check", "repair"])
     p_store.set_defaults(func=cmd_store)
+    for p in (p_run, p_ablate, p_resume, p_cancel, p_delete, p_runs, p_show):
+        _add_user(p)
     p_dl = sub.add_parser(
         "download", help="download a torchvision dataset into the store (needs internet)"
     )

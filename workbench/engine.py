@@ -129,11 +129,17 @@ def load_teacher(
 
 
 def ensure_teacher(
-    config: RunConfig, store: Store, on_step: OnStep | None = None, stop: StopFlag | None = None
+    config: RunConfig,
+    store: Store,
+    on_step: OnStep | None = None,
+    stop: StopFlag | None = None,
+    *,
+    owner: str = "",
 ) -> str:
     """The id of a trained teacher for ``config``: ``config.teacher_run``, one found in the store
     under the fingerprint of ``config.teacher_config()``, or one trained now (once, even when
-    several threads or processes ask at the same time)."""
+    several threads or processes ask at the same time), owned by ``owner`` (whose run needed
+    it)."""
     if config.teacher_run:
         record = _teacher_record(store, config.teacher_run)
         if (
@@ -163,6 +169,7 @@ def ensure_teacher(
         teacher_id = _unfinished_teacher(store, fingerprint) or store.create_run(
             teacher_cfg,
             status="running",  # held by this process, never seen as queued
+            owner=owner,
         )  # an unfinished one is a run a dead process left: it continues from its checkpoint
         held.describe(f"run {teacher_id}, which is {what}")
         record = run(teacher_cfg, store, on_step=on_step, stop=stop, run_id=teacher_id)
@@ -213,7 +220,14 @@ def _teacher_record(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def import_teacher(
-    store: Store, path: str, *, teacher: str, dataset: str, data_path: str = "", name: str = ""
+    store: Store,
+    path: str,
+    *,
+    teacher: str,
+    dataset: str,
+    data_path: str = "",
+    name: str = "",
+    owner: str = "",
 ) -> str:
     """Register an uploaded teacher state dict as a completed teacher run; returns its id.
 
@@ -249,7 +263,11 @@ def import_teacher(
     val_acc = float((evaluate(model, data.val_x) == data.val_y).float().mean())
     test_acc = float((evaluate(model, data.test_x) == data.test_y).float().mean())
     run_id = store.create_run(
-        config, name=name or f"uploaded {teacher}", tags=["uploaded"], status="completed"
+        config,
+        name=name or f"uploaded {teacher}",
+        tags=["uploaded"],
+        status="completed",
+        owner=owner,
     )
     store.save_checkpoint(run_id, model.state_dict())
     now = time.time()
@@ -548,11 +566,13 @@ def _teacher_for(
 
     A resumed run keeps the teacher it started with. A scratch student is probed against a
     teacher only if one exists already."""
-    teacher_id = store.get_run(run_id).get("teacher_run") if config.role == "student" else None
+    record = store.get_run(run_id)
+    teacher_id = record.get("teacher_run") if config.role == "student" else None
     if teacher_id and not store.has_run(teacher_id):
         teacher_id = None
     if not teacher_id and config.uses_teacher:
-        teacher_id = ensure_teacher(config, store, on_step=on_step, stop=stop)
+        owner = record.get("owner") or ""
+        teacher_id = ensure_teacher(config, store, on_step=on_step, stop=stop, owner=owner)
     elif not teacher_id and config.role == "student":
         teacher_id = config.teacher_run or store.find_teacher(teacher_key(config.teacher_config()))
     if not teacher_id:

@@ -178,7 +178,14 @@ def hybrid_formula(
 
 
 def import_uploaded_teacher(
-    store: Store, content: bytes, filename: str, *, teacher: str, dataset: str, data_path: str = ""
+    store: Store,
+    content: bytes,
+    filename: str,
+    *,
+    teacher: str,
+    dataset: str,
+    data_path: str = "",
+    owner: str = "",
 ) -> str:
     """Register uploaded checkpoint bytes as a completed teacher run (``engine.import_teacher``,
     which loads with ``weights_only=True``); returns the run id or raises ``CheckpointError``."""
@@ -195,6 +202,7 @@ def import_uploaded_teacher(
             dataset=dataset,
             data_path=data_path,
             name=f"uploaded {Path(filename).name}",
+            owner=owner,
         )
     finally:
         Path(tmp).unlink(missing_ok=True)

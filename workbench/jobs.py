@@ -26,11 +26,15 @@ from typing import Any
 
 import torch
 
-from workbench import runqueue
-from workbench.admission import admit
+from workbench import actions, runqueue
+from workbench import settings as lab_settings
+from workbench.admission import admit, check_quota
 from workbench.config import RunConfig
 from workbench.errors import WorkbenchError
+from workbench.identity import User, local_user
+from workbench.queueplan import Place, queue_plan
 from workbench.runqueue import Executor, device_key
+from workbench.settings import LabSettings
 from workbench.store import ACTIVE, Store
 
 __all__ = ["EXECUTE_MODES", "JobManager", "device_key"]
@@ -45,7 +49,13 @@ class JobManager:
     ``limits`` maps a device key to the number of runs it may train at once (default: one on
     the CPU and one per GPU); only those devices are executed here. ``runner`` is
     ``engine.run`` unless a test injects another. ``poll`` is how often (seconds) the
-    dispatcher looks for work, recovers dead runs and heartbeats its claims.
+    dispatcher looks for work, recovers dead runs and heartbeats its claims. ``settings``: the
+    instance's (``workbench.settings.current()`` by default): its per-user limits are checked
+    when runs are queued and when they start.
+
+    Every action takes the ``user`` who asks (default: the local user) and is checked by
+    ``workbench.actions`` / ``workbench.access``: only a run's owner or an admin may cancel,
+    resume, delete, rename, tag or hide it.
     """
 
     _live: weakref.WeakSet[JobManager] = weakref.WeakSet()
@@ -60,6 +70,7 @@ class JobManager:
         kind: str = "app",
         poll: float = runqueue.HEARTBEAT_S,
         auto_resume: bool | None = None,
+        settings: LabSettings | None = None,
     ):
         if execute not in EXECUTE_MODES:
             raise WorkbenchError(
@@ -68,6 +79,7 @@ class JobManager:
         if runner is None:
             from workbench.engine import run as runner
         self.store = store
+        self.settings = settings or lab_settings.current()
         self.limits = {"cpu": 1} | {f"cuda:{i}": 1 for i in range(torch.cuda.device_count())}
         self.limits.update(limits or {})
         self.execute = execute
@@ -88,6 +100,15 @@ class JobManager:
         JobManager._live.add(self)
 
     # ------------------------------------------------------------------ the queue side
+    def user(self, user: User | None) -> User:
+        """``user``, or the local user when none is given (the CLI, tests, local mode)."""
+        return user if user is not None else local_user(self.settings)
+
+    def check_quota(self, configs: list[RunConfig], user: User | None = None) -> None:
+        """Refuse ``configs`` (a seed batch, a whole suite) that would take ``user`` past a
+        per-user limit, before any of them is queued."""
+        check_quota(self.store, self.user(user), configs, self.settings.user_limits())
+
     def submit(
         self,
         config: RunConfig,
@@ -96,40 +117,97 @@ class JobManager:
         tags: Iterable[str] = (),
         suite: str | None = None,
         variant: str | None = None,
+        user: User | None = None,
+        private: bool = False,
     ) -> str:
-        """Queue one run; returns its id at once (status ``queued``). A run that cannot run
-        (no such device here, an unknown teacher run, ...) is refused before a record exists."""
-        admit(config, self.store, check_device_here=self.execute != "none" and self.executing())
-        run_id = self.store.create_run(config, name=name, tags=tags, suite=suite, variant=variant)
+        """Queue one run owned by ``user``; returns its id at once (status ``queued``). A run
+        that cannot run (no such device here, an unknown teacher run, a per-user limit reached)
+        is refused before a record exists."""
+        user = self.user(user)
+        here = self.execute != "none" and self.executing()
+        admit(config, self.store, check_device_here=here, user=user)
+        with self.store.lock(f"quota:{user.name}", description="queueing a run"):
+            self.check_quota([config], user)
+            run_id = self.store.create_run(
+                config,
+                name=name,
+                tags=tags,
+                suite=suite,
+                variant=variant,
+                owner=user.name,
+                private=private,
+            )
         self._wake.set()
         return run_id
 
-    def cancel(self, run_id: str) -> None:
+    def cancel(self, run_id: str, user: User | None = None) -> None:
         """Cancel a queued run at once; ask a running one to stop (wherever it runs)."""
+        user = self.user(user)
+        record = actions.get_run(self.store, run_id, user)
+        if record["status"] not in ACTIVE:
+            return
+        actions.cancel(self.store, run_id, user)  # checks the owner first
         with self._lock:
             local = self._running.get(run_id)
         if local is not None:
             local[1].set()
-        if self.store.get_run(run_id)["status"] in ACTIVE:
-            runqueue.cancel(self.store, run_id)
 
-    def resume(self, run_id: str) -> str:
+    def resume(self, run_id: str, user: User | None = None) -> str:
         """Queue an interrupted, failed or cancelled run again to continue from its last
         checkpoint; returns its id (the same run)."""
-        runqueue.requeue(self.store, run_id)
+        actions.resume(self.store, run_id, self.user(user))
         self._wake.set()
         return run_id
 
-    def restart(self, run_id: str) -> str:
-        """Queue a fresh run with the config of ``run_id`` (from scratch, a new id)."""
-        record = self.store.get_run(run_id)
+    def restart(self, run_id: str, user: User | None = None) -> str:
+        """Queue a fresh run with the config of ``run_id`` (from scratch, a new id), owned by
+        ``user`` (anyone who sees a run may start a copy of it)."""
+        user = self.user(user)
+        record = actions.get_run(self.store, run_id, user)
         config = RunConfig.from_dict(record["config"])
         return self.submit(
             config,
             name=record.get("name") or "",
             tags=record.get("tags") or [],
-            suite=record.get("suite"),
+            suite=record.get("suite") if actions.can_change_run(user, record) else None,
             variant=record.get("variant"),
+            user=user,
+        )
+
+    def delete(self, run_id: str, user: User | None = None) -> None:
+        actions.delete_run(self.store, run_id, self.user(user))
+
+    def rename(
+        self,
+        run_id: str,
+        user: User | None = None,
+        *,
+        name: str | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> None:
+        actions.rename(self.store, run_id, self.user(user), name=name, tags=tags)
+
+    def set_private(self, run_id: str, private: bool, user: User | None = None) -> None:
+        actions.set_private(self.store, run_id, self.user(user), private)
+
+    def slots(self) -> int:
+        """Runs the executors of this store train at once: the live workers' slots, else this
+        process's own."""
+        workers = runqueue.live_workers(self.store)
+        if workers:
+            return sum(sum(w.get("devices", {}).values()) for w in workers)
+        return sum(self.limits.values()) if self.executing() else 0
+
+    def queue_plan(self, records: list[dict[str, Any]] | None = None) -> dict[str, Place]:
+        """run id -> position in the fair order and estimated start, for every queued run."""
+        records = records if records is not None else self.store.list_runs()
+        limits = self.settings.user_limits()
+        return queue_plan(
+            records,
+            self.slots(),
+            runqueue.served_times(self.store),
+            max_running=limits.running_runs if limits else None,
+            now=time.time(),
         )
 
     # ------------------------------------------------------------------ status
@@ -246,7 +324,13 @@ class JobManager:
         if not self.executing():
             return
         while free := self._free_devices():
-            record = runqueue.claim_next(self.store, self.executor, free)
+            limits = self.settings.user_limits()
+            record = runqueue.claim_next(
+                self.store,
+                self.executor,
+                free,
+                max_running=limits.running_runs if limits else None,
+            )
             if record is None:
                 return
             self._start(record)

@@ -42,12 +42,14 @@ __all__ = [
     "claim",
     "claim_next",
     "device_key",
+    "fair_order",
     "heartbeat",
     "holder_alive",
     "live_workers",
     "recover",
     "register_worker",
     "requeue",
+    "served_times",
     "unregister_worker",
 ]
 
@@ -102,29 +104,95 @@ def holder_alive(record: dict[str, Any], now: float | None = None) -> bool:
 
 
 # ------------------------------------------------------------------ claims
-def claim(store: Store, run_id: str, executor: Executor) -> dict[str, Any] | None:
-    """Take the queued run ``run_id`` for ``executor``; None when someone else was first."""
-    return store.update_run_if(
+def _owner_running(store: Store, owner: str) -> int:
+    return sum(1 for r in store.list_runs(status="running") if (r.get("owner") or "") == owner)
+
+
+def claim(
+    store: Store, run_id: str, executor: Executor, *, max_running: int | None = None
+) -> dict[str, Any] | None:
+    """Take the queued run ``run_id`` for ``executor``; None when someone else was first, or
+    when its owner already has ``max_running`` runs running (checked in the same transaction,
+    so competing executors never start one more than the limit)."""
+
+    def may_start(record: dict[str, Any]) -> bool:
+        if record["status"] != "queued":
+            return False
+        return max_running is None or _owner_running(store, record.get("owner") or "") < max_running
+
+    claimed = store.update_run_if(
         run_id,
-        lambda r: r["status"] == "queued",
+        may_start,
         status="running",
         **executor.claim_fields(),
+        claimed_at=time.time(),
         claims=lambda r: (r.get("claims") or 0) + 1,
     )
+    if claimed is not None:
+        store.set(f"served:{claimed.get('owner') or ''}", claimed["claimed_at"])
+    return claimed
+
+
+def fair_order(
+    queued: Iterable[dict[str, Any]],
+    running: Iterable[dict[str, Any]],
+    served: dict[str, float],
+    max_running: int | None = None,
+) -> list[dict[str, Any]]:
+    """The queued runs in the order they should start: round-robin across owners.
+
+    The next run belongs to the owner with the fewest runs running, then the one served least
+    recently (``served``: owner -> when their last run started), then the one who queued
+    first; each owner's own runs start oldest first. Owners already at ``max_running`` are
+    left out (their runs wait). With A's 60 runs queued, B's one run is next as soon as a slot
+    frees: B runs nothing and was served before A (or never).
+    """
+    busy: dict[str, int] = {}
+    for record in running:
+        owner = record.get("owner") or ""
+        busy[owner] = busy.get(owner, 0) + 1
+    mine: dict[str, list[dict[str, Any]]] = {}
+    for record in sorted(queued, key=lambda r: r["created_at"]):
+        mine.setdefault(record.get("owner") or "", []).append(record)
+    order: list[dict[str, Any]] = []
+    while mine:
+        ready = [o for o in mine if max_running is None or busy.get(o, 0) < max_running]
+        if not ready:
+            break
+        owner = min(
+            ready, key=lambda o: (busy.get(o, 0), served.get(o, 0.0), mine[o][0]["created_at"])
+        )
+        order.append(mine[owner].pop(0))
+        busy[owner] = busy.get(owner, 0) + 1  # as if it started now: the next goes elsewhere
+        served[owner] = float("inf")
+        if not mine[owner]:
+            del mine[owner]
+    return order
+
+
+def served_times(store: Store) -> dict[str, float]:
+    """owner -> when their last run was claimed (the ``served:`` keys ``claim`` writes)."""
+    return {key.split(":", 1)[1]: float(store.get(key) or 0.0) for key in store.keys("served:")}
 
 
 def claim_next(
-    store: Store, executor: Executor, devices: Iterable[str], records: list | None = None
+    store: Store,
+    executor: Executor,
+    devices: Iterable[str],
+    records: list | None = None,
+    *,
+    max_running: int | None = None,
 ) -> dict[str, Any] | None:
-    """Claim the oldest queued run that runs on one of ``devices`` (device keys)."""
+    """Claim the next queued run, in ``fair_order``, that runs on one of ``devices`` (device
+    keys); ``max_running``: the per-user limit of runs running at once (None: no limit)."""
     devices = set(devices)
-    queued = records if records is not None else store.list_runs(status="queued")
-    for record in sorted(queued, key=lambda r: r["created_at"]):
-        if record["status"] != "queued":
-            continue
+    records = records if records is not None else store.list_runs(status=("queued", "running"))
+    queued = [r for r in records if r["status"] == "queued"]
+    running = [r for r in records if r["status"] == "running"]
+    for record in fair_order(queued, running, served_times(store), max_running):
         if device_key(record["config"].get("device", "auto")) not in devices:
             continue
-        claimed = claim(store, record["id"], executor)
+        claimed = claim(store, record["id"], executor, max_running=max_running)
         if claimed is not None:
             return claimed
     return None

@@ -177,7 +177,9 @@ def parse(data: dict[str, Any], source: str = "") -> LabSettings:
         for key, value in values.items():
             if key not in _SCHEMA[section]:
                 known = ", ".join(_SCHEMA[section])
-                raise SettingsError(f"{where}unknown key {section}.{key}; [{section}] takes {known}")
+                raise SettingsError(
+                    f"{where}unknown key {section}.{key}; [{section}] takes {known}"
+                )
             name, (check, wanted) = _SCHEMA[section][key]
             if not check(value):
                 raise SettingsError(f"{where}{section}.{key} must be {wanted}, got {value!r}")

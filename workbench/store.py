@@ -374,12 +374,18 @@ class Store:
         suite: str | None = None,
         variant: str | None = None,
         status: str = "queued",
+        owner: str = "",
+        private: bool = False,
     ) -> str:
+        """Record a new run (``owner``: the user it belongs to; ``private``: seen by its owner
+        and admins only, see ``workbench.access``); returns its id."""
         run_id = new_id()
         record = {
             "id": run_id,
             "name": name,
             "tags": list(tags),
+            "owner": owner,
+            "private": bool(private),
             "role": config.role,
             "status": status,
             "config": config.to_dict(),
@@ -708,6 +714,10 @@ class Store:
 
     def delete(self, key: str) -> None:
         self._db.delete(key)
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key that starts with ``prefix``."""
+        return [k for k in self._db.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
 
     def values(self, prefix: str) -> list[Any]:
         """The values of every key that starts with ``prefix``."""

@@ -74,8 +74,10 @@ def launch_suite(
     seeds: int = 3,
     factorial: bool = False,
     name: str = "",
+    owner: str = "",
 ) -> dict[str, Any]:
-    """Store a suite for ``base`` and submit every variant x seed; returns the suite record.
+    """Store a suite for ``base`` and submit every variant x seed; returns the suite record
+    (``owner``: the user it belongs to; ``submit`` should queue the runs as that user).
 
     Leave-one-out: the full loss, each active component removed, and label only. ``factorial``
     runs every on/off combination of the active components instead (and gives Shapley values).
@@ -87,6 +89,7 @@ def launch_suite(
     suite_id = new_id("suite-")
     suite = {
         "id": suite_id,
+        "owner": owner,
         "name": name or f"{'factorial' if factorial else 'leave-one-out'}: {base.summary()}",
         "created_at": time.time(),
         "base": base.to_dict(),
