@@ -489,7 +489,17 @@ def no_unpickling(monkeypatch):
     return calls
 
 
-def test_mnist_image_folder_and_digits_never_unpickle(tmp_path, no_unpickling):
+@pytest.fixture
+def tmp_root(tmp_path, monkeypatch):
+    """``tmp_path`` as the data root: errors name class folders and images only under a root
+    (``workbench.dataroots``)."""
+    config = tmp_path / "workbench.toml"
+    config.write_text(f"[data]\nroots = [{str(tmp_path)!r}]\n")
+    monkeypatch.setenv("KDWB_CONFIG", str(config))
+    return tmp_path
+
+
+def test_mnist_image_folder_and_digits_never_unpickle(tmp_path, tmp_root, no_unpickling):
     # MNIST: torchvision would prefer (and torch.load) an old processed/*.pt beside the raw
     # files; planted ones must be ignored and the idx files read.
     arrays = _write_mnist(tmp_path, "MNIST", np.random.default_rng(4))
@@ -540,7 +550,7 @@ def test_damaged_mnist_files_are_a_message(tmp_path, damage, expected):
     assert "\n" not in str(info.value)
 
 
-def test_image_folder_pixel_bomb_is_a_message(tmp_path, monkeypatch):
+def test_image_folder_pixel_bomb_is_a_message(tmp_path, tmp_root, monkeypatch):
     # PIL refuses images over 2 * MAX_IMAGE_PIXELS (a decompression bomb); lowered here so that
     # the test's 16x16 and 40x24 images count as bombs.
     from PIL import Image as PILImage
@@ -637,7 +647,7 @@ def test_image_folder_memo_sees_new_images(tmp_path):
     assert sum(again.split_sizes().values()) == 11
 
 
-def test_image_folder_errors_name_the_path_and_layout(tmp_path):
+def test_image_folder_errors_name_the_path_and_layout(tmp_path, tmp_root):
     with pytest.raises(DatasetUnavailableError, match="class_name/image.png") as info:
         load_dataset("image_folder", data_path=str(tmp_path / "nope"))
     assert str(tmp_path / "nope") in str(info.value)

@@ -42,6 +42,7 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms
 
 from workbench.datafiles import OFFICIAL, OfficialSplits, fetch_official, one_line, read_official
+from workbench.dataroots import check_data_path, check_files, inside_roots
 from workbench.errors import ConfigError, DatasetUnavailableError, UnknownNameError
 
 __all__ = [
@@ -175,7 +176,8 @@ def load_dataset(
     tests that write their own tiny CIFAR files. It is deliberately not a ``RunConfig`` field nor
     an environment variable: no user of the app or the CLI can make the loader trust a file.
 
-    Raises ``UnknownNameError`` or ``DatasetUnavailableError`` with the fix in the message.
+    Raises ``UnknownNameError`` or ``DatasetUnavailableError`` with the fix in the message, and
+    ``ConfigError`` for an ``image_folder`` outside the instance's data roots.
     """
     if name not in DATASETS:
         raise UnknownNameError("dataset", name, list_datasets())
@@ -186,7 +188,7 @@ def load_dataset(
     elif name == "image_folder":
         if not data_path:
             raise ConfigError("dataset image_folder needs data_path: the folder of class folders")
-        path = Path(data_path).expanduser().resolve()
+        path = check_data_path(data_path)  # under the data roots (workbench.dataroots)
         key = (name, "", str(path), False, seed, _folder_stamp(path), None)
     else:
         base = Path(root).expanduser() if root else dataset_root()
@@ -256,15 +258,20 @@ def _load_image_folder(path: Path, seed: int) -> DataBundle:
     layout = "path/class_name/image.png, one sub-folder per class"
     if not path.is_dir():
         raise DatasetUnavailableError(f"image folder {path} does not exist; expected {layout}")
+    # Errors name class folders and images only under the data roots (workbench.dataroots):
+    # outside them, a message would list any folder the server can read.
+    listed = inside_roots(path)
     resize = transforms.Compose(
         [transforms.Resize((_IMAGE_SIZE, _IMAGE_SIZE)), transforms.PILToTensor()]
     )
     try:  # the default loader converts every image to RGB
         folder = tv_datasets.ImageFolder(str(path), transform=resize)
     except OSError as exc:  # no class folders, or class folders without images
+        why = f" ({one_line(exc)})" if listed else ""
         raise DatasetUnavailableError(
-            f"image folder {path} has no images in class folders ({one_line(exc)}); expected {layout}"
+            f"image folder {path} has no images in class folders{why}; expected {layout}"
         ) from None
+    check_files(path, (file for file, _ in folder.samples))  # no links out of the roots
     counts = Counter(folder.targets)
     if len(folder.classes) < 2:
         raise DatasetUnavailableError(
@@ -274,6 +281,9 @@ def _load_image_folder(path: Path, seed: int) -> DataBundle:
     least = len(_THREE_WAY)  # a class of 5 gives train 3, validation 1, test 1
     if min(counts.values()) < least:
         per_class = ", ".join(f"{c}: {counts[i]}" for i, c in enumerate(folder.classes))
+        if not listed:
+            short = sum(n < least for n in counts.values())
+            per_class = f"{short} of its {len(folder.classes)} classes have fewer"
         raise DatasetUnavailableError(
             f"image folder {path} has too few images for a stratified 60/20/20 "
             f"train/validation/test split ({per_class}); every class needs at least {least} "
@@ -284,7 +294,8 @@ def _load_image_folder(path: Path, seed: int) -> DataBundle:
         try:
             images.append(folder[i][0])  # (3, 32, 32) uint8
         except (OSError, Image.DecompressionBombError) as exc:  # damaged, or a pixel bomb
-            raise DatasetUnavailableError(f"cannot read image {file}: {one_line(exc)}") from None
+            what = f"image {file}: {one_line(exc)}" if listed else f"image {i + 1} of {path}"
+            raise DatasetUnavailableError(f"cannot read {what}") from None
     x = torch.stack(images)
     y = torch.as_tensor(folder.targets, dtype=torch.int64)
     split = stratified_split(y, _THREE_WAY, seed)

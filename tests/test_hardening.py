@@ -1,0 +1,115 @@
+"""A hardened server (issue 9, item 4), each fault injected and its outcome checked: image
+folders outside the data roots, an oversized upload, a store readable by other users, secrets
+in identity errors or logs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from workbench import settings as settings_module
+from workbench.data import load_dataset
+from workbench.dataroots import check_data_path
+from workbench.errors import ConfigError, DatasetUnavailableError
+
+
+def _images(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n: int = 5) -> Path:
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (60 * c, 30 * i, 90)).save(root / name / f"{i}.png")
+    return root
+
+
+def _use_settings(tmp_path: Path, monkeypatch, text: str) -> None:
+    """Point ``settings.current()`` at a workbench.toml holding ``text``."""
+    config = tmp_path / "workbench.toml"
+    config.write_text(text)
+    monkeypatch.setenv(settings_module.CONFIG_ENV, str(config))
+
+
+# ---------------------------------------------------------------------------- data roots
+@pytest.fixture
+def proxy(tmp_path, monkeypatch):
+    """A shared instance (proxy mode) whose one data root is ``tmp_path/root``."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _use_settings(
+        tmp_path, monkeypatch, f'[identity]\nmode = "proxy"\n[data]\nroots = ["{root}"]\n'
+    )
+    return root
+
+
+def test_proxy_settings_refuse_any_path_and_allow_none_by_default(tmp_path):
+    root = str(tmp_path)
+    shared = settings_module.parse({"identity": {"mode": "proxy"}, "data": {"roots": [root]}})
+    assert not shared.allows_any_data_path()
+    assert settings_module.LabSettings().allows_any_data_path()  # local mode
+    with pytest.raises(settings_module.SettingsError, match="data.any_path = true is for local"):
+        settings_module.parse({"identity": {"mode": "proxy"}, "data": {"any_path": True}})
+
+
+def _refusal(path: str | Path, settings=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_data_path(str(path), settings)
+    message = str(info.value)
+    assert "\n" not in message and "put the data under one of them" in message
+    return message
+
+
+def test_a_folder_outside_the_roots_is_refused_alike_whether_or_not_it_exists(tmp_path, proxy):
+    away = _images(tmp_path / "away")
+    there = _refusal(away)
+    missing = _refusal(tmp_path / "nowhere")
+    assert str(proxy) in there  # names the allowed root
+    assert there.replace("away", "X") == missing.replace("nowhere", "X")  # no existence leak
+    assert "cat" not in there and "dog" not in there
+    with pytest.raises(ConfigError, match="outside this instance's data roots"):
+        load_dataset("image_folder", data_path=str(away))
+
+
+def test_dotdot_and_symlink_escapes_are_refused(tmp_path, proxy):
+    _images(tmp_path / "outside")
+    _refusal(f"{proxy}/../outside")
+    (proxy / "link").symlink_to(tmp_path / "outside")
+    message = _refusal(proxy / "link")
+    assert str(tmp_path / "outside") not in message  # where the link points is not shown
+    # A class folder linked out of the root: torchvision would follow it.
+    _images(proxy / "mixed", classes=("cat",))
+    (proxy / "mixed" / "dog").symlink_to(tmp_path / "outside" / "dog")
+    with pytest.raises(ConfigError, match="links to files outside"):
+        load_dataset("image_folder", data_path=str(proxy / "mixed"))
+
+
+def test_a_folder_inside_the_roots_loads_and_its_errors_name_classes(proxy):
+    data = load_dataset("image_folder", data_path=str(_images(proxy / "pets")))
+    assert data.class_names == ("cat", "dog") and data.input_shape == (3, 32, 32)
+    _images(proxy / "few", n=2)
+    with pytest.raises(DatasetUnavailableError, match="cat: 2, dog: 2"):
+        load_dataset("image_folder", data_path=str(proxy / "few"))
+
+
+def test_etc_is_refused_in_proxy_mode(proxy):
+    message = _refusal("/etc")
+    assert not set(os.listdir("/etc")) & set(message.replace(",", " ").split())
+
+
+def test_local_mode_allows_any_folder_but_lists_none_outside_the_roots(tmp_path, home):
+    data = load_dataset("image_folder", data_path=str(_images(tmp_path / "mine")))
+    assert data.num_classes == 2
+    with pytest.raises(DatasetUnavailableError) as info:
+        load_dataset("image_folder", data_path="/etc")
+    words = set(str(info.value).replace(",", " ").replace("(", " ").split())
+    assert not {e for e in os.listdir("/etc") if (Path("/etc") / e).is_dir()} & words
+    assert "Found no valid file" not in str(info.value)
+    _images(tmp_path / "few", classes=("secret-a", "secret-b"), n=2)
+    with pytest.raises(DatasetUnavailableError, match="2 of its 2 classes") as info:
+        load_dataset("image_folder", data_path=str(tmp_path / "few"))
+    assert "secret" not in str(info.value)
+    (tmp_path / "mine" / "cat" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetUnavailableError, match="cannot read image") as info:
+        load_dataset("image_folder", data_path=str(tmp_path / "mine"))
+    assert "bad.png" not in str(info.value)
