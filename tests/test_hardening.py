@@ -5,6 +5,7 @@ in identity errors or logs."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from PIL import Image
 from workbench import settings as settings_module
 from workbench.data import load_dataset
 from workbench.dataroots import check_data_path
-from workbench.errors import ConfigError, DatasetUnavailableError
+from workbench.errors import CheckpointError, ConfigError, DatasetUnavailableError
+from workbench.forms import import_uploaded_teacher
 
 
 def _images(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n: int = 5) -> Path:
@@ -113,3 +115,27 @@ def test_local_mode_allows_any_folder_but_lists_none_outside_the_roots(tmp_path,
     with pytest.raises(DatasetUnavailableError, match="cannot read image") as info:
         load_dataset("image_folder", data_path=str(tmp_path / "mine"))
     assert "bad.png" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------- upload cap
+def test_an_oversized_upload_is_refused_before_anything_is_written(tmp_path, monkeypatch, store):
+    _use_settings(tmp_path, monkeypatch, "[uploads]\nmax_mib = 1\n")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with pytest.raises(CheckpointError) as info:
+        import_uploaded_teacher(
+            store, b"\0" * (3 * 2**19), "big\nteacher.pt", teacher="small_cnn", dataset="digits"
+        )
+    message = str(info.value)
+    assert "\n" not in message
+    assert "teacher.pt" in message and "1.5 MiB" in message and "limit of 1 MiB" in message
+    assert "[uploads] max_mib" in message and "workbench.toml" in message
+    assert store.list_runs() == [] and list(temp.iterdir()) == []
+    # Under the cap the upload goes on to the checkpoint check (and its temp file is removed).
+    with pytest.raises(CheckpointError) as info:
+        import_uploaded_teacher(
+            store, b"\0" * 2**19, "small.pt", teacher="small_cnn", dataset="digits"
+        )
+    assert "max_mib" not in str(info.value)
+    assert store.list_runs() == [] and list(temp.iterdir()) == []

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.config import COMPONENTS, LIMITS, LossWeights, RunConfig
-from workbench.errors import ConfigError, WorkbenchError
+from workbench.errors import CheckpointError, ConfigError, WorkbenchError
+from workbench.settings import current as current_settings
 
 if TYPE_CHECKING:
     from workbench.store import Store
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_SEEDS",
     "FormError",
     "build_configs",
+    "check_upload_size",
     "field_errors",
     "hybrid_formula",
     "import_uploaded_teacher",
@@ -177,6 +179,18 @@ def hybrid_formula(
     return r"\mathcal{L} = " + " + ".join(parts)
 
 
+def check_upload_size(content: bytes, filename: str) -> None:
+    """Refuse an upload over ``[uploads] max_mib`` before anything is written: Streamlit's own
+    cap (``server.maxUploadSize``) guards the app only, and the disk is shared by everyone."""
+    cap = current_settings().upload_max_bytes
+    if len(content) > cap:
+        raise CheckpointError(
+            f"{Path(filename).name!r} is {len(content) / 2**20:.1f} MiB, over this instance's "
+            f"upload limit of {cap // 2**20} MiB; an administrator can raise [uploads] max_mib "
+            "in workbench.toml"
+        )
+
+
 def import_uploaded_teacher(
     store: Store,
     content: bytes,
@@ -191,6 +205,7 @@ def import_uploaded_teacher(
     which loads with ``weights_only=True``); returns the run id or raises ``CheckpointError``."""
     from workbench.engine import import_teacher
 
+    check_upload_size(content, filename)
     fd, tmp = tempfile.mkstemp(suffix=Path(filename).suffix or ".pt")
     try:
         with os.fdopen(fd, "wb") as fh:
