@@ -5,17 +5,24 @@ in identity errors or logs."""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from workbench import settings as settings_module
+from workbench.config import RunConfig
 from workbench.data import load_dataset
 from workbench.dataroots import check_data_path
 from workbench.errors import CheckpointError, ConfigError, DatasetUnavailableError
 from workbench.forms import import_uploaded_teacher
+from workbench.models import build_model
+from workbench.probe import teacher_probe_features
+from workbench.store import Store
+from workbench.teacher_cache import teacher_source
 
 
 def _images(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n: int = 5) -> Path:
@@ -139,3 +146,63 @@ def test_an_oversized_upload_is_refused_before_anything_is_written(tmp_path, mon
         )
     assert "max_mib" not in str(info.value)
     assert store.list_runs() == [] and list(temp.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- store permissions
+@pytest.fixture
+def loose_umask():
+    """The usual 0o022 umask (an earlier Store in this process may have tightened it), put
+    back afterwards."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _loose(home: Path) -> list[str]:
+    """Paths under ``home`` (itself included) that are not 0700 folders or 0600 files."""
+    wrong = []
+    for path in [home, *home.rglob("*")]:
+        mode = path.lstat().st_mode
+        want = 0o700 if stat.S_ISDIR(mode) else 0o600
+        if stat.S_IMODE(mode) != want:
+            wrong.append(f"{path.relative_to(home)}: {oct(stat.S_IMODE(mode))}")
+    return wrong
+
+
+def test_everything_the_store_writes_is_private(tmp_path, loose_umask):
+    home = tmp_path / "home"
+    store = Store(home)
+    try:
+        run_id = store.create_run(RunConfig(device="cpu"), name="private")
+        rows = [{"step": i, "loss": 1.0 / (i + 1), "note": "x" * 200} for i in range(400)]
+        store.set_history(run_id, rows)  # large enough for diskcache's value files
+        store.save_checkpoint(run_id, {"w": torch.zeros(3)})
+        store.write_manifest(run_id)
+        digits = load_dataset("digits")
+        torch.manual_seed(0)
+        teacher = build_model("small_cnn", digits.input_shape, digits.num_classes).eval()
+        x = digits.train_x[:64]
+        cached = teacher_source(
+            RunConfig(device="cpu"), teacher, run_id, ["block2"], x, store, torch.device("cpu")
+        )
+        assert cached.kind == "cache"
+        _, how = teacher_probe_features(teacher, ["block3"], x[:16], store=store)
+        assert how == "cache: built now"
+        with store.lock("private-test"):
+            pass
+    finally:
+        store.close()
+    assert (home / "teacher_outputs").is_dir() and (home / "store").is_dir()
+    assert len(list(home.rglob("*"))) > 8
+    assert _loose(home) == []
+
+
+def test_an_existing_loose_store_is_tightened_on_open(tmp_path, loose_umask):
+    home = tmp_path / "home"
+    for folder in (home, home / "store", home / "checkpoints"):
+        folder.mkdir(mode=0o755, parents=True)
+        folder.chmod(0o755)
+    Store(home).close()
+    for folder in (home, home / "store", home / "checkpoints"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert os.umask(0o022) & 0o077 == 0o077  # and the process now masks group and other

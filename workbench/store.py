@@ -14,6 +14,9 @@ the fix. When the disk is full the store opens read-only (SQLite's immutable mod
 shared-memory file), so listing and showing runs keep working. Each run also keeps a small
 manifest beside its checkpoint (``checkpoints/<run_id>.manifest.json``: record, history,
 epochs), from which ``workbench.store_repair`` rebuilds the run index.
+
+Private to the user that runs the workbench: opening a store makes its folders 0700 and sets
+the process umask so that every file written in it is 0600 (see ``_private_umask``).
 """
 
 from __future__ import annotations
@@ -303,6 +306,26 @@ def write_json_atomic(path: Path, data: Any) -> None:
             tmp.unlink()
 
 
+def _private_umask() -> None:
+    """Mask group and other bits for every file this process creates from now on. diskcache
+    (SQLite files, value files) and torch create files with the process umask, and the store
+    holds pickles: another local user who can read it reads every run, one who can write it
+    plants a pickle that runs code when loaded. Set 0o077 first so the mask is never looser
+    than that, even between the two calls (other threads may be writing); then keep whatever
+    else the process already masked."""
+    old = os.umask(0o077)
+    if old & ~0o077:
+        os.umask(old | 0o077)
+
+
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) as 0700, and tighten it to 0700 if it exists with
+    group or other bits (a store made before this rule, or by hand)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
+
+
 class Store:
     """Run records and artifacts. Cheap to create; every method is thread- and process-safe."""
 
@@ -312,9 +335,10 @@ class Store:
         on a full disk the store opens read-only (``read_only`` then holds the reason)."""
         self.home = Path(home) if home is not None else default_home()
         self.read_only: StoreError | None = None
+        _private_umask()
         try:
-            self.home.mkdir(parents=True, exist_ok=True)
-            (self.home / "checkpoints").mkdir(exist_ok=True)
+            for folder in (self.home, self.home / "store", self.home / "checkpoints"):
+                _private_folder(folder)
         except OSError as exc:
             _raise_storage(exc, self.home, "creating the run store")
         if not rebuilding:
