@@ -4,6 +4,8 @@ in identity errors or logs."""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import stat
 import tempfile
@@ -13,12 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
+from workbench import identity
 from workbench import settings as settings_module
 from workbench.config import RunConfig
 from workbench.data import load_dataset
 from workbench.dataroots import check_data_path
 from workbench.errors import CheckpointError, ConfigError, DatasetUnavailableError
 from workbench.forms import import_uploaded_teacher
+from workbench.identity import IdentityError, user_from_claims, user_from_headers
 from workbench.models import build_model
 from workbench.probe import teacher_probe_features
 from workbench.store import Store
@@ -206,3 +210,49 @@ def test_an_existing_loose_store_is_tightened_on_open(tmp_path, loose_umask):
     for folder in (home, home / "store", home / "checkpoints"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     assert os.umask(0o022) & 0o077 == 0o077  # and the process now masks group and other
+
+
+# ---------------------------------------------------------------------------- secrets in logs
+SECRETS = {
+    "Cookie": "_oauth2_proxy=s3cr3t-cookie-value",
+    "Authorization": "Bearer eyJ-secret-token",
+    "X-Forwarded-Access-Token": "ya29.secret-access-token",
+}
+
+
+def _assert_no_secret(text: str) -> None:
+    for value in SECRETS.values():
+        assert value not in text and value.split("=")[-1] not in text
+        assert value.split()[-1] not in text
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        None,  # no user header: the request did not come through the proxy
+        "   ",  # an empty one
+        "alice\x1b[31m" + "x" * 300,  # control characters, too long
+    ],
+)
+def test_identity_errors_and_logs_carry_no_cookie_or_token(user, caplog):
+    proxy = settings_module.parse({"identity": {"mode": "proxy"}})
+    headers = dict(SECRETS)
+    if user is not None:
+        headers["X-Forwarded-User"] = user
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(IdentityError) as info:
+        user_from_headers(headers, proxy)
+    _assert_no_secret(str(info.value))
+    assert "alice" not in str(info.value)  # nor the rejected name
+    claims = {"email": "", "id_token": SECRETS["Authorization"], "sub": "   "}
+    with pytest.raises(IdentityError) as info:
+        user_from_claims(claims, proxy)
+    _assert_no_secret(str(info.value))
+    assert caplog.records == []
+
+
+def test_identity_never_logs():
+    """Headers and claims carry cookies and tokens: the module must not log at all."""
+    source = inspect.getsource(identity)
+    assert "import logging" not in source and "getLogger" not in source
+    assert "print(" not in source
