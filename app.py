@@ -6,11 +6,24 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._shared import APP_STARTED, DEEP_LINK, init_session, show_error
+from pages._shared import (
+    APP_STARTED,
+    DEEP_LINK,
+    USER,
+    current_user,
+    identity_sidebar,
+    init_session,
+    show_error,
+)
 
 # A local favicon: a Material or emoji icon is fetched from a CDN, which fails offline.
 FAVICON = str(Path(__file__).parent / "assets" / "favicon.png")
 st.set_page_config(page_title="KD Workbench", page_icon=FAVICON, layout="wide")
+try:  # a wrong workbench.toml, or no user header in proxy mode: say why, run nothing
+    st.session_state[USER] = current_user()
+except Exception as exc:
+    show_error(exc)
+    st.stop()
 init_session()
 
 page = st.navigation(
@@ -23,6 +36,7 @@ page = st.navigation(
     ]
 )
 st.set_page_config(page_title="KD Workbench")  # st.navigation sets the page's own title
+identity_sidebar(st.session_state[USER])
 st.session_state[APP_STARTED] = True
 if deep_link := st.session_state.pop(DEEP_LINK, None):
     target, params = deep_link  # a deep link that first ran alone (see require_app)

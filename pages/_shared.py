@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
+from workbench import settings as lab_settings
 from workbench.config import PRESETS, RunConfig
 from workbench.errors import WorkbenchError
 from workbench.forms import FormError, pairs_from_rows
+from workbench.identity import User, local_user, user_from_claims, user_from_headers
 from workbench.launch import TEACHER_MODES
+from workbench.settings import LabSettings
 from workbench.store import Store, default_home
 from workbench.urlstate import from_params, to_params
 from workbench.views import ModelPair, inspect_pair
@@ -39,7 +42,50 @@ def _manager_for(home: str) -> JobManager:
     # engine.run only and never touch Streamlit.
     from workbench.jobs import JobManager
 
-    return JobManager(Store(home))
+    settings = lab_settings.current()
+    return JobManager(Store(home), execute=settings.app_executes, settings=settings)
+
+
+def settings() -> LabSettings:
+    """The instance's settings (``workbench.toml``), read once per process."""
+    return lab_settings.current()
+
+
+def current_user() -> User:
+    """Who uses this session, from the identity source of the settings. With no one signed in
+    (oidc) it shows a sign-in button, and with no user header (proxy) the reason, and stops
+    the page: nothing below it runs for an unknown user."""
+    config = settings()
+    if config.identity_mode == "local":
+        return local_user(config)
+    if config.identity_mode == "proxy":
+        return user_from_headers(dict(st.context.headers), config)
+    if not st.user.is_logged_in:
+        st.title("KD Workbench")
+        st.info("This lab instance needs you to sign in.", icon=":material/login:")
+        st.button("Sign in", on_click=st.login, type="primary", icon=":material/login:")
+        st.stop()
+    return user_from_claims(st.user.to_dict(), config)
+
+
+def user() -> User:
+    """The session's user (``current_user`` as ``app.py`` resolved it for this rerun)."""
+    found = st.session_state.get(USER)
+    return found if isinstance(found, User) else current_user()
+
+
+def identity_sidebar(who: User) -> None:
+    """The signed-in user, and a way to sign out, at the bottom of the sidebar."""
+    config = settings()
+    with st.sidebar:
+        st.divider()
+        st.caption(f"Signed in as **{who.name}**" + (" · admin" if who.admin else ""))
+        if config.identity_mode == "oidc":
+            st.button("Sign out", key="sign_out", on_click=st.logout, icon=":material/logout:")
+        elif config.identity_mode == "proxy":
+            st.link_button("Sign out", config.logout_url, icon=":material/logout:")
+        else:
+            st.caption("Local mode: one user, no sign-in.")
 
 
 def manager() -> JobManager:
@@ -277,6 +323,7 @@ def require_app(page_file: str) -> None:
 
 
 URL_READ = "_kdwb_url_read"
+USER = "_kdwb_user"
 PAGE = "_kdwb_page"
 PAGE_ENTERED = "_kdwb_page_entered"
 

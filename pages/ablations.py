@@ -9,7 +9,18 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._shared import live, manager, page_entered, require_app, set_params, show_error, store
+from pages._shared import (
+    errors_shown,
+    live,
+    manager,
+    page_entered,
+    require_app,
+    set_params,
+    show_error,
+    store,
+    user,
+)
+from workbench import actions
 from workbench.config import RunConfig
 from workbench.naming import (
     ACCURACY_LABEL,
@@ -34,7 +45,7 @@ st.caption(
     "a 95% t-interval over seeds. Everything below updates as the suite's runs finish."
 )
 
-suites = store().list_suites()
+suites = actions.list_suites(store(), user())  # others' private suites: absent
 if not suites:
     st.info(
         "No ablation suite yet. Set up the loss on Distill and press **Launch ablation suite**, "
@@ -51,7 +62,8 @@ if ss.get("suite_pick") not in labels:
     ss["suite_pick"] = ss.get("last_suite") if ss.get("last_suite") in labels else suites[0]["id"]
 suite_id = st.selectbox("Suite", list(labels), format_func=labels.get, key="suite_pick")
 set_params({"suite": suite_id}, owned=("suite",))
-suite = store().get_suite(suite_id)
+suite = actions.get_suite(store(), suite_id, user())
+mine = actions.can_change_run(user(), suite)
 base = RunConfig.from_dict(suite["base"])
 st.caption(
     f"Base: {base.summary()} · {suite['seeds']} seed(s) per variant · "
@@ -178,16 +190,22 @@ if col_open.button(
     picked = [r["run"] for r in suite_rows() if r["status"] == "completed"]
     ss["compare_runs"] = picked
     st.switch_page("pages/compare.py", query_params={"runs": encode_ids(picked)})
-if not done and col_cancel.button("Cancel the unfinished runs", key="suite_cancel"):
-    for r in suite_rows():
-        if r["status"] in ACTIVE:
-            manager().cancel(r["run"])
+if not mine:
+    col_cancel.caption(
+        f"Suite of **{suite.get('owner') or 'no one'}**: only they or an admin can cancel or "
+        "delete it."
+    )
+elif not done and col_cancel.button("Cancel the unfinished runs", key="suite_cancel"):
+    with errors_shown():
+        for r in suite_rows():
+            if r["status"] in ACTIVE:
+                manager().cancel(r["run"], user())
     st.rerun()
-if done:
+elif done:
     if ss.get("confirm_delete_suite") == suite_id:
         col_cancel.warning("Delete this suite? Its runs stay on the Runs page.")
         if col_cancel.button("Yes, delete the suite", key="suite_delete_yes", type="primary"):
-            store().delete_suite(suite_id)
+            actions.delete_suite(store(), suite_id, user())
             ss["confirm_delete_suite"] = None
             ss.pop("suite_pick", None)
             st.rerun()

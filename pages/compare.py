@@ -12,8 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._shared import errors_shown, page_entered, require_app, set_params, store
-from workbench import compare, plots
+from pages._shared import errors_shown, page_entered, require_app, set_params, store, user
+from workbench import actions, compare, plots
 from workbench.naming import (
     ACCURACY_LABEL,
     ACCURACY_METRIC,
@@ -80,21 +80,30 @@ def select_runs(run_ids: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------- the runs table
-records = store().list_runs()
+if page_entered():
+    ss["compare_mine"] = st.query_params.get("mine") == "1"
+mine_only = st.toggle("Mine only", key="compare_mine", help="Only the runs you own")
+records = actions.list_runs(store(), user(), mine=mine_only)  # others' private runs: absent
 by_id = {r["id"]: r for r in records}
-if not records:
-    st.info("No runs yet: launch some on the Distill page.")
-    st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
-    st.stop()
 if page_entered():  # a reload, a link, or Open in Compare: the URL says what to show
     params = st.query_params
     if "runs" in params:
         ss["compare_runs"] = decode_ids(params["runs"], by_id)
+        missing = [i for i in params["runs"].split(",") if i and i not in by_id]
+        if missing and not mine_only:  # deleted, or someone else's private run
+            st.warning(
+                f"Not found: {', '.join(missing)} (deleted, or private).",
+                icon=":material/search_off:",
+            )
     for key, (param, default) in VIEW.items():
         try:
             ss[key] = decode_value(params[param], default) if param in params else default
         except ValueError:
             ss[key] = default
+if not records:
+    st.info("No runs yet: launch some on the Distill page.")
+    st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
+    st.stop()
 
 values = compare.filter_values(records)
 chosen_filters = {}
@@ -218,8 +227,9 @@ key = (
 )
 set_params(
     {"runs": encode_ids(selected)}
+    | ({"mine": "1"} if mine_only else {})
     | {param: encode_value(ss[k]) for k, (param, default) in VIEW.items() if ss[k] != default},
-    owned=("runs", *(param for param, _ in VIEW.values())),
+    owned=("runs", "mine", *(param for param, _ in VIEW.values())),
 )
 if not chosen:
     st.info("Pick runs above to overlay their curves and compare their layers.")

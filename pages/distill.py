@@ -23,7 +23,9 @@ from pages._shared import (
     require_app,
     show_error,
     store,
+    user,
 )
+from workbench.ablation import suite_configs
 from workbench.config import COMPONENTS, PRESETS
 from workbench.forms import hybrid_formula
 from workbench.launch import (
@@ -75,21 +77,30 @@ def launch(suite: bool) -> None:
     if errors or ss["launch_problem"] is not None:
         ss["launch_errors"] = errors
         return
+    who = user()
+
+    def submit(config, **fields):  # queued as this session's user
+        return manager().submit(config, user=who, **fields)
+
     try:
         if suite:
+            base = configs[0].replace(seed=0)
+            seeds, factorial = int(ss["ablation_seeds"]), bool(ss["ablation_factorial"])
+            # a suite counts as its runs: refused whole, before any is queued
+            manager().check_quota([c for _, c in suite_configs(base, seeds, factorial)], who)
             record = launch_suite(
-                configs[0].replace(seed=0),
+                base,
                 store(),
-                manager().submit,
-                seeds=int(ss["ablation_seeds"]),
-                factorial=bool(ss["ablation_factorial"]),
+                submit,
+                seeds=seeds,
+                factorial=factorial,
                 name=ss["run_name"].strip(),
+                owner=who.name,
             )
             ss["launched_suite"] = ss["last_suite"] = record["id"]
         else:
-            ss["launched"] = launch_runs(
-                configs, manager().submit, name=ss["run_name"], tags=ss["run_tags"]
-            )
+            manager().check_quota(configs, who)
+            ss["launched"] = launch_runs(configs, submit, name=ss["run_name"], tags=ss["run_tags"])
     except Exception as exc:
         ss["launch_problem"] = exc
 

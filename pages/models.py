@@ -16,7 +16,9 @@ from pages._shared import (
     require_app,
     show_error,
     store,
+    user,
 )
+from workbench import actions
 from workbench.config import RunConfig
 from workbench.data import DATASETS, list_datasets, load_dataset
 from workbench.engine import teacher_key
@@ -125,7 +127,9 @@ if mode == TEACHER_MODES[0]:  # train one now
         ).teacher_config()
         found = store().find_teacher(teacher_key(recipe)) if dataset_ok else None
         if col_button.button("Train teacher", key="train_teacher", disabled=not dataset_ok):
-            ss["teacher_job"] = found or manager().submit(recipe, name=f"teacher {ss['teacher']}")
+            ss["teacher_job"] = found or manager().submit(
+                recipe, name=f"teacher {ss['teacher']}", user=user()
+            )
         elif found and ss.get("teacher_job") != found:
             acc = (store().get_run(found).get("metrics") or {}).get(ACCURACY_METRIC)
             st.caption(
@@ -140,7 +144,7 @@ if mode == TEACHER_MODES[0]:  # train one now
 
 elif mode == TEACHER_MODES[1]:  # pick a trained teacher
     choices = teacher_choices(
-        store().list_runs(role="teacher", status="completed"),
+        actions.list_runs(store(), user(), role="teacher", status="completed"),
         dataset=ss["dataset"],
         teacher=ss["teacher"],
         data_path=data_path(),
@@ -187,6 +191,7 @@ else:  # upload a checkpoint
                         teacher=ss["teacher"],
                         dataset=ss["dataset"],
                         data_path=data_path(),
+                        owner=user().name,
                     )
             except Exception as exc:  # CheckpointError says what to save instead
                 done["error"] = exc

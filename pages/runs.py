@@ -16,8 +16,9 @@ from pages._shared import (
     set_params,
     show_action_error,
     store,
+    user,
 )
-from workbench import checkpoints, plots
+from workbench import actions, checkpoints, plots
 from workbench.config import COMPONENTS, RunConfig
 from workbench.gradshare import weak_terms
 from workbench.launch import parse_tags
@@ -45,9 +46,15 @@ require_app(__file__)
 ss = st.session_state
 st.title("Runs")
 # widget key -> (query parameter, default): the view settings a link restores
-VIEW = {"runs_x": ("x", "step"), "runs_smooth": ("smooth", 0.0), "runs_log": ("log", False)}
+VIEW = {
+    "runs_x": ("x", "step"),
+    "runs_smooth": ("smooth", 0.0),
+    "runs_log": ("log", False),
+    "runs_mine": ("mine", False),
+}
 if page_entered():
     params = st.query_params
+    ss["runs_linked"] = params.get("run")  # "not found" when this user may not see it
     if params.get("run"):
         ss["runs_select_next"] = params["run"]
     for key, (param, default) in VIEW.items():
@@ -58,15 +65,15 @@ if page_entered():
 
 
 def cancel(run_id: str) -> None:
-    manager().cancel(run_id)
+    manager().cancel(run_id, user())
 
 
 def restart(run_id: str) -> None:
-    ss["runs_select_next"] = manager().restart(run_id)
+    ss["runs_select_next"] = manager().restart(run_id, user())
 
 
 def resume(run_id: str) -> None:
-    ss["runs_select_next"] = manager().resume(run_id)
+    ss["runs_select_next"] = manager().resume(run_id, user())
 
 
 def ask_delete(run_id: str | None) -> None:
@@ -75,20 +82,34 @@ def ask_delete(run_id: str | None) -> None:
 
 def delete(run_id: str) -> None:
     ss["confirm_delete"] = None
-    store().delete_run(run_id)
+    manager().delete(run_id, user())
 
 
 def rename(run_id: str) -> None:
-    store().update_run(
-        run_id, name=ss[f"run_name_{run_id}"].strip(), tags=parse_tags(ss[f"run_tags_{run_id}"])
+    manager().rename(
+        run_id,
+        user(),
+        name=ss[f"run_name_{run_id}"].strip(),
+        tags=parse_tags(ss[f"run_tags_{run_id}"]),
     )
 
 
+def set_private(run_id: str) -> None:
+    manager().set_private(run_id, ss[f"run_private_{run_id}"], user())
+
+
 def run_actions(record: dict) -> None:
-    """Cancel, resume, restart, delete, rename/tag and downloads for one run."""
+    """Cancel, resume, restart, delete, rename/tag, visibility and downloads for one run; the
+    owner's actions only for its owner and admins (the library refuses them to others too)."""
     run_id, status = record["id"], record["status"]
+    mine = actions.can_change_run(user(), record)
     cols = st.columns(4)
-    if status in ACTIVE:
+    if not mine:
+        st.caption(
+            f"Owned by **{record.get('owner') or 'no one'}**: only they or an admin can cancel, "
+            "resume, delete, rename or hide it. Restart queues a copy as your own run."
+        )
+    if status in ACTIVE and mine:
         cols[0].button(
             "Cancel run",
             key="run_cancel",
@@ -97,7 +118,7 @@ def run_actions(record: dict) -> None:
             args=(run_id,),
         )
     elif status in FINISHED and status != "completed":
-        if status in RESUMABLE:
+        if status in RESUMABLE and mine:
             saved = checkpoints.state_path(store().home, run_id).exists()
             cols[0].button(
                 "Resume run",
@@ -117,7 +138,7 @@ def run_actions(record: dict) -> None:
             args=(run_id,),
             help="Queue a fresh run with the same settings.",
         )
-    if status not in ACTIVE:
+    if status not in ACTIVE and mine:
         if ss.get("confirm_delete") == run_id:
             cols[1].warning("Delete this run and its checkpoint?")
             cols[1].button(
@@ -155,6 +176,16 @@ def run_actions(record: dict) -> None:
         key="run_download_csv",
         on_click="ignore",
         icon=":material/table:",
+    )
+    if not mine:
+        return
+    cols[0].toggle(
+        "Private",
+        value=bool(record.get("private")),
+        key=f"run_private_{run_id}",
+        on_change=guarded(set_private),
+        args=(run_id,),
+        help="Only you and the admins see a private run.",
     )
     with st.form("run_rename"):
         st.text_input("Name", value=record.get("name") or "", key=f"run_name_{run_id}")
@@ -247,18 +278,33 @@ def chart_options() -> None:
     col_log.toggle("log scale (losses)", key="runs_log")
 
 
+def not_found_notice(visible_ids: set[str]) -> None:
+    """A linked run this user may not see (private, deleted) is "not found", nothing more."""
+    linked = ss.get("runs_linked")
+    if linked and linked not in visible_ids:
+        st.warning(
+            f"Run {linked} not found: it was deleted, or it is private.",
+            icon=":material/search_off:",
+        )
+
+
 def runs_view(polling: bool) -> None:
     """The table and the selected run; while ``polling`` it refreshes itself every POLL_S."""
-    records = store().list_runs()
-    if polling != manager().busy(records):
+    everything = store().list_runs()
+    if polling != manager().busy(everything):
         st.rerun()  # a full rerun redraws this view polling (or not) as the runs need
     show_action_error()
+    st.toggle("Mine only", key="runs_mine", help="Only the runs you own")
+    seen = actions.visible(everything, user())
+    records = [r for r in seen if r.get("owner") == user().name] if ss["runs_mine"] else seen
+    not_found_notice({r["id"] for r in seen})
     if not records:
         st.info("No runs yet: launch one on the Distill page.")
         st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
         return
     names = short_names(records)
-    table = run_table(records, epochs=store().epochs)
+    plan = manager().queue_plan(everything)
+    table = run_table(records, epochs=store().epochs, plan=plan)
     table.insert(1, "shown as", [names[i] for i in table["id"]])
     st.dataframe(
         table,
@@ -268,8 +314,11 @@ def runs_view(polling: bool) -> None:
         column_order=(
             "shown as",
             "id",
+            "owner",
+            "visibility",
             "role",
             "status",
+            "queue",
             "progress",
             "eta",
             ACCURACY_METRIC,
@@ -283,6 +332,12 @@ def runs_view(polling: bool) -> None:
         column_config={
             "shown as": st.column_config.TextColumn("name", width="medium"),
             "id": st.column_config.TextColumn("id", width=180),  # 22 characters, whole
+            "queue": st.column_config.TextColumn(
+                "queue",
+                width=150,
+                help="A queued run's place in the fair order (round-robin across users) and "
+                "when it is expected to start",
+            ),
             "progress": st.column_config.ProgressColumn(
                 "progress", min_value=0.0, max_value=1.0, width="small"
             ),

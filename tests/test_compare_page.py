@@ -373,7 +373,7 @@ def test_report_holds_the_page_figures_and_tables(runs, monkeypatch):
     assert (
         captured["compare_table_csv"]
         .splitlines()[0]
-        .startswith("id,shown as,name,role,group,status")
+        .startswith("id,shown as,name,owner,role,group,status")
     )
 
 

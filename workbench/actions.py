@@ -31,6 +31,7 @@ __all__ = [
     "rename",
     "resume",
     "set_private",
+    "visible",
 ]
 
 

@@ -333,12 +333,12 @@ def selection_table(
 ) -> pd.DataFrame:
     """``views.run_table`` with each run's seed group, for the Compare table."""
     records = list(records)
-    table = run_table(records, epochs)
+    table = run_table(records, epochs).drop(columns=["queue", "visibility"])
     group_of = {  # only groups of several seeds: a one-run "group" would just repeat its name
         m["id"]: label
         for label, members in plots.group_runs(records).items()
         if len(members) > 1
         for m in members
     }
-    table.insert(3, "group", [group_of.get(r.get("id"), "") for r in records])
+    table.insert(4, "group", [group_of.get(r.get("id"), "") for r in records])
     return table

@@ -33,6 +33,7 @@ __all__ = [
     "progress_fraction",
     "progress_text",
     "latest_accuracy",
+    "queue_text",
     "run_table",
     "teacher_choices",
 ]
@@ -105,17 +106,32 @@ def _summary(config: Mapping[str, Any]) -> str:
 
 
 RUN_COLUMNS = [
-    "id", "name", "role", "status", "progress", "eta", ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc",
-    "agreement", "duration", "seconds", "dataset", "teacher", "student", "weights",
-    "temperature", "seed", "config", "teacher_source", "tags", "error", "created",
+    "id", "name", "owner", "visibility", "role", "status", "queue", "progress", "eta",
+    ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc", "agreement", "duration", "seconds", "dataset",
+    "teacher", "student", "weights", "temperature", "seed", "config", "teacher_source", "tags",
+    "error", "created",
 ]  # fmt: skip
+
+
+def queue_text(place: Any) -> str:
+    """A queued run's place: ``#3, in about 4 min`` (``#3`` when no estimate)."""
+    if place is None:
+        return ""
+    if place.eta_s is None:
+        return f"#{place.position}"
+    if place.eta_s < 1:
+        return f"#{place.position}, next"
+    return f"#{place.position}, in about {format_duration(place.eta_s)}"
 
 
 def run_table(
     records: Iterable[Mapping[str, Any]],
     epochs: Callable[[str], Sequence[Mapping[str, Any]]] | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """One row per run, for the Runs and Compare tables (``RUN_COLUMNS``).
+
+    ``plan``: run id -> ``queueplan.Place`` of queued runs (the ``queue`` column).
 
     ``epochs(run_id)`` gives a run's epoch rows: runs without a final accuracy (running,
     cancelled) then show their latest one. ``weights`` lists the non-zero weights as
@@ -137,8 +153,11 @@ def run_table(
             {
                 "id": r["id"],
                 "name": r.get("name") or "",
+                "owner": r.get("owner") or "",
+                "visibility": "private" if r.get("private") else "lab",
                 "role": r.get("role", ""),
                 "status": status,
+                "queue": queue_text((plan or {}).get(r["id"])) if status == "queued" else "",
                 "progress": progress_fraction(r),
                 "eta": format_duration(eta),
                 ACCURACY_METRIC: metrics.get(ACCURACY_METRIC),
