@@ -19,7 +19,7 @@ $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PIP) install -q -e ".[test,dev]"
+	$(PIP) install -q -e ".[test,dev,oidc]"
 	touch $@
 
 run: $(VENV)/.installed

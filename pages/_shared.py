@@ -20,7 +20,13 @@ from workbench import settings as lab_settings
 from workbench.config import PRESETS, RunConfig
 from workbench.errors import WorkbenchError
 from workbench.forms import FormError, pairs_from_rows
-from workbench.identity import User, local_user, user_from_claims, user_from_headers
+from workbench.identity import (
+    User,
+    check_oidc_ready,
+    local_user,
+    user_from_claims,
+    user_from_headers,
+)
 from workbench.launch import TEACHER_MODES
 from workbench.settings import LabSettings
 from workbench.store import Store, default_home
@@ -60,12 +66,21 @@ def current_user() -> User:
         return local_user(config)
     if config.identity_mode == "proxy":
         return user_from_headers(dict(st.context.headers), config)
-    if not st.user.is_logged_in:
+    check_oidc_ready(_secrets())
+    claims = st.user.to_dict()
+    if not claims.get("is_logged_in"):
         st.title("KD Workbench")
         st.info("This lab instance needs you to sign in.", icon=":material/login:")
         st.button("Sign in", on_click=st.login, type="primary", icon=":material/login:")
         st.stop()
-    return user_from_claims(st.user.to_dict(), config)
+    return user_from_claims(claims, config)
+
+
+def _secrets() -> dict:
+    try:
+        return st.secrets.to_dict()
+    except Exception:  # no secrets.toml at all
+        return {}
 
 
 def user() -> User:

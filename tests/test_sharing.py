@@ -6,6 +6,7 @@ way every front end reaches it, as the owner, as another user and as an admin.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -389,3 +390,60 @@ def test_cli_acts_as_user_and_refuses_another_users_cancel(tmp_path):
     assert deleted.returncode == 2 and "bob may not delete" in deleted.stderr
     assert _cli(["delete", run_id], env, tmp_path).returncode == 0
     assert not Store(home).has_run(run_id)
+
+
+def test_the_documented_example_settings_file_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "docs" / "workbench.example.toml"
+    settings = load(example)
+    assert settings.identity_mode == "proxy" and settings.app_executes == "none"
+    assert settings.user_limits().running_runs == 2
+
+
+# ---------------------------------------------------------------------- identity sources
+def test_proxy_mode_reads_the_configured_header_case_insensitively():
+    from workbench.identity import user_from_headers
+
+    settings = parse({"identity": {"mode": "proxy", "header": "X-Auth-User", "admins": ["ann"]}})
+    assert user_from_headers({"x-auth-user": " ann "}, settings) == User("ann", admin=True)
+    assert user_from_headers({"X-Auth-User": "ben"}, settings) == User("ben")
+
+
+def test_oidc_names_the_user_by_email_then_username_then_subject():
+    from workbench.identity import IdentityError, user_from_claims
+
+    settings = parse({"identity": {"mode": "oidc"}})
+    assert user_from_claims({"email": "a@x.org", "sub": "1"}, settings).name == "a@x.org"
+    assert user_from_claims({"preferred_username": "ann", "sub": "1"}, settings).name == "ann"
+    assert user_from_claims({"sub": "42"}, settings).name == "42"
+    with pytest.raises(IdentityError, match="email"):
+        user_from_claims({}, settings)
+
+
+@pytest.mark.parametrize(
+    "secrets, message",
+    [
+        ({}, "needs an [auth] section"),
+        ({"auth": {"client_id": "c"}}, "lacks redirect_uri, cookie_secret"),
+        (
+            {"auth": {"redirect_uri": "r", "cookie_secret": "s"}},
+            "lacks client_id, client_secret and server_metadata_url",
+        ),
+    ],
+)
+def test_oidc_without_its_secrets_says_what_is_missing(secrets, message):
+    from workbench.identity import IdentityError, check_oidc_ready
+
+    with pytest.raises(IdentityError, match=re.escape(message)):
+        check_oidc_ready(secrets)
+
+
+def test_oidc_with_a_named_provider_needs_authlib(monkeypatch):
+    from workbench.identity import IdentityError, check_oidc_ready
+
+    provider = {"client_id": "c", "client_secret": "s", "server_metadata_url": "https://x"}
+    secrets = {"auth": {"redirect_uri": "r", "cookie_secret": "k", "google": provider}}
+    monkeypatch.setitem(sys.modules, "authlib", None)  # as if not installed
+    with pytest.raises(IdentityError, match=r"pip install -e '\.\[oidc\]'"):
+        check_oidc_ready(secrets)

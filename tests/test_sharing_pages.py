@@ -117,3 +117,33 @@ def test_queued_runs_show_their_place(lab):
     assert table.loc[runs["queued"], "queue"].startswith("#1")
     assert table.loc[runs["shared"], "owner"] == "alice"
     assert table.loc[runs["bobs"], "visibility"] == "lab"
+
+
+def _oidc_app(home, monkeypatch, secrets: dict) -> AppTest:
+    monkeypatch.syspath_prepend(str(ROOT))
+    config = home.parent / "workbench.toml"
+    config.write_text('[identity]\nmode = "oidc"\n')
+    monkeypatch.setenv("KDWB_CONFIG", str(config))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in secrets.items():
+        at.secrets[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_oidc_mode_asks_to_sign_in_and_shows_nothing_else(home, monkeypatch):
+    provider = {"client_id": "c", "client_secret": "s", "server_metadata_url": "https://x"}
+    at = _oidc_app(
+        home, monkeypatch, {"auth": {"redirect_uri": "r", "cookie_secret": "k", **provider}}
+    )
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not at.selectbox  # no page ran for an unknown user
+    st.cache_resource.clear()
+
+
+def test_oidc_mode_without_auth_secrets_says_so(home, monkeypatch):
+    at = _oidc_app(home, monkeypatch, {})
+    assert any("needs an [auth] section" in e.value for e in at.error)
+    assert not at.button and not at.selectbox
+    st.cache_resource.clear()

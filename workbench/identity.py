@@ -28,6 +28,7 @@ from workbench.settings import LabSettings
 __all__ = [
     "IdentityError",
     "User",
+    "check_oidc_ready",
     "check_user_name",
     "cli_user",
     "local_user",
@@ -115,3 +116,28 @@ def user_from_claims(claims: Mapping[str, Any], settings: LabSettings) -> User:
         "the identity provider sent no email, preferred_username or sub claim; add the "
         "'email' scope to [auth] client_kwargs in .streamlit/secrets.toml"
     )
+
+
+def check_oidc_ready(secrets: Mapping[str, Any]) -> None:
+    """``oidc`` mode needs Streamlit's ``[auth]`` secrets (``redirect_uri``, ``cookie_secret``,
+    and a provider's ``client_id``, ``client_secret``, ``server_metadata_url``, flat or in
+    ``[auth.NAME]``) and the Authlib package; an ``IdentityError`` says which is missing."""
+    auth = secrets.get("auth") if isinstance(secrets, Mapping) else None
+    how = "see 'Host it for your lab' in the README"
+    if not isinstance(auth, Mapping):
+        raise IdentityError(
+            "identity mode oidc needs an [auth] section in .streamlit/secrets.toml; " + how
+        )
+    missing = [key for key in ("redirect_uri", "cookie_secret") if not auth.get(key)]
+    providers = [auth, *(v for v in auth.values() if isinstance(v, Mapping))]
+    provider_keys = ("client_id", "client_secret", "server_metadata_url")
+    if not any(all(p.get(k) for k in provider_keys) for p in providers):
+        missing.append("client_id, client_secret and server_metadata_url")
+    if missing:
+        raise IdentityError(f"[auth] in .streamlit/secrets.toml lacks {', '.join(missing)}; {how}")
+    try:
+        import authlib  # noqa: F401  (Streamlit's st.login needs it)
+    except ImportError:
+        raise IdentityError(
+            "identity mode oidc needs the Authlib package: pip install -e '.[oidc]'"
+        ) from None
