@@ -51,12 +51,18 @@ def test_registry_is_a_plain_dict_of_specs():
         assert spec.family in ("torchvision", "cifar", "small") and spec.description
 
 
-def test_registry_refuses_duplicates():
+def test_registry_refuses_a_model_missing_on_either_side():
+    # names and descriptions come from workbench.catalog (duplicates refused there:
+    # tests/test_catalog.py); each needs exactly one builder here
     from workbench.models import _registry
 
-    spec = MODELS["mlp"]
-    with pytest.raises(ValueError, match="registered twice"):
-        _registry(spec, spec)
+    builders = {name: spec.builder for name, spec in MODELS.items()}
+    assert _registry(**builders) == MODELS
+    without_mlp = {k: v for k, v in builders.items() if k != "mlp"}
+    with pytest.raises(ValueError, match="not the catalog's"):
+        _registry(**without_mlp)
+    with pytest.raises(ValueError, match="not the catalog's"):
+        _registry(**builders, extra=builders["mlp"])
 
 
 @pytest.mark.parametrize("input_shape,num_classes", SHAPES, ids=["8x8", "28x28", "32x32"])

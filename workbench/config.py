@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.catalog import (
+    FEATURE_KINDS,
+    RELATION_KINDS,
+    WEIGHTING_SCHEMES,
+    list_datasets,
+    list_models,
+)
 from workbench.components import (
     COMPONENTS,
     LossWeights,
@@ -23,12 +30,8 @@ from workbench.components import (
     parse_weights,
     weights_from_mapping,
 )
-from workbench.data import list_datasets
 from workbench.errors import ConfigError, UnknownNameError
 from workbench.limits import LIMITS, Bound, check_bound, show
-from workbench.losses import FEATURE_LOSSES, RELATION_LOSSES
-from workbench.models import list_models
-from workbench.weighting import WEIGHTINGS
 
 __all__ = [
     "COMPONENTS",
@@ -129,9 +132,9 @@ class RunConfig:
         self.weights.validate()
         if self.role == "teacher" and self.weights.active() != ("label",):
             raise ConfigError("a teacher run trains on the labels alone: set only the label weight")
-        _check_choice("feature kind", self.feature_kind, list(FEATURE_LOSSES))
-        _check_choice("relation kind", self.relation_kind, list(RELATION_LOSSES))
-        _check_choice("weighting scheme", self.weighting, list(WEIGHTINGS))
+        _check_choice("feature kind", self.feature_kind, list(FEATURE_KINDS))
+        _check_choice("relation kind", self.relation_kind, list(RELATION_KINDS))
+        _check_choice("weighting scheme", self.weighting, list(WEIGHTING_SCHEMES))
         if not _DEVICE.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {show(self.device)}")
         _check_pairs(self.layer_pairs)

@@ -41,6 +41,7 @@ from PIL import Image
 from torchvision import datasets as tv_datasets
 from torchvision import transforms
 
+from workbench.catalog import DATASETS, DatasetSpec, list_datasets
 from workbench.datafiles import OFFICIAL, OfficialSplits, fetch_official, one_line, read_official
 from workbench.dataroots import check_data_path, check_files, inside_roots
 from workbench.errors import ConfigError, DatasetUnavailableError, UnknownNameError
@@ -84,30 +85,6 @@ class DataBundle:
     def split_sizes(self) -> dict[str, int]:
         """Images per split: ``{"train": n, "validation": n, "test": n}``."""
         return {"train": len(self.train_y), "validation": len(self.val_y), "test": len(self.test_y)}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    description: str
-    bundled: bool = False  # True when it needs neither files on disk nor a download
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec("digits", "8x8 grey digits, 1,797 images, 10 classes (in scikit-learn)", True),
-        DatasetSpec("mnist", "28x28 grey digits, 60k train / 10k test, 10 classes"),
-        DatasetSpec("fashion_mnist", "28x28 grey clothing, 60k train / 10k test, 10 classes"),
-        DatasetSpec("cifar10", "32x32 colour photos, 50k train / 10k test, 10 classes"),
-        DatasetSpec("cifar100", "32x32 colour photos, 50k train / 10k test, 100 classes"),
-        DatasetSpec("image_folder", "your own path/class_name/image.png folders, 32x32 RGB"),
-    )
-}
-
-
-def list_datasets() -> list[str]:
-    return list(DATASETS)
 
 
 def dataset_root() -> Path:

@@ -29,6 +29,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from workbench import cifar_nets
+from workbench.catalog import MODEL_INFO
 from workbench.errors import ConfigError, UnknownNameError
 
 __all__ = [
@@ -208,72 +209,35 @@ def _mlp(*, input_shape: InputShape, num_classes: int) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------- registry
-def _registry(*specs: ModelSpec) -> dict[str, ModelSpec]:
-    out: dict[str, ModelSpec] = {}
-    for spec in specs:
-        if spec.name in out:
-            raise ValueError(f"model {spec.name!r} is registered twice")
-        out[spec.name] = spec
-    return out
+def _registry(**builders: Callable[..., nn.Module]) -> dict[str, ModelSpec]:
+    """The catalog's models (names, families and descriptions, which the app lists without
+    importing torch: ``workbench.catalog``) with their builders, in the catalog's order; a model
+    missing on either side is refused here, at import."""
+    if list(builders) != list(MODEL_INFO):
+        raise ValueError(
+            f"the model builders {list(builders)} are not the catalog's {list(MODEL_INFO)}"
+        )
+    return {
+        name: ModelSpec(name, builders[name], info.family, info.description)
+        for name, info in MODEL_INFO.items()
+    }
 
 
 MODELS: dict[str, ModelSpec] = _registry(
-    ModelSpec(
-        "resnet18", _resnet(tvm.resnet18), "torchvision", "ResNet-18, 3x3 stem, no max-pool (11M)"
-    ),
-    ModelSpec(
-        "resnet34", _resnet(tvm.resnet34), "torchvision", "ResNet-34, 3x3 stem, no max-pool (21M)"
-    ),
-    ModelSpec(
-        "resnet50", _resnet(tvm.resnet50), "torchvision", "ResNet-50 (bottleneck), 3x3 stem (24M)"
-    ),
-    ModelSpec(
-        "mobilenet_v2",
-        _features_stem(tvm.mobilenet_v2),
-        "torchvision",
-        "MobileNetV2, stride-1 stem (2.2M)",
-    ),
-    ModelSpec(
-        "mobilenet_v3_small",
-        _features_stem(tvm.mobilenet_v3_small),
-        "torchvision",
-        "MobileNetV3-Small, stride-1 stem (1.5M)",
-    ),
-    ModelSpec(
-        "shufflenet_v2_x0_5",
-        _shufflenet,
-        "torchvision",
-        "ShuffleNetV2 0.5x, stride-1 stem, no max-pool (0.35M)",
-    ),
-    ModelSpec(
-        "efficientnet_b0",
-        _features_stem(tvm.efficientnet_b0),
-        "torchvision",
-        "EfficientNet-B0, stride-1 stem (4M)",
-    ),
-    ModelSpec(
-        "vgg11_bn",
-        _vgg11_bn,
-        "torchvision",
-        "VGG-11 with BN, pools fit to the input, 1 Linear (9M)",
-    ),
-    ModelSpec(
-        "resnet8x4", _cifar(cifar_nets.resnet8x4), "cifar", "CIFAR ResNet-8x4, CRD student (1.2M)"
-    ),
-    ModelSpec(
-        "resnet32x4",
-        _cifar(cifar_nets.resnet32x4),
-        "cifar",
-        "CIFAR ResNet-32x4, CRD teacher (7.4M)",
-    ),
-    ModelSpec(
-        "wrn_16_2", _cifar(cifar_nets.wrn_16_2), "cifar", "Wide ResNet-16-2, CRD student (0.7M)"
-    ),
-    ModelSpec(
-        "wrn_40_2", _cifar(cifar_nets.wrn_40_2), "cifar", "Wide ResNet-40-2, CRD teacher (2.2M)"
-    ),
-    ModelSpec("small_cnn", _small_cnn, "small", "3 conv-BN-ReLU blocks (16/32/64) + Linear (~24k)"),
-    ModelSpec("mlp", _mlp, "small", "Flatten, 2 hidden layers (256, 128), Linear"),
+    resnet18=_resnet(tvm.resnet18),
+    resnet34=_resnet(tvm.resnet34),
+    resnet50=_resnet(tvm.resnet50),
+    mobilenet_v2=_features_stem(tvm.mobilenet_v2),
+    mobilenet_v3_small=_features_stem(tvm.mobilenet_v3_small),
+    shufflenet_v2_x0_5=_shufflenet,
+    efficientnet_b0=_features_stem(tvm.efficientnet_b0),
+    vgg11_bn=_vgg11_bn,
+    resnet8x4=_cifar(cifar_nets.resnet8x4),
+    resnet32x4=_cifar(cifar_nets.resnet32x4),
+    wrn_16_2=_cifar(cifar_nets.wrn_16_2),
+    wrn_40_2=_cifar(cifar_nets.wrn_40_2),
+    small_cnn=_small_cnn,
+    mlp=_mlp,
 )
 
 
