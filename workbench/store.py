@@ -36,13 +36,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import diskcache
-import torch
 
 from workbench import locks
 from workbench.errors import CheckpointError, StoreError
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: pages load faster
+    import torch
 
 __all__ = ["ACTIVE", "FINISHED", "REPAIR", "STATUSES", "Store", "default_home"]
 
@@ -642,6 +644,8 @@ class Store:
         return self.home / "checkpoints" / f"{run_id}.pt"
 
     def save_checkpoint(self, run_id: str, state_dict: dict[str, torch.Tensor]) -> Path:
+        import torch
+
         path = self.checkpoint_path(run_id)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
         try:
@@ -770,6 +774,8 @@ def load_state_dict(path: str | Path, *, run_id: str | None = None) -> dict[str,
 
     ``run_id`` marks a checkpoint the workbench wrote itself (the advice is then to retrain or
     restore it, not how to save one, which is for uploaded files)."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
