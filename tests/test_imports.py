@@ -256,3 +256,46 @@ def test_each_module_imports_alone_into_a_fresh_interpreter():
     names = [n for n in package_modules(ROOT, "workbench") if n != "workbench.__main__"]
     failures = fresh_import_failures(ROOT, names, _LIBRARIES)
     assert failures == {}, "\n".join(f"{k}:\n{v}" for k, v in failures.items())
+
+
+# ---------------------------------------------------------------------- the first page's imports
+# What the app imports before the default page (Models) draws its title and choices. torch and
+# torchvision take about 3 s on a 2-core CPU (issue 11: a cold first page under 2 s), so they
+# come later, where the page loads data or builds models.
+FIRST_PAINT_FILES = ("app.py", "pages/_shared.py")
+HEAVY = ("torch", "torchvision", "sklearn", "scipy")
+
+
+def module_level_imports(path: Path, package: str) -> list[str]:
+    """The modules of ``package`` that a file imports in its top-level statements (those that
+    run when it is loaded; imports inside blocks, functions or ``with`` come later)."""
+    names = []
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == package:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names if a.name.split(".")[0] == package]
+    return names
+
+
+def test_the_first_page_paints_before_torch_is_imported():
+    names = sorted(
+        {n for f in FIRST_PAINT_FILES for n in module_level_imports(ROOT / f, "workbench")}
+    )
+    assert "workbench.config" in names and "workbench.store" in names
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [], f"imported by {names}"
