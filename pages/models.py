@@ -18,13 +18,10 @@ from pages._shared import (
     store,
     user,
 )
-from workbench import actions
+from workbench.catalog import DATASETS, MODEL_INFO, list_datasets, list_models
 from workbench.config import RunConfig
-from workbench.data import DATASETS, list_datasets, load_dataset
-from workbench.engine import teacher_key
 from workbench.forms import import_uploaded_teacher
 from workbench.launch import TEACHER_MODES, reset_pairs, upload_message
-from workbench.models import MODELS, list_models
 from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC
 from workbench.store import ACTIVE
 from workbench.views import (
@@ -56,19 +53,7 @@ if ss["dataset"] == "image_folder":
         placeholder="/path/to/folder with one sub-folder of images per class",
         help="A folder with one sub-folder per class, each holding that class's images.",
     )
-dataset_ok = False
-if ss["dataset"] == "image_folder" and not data_path():
-    st.info("Type the path of an image folder on the server to use it.")
-else:
-    try:
-        sizes = load_dataset(ss["dataset"], data_path=data_path()).split_sizes()
-        dataset_ok = True
-        st.caption(
-            f"Splits: {sizes['train']:,} train · {sizes['validation']:,} validation (what "
-            f"adaptive weighting sees) · {sizes['test']:,} test (the accuracy reported)"
-        )
-    except Exception as exc:  # DatasetUnavailableError says how to get the files
-        show_error(exc)
+sizes_box = st.container()  # the split sizes: loaded after the choices are on screen, below
 
 # ---------------------------------------------------------------------------------- teacher
 st.subheader("Teacher")
@@ -77,7 +62,7 @@ st.selectbox(
     list_models(),
     key="teacher",
     persist_state="session",
-    format_func=lambda name: f"{name}: {MODELS[name].description}",
+    format_func=lambda name: f"{name}: {MODEL_INFO[name].description}",
 )
 st.radio(
     "Teacher from", TEACHER_MODES, key="teacher_mode", persist_state="session", horizontal=True
@@ -106,110 +91,7 @@ def teacher_job(run_id: str, polling: bool) -> None:
         st.rerun()  # a full rerun redraws this fragment without polling
 
 
-if mode == TEACHER_MODES[0]:  # train one now
-    ss["teacher_run"] = ""
-    col_epochs, col_button = st.columns([3, 1], vertical_alignment="bottom")
-    col_epochs.number_input(
-        "Teacher epochs",
-        min_value=1,
-        max_value=500,
-        step=1,
-        key="teacher_epochs",
-        persist_state="session",
-        help="Students distilled from this teacher reuse it when they ask for the same epochs.",
-    )
-    with errors_shown():
-        recipe = RunConfig(
-            teacher=ss["teacher"],
-            dataset=ss["dataset"],
-            data_path=data_path(),
-            teacher_epochs=int(ss["teacher_epochs"]),
-        ).teacher_config()
-        found = store().find_teacher(teacher_key(recipe)) if dataset_ok else None
-        if col_button.button("Train teacher", key="train_teacher", disabled=not dataset_ok):
-            ss["teacher_job"] = found or manager().submit(
-                recipe, name=f"teacher {ss['teacher']}", user=user()
-            )
-        elif found and ss.get("teacher_job") != found:
-            acc = (store().get_run(found).get("metrics") or {}).get(ACCURACY_METRIC)
-            st.caption(
-                f"This teacher is trained already (run {found}, {ACCURACY_LABEL} "
-                f"{format_percent(acc)}): students reuse it."
-            )
-    job = ss.get("teacher_job")
-    if job and store().has_run(job):
-        status = store().get_run(job)["status"]
-        polling = status in ACTIVE
-        live(teacher_job, polling=polling)(job, polling)
-
-elif mode == TEACHER_MODES[1]:  # pick a trained teacher
-    choices = teacher_choices(
-        actions.list_runs(store(), user(), role="teacher", status="completed"),
-        dataset=ss["dataset"],
-        teacher=ss["teacher"],
-        data_path=data_path(),
-    )
-    if not choices:
-        st.info(
-            f"No trained {ss['teacher']} on {ss['dataset']} yet: train one now or upload a "
-            "checkpoint."
-        )
-        ss["teacher_run"] = ""
-    else:
-        current = ss.get("teacher_run") if ss.get("teacher_run") in choices else None
-        picked = st.selectbox(
-            "Trained teacher",
-            list(choices),
-            index=list(choices).index(current) if current else 0,
-            format_func=choices.get,
-            key="teacher_pick",
-        )
-        ss["teacher_run"] = picked
-
-else:  # upload a checkpoint
-    uploaded = st.file_uploader(
-        "Teacher checkpoint (.pt / .pth state dict)",
-        type=["pt", "pth"],
-        key="teacher_upload",
-        help=f"torch.save(model.state_dict(), path) of a {ss['teacher']} trained on "
-        f"{ss['dataset']}; loaded with weights_only=True.",
-    )
-    if uploaded is None:
-        ss["teacher_run"] = ""
-        ss["teacher_upload_error"] = None
-    else:
-        done = ss.get("teacher_upload_done") or {}
-        stamp = (uploaded.file_id, *choices_key())
-        if done.get("stamp") != stamp:  # import each upload once, not on every rerun
-            done = {"stamp": stamp, "run_id": "", "error": None}
-            try:
-                with st.spinner("Checking the checkpoint..."):
-                    done["run_id"] = import_uploaded_teacher(
-                        store(),
-                        uploaded.getvalue(),
-                        uploaded.name,
-                        teacher=ss["teacher"],
-                        dataset=ss["dataset"],
-                        data_path=data_path(),
-                        owner=user().name,
-                    )
-            except Exception as exc:  # CheckpointError says what to save instead
-                done["error"] = exc
-            ss["teacher_upload_done"] = done
-        if done["error"] is not None:
-            ss["teacher_upload_error"] = upload_message(done["error"], uploaded.name)
-            st.error(ss["teacher_upload_error"], icon=":material/error:")
-            st.caption(
-                "Launch stays off until a checkpoint is accepted or another source is chosen."
-            )
-            ss["teacher_run"] = ""
-        else:
-            ss["teacher_upload_error"] = None
-            acc = (store().get_run(done["run_id"]).get("metrics") or {}).get(ACCURACY_METRIC)
-            st.success(
-                f"Teacher imported as run {done['run_id']} ({ACCURACY_LABEL} {format_percent(acc)})."
-            )
-            ss["teacher_run"] = done["run_id"]
+source_box = st.container()  # the teacher source: drawn once the data is loaded, below
 
 # ---------------------------------------------------------------------------------- student
 st.subheader("Student")
@@ -218,8 +100,138 @@ st.selectbox(
     list_models(),
     key="student",
     persist_state="session",
-    format_func=lambda name: f"{name}: {MODELS[name].description}",
+    format_func=lambda name: f"{name}: {MODEL_INFO[name].description}",
 )
+
+# ------------------------------------------------------------------------ after the choices
+# What follows loads the data and imports torch (seconds on a cold server): the title and the
+# choices above are on screen first, then these boxes fill in.
+with sizes_box:
+    from workbench.data import load_dataset
+
+    dataset_ok = False
+    if ss["dataset"] == "image_folder" and not data_path():
+        st.info("Type the path of an image folder on the server to use it.")
+    else:
+        try:
+            sizes = load_dataset(ss["dataset"], data_path=data_path()).split_sizes()
+            dataset_ok = True
+            st.caption(
+                f"Splits: {sizes['train']:,} train · {sizes['validation']:,} validation (what "
+                f"adaptive weighting sees) · {sizes['test']:,} test (the accuracy reported)"
+            )
+        except Exception as exc:  # DatasetUnavailableError says how to get the files
+            show_error(exc)
+
+with source_box:
+    from workbench import actions
+    from workbench.engine import teacher_key
+
+    if mode == TEACHER_MODES[0]:  # train one now
+        ss["teacher_run"] = ""
+        col_epochs, col_button = st.columns([3, 1], vertical_alignment="bottom")
+        col_epochs.number_input(
+            "Teacher epochs",
+            min_value=1,
+            max_value=500,
+            step=1,
+            key="teacher_epochs",
+            persist_state="session",
+            help="Students distilled from this teacher reuse it when they ask for the same epochs.",
+        )
+        with errors_shown():
+            recipe = RunConfig(
+                teacher=ss["teacher"],
+                dataset=ss["dataset"],
+                data_path=data_path(),
+                teacher_epochs=int(ss["teacher_epochs"]),
+            ).teacher_config()
+            found = store().find_teacher(teacher_key(recipe)) if dataset_ok else None
+            if col_button.button("Train teacher", key="train_teacher", disabled=not dataset_ok):
+                ss["teacher_job"] = found or manager().submit(
+                    recipe, name=f"teacher {ss['teacher']}", user=user()
+                )
+            elif found and ss.get("teacher_job") != found:
+                acc = (store().get_run(found).get("metrics") or {}).get(ACCURACY_METRIC)
+                st.caption(
+                    f"This teacher is trained already (run {found}, {ACCURACY_LABEL} "
+                    f"{format_percent(acc)}): students reuse it."
+                )
+        job = ss.get("teacher_job")
+        if job and store().has_run(job):
+            status = store().get_run(job)["status"]
+            polling = status in ACTIVE
+            live(teacher_job, polling=polling)(job, polling)
+
+    elif mode == TEACHER_MODES[1]:  # pick a trained teacher
+        choices = teacher_choices(
+            actions.list_runs(store(), user(), role="teacher", status="completed"),
+            dataset=ss["dataset"],
+            teacher=ss["teacher"],
+            data_path=data_path(),
+        )
+        if not choices:
+            st.info(
+                f"No trained {ss['teacher']} on {ss['dataset']} yet: train one now or upload a "
+                "checkpoint."
+            )
+            ss["teacher_run"] = ""
+        else:
+            current = ss.get("teacher_run") if ss.get("teacher_run") in choices else None
+            picked = st.selectbox(
+                "Trained teacher",
+                list(choices),
+                index=list(choices).index(current) if current else 0,
+                format_func=choices.get,
+                key="teacher_pick",
+            )
+            ss["teacher_run"] = picked
+
+    else:  # upload a checkpoint
+        uploaded = st.file_uploader(
+            "Teacher checkpoint (.pt / .pth state dict)",
+            type=["pt", "pth"],
+            key="teacher_upload",
+            help=f"torch.save(model.state_dict(), path) of a {ss['teacher']} trained on "
+            f"{ss['dataset']}; loaded with weights_only=True.",
+        )
+        if uploaded is None:
+            ss["teacher_run"] = ""
+            ss["teacher_upload_error"] = None
+        else:
+            done = ss.get("teacher_upload_done") or {}
+            stamp = (uploaded.file_id, *choices_key())
+            if done.get("stamp") != stamp:  # import each upload once, not on every rerun
+                done = {"stamp": stamp, "run_id": "", "error": None}
+                try:
+                    with st.spinner("Checking the checkpoint..."):
+                        done["run_id"] = import_uploaded_teacher(
+                            store(),
+                            uploaded.getvalue(),
+                            uploaded.name,
+                            teacher=ss["teacher"],
+                            dataset=ss["dataset"],
+                            data_path=data_path(),
+                            owner=user().name,
+                        )
+                except Exception as exc:  # CheckpointError says what to save instead
+                    done["error"] = exc
+                ss["teacher_upload_done"] = done
+            if done["error"] is not None:
+                ss["teacher_upload_error"] = upload_message(done["error"], uploaded.name)
+                st.error(ss["teacher_upload_error"], icon=":material/error:")
+                st.caption(
+                    "Launch stays off until a checkpoint is accepted or another source is chosen."
+                )
+                ss["teacher_run"] = ""
+            else:
+                ss["teacher_upload_error"] = None
+                acc = (store().get_run(done["run_id"]).get("metrics") or {}).get(ACCURACY_METRIC)
+                st.success(
+                    f"Teacher imported as run {done['run_id']} ({ACCURACY_LABEL} {format_percent(acc)})."
+                )
+                ss["teacher_run"] = done["run_id"]
+
 
 # ---------------------------------------------------------------------------------- side by side
 if not dataset_ok:

@@ -262,7 +262,7 @@ def test_each_module_imports_alone_into_a_fresh_interpreter():
 # What the app imports before the default page (Models) draws its title and choices. torch and
 # torchvision take about 3 s on a 2-core CPU (issue 11: a cold first page under 2 s), so they
 # come later, where the page loads data or builds models.
-FIRST_PAINT_FILES = ("app.py", "pages/_shared.py")
+FIRST_PAINT_FILES = ("app.py", "pages/_shared.py", "pages/models.py")
 HEAVY = ("torch", "torchvision", "sklearn", "scipy")
 
 
