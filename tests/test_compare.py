@@ -261,7 +261,7 @@ def test_parcoords_records_keep_finished_students():
 
 def test_selection_table_adds_the_seed_group():
     table = compare.selection_table(RECORDS)
-    assert list(table.columns[:5]) == ["id", "name", "role", "group", "status"]
+    assert list(table.columns[:6]) == ["id", "name", "owner", "role", "group", "status"]
     assert table["group"].tolist() == ["KD (2 seeds)", "KD (2 seeds)", "", "", ""]
     assert table["role"].tolist() == ["student"] * 4 + ["teacher"]
     assert isinstance(compare.selection_table([]), pd.DataFrame)
