@@ -447,3 +447,22 @@ def test_oidc_with_a_named_provider_needs_authlib(monkeypatch):
     monkeypatch.setitem(sys.modules, "authlib", None)  # as if not installed
     with pytest.raises(IdentityError, match=r"pip install -e '\.\[oidc\]'"):
         check_oidc_ready(secrets)
+
+
+def test_cli_runs_shows_owner_privacy_and_queue_place(tmp_path):
+    import json
+    import os
+
+    home = tmp_path / "home"
+    store = Store(home)
+    first = store.create_run(TINY, owner="alice")
+    second = store.create_run(TINY, owner="bob", private=True)
+    store.close()
+    env = {**os.environ, "KDWB_HOME": str(home), "KDWB_USER": "bob"}
+    env.pop("KDWB_CONFIG", None)
+    text = _cli(["runs"], env, tmp_path).stdout
+    assert f"{first}  queued" in text and "alice" in text and "[#1" in text
+    assert "bob (private)" in text and "[#2" in text
+    rows = {r["run_id"]: r for r in json.loads(_cli(["runs", "--json"], env, tmp_path).stdout)}
+    assert rows[first]["owner"] == "alice" and rows[first]["queue_position"] == 1
+    assert rows[second]["private"] is True and rows[second]["queue_position"] == 2

@@ -352,6 +352,7 @@ def _print_suite(suite: dict[str, Any], analysis: dict[str, Any]) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from workbench.store import STATUSES, Store
+    from workbench.views import queue_text
 
     if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
         raise WorkbenchError(f"--status must be one of {', '.join(STATUSES)}, got {args.status!r}")
@@ -362,12 +363,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     records = actions.list_runs(
         store, _user(args), mine=args.mine, status=args.status, role=args.role
     )
+    places = _queue_places(store)
     if args.json:
         print(
             json.dumps(
                 [
                     result_json(r)
-                    | {"name": r.get("name") or "", "summary": summary_of(r["config"])}
+                    | {
+                        "name": r.get("name") or "",
+                        "owner": r.get("owner") or "",
+                        "private": bool(r.get("private")),
+                        "queue_position": getattr(places.get(r["id"]), "position", None),
+                        "queue_eta_s": getattr(places.get(r["id"]), "eta_s", None),
+                        "summary": summary_of(r["config"]),
+                    }
                     for r in records
                 ]
             )
@@ -379,8 +388,28 @@ def cmd_runs(args: argparse.Namespace) -> int:
         acc = (r.get("metrics") or {}).get("val_acc")
         acc_text = f"{acc:.4f}" if acc is not None else "  -   "
         name, summary = one_line(r.get("name") or ""), one_line(summary_of(r["config"]))
-        print(f"{r['id']}  {r['status']:<11} {acc_text}  {name}  {summary}")
+        owner = one_line(r.get("owner") or "-") + (" (private)" if r.get("private") else "")
+        place = f"  [{queue_text(places[r['id']])}]" if r["id"] in places else ""
+        print(f"{r['id']}  {r['status']:<11} {acc_text}  {owner}  {name}  {summary}{place}")
     return 0
+
+
+def _queue_places(store: Any) -> dict[str, Any]:
+    """Each queued run's place in the fair order and estimated start (as the Runs page shows),
+    with the live workers' slots (one slot when none is alive: the app's own)."""
+    from workbench import runqueue, settings
+    from workbench.queueplan import queue_plan
+
+    workers = runqueue.live_workers(store)
+    slots = sum(sum((w.get("devices") or {}).values()) for w in workers) or 1
+    limits = settings.current().user_limits()
+    return queue_plan(
+        store.list_runs(),
+        slots,
+        runqueue.served_times(store),
+        max_running=limits.running_runs if limits else None,
+        now=time.time(),
+    )
 
 
 def one_line(text: str) -> str:
