@@ -273,6 +273,8 @@ def shares_shown(record: dict, history: list[dict], x: str) -> None:
 def chart_options() -> None:
     """Curve options: x by step, epoch or time; smoothing; log scale (for the T²-scaled term)."""
     col_x, col_smooth, col_log = st.columns([1, 2, 1], vertical_alignment="bottom")
+    if ss.get("runs_x") not in plots.X_AXES:  # None from a fragment rerun that raced the first draw
+        ss["runs_x"] = VIEW["runs_x"][1]
     col_x.segmented_control("x axis", list(plots.X_AXES), key="runs_x", required=True)
     col_smooth.slider("Smoothing", 0.0, 0.95, step=0.05, key="runs_smooth")
     col_log.toggle("log scale (losses)", key="runs_log")
