@@ -6,10 +6,12 @@ tests launch that binary with flags that keep it off the network.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -44,11 +46,12 @@ def free_port() -> int:
 class AppServer:
     """`streamlit run app.py` with its own store; stopped with .stop()."""
 
-    def __init__(self, home: Path, log_path: Path):
+    def __init__(self, home: Path, log_path: Path, env: dict[str, str] | None = None):
+        """``env``: more environment for the server (``KDWB_CONFIG`` for a hosted instance)."""
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "KDWB_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KDWB_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         # SIGUSR1 makes the server write every thread's stack to its log (``dump_threads``).
         launcher = (
@@ -170,3 +173,110 @@ def boxes_overlap(a: dict, b: dict) -> bool:
         and a["y"] + a["height"] - 1 > b["y"]
         and b["y"] + b["height"] - 1 > a["y"]
     )
+
+
+class UserProxy:
+    """A stand-in for the authenticating reverse proxy in front of a shared instance
+    (oauth2-proxy, Authelia): every request it forwards to ``upstream`` carries ``header:
+    user``, and a client's own ``header`` is dropped, as a real one must.
+
+    Why a proxy and not Playwright's ``extra_http_headers`` (or ``context.route``): Chromium
+    adds those to page loads and fetches but not to the WebSocket handshake, and Streamlit's
+    ``st.context.headers`` are the headers of that handshake. So the test goes the way a lab
+    deploys it, through a proxy. It is as small as that allows: it reads each request head,
+    rewrites its headers, then copies bytes both ways; plain requests get ``Connection: close``
+    so that every request on a connection has passed through the rewrite (a WebSocket upgrade
+    stays one connection for its lifetime).
+    """
+
+    def __init__(self, upstream_port: int, user: str, header: str = "X-Forwarded-User"):
+        self.upstream_port = upstream_port
+        self.user = user
+        self.header = header
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, name=f"proxy-{user}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _track(self, *socks: socket.socket) -> None:
+        with self._lock:
+            self._open.update(socks)
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = None
+        try:
+            self._track(client)
+            head, rest = self._read_head(client)
+            if head is None:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
+            upstream.settimeout(None)
+            self._track(upstream)
+            upstream.sendall(self._rewrite(head) + rest)
+            back = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
+            back.start()
+            self._pipe(client, upstream)
+            back.join()
+        except OSError:
+            pass
+        finally:
+            for sock in (client, upstream):
+                if sock is not None:
+                    with self._lock:
+                        self._open.discard(sock)
+                    sock.close()
+
+    @staticmethod
+    def _read_head(client: socket.socket) -> tuple[bytes | None, bytes]:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = client.recv(65536)
+            if not chunk or len(data) > 1 << 20:
+                return None, b""
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        return head, rest
+
+    def _rewrite(self, head: bytes) -> bytes:
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        fields = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
+        upgrade = any(k.lower() == "upgrade" and v.lower() == "websocket" for k, v in fields)
+        drop = {self.header.lower()} | (set() if upgrade else {"connection", "keep-alive"})
+        kept = [(k, v) for k, v in fields if k.lower() not in drop]
+        kept.append((self.header, self.user))
+        if not upgrade:
+            kept.append(("Connection", "close"))
+        text = "\r\n".join([request_line, *(f"{k}: {v}" for k, v in kept)]) + "\r\n\r\n"
+        return text.encode("latin-1")
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):  # the other side may be gone already
+                target.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            open_now = list(self._open)
+        for sock in open_now:  # their threads see the end and close them
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
