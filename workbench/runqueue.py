@@ -170,8 +170,13 @@ def fair_order(
     return order
 
 
-def served_times(store: Store) -> dict[str, float]:
-    """owner -> when their last run was claimed (the ``served:`` keys ``claim`` writes)."""
+def served_times(store: Store, owners: Iterable[str] | None = None) -> dict[str, float]:
+    """owner -> when their last run was claimed (the ``served:`` keys ``claim`` writes);
+    ``owners``: only theirs, read key by key instead of scanning every key of the store (an
+    owner never served is left out, as ``fair_order`` reads it: 0)."""
+    if owners is not None:
+        found = {owner: store.get(f"served:{owner}") for owner in set(owners)}
+        return {owner: float(t) for owner, t in found.items() if t is not None}
     return {key.split(":", 1)[1]: float(store.get(key) or 0.0) for key in store.keys("served:")}
 
 
@@ -189,7 +194,8 @@ def claim_next(
     records = records if records is not None else store.list_runs(status=("queued", "running"))
     queued = [r for r in records if r["status"] == "queued"]
     running = [r for r in records if r["status"] == "running"]
-    for record in fair_order(queued, running, served_times(store), max_running):
+    served = served_times(store, {r.get("owner") or "" for r in queued})  # all fair_order reads
+    for record in fair_order(queued, running, served, max_running):
         if device_key(record["config"].get("device", "auto")) not in devices:
             continue
         claimed = claim(store, record["id"], executor, max_running=max_running)
