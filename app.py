@@ -11,6 +11,7 @@ from pages._shared import (
     DEEP_LINK,
     USER,
     current_user,
+    hide_navigation,
     identity_sidebar,
     init_session,
     show_error,
@@ -22,6 +23,7 @@ st.set_page_config(page_title="KD Workbench", page_icon=FAVICON, layout="wide")
 try:  # a wrong workbench.toml, or no user header in proxy mode: say why, run nothing
     st.session_state[USER] = current_user()
 except Exception as exc:
+    hide_navigation()
     show_error(exc)
     st.stop()
 init_session()

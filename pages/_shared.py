@@ -69,11 +69,18 @@ def current_user() -> User:
     check_oidc_ready(_secrets())
     claims = st.user.to_dict()
     if not claims.get("is_logged_in"):
+        hide_navigation()
         st.title("KD Workbench")
         st.info("This lab instance needs you to sign in.", icon=":material/login:")
         st.button("Sign in", on_click=st.login, type="primary", icon=":material/login:")
         st.stop()
     return user_from_claims(claims, config)
+
+
+def hide_navigation() -> None:
+    """Declare an empty, hidden navigation: a script that stops before ``st.navigation`` (no
+    user yet) would otherwise get Streamlit's list of the ``pages/`` folder in the sidebar."""
+    st.navigation([st.Page(lambda: None, title="KD Workbench", url_path="home")], position="hidden")
 
 
 def _secrets() -> dict:

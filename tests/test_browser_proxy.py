@@ -248,6 +248,9 @@ def test_a_request_without_the_user_header_gets_one_line(lab, browser):
     assert "Traceback" not in main and "Signed in as" not in main
     assert alert.count() == 1
     assert page.locator("h1").count() == 0  # no page ran for an unknown user
+    # nor is the pages/ folder listed (a script that stops before st.navigation gets that)
+    assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+    assert page.get_by_text("shared", exact=True).count() == 0
     page.screenshot(path=str(ARTIFACTS / "proxy-no-header.png"), full_page=True)
     page.context.close()
 
