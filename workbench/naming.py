@@ -14,6 +14,7 @@ validation split). Every accuracy on screen carries one of the two labels.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -119,13 +120,17 @@ _PRIORITY = (
 MAX_FIELDS = 5  # more than this many differing fields: the first ones, then the id
 
 
+def _same_key(value: Any) -> Any:
+    """A key under which two field values are equal exactly when their JSON texts are (1 and 1.0
+    and True stay apart), without writing JSON for the plain values a flat config holds."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return (type(value).__name__, value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _differing(flats: Sequence[Mapping[str, Any]]) -> list[str]:
     fields = list(dict.fromkeys(k for f in flats for k in f if k not in _HIDDEN))
-    differing = [
-        k
-        for k in fields
-        if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1
-    ]
+    differing = [k for k in fields if len({_same_key(f.get(k)) for f in flats}) > 1]
     rank = {k: i for i, k in enumerate(_PRIORITY)}
     return sorted(differing, key=lambda k: rank.get(k, len(rank)))[:MAX_FIELDS]
 
@@ -151,17 +156,24 @@ def short_names(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
         parts = [field_text(k, flat.get(k)) for k in differing]
         names.append(" · ".join(parts) or str(record.get("role") or "run"))
     # A name that repeats: what differs among the runs that share it ("KD · seed 1").
-    for name in {n for n in names if names.count(n) > 1}:
-        same = [i for i, n in enumerate(names) if n == name]
+    sharing: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        sharing.setdefault(name, []).append(i)
+    for name, same in sharing.items():
+        if len(same) < 2:
+            continue
         among = _differing([flats[i] for i in same])
         for i in same:
             extra = " · ".join(field_text(k, flats[i].get(k)) for k in among)
             names[i] = f"{name} · {extra}" if extra else name
+    counts = Counter(names)
     out: dict[str, str] = {}
+    taken: set[str] = set()
     for record, name in zip(records, names, strict=True):
-        if names.count(name) > 1 or name in out.values():
+        if counts[name] > 1 or name in taken:
             name = f"{name} · {record['id']}"
         out[record["id"]] = name
+        taken.add(name)
     return out
 
 

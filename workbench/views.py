@@ -8,7 +8,9 @@ frozen dataclasses), so the pages only lay them out and the views can be tested 
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -99,8 +101,15 @@ def _finite(value: Any) -> bool:
 
 
 def _summary(config: Mapping[str, Any]) -> str:
+    """A stored config's one-line summary; remembered per config, since validating a config
+    for every row of a polled table of hundreds of runs is most of the table's cost."""
+    return _summary_of_text(json.dumps(config, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=4096)
+def _summary_of_text(text: str) -> str:
     try:
-        return RunConfig.from_dict(config).summary()
+        return RunConfig.from_dict(json.loads(text)).summary()
     except WorkbenchError as exc:  # a record written by another version of the workbench
         return f"(config no longer valid: {exc})"
 
