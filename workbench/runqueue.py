@@ -26,8 +26,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from workbench.errors import WorkbenchError
 from workbench.locks import process_alive
 from workbench.store import Store, new_id
@@ -68,6 +66,8 @@ def auto_resume_enabled() -> bool:
 def device_key(device: str) -> str:
     """The slot a run occupies: ``cpu`` or ``cuda:N`` (``auto`` resolved on this machine)."""
     if device == "auto":
+        import torch  # here, not at the top: the pages import the queue and must stay light
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         return "cuda:0"
