@@ -26,7 +26,7 @@ A complete file (every key optional)::
     any_path = false                # local mode only: allow any folder
 
     [uploads]
-    max_mib = 200
+    max_mib = 100                   # the same default as Streamlit's maxUploadSize
 
     [workers]
     app_executes = "auto"           # auto | threads | none (see workbench.jobs)
@@ -89,7 +89,7 @@ class LabSettings:
     limits: Limits = field(default_factory=Limits)
     data_roots: tuple[str, ...] = ()  # empty: $KDWB_HOME/datasets
     any_data_path: bool | None = None  # None: true in local mode, false otherwise
-    upload_max_mib: int = 200
+    upload_max_mib: int = 100  # = maxUploadSize in .streamlit/config.toml (MB)
     app_executes: str = "auto"
     limits_set: bool = False  # a [limits] section was given
     source: str = ""  # the file they were read from ("" for the defaults)
