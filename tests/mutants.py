@@ -35,6 +35,7 @@ class Mutant:
 
 STEPS = "tests/test_engine_steps.py"
 JOBS = "tests/test_jobs.py"
+SHARING = "tests/test_sharing.py"
 
 MUTANTS = [
     # --- from issue 13's review (the engine) ---
@@ -217,6 +218,45 @@ MUTANTS = [
         "            return not runqueue.live_workers(self.store)",
         "            return True",
         (JOBS + "::test_the_app_leaves_execution_to_live_workers",),
+    ),
+    Mutant(
+        "the fair queue serves first come, first served",
+        "workbench/runqueue.py",
+        'ready, key=lambda o: (busy.get(o, 0), served.get(o, 0.0), mine[o][0]["created_at"])',
+        'ready, key=lambda o: mine[o][0]["created_at"]',
+        (SHARING + "::test_a_queues_ten_b_queues_one_and_b_starts_second",),
+    ),
+    Mutant(
+        "the running limit is checked only before the claim",
+        "workbench/runqueue.py",
+        'return max_running is None or _owner_running(store, record.get("owner") or "") < max_running',
+        "return True",
+        (SHARING + "::test_the_running_limit_holds_against_a_claim_that_raced_past_the_order",),
+    ),
+    Mutant(
+        "another user may cancel",
+        "workbench/access.py",
+        "return user.admin or (bool(owner_of(record)) and owner_of(record) == user.name)",
+        "return True",
+        (SHARING + "::test_another_user_is_refused_every_mutating_action",),
+    ),
+    Mutant(
+        "a private run is visible to everyone",
+        "workbench/access.py",
+        'return not record.get("private") or user.admin or owner_of(record) == user.name',
+        "return True",
+        (SHARING + "::test_private_runs_are_hidden_from_others_and_look_deleted",),
+    ),
+    Mutant(
+        "a status change misses the index of active runs",
+        "workbench/store.py",
+        """            self._db.set(key, record)
+            if "status" in fields:
+                self._index_status(run_id, record["status"])
+        if fields.get("status") in FINISHED:""",
+        """            self._db.set(key, record)
+        if fields.get("status") in FINISHED:""",
+        ("tests/test_store.py::test_the_active_index_follows_every_status_change",),
     ),
 ]
 

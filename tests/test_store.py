@@ -136,3 +136,56 @@ def test_history_in_chunks(store, monkeypatch):
     assert store.history(run_id) == rows[:2]
     store.delete_run(run_id)
     assert store.history(run_id) == []
+
+
+# ---------------------------------------------------------------------- the index of active runs
+def _scanned(store, wanted):
+    """What a listing finds by reading every record (the index's reference)."""
+    return sorted(r["id"] for r in store.list_runs() if r["status"] in wanted)
+
+
+def test_the_active_index_follows_every_status_change(tmp_path):
+    import random
+
+    from workbench.config import RunConfig
+    from workbench.store import ACTIVE_INDEX, STATUSES
+
+    store = Store(tmp_path / "home")
+    other = Store(tmp_path / "home")  # another process's view of the same store
+    config = RunConfig(epochs=1)
+    rng = random.Random(0)
+    ids = []
+    for step in range(300):
+        action = rng.random()
+        if action < 0.3 or not ids:
+            ids.append(
+                (store if step % 2 else other).create_run(config, status=rng.choice(STATUSES))
+            )
+        elif action < 0.85:
+            run_id = rng.choice(ids)
+            target = store if step % 3 else other
+            if rng.random() < 0.5:
+                target.update_run(run_id, status=rng.choice(STATUSES))
+            else:
+                target.update_run_if(run_id, lambda r: True, status=rng.choice(STATUSES))
+        else:
+            run_id = ids.pop(rng.randrange(len(ids)))
+            store.delete_run(run_id)
+        if step == 150:  # a store from before the index, or one `store repair` rebuilt
+            store.delete(ACTIVE_INDEX)
+        for wanted in (("queued",), ("running",), ("queued", "running")):
+            listed = sorted(r["id"] for r in other.list_runs(status=wanted))
+            assert listed == _scanned(other, wanted), (step, wanted)
+
+
+def test_a_heartbeat_does_not_rewrite_the_active_index(tmp_path):
+    from workbench.config import RunConfig
+    from workbench.store import ACTIVE_INDEX
+
+    store = Store(tmp_path / "home")
+    run_id = store.create_run(RunConfig(epochs=1), status="running")
+    store.list_runs(status="running")  # builds the index
+    before = store.get(ACTIVE_INDEX)
+    store.update_run_if(run_id, lambda r: True, heartbeat=1.0)
+    store.update_run(run_id, progress={"step": 3})
+    assert store.get(ACTIVE_INDEX) == before == {run_id: "running"}

@@ -56,6 +56,7 @@ HISTORY_CHUNK = 256
 MANIFEST_FORMAT = 1
 RUN_FILE_SUFFIXES = (".pt", ".state.pt", ".manifest.json")  # in checkpoints/, per run
 DB_NAME = "cache.db"  # diskcache's file name inside home/store
+ACTIVE_INDEX = "index:active-runs"  # {run id: status} of the queued and running runs
 REPAIR = "python -m workbench store repair"
 CHECK = "python -m workbench store check"
 log = logging.getLogger("kdwb.store")
@@ -438,7 +439,9 @@ class Store:
             "suite": suite,
             "variant": variant,
         }
-        self._db.set(f"run:{run_id}", record)
+        with self._db.transact():
+            self._db.set(f"run:{run_id}", record)
+            self._index_status(run_id, status)
         self.write_manifest(run_id)
         return run_id
 
@@ -460,6 +463,8 @@ class Store:
                 raise KeyError(f"no run {run_id!r} in the store at {self.home}")
             record.update(fields)
             self._db.set(key, record)
+            if "status" in fields:
+                self._index_status(run_id, record["status"])
         if fields.get("status") in FINISHED:  # a final state: keep the manifest up to date
             self._write_manifest_quietly(run_id)
         return record
@@ -477,6 +482,8 @@ class Store:
                 return None
             record.update({k: v(record) if callable(v) else v for k, v in fields.items()})
             self._db.set(key, record)
+            if "status" in fields:
+                self._index_status(run_id, record["status"])
         if "status" in fields:  # queued again, claimed, interrupted: keep the manifest current
             self._write_manifest_quietly(run_id)
         return record
@@ -488,11 +495,18 @@ class Store:
         role: str | None = None,
         suite: str | None = None,
     ) -> list[dict[str, Any]]:
-        """All matching records, newest first."""
+        """All matching records, newest first. Queued and running runs alone are read through
+        the index of active runs (the queue's every decision, recovery, ``busy``): their cost
+        follows the queue, not every run the store ever kept."""
         wanted = {status} if isinstance(status, str) else set(status) if status else None
         get = self._db.get  # one guarded wrapper for the listing, not one per record (~10 %)
+        index = self._active_index() if wanted and wanted <= set(ACTIVE) else None
+        if index is not None:
+            keys: Iterable[Any] = [f"run:{i}" for i, st in index.items() if st in wanted]
+        else:
+            keys = self._db.iterkeys()
         records = []
-        for key in self._db.iterkeys():
+        for key in keys:
             if not (isinstance(key, str) and key.startswith("run:")):
                 continue
             record = get(key)
@@ -508,8 +522,61 @@ class Store:
         records.sort(key=lambda r: r["created_at"], reverse=True)
         return records
 
+    # ------------------------------------------------------------------ the index of active runs
+    # ACTIVE_INDEX holds {run id: status} for every queued or running run. It changes in the
+    # transaction that changes a record's status (create_run, update_run, update_run_if,
+    # delete_run), so it is never behind the records; a store without one (older, or rebuilt by
+    # `store repair`) gets it from a scan of every record, in one transaction, on first use.
+    def _index_status(self, run_id: str, status: str | None) -> None:
+        """Inside the transaction that gave ``run_id`` its ``status`` (None: deleted)."""
+        index = self._db.get(ACTIVE_INDEX)
+        if index is None:  # not built yet: the first listing builds it from the records
+            return
+        if status in ACTIVE:
+            if index.get(run_id) == status:
+                return
+            index[run_id] = status
+        elif index.pop(run_id, None) is None:
+            return
+        self._db.set(ACTIVE_INDEX, index)
+
+    def _active_index(self) -> dict[str, str] | None:
+        """The index of active runs, built now when missing; None on a read-only store that has
+        none (the caller then scans every record)."""
+        index = self._db.get(ACTIVE_INDEX)
+        if index is not None:
+            return index
+        try:
+            with self._db.transact():  # writers wait: no status change slips past the scan
+                index = self._db.get(ACTIVE_INDEX)
+                if index is None:
+                    index = self._scan_active()
+                    self._db.set(ACTIVE_INDEX, index)
+        except StoreError:
+            if self.read_only is None:
+                raise
+            return None
+        return index
+
+    def _scan_active(self) -> dict[str, str]:
+        index = {}
+        for key in self._db.iterkeys():
+            if isinstance(key, str) and key.startswith("run:"):
+                record = self._db.get(key)
+                if record is not None and record.get("status") in ACTIVE:
+                    index[record["id"]] = record["status"]
+        return index
+
+    def rebuild_active_index(self) -> None:
+        """Drop the index of active runs; the next listing builds it again (``store repair``
+        calls this after writing records itself)."""
+        self._db.delete(ACTIVE_INDEX)
+
     def delete_run(self, run_id: str) -> None:
-        for prefix in ("run", "epochs", "probe", "cancel"):
+        with self._db.transact():
+            self._db.delete(f"run:{run_id}")
+            self._index_status(run_id, None)
+        for prefix in ("epochs", "probe", "cancel"):
             self._db.delete(f"{prefix}:{run_id}")
         self._delete_chunks(f"history:{run_id}")
         for path in self.run_files(run_id):

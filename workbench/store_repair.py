@@ -371,6 +371,8 @@ def _restore_runs(
             if manifest is not None and manifest.get("history"):
                 store.set_history(run_id, manifest["history"])
                 histories.append(run_id)
+    if restored:  # records written as they were: the index of active runs is built anew
+        store.rebuild_active_index()
     for fp, (_created, run_id) in teachers.items():
         if store.find_teacher(fp) is None:
             store.set_teacher(fp, run_id)
