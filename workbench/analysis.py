@@ -38,8 +38,10 @@ from workbench.losses import feature_loss
 __all__ = [
     "DEFAULT_CHUNK",
     "FORMS",
+    "centred_grams",
     "cka_form",
     "cka_matrix",
+    "cka_of_grams",
     "cka_work",
     "gram",
     "linear_cka",
@@ -266,6 +268,47 @@ def cka_matrix(
     else:
         values = _features_form(students, teachers, same)
     return values.clamp(0.0, 1.0).cpu()  # NaN (a constant layer) stays NaN
+
+
+@torch.no_grad()
+def centred_grams(feats: Sequence[Tensor], *, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+    """Each layer's centred Gram matrix scaled to unit norm, Kc / ||Kc||_F with Kc = Xc Xc^T:
+    [L, N, N] float64 (CPU), the sample-space statistics of linear CKA. One side's matrices
+    serve every CKA matrix against that side (``cka_of_grams``): the probe keeps its teacher's
+    (N is at most ``workbench.probe.PROBE_SIZE``, so they are a few MB a layer).
+
+    Built like the Gram form of ``cka_matrix``: strips of ``GRAM_ROWS`` rows on and right of
+    the diagonal from float64 blocks of ``chunk_size`` centred columns, mirrored below it.
+    NaN for a layer that is constant over the samples."""
+    layers = [_flat(x) for x in feats]
+    n = _same_samples(layers)
+    out = torch.zeros(len(layers), n, n, dtype=torch.float64)
+    if not layers or n == 0:
+        return out
+    widest = max(x.shape[1] for x in layers)
+    scratch = torch.empty(n * min(chunk_size, widest), dtype=torch.float64, device=layers[0].device)
+    for k, x in enumerate(layers):
+        mean = x.mean(dim=0, dtype=torch.float64)  # [D]
+        for start in range(0, n, GRAM_ROWS):
+            stop = min(start + GRAM_ROWS, n)
+            strip = torch.empty(stop - start, n - start, dtype=torch.float64, device=x.device)
+            _gram_strip(x, mean, start, stop, chunk_size, strip, scratch)
+            out[k, start:stop, start:] = strip.cpu()
+            out[k, stop:, start:stop] = out[k, start:stop, stop:].T
+        out[k] /= torch.linalg.matrix_norm(out[k])
+    return out
+
+
+@torch.no_grad()
+def cka_of_grams(student_grams: Tensor, teacher_grams: Tensor) -> Tensor:
+    """Linear CKA [S, T] float64 from ``centred_grams`` of each side: <Ks, Kt>_F of the unit
+    matrices, one [S, N^2] x [N^2, T] product. Equals ``cka_matrix`` of the features to
+    rounding (float64 throughout)."""
+    s, t = len(student_grams), len(teacher_grams)
+    if s == 0 or t == 0:
+        return torch.zeros(s, t, dtype=torch.float64)
+    values = student_grams.reshape(s, -1) @ teacher_grams.reshape(t, -1).T  # [S, T]
+    return values.clamp(0.0, 1.0)  # NaN (a constant layer) stays NaN
 
 
 @torch.no_grad()

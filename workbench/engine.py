@@ -12,6 +12,8 @@ on logged steps.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import socket
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench import checkpoints, runqueue
+from workbench import checkpoints, runqueue, warm
 from workbench.config import COMPONENTS, RunConfig
 from workbench.data import SPLIT_VERSION, DataBundle, load_dataset, train_subset
 from workbench.errors import CheckpointError, ConfigError, WorkbenchError
@@ -388,19 +390,22 @@ def _train_safely(
 def _train(
     config: RunConfig, store: Store, run_id: str, on_step: OnStep, stop: StopFlag | None
 ) -> dict[str, Any]:
-    """Prepare (or restore) the run, train its remaining epochs, finish it."""
+    """Prepare (or restore) the run, train its remaining epochs, finish it. The teacher is
+    lent from the process's warm pool for the whole run (``workbench.warm``) and goes back to
+    it when the run ends cleanly."""
     state = checkpoints.load_state(store.home, run_id)
-    t = prepare(config, store, run_id, on_step, stop)
-    if state is not None:
-        restore(t, state)
-    else:  # a first start, or a restart of a run that never finished an epoch
-        store.set_history(run_id, [])
-        store.set_epochs(run_id, [])
-    with FeatureTaps(t.model, t.student_paths) as taps:
-        for epoch in range(t.epoch + 1, config.epochs + 1):
-            train_epoch(t, epoch, taps)
-            end_epoch(t, epoch)
-    return {"metrics": finish(t)}
+    with contextlib.ExitStack() as leases:
+        t = prepare(config, store, run_id, on_step, stop, leases=leases)
+        if state is not None:
+            restore(t, state)
+        else:  # a first start, or a restart of a run that never finished an epoch
+            store.set_history(run_id, [])
+            store.set_epochs(run_id, [])
+        with FeatureTaps(t.model, t.student_paths) as taps:
+            for epoch in range(t.epoch + 1, config.epochs + 1):
+                train_epoch(t, epoch, taps)
+                end_epoch(t, epoch)
+        return {"metrics": finish(t)}
 
 
 # ---------------------------------------------------------------------------- the run's state
@@ -463,11 +468,12 @@ def prepare(
     run_id: str,
     on_step: OnStep = lambda event: None,
     stop: StopFlag | None = None,
+    leases: contextlib.ExitStack | None = None,
 ) -> Training:
-    """Everything a run needs before its first step: data, teacher, model, loss, optimizer."""
+    """Data, teacher (with ``leases``: lent warm until they close), model, loss, optimizer."""
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, data_path=config.data_path)
-    teacher, teacher_id = _teacher_for(config, store, run_id, data, device, on_step, stop)
+    teacher, teacher_id = _teacher_for(config, store, run_id, data, device, on_step, stop, leases)
     store.update_run(run_id, teacher_run=teacher_id)
     model, hybrid, generator, model_generator, pairs, s_layers, t_layers = build_model_and_loss(
         config, data, teacher, device
@@ -481,8 +487,7 @@ def prepare(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=steps_per_epoch * config.epochs
     )
-    val_x = data.val_x.to(device)
-    test_x = data.test_x.to(device)
+    val_x, test_x = data.val_x.to(device), data.test_x.to(device)
     source, teacher_pred, teacher_test_pred = _teacher_outputs(
         config, store, run_id, hybrid, pairs, teacher, teacher_id, (train_x, val_x, test_x), device
     )
@@ -561,6 +566,7 @@ def _teacher_for(
     device: torch.device,
     on_step: OnStep,
     stop: StopFlag | None,
+    leases: contextlib.ExitStack | None = None,
 ) -> tuple[nn.Module | None, str | None]:
     """The frozen teacher a run trains or is probed against, and its run id (or None, None).
 
@@ -577,7 +583,27 @@ def _teacher_for(
         teacher_id = config.teacher_run or store.find_teacher(teacher_key(config.teacher_config()))
     if not teacher_id:
         return None, None
-    return load_teacher(teacher_id, store, data, device), teacher_id
+    if leases is None:
+        return load_teacher(teacher_id, store, data, device), teacher_id
+    key = _warm_teacher_key(teacher_id, store, data, device)
+    if key is None:
+        return load_teacher(teacher_id, store, data, device), teacher_id
+    load = functools.partial(load_teacher, teacher_id, store, data, device)
+    return leases.enter_context(warm.lend_teacher(key, load)), teacher_id
+
+
+def _warm_teacher_key(
+    teacher_id: str, store: Store, data: DataBundle, device: torch.device
+) -> tuple | None:
+    """What a loaded teacher depends on: the store, the run, its checkpoint file (size and
+    mtime: a replaced file is another teacher), the device and the data's input shape and
+    classes. None when the checkpoint cannot be seen (``load_teacher`` says why)."""
+    try:
+        stat = store.checkpoint_path(teacher_id).stat()
+    except OSError:
+        return None
+    where = (str(store.home), teacher_id, stat.st_size, stat.st_mtime_ns, str(device))
+    return (*where, tuple(data.input_shape), data.num_classes)
 
 
 def build_model_and_loss(
@@ -592,7 +618,10 @@ def build_model_and_loss(
     with seeded_construction(config.seed):
         model = build_model(config.trained_model, data.input_shape, data.num_classes)
         s_layers = feature_layers(model, data.input_shape)
-        t_layers = feature_layers(teacher, data.input_shape) if teacher is not None else []
+        # The teacher is frozen and often lent warm (``workbench.warm``): its layers once.
+        t_layers = []
+        if teacher is not None:
+            t_layers = warm.layers_of(teacher, data.input_shape, feature_layers)
         pairs = _layer_pairs(config, s_layers, t_layers) if teacher is not None else ()
         adapted = config.weights.feature > 0 and uses_adapter(config.feature_kind)
         adapters = build_adapters(pairs, s_layers, t_layers) if adapted else None

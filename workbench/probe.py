@@ -17,6 +17,13 @@ entry of the teacher-output cache (``workbench.teacher_cache``): key over (teach
 samples, layer paths, dtype), built under the store lock into a temporary folder that is
 renamed into place, read back memory-mapped, and counted in the cache's LRU size limit with the
 training outputs. A suite of runs against one teacher then pays the teacher's probe pass once.
+
+The CKA matrix is taken from each side's centred Gram matrices (``analysis.centred_grams``; the
+probe has at most ``PROBE_SIZE`` samples, so an N x N matrix is at most 2 MB). The teacher's
+side, most of the work when the teacher is the larger network, depends only on the cache
+entry's key, so the runs of one process keep it warm (``workbench.warm.Memo``, by that key):
+the next run against the same teacher computes only its student's side. Without a store
+nothing is kept (there is no key that names the teacher's features).
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.analysis import cka_matrix, gram, pair_cosine
+from workbench import warm
+from workbench.analysis import centred_grams, cka_of_grams, gram, pair_cosine
 from workbench.features import FeatureTaps
 from workbench.store import is_disk_full
 from workbench.teacher_cache import (
@@ -52,6 +60,8 @@ __all__ = [
 PROBE_SIZE = 500
 GRAM_PER_CLASS = 6
 GRAM_MAX = 120
+# The teacher side of the probe's CKA, by probe-entry key: [T, N, N] float64 per teacher.
+_TEACHER_GRAMS = warm.Memo(entries=4, max_bytes=512 * 2**20, size=lambda grams: grams.nbytes)
 
 
 def gram_subset(labels: torch.Tensor, per_class: int = GRAM_PER_CLASS) -> torch.Tensor:
@@ -97,9 +107,20 @@ def teacher_probe_features(
     float32, CPU) and a note on where they came from. With a ``store`` they are read from the
     teacher-output cache, built there by the first run that needs them; without one, or when
     they would not fit under the cache limit, the teacher runs now."""
+    feats, note, _key = _teacher_probe_features(teacher, paths, x, store, teacher_id)
+    return feats, note
+
+
+def _teacher_probe_features(
+    teacher: nn.Module, paths: Sequence[str], x: torch.Tensor, store: Any, teacher_id: str | None
+) -> tuple[list[torch.Tensor], str, tuple[str, str] | None]:
+    """``teacher_probe_features``, and the name of the features when they were read from the
+    cache: (the store's folder, the entry's key), which keys what is derived from them. None
+    for features the teacher computed now (their batches differ from the entry's build, so
+    they may differ from it in the last bit)."""
     paths = list(paths)
     if store is None:
-        return _features(teacher, paths, x), "live: no store given"
+        return _features(teacher, paths, x), "live: no store given", None
     key = _entry_key(teacher, teacher_id, paths, x, store)
     folder = cache_root(store) / key
     outputs = _open(folder, len(x), len(paths))
@@ -108,7 +129,7 @@ def teacher_probe_features(
         limit = cache_limit()
         size = len(x) * _per_sample_bytes(teacher, paths, x)
         if size > limit:
-            return _features(teacher, paths, x), "live: over the teacher cache limit"
+            return _features(teacher, paths, x), "live: over the teacher cache limit", None
         try:
             with store.lock(f"teacher_outputs:{key}", description="a run caching probe features"):
                 outputs = _open(folder, len(x), len(paths))  # another run may have built it
@@ -121,10 +142,11 @@ def teacher_probe_features(
         except Exception as exc:
             if not is_disk_full(exc, folder.parent):
                 raise
-            return _features(teacher, paths, x), "live: the disk holding the teacher cache is full"
+            note = "live: the disk holding the teacher cache is full"
+            return _features(teacher, paths, x), note, None
         if outputs is None:  # evicted at once by a concurrent builder
-            return _features(teacher, paths, x), "live: the cache entry was evicted"
-    return list(outputs.features), how
+            return _features(teacher, paths, x), "live: the cache entry was evicted", None
+    return list(outputs.features), how, (str(store.home), key)
 
 
 @torch.inference_mode()
@@ -164,10 +186,10 @@ def run_probe(
     subset = gram_subset(y)
     result["gram_labels"] = y[subset].numpy()
     if teacher is not None:
-        t_feats, result["teacher_features"] = teacher_probe_features(
-            teacher, teacher_layers, x, store=store, teacher_id=teacher_id
+        t_feats, result["teacher_features"], key = _teacher_probe_features(
+            teacher, teacher_layers, x, store, teacher_id
         )
-        result["cka"] = cka_matrix(s_feats, t_feats).float().numpy()  # [S, T]
+        result["cka"] = _cka(s_feats, t_feats, key).float().numpy()  # [S, T]
         s_index = {p: i for i, p in enumerate(student_layers)}
         t_index = {p: i for i, p in enumerate(teacher_layers)}
         cosines = []
@@ -186,6 +208,18 @@ def run_probe(
             result["pair_cosine"] = cosines
     student.train(was_training)
     return result
+
+
+def _cka(
+    s_feats: list[torch.Tensor], t_feats: list[torch.Tensor], key: tuple[str, str] | None
+) -> torch.Tensor:
+    """Linear CKA [S, T] of the student's probe features against the teacher's, the teacher's
+    centred Gram matrices kept warm under ``key`` (the features' store and cache entry)."""
+    if key is None:
+        t_grams = centred_grams(t_feats)
+    else:
+        t_grams = _TEACHER_GRAMS.get_or_make(key, lambda: centred_grams(t_feats))
+    return cka_of_grams(centred_grams(s_feats), t_grams)
 
 
 def _adapted_cosine(
