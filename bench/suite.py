@@ -1,51 +1,57 @@
 """Whole suites on the CPU: a cached 5-run leave-one-out suite against five student-only runs,
-with and without the probe's teacher features cached, and an 18-run suite against 18 single runs.
+with and without what runs of one process share (``workbench.warm``), and an 18-run suite
+against 18 single runs.
 
 The suite is ``workbench.ablation.leave_one_out_variants`` of the hybrid loss minus "without
 label" (full, without response, without feature, without relation, label only): 5 runs of a
 small student against a much larger teacher (resnet34 -> small_cnn on digits by default; the
-teacher keeps random weights, which cost the same as trained ones), teacher cache on. The
-student-only suite is the same 5 runs as scratch students with no teacher at all.
+teacher keeps random weights, which cost the same as trained ones), teacher cache on (so the
+probe's teacher features are cached too). The student-only suite is the same 5 runs as scratch
+students with no teacher at all.
 
-The probe's teacher-feature cache (``run_probe(..., store=, teacher_id=)``, issue 12 item 2) is
-switched on and off here by wrapping the ``run_probe`` that the engine calls (the engine passes
-neither argument until it is wired; the wrapper sets both, or sets ``store=None`` for "off").
-Each round, in one process: the student-only suite, then the cached suite with and without the
-probe cache, each cold (a newly imported teacher run id: empty cache) and warm (once more, as the
-next seed would), and a third arm "memo" (probe cache on, plus a stand-in for an engine change
-proposed to lead: ``feature_layers`` found once per architecture instead of by a dry forward pass
-of the teacher in every run), the order of the arms reversed every other round. Ratios are of
-the medians; this process's CPU time is printed beside the wall time (when they part ways, other
-processes were competing for the cores).
+Each round, in one process, the arms alternating (their order reversed every other round):
 
-The 18-run suite is leave_one_out_variants in full (6 variants) x 3 seeds against a new teacher,
-probe cache on; a single run is its "full" variant, seed 0, alone against another new teacher
-(cold: it builds the teacher-output and probe entries) and once more (warm). With ``--profile``
-the warm cached suite runs once more under cProfile.
+- ``student``: the 5 student-only runs;
+- ``warm``: the cached suite once more against a teacher whose cache entries exist and that
+  the process's previous runs used (the teacher lent from the pool, its layers and the probe's
+  teacher Gram matrices kept): what every run of a suite after its first pays;
+- ``cold``: the cached suite against a newly imported teacher (a new run id: empty cache and
+  nothing warm, so its first run builds the teacher-output and probe entries);
+- ``reload``: the cached suite with ``warm.clear()`` before every run: the disk entries exist
+  but nothing is kept in the process, as when each run starts in a new process (and as every
+  run did before ``workbench.warm``).
 
-    .venv/bin/python bench/suite.py [--epochs 2] [--rounds 2] [--no-suite18] [--profile]
+Ratios are of the medians over rounds, wall and this process's CPU time (when they part ways,
+other processes were competing for the cores). With ``--profile`` the warm suite and the
+student-only suite run once more under cProfile, and the CPU time of each part of a run (setup,
+training steps, validation and checkpoint, final metrics and probe) is printed side by side.
+
+The 18-run suite is leave_one_out_variants in full (6 variants) x 3 seeds against a new teacher;
+a single run is its "full" variant, seed 0, against a new teacher (cold: it builds the entries
+and loads the teacher) and again after ``warm.clear()`` (entries on disk, nothing warm: a single
+run in a new process), each ``--single`` times (median).
+
+    .venv/bin/python bench/suite.py [--epochs 2] [--rounds 3] [--no-suite18] [--profile]
                                     [--threads 1]
 
-Last line: ``cached 5-run suite / 5 student-only runs: probe cached X (warm Y), probe uncached
-X (warm Y), target <= 2.5; 18-run suite / 18 single runs: X (cold single), Y (warm single)``.
+Last line: ``cached 5-run suite / 5 student-only runs: warm X (CPU Y), ... target <= 2.5;
+18-run suite / 18 single runs: X (cold single), Y (single in a new process)``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import pstats
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 
-import workbench.probe
+from workbench import warm
 from workbench.ablation import leave_one_out_variants, without_name
 from workbench.config import LossWeights, RunConfig
 from workbench.data import load_dataset
@@ -53,77 +59,49 @@ from workbench.engine import import_teacher, run
 from workbench.models import build_model, count_params
 from workbench.store import Store
 
-
-@contextlib.contextmanager
-def probe_cache(store: Store, teacher_run: str | None, on: bool):
-    """Every module of workbench that imported ``run_probe`` calls it with the probe cache on
-    (``store``, ``teacher_id``) or off (``store=None``) inside this block."""
-    original = workbench.probe.run_probe
-
-    def wired(**kwargs):
-        if on:
-            kwargs.setdefault("store", store)
-            kwargs.setdefault("teacher_id", teacher_run)
-        else:
-            kwargs["store"] = None
-        return original(**kwargs)
-
-    patched = [
-        m
-        for name, m in list(sys.modules.items())
-        if name.startswith("workbench.") and getattr(m, "run_probe", None) is original
-    ]
-    for m in patched:
-        m.run_probe = wired
-    try:
-        yield
-    finally:
-        for m in patched:
-            m.run_probe = original
+# The parts of a run in the profile: (label, file suffix, function name), cumulative seconds.
+PARTS = (
+    ("whole runs", "engine.py", "run"),
+    ("setup (data, teacher, models, cache entries)", "engine.py", "prepare"),
+    ("training steps", "engine.py", "train_epoch"),
+    ("  of which gradient shares", "gradshare.py", "gradient_shares"),
+    ("  of which the hybrid loss forward", "losses.py", "forward"),
+    ("validation, checkpoint, manifest", "engine.py", "end_epoch"),
+    ("final metrics, weights and probe", "engine.py", "finish"),
+    ("  of which the probe", "probe.py", "run_probe"),
+    ("  of which the probe's CKA", "probe.py", "_cka"),
+)
 
 
-@contextlib.contextmanager
-def layers_once(on: bool):
-    """A stand-in for an engine change proposed to lead (not made here): the candidate layers of
-    a model found once per architecture instead of by a dry forward pass in every run (the
-    teacher's pass touches all its weights). Memoises ``feature_layers`` where the engine
-    imported it, keyed on the model class, the input shape and the parameter shapes."""
-    import workbench.models
-
-    original = workbench.models.feature_layers
-    memo: dict = {}
-
-    def once(model, input_shape):
-        key = (type(model), tuple(input_shape), tuple(p.shape for p in model.parameters()))
-        if key not in memo:
-            memo[key] = original(model, input_shape)
-        return memo[key]
-
-    patched = [
-        m
-        for name, m in list(sys.modules.items())
-        if name.startswith("workbench.")
-        and getattr(m, "feature_layers", None) is original
-        and m is not workbench.models
-    ]
-    if on:
-        for m in patched:
-            m.feature_layers = once
-    try:
-        yield
-    finally:
-        for m in patched:
-            m.feature_layers = original
-
-
-def suite(configs: list[RunConfig], store: Store) -> tuple[tuple[float, float], list[dict]]:
-    """(wall seconds, CPU seconds of this process) of the runs, and their records."""
+def suite(configs: list[RunConfig], store: Store, *, reload: bool = False) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of the runs, one after another; with
+    ``reload`` nothing is kept warm between them."""
     wall, cpu = time.perf_counter(), time.process_time()
-    records = [run(config, store) for config in configs]
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    for record in records:
+    for config in configs:
+        if reload:
+            warm.clear()
+        record = run(config, store)
         assert record["status"] == "completed", record.get("error")
-    return (wall, cpu), records
+        assert record.get("teacher_source") in (None, "cache"), record.get("teacher_note")
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def profile_parts(configs: list[RunConfig], store: Store) -> dict[str, float]:
+    """Cumulative CPU seconds of each of ``PARTS`` in one pass of the runs under cProfile (CPU
+    time: on a loaded machine, wall time charges other processes' turns to whatever ran)."""
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    suite(configs, store)
+    profiler.disable()
+    stats = pstats.Stats(profiler, stream=io.StringIO()).stats  # type: ignore[attr-defined]
+    parts = {}
+    for label, file, name in PARTS:
+        parts[label] = sum(
+            row[3]
+            for (path, _line, func), row in stats.items()
+            if path.endswith(file) and func == name
+        )
+    return parts
 
 
 def main() -> None:
@@ -131,10 +109,11 @@ def main() -> None:
     parser.add_argument("--teacher", default="resnet34")
     parser.add_argument("--student", default="small_cnn")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the 18-run suite")
+    parser.add_argument("--single", type=int, default=3, help="repeats of each single run")
     parser.add_argument("--no-suite18", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
@@ -174,96 +153,95 @@ def main() -> None:
         base.replace(weights=LossWeights(1.0, 0.0, 0.0, 0.0), seed=i) for i in range(len(variants))
     ]
 
-    def new_teacher() -> str:  # a new run id: new cache keys, an empty cache
+    def new_teacher() -> str:  # a new run id: new cache keys, an empty cache, nothing warm
         return import_teacher(
             store, f"{home}/teacher.pt", teacher=args.teacher, dataset=args.dataset
         )
 
-    keys = ("student", "on_cold", "on_warm", "off_cold", "off_warm", "memo_cold", "memo_warm")
+    def suite_of(teacher_run: str) -> list[RunConfig]:
+        return [base.replace(weights=w, teacher_run=teacher_run) for w in variants.values()]
+
+    known = suite_of(new_teacher())
+    suite(known, store)  # builds its entries; warms the process
+    keys = ("student", "warm", "cold", "reload")
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
-    notes = []
     for r in range(args.rounds):  # (flush: the rounds show while the next one runs)
-        times["student"].append(suite(scratch, store)[0])
-        arms = ("on", "off", "memo") if r % 2 == 0 else ("memo", "off", "on")
-        for arm in arms:
-            teacher_run = new_teacher()
-            configs = [base.replace(weights=w, teacher_run=teacher_run) for w in variants.values()]
-            on = arm != "off"
-            with probe_cache(store, teacher_run, on), layers_once(arm == "memo"):
-                seconds, records = suite(configs, store)
-                times[f"{arm}_cold"].append(seconds)
-                times[f"{arm}_warm"].append(suite(configs, store)[0])
-            assert all(x["teacher_source"] in (None, "cache") for x in records)
-            if arm == "on":
-                notes = sorted({str(store.probe(x["id"]).get("teacher_features")) for x in records})
+        for arm in keys if r % 2 == 0 else keys[::-1]:
+            if arm == "student":
+                times[arm].append(suite(scratch, store))
+            elif arm == "cold":
+                warm.clear()
+                times[arm].append(suite(suite_of(new_teacher()), store))
+            else:
+                if arm == "warm":  # whatever ran before, the process now holds this teacher
+                    suite(known[:1], store)
+                times[arm].append(suite(known, store, reload=arm == "reload"))
         print(
             f"round {r + 1} (wall s / CPU s): "
-            + ", ".join(f"{k} {v[-1][0]:.1f} / {v[-1][1]:.1f}" for k, v in times.items()),
+            + ", ".join(f"{k} {v[-1][0]:.2f} / {v[-1][1]:.2f}" for k, v in times.items()),
             flush=True,
         )
-    print(f"probe teacher features (probe cache on): {notes}")
     med = {k: [statistics.median(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
     print(
         "medians (wall s / CPU s): "
-        + ", ".join(f"{k} {v[0]:.1f} / {v[1]:.1f}" for k, v in med.items())
+        + ", ".join(f"{k} {v[0]:.2f} / {v[1]:.2f}" for k, v in med.items())
     )
-    w = {k: v[0] for k, v in med.items()}
-    c = {k: v[1] for k, v in med.items()}
+    w = {k: v[0] / med["student"][0] for k, v in med.items()}
+    c = {k: v[1] / med["student"][1] for k, v in med.items()}
     summary = (
-        f"cached 5-run suite / 5 student-only runs: probe cached {w['on_cold'] / w['student']:.2f} "
-        f"(warm {w['on_warm'] / w['student']:.2f}; CPU {c['on_cold'] / c['student']:.2f}, warm "
-        f"{c['on_warm'] / c['student']:.2f}), probe uncached {w['off_cold'] / w['student']:.2f} "
-        f"(warm {w['off_warm'] / w['student']:.2f}; CPU {c['off_cold'] / c['student']:.2f}, warm "
-        f"{c['off_warm'] / c['student']:.2f}), target <= 2.5; with the layers found once per "
-        f"architecture (proposed engine change) {w['memo_cold'] / w['student']:.2f} (warm "
-        f"{w['memo_warm'] / w['student']:.2f}; CPU {c['memo_cold'] / c['student']:.2f}, warm "
-        f"{c['memo_warm'] / c['student']:.2f})"
+        f"cached 5-run suite / 5 student-only runs: warm {w['warm']:.2f} (CPU {c['warm']:.2f}), "
+        f"cold {w['cold']:.2f} (CPU {c['cold']:.2f}), each run reloading {w['reload']:.2f} (CPU "
+        f"{c['reload']:.2f}), target <= 2.5"
     )
 
-    if args.profile:  # the warm cached suite once more: what is left when both caches work
-        teacher_run = new_teacher()
-        configs = [base.replace(weights=w, teacher_run=teacher_run) for w in variants.values()]
-        with probe_cache(store, teacher_run, True):
-            suite(configs, store)
-            profiler = cProfile.Profile()
-            profiler.enable()
-            suite(configs, store)
-            profiler.disable()
-        out = io.StringIO()
-        stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats("cumulative").print_stats(40)
-        stats.sort_stats("tottime").print_stats(15)
-        print(out.getvalue())
+    if args.profile:
+        suite(known, store)
+        profiled = {"warm suite": profile_parts(known, store)}
+        profiled["student-only"] = profile_parts(scratch, store)
+        print(f"{'profile (cumulative CPU s)':50} {'warm suite':>11} {'student-only':>13}")
+        for label, *_ in PARTS:
+            a, b = profiled["warm suite"][label], profiled["student-only"][label]
+            print(f"{label:50} {a:11.3f} {b:13.3f}")
 
     if not args.no_suite18:
-        single_teacher = new_teacher()
-        single = base.replace(weights=all_variants["full"], teacher_run=single_teacher, seed=0)
-        with probe_cache(store, single_teacher, True):
-            cold = suite([single], store)[0]
-            warm = suite([single], store)[0]
-        teacher_run = new_teacher()
-        configs = [
-            base.replace(weights=w, teacher_run=teacher_run, seed=s)
-            for s in range(args.seeds)
-            for w in all_variants.values()
-        ]
-        with probe_cache(store, teacher_run, True):
-            whole, records = suite(configs, store)
-        train_s = sum(x["seconds"] for x in records)
-        k = len(configs)
-        print(
-            f"{k}-run suite ({len(all_variants)} variants x {args.seeds} seeds): wall "
-            f"{whole[0]:.1f} s (CPU {whole[1]:.1f}; sum of the runs' own seconds {train_s:.1f}); "
-            f"single run: cold {cold[0]:.2f} s, warm {warm[0]:.2f} s; {k} x single: cold "
-            f"{k * cold[0]:.1f} s, warm {k * warm[0]:.1f} s"
-        )
-        summary += (
-            f"; {k}-run suite / {k} single runs: {whole[0] / (k * cold[0]):.2f} (cold single), "
-            f"{whole[0] / (k * warm[0]):.2f} (warm single)"
-        )
+        summary += suite18(args, base, all_variants, store, new_teacher)
     store.close()
     shutil.rmtree(home, ignore_errors=True)
     print(summary)
+
+
+def suite18(args, base: RunConfig, all_variants: dict, store: Store, new_teacher) -> str:
+    """The 18-run suite against a new teacher, and single runs of its first config: cold (a new
+    teacher: builds the entries) and in a new process (``warm.clear()``: the entries on disk)."""
+    colds, reloads = [], []
+    for _ in range(args.single):
+        single = base.replace(weights=all_variants["full"], teacher_run=new_teacher(), seed=0)
+        warm.clear()
+        colds.append(suite([single], store)[0])
+        warm.clear()
+        reloads.append(suite([single], store)[0])
+    cold, reload = statistics.median(colds), statistics.median(reloads)
+    teacher_run = new_teacher()
+    configs = [
+        base.replace(weights=w, teacher_run=teacher_run, seed=s)
+        for s in range(args.seeds)
+        for w in all_variants.values()
+    ]
+    warm.clear()
+    whole = suite(configs, store)
+    k = len(configs)
+    print(
+        f"{k}-run suite ({len(all_variants)} variants x {args.seeds} seeds): wall {whole[0]:.1f} s "
+        f"(CPU {whole[1]:.1f}); single run (median of {args.single}): cold {cold:.2f} s "
+        f"{[round(s, 2) for s in colds]}, in a new process {reload:.2f} s "
+        f"{[round(s, 2) for s in reloads]}; {k} x single: cold {k * cold:.1f} s, new process "
+        f"{k * reload:.1f} s",
+        flush=True,
+    )
+    return (
+        f"; {k}-run suite / {k} single runs: {whole[0] / (k * cold):.2f} (cold single), "
+        f"{whole[0] / (k * reload):.2f} (single in a new process)"
+    )
 
 
 if __name__ == "__main__":
