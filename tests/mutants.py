@@ -183,6 +183,21 @@ MUTANTS = [
         "mask = torch.rand(x.shape, device=x.device) < keep",
         (STEPS + "::test_dropout_draws_from_the_run_generator",),
     ),
+    # --- issue 12: what runs of one process share (workbench.warm) ---
+    Mutant(
+        "a warm teacher kept across a replaced checkpoint",
+        "workbench/engine.py",
+        "teacher_id, stat.st_size, stat.st_mtime_ns, str(device))",
+        "teacher_id, stat.st_size, 0, str(device))",
+        ("tests/test_warm.py::test_another_teacher_or_checkpoint_is_not_served_from_the_warm_one",),
+    ),
+    Mutant(
+        "a teacher changed by its run lent again",
+        "workbench/warm.py",
+        "    if _state(model) != lent:\n        return\n",
+        "",
+        ("tests/test_warm.py::test_a_teacher_changed_by_its_run_is_not_lent_again",),
+    ),
     # --- new code: the queue ---
     Mutant(
         "a claim that does not check the status",
