@@ -14,6 +14,7 @@ from workbench.config import LossWeights, RunConfig
 from workbench.data import load_dataset
 from workbench.engine import import_teacher, run
 from workbench.models import build_model, feature_layers
+from workbench.teacher_cache import list_entries
 
 CONFIG = RunConfig(
     teacher="small_cnn",
@@ -235,28 +236,55 @@ def test_memo_is_bounded_by_entries_and_bytes():
     assert memo.get_or_make("huge", lambda: 500) == 500 and len(memo) == 1  # never kept
 
 
-def test_probe_grams_are_kept_per_teacher_and_probe_samples(store):
-    """Other probe samples (another dataset or split) get their own teacher Gram matrices;
-    each probe equals the one computed with nothing kept."""
+def _probe_kwargs() -> dict:
     torch.manual_seed(0)
     shape = (1, 8, 8)
     student = build_model("small_cnn", shape, 10).eval()
     teacher = build_model("resnet8x4", shape, 10).eval()
-    kwargs = {
+    return {
         "student": student,
         "student_layers": [i.path for i in feature_layers(student, shape)],
         "teacher": teacher,
         "teacher_layers": [i.path for i in feature_layers(teacher, shape)],
         "pairs": (),
         "adapters": None,
+        "val_x": torch.randn(200, *shape),
         "val_y": torch.arange(200) % 10,
         "class_names": [str(i) for i in range(10)],
         "device": torch.device("cpu"),
     }
-    x = torch.randn(200, *shape)
+
+
+def test_probe_grams_are_kept_per_teacher_and_probe_samples(store):
+    """Other probe samples (another dataset or split) get their own teacher Gram matrices;
+    each probe equals the one computed with nothing kept."""
+    kwargs = _probe_kwargs()
+    x = kwargs.pop("val_x")
     for val_x in (x, x.flip(0), x * 2):
         cached = probe.run_probe(**kwargs, val_x=val_x, store=store)
         np.testing.assert_allclose(
             cached["cka"], probe.run_probe(**kwargs, val_x=val_x)["cka"], rtol=0, atol=1e-6
         )
     assert len(probe._TEACHER_GRAMS) == 3
+
+
+def test_probe_grams_are_stored_with_the_entry_for_a_new_process(store, monkeypatch):
+    kwargs = _probe_kwargs()
+    first = probe.run_probe(**kwargs, store=store)
+    (entry,) = list_entries(store)
+    stored = entry.path / "cka_grams.pt"
+    assert stored.exists()
+    sides: list[int] = []
+    original = probe.centred_grams
+    monkeypatch.setattr(probe, "centred_grams", lambda f: sides.append(len(f)) or original(f))
+    warm.clear()  # as in a new process: the file is read, only the student's side is computed
+    again = probe.run_probe(**kwargs, store=store)
+    assert sides == [len(kwargs["student_layers"])]
+    np.testing.assert_array_equal(first["cka"], again["cka"])
+    stored.write_bytes(b"damaged")
+    warm.clear()
+    sides.clear()
+    repaired = probe.run_probe(**kwargs, store=store)
+    assert sorted(sides) == sorted([len(kwargs["student_layers"]), len(kwargs["teacher_layers"])])
+    np.testing.assert_array_equal(first["cka"], repaired["cka"])
+    assert torch.load(stored, weights_only=True).dtype == torch.float64  # written again

@@ -21,14 +21,19 @@ training outputs. A suite of runs against one teacher then pays the teacher's pr
 The CKA matrix is taken from each side's centred Gram matrices (``analysis.centred_grams``; the
 probe has at most ``PROBE_SIZE`` samples, so an N x N matrix is at most 2 MB). The teacher's
 side, most of the work when the teacher is the larger network, depends only on the cache
-entry's key, so the runs of one process keep it warm (``workbench.warm.Memo``, by that key):
-the next run against the same teacher computes only its student's side. Without a store
-nothing is kept (there is no key that names the teacher's features).
+entry, so it is kept twice: in the entry's folder (``cka_grams.pt``, written by the first run
+that computes it, counted in the cache's size like the rest of the entry) for runs in other
+processes, and in this process (``workbench.warm.Memo``, by the entry's folder). The next run
+against the same teacher computes only its student's side. Without a store nothing is kept
+(there is no entry that names the teacher's features).
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +46,7 @@ from workbench.store import is_disk_full
 from workbench.teacher_cache import (
     _DTYPE,
     _build,
+    _entries,
     _entry_key,
     _open,
     _per_sample_bytes,
@@ -60,8 +66,9 @@ __all__ = [
 PROBE_SIZE = 500
 GRAM_PER_CLASS = 6
 GRAM_MAX = 120
-# The teacher side of the probe's CKA, by probe-entry key: [T, N, N] float64 per teacher.
+# The teacher side of the probe's CKA, by probe-entry folder: [T, N, N] float64 per teacher.
 _TEACHER_GRAMS = warm.Memo(entries=4, max_bytes=512 * 2**20, size=lambda grams: grams.nbytes)
+_GRAMS_FILE = "cka_grams.pt"
 
 
 def gram_subset(labels: torch.Tensor, per_class: int = GRAM_PER_CLASS) -> torch.Tensor:
@@ -113,11 +120,11 @@ def teacher_probe_features(
 
 def _teacher_probe_features(
     teacher: nn.Module, paths: Sequence[str], x: torch.Tensor, store: Any, teacher_id: str | None
-) -> tuple[list[torch.Tensor], str, tuple[str, str] | None]:
-    """``teacher_probe_features``, and the name of the features when they were read from the
-    cache: (the store's folder, the entry's key), which keys what is derived from them. None
-    for features the teacher computed now (their batches differ from the entry's build, so
-    they may differ from it in the last bit)."""
+) -> tuple[list[torch.Tensor], str, Path | None]:
+    """``teacher_probe_features``, and the entry's folder when the features were read from
+    the cache: it names them, so it keys what is derived from them. None for features the
+    teacher computed now (their batches differ from the entry's build, so they may differ from
+    it in the last bit)."""
     paths = list(paths)
     if store is None:
         return _features(teacher, paths, x), "live: no store given", None
@@ -146,7 +153,7 @@ def _teacher_probe_features(
             return _features(teacher, paths, x), note, None
         if outputs is None:  # evicted at once by a concurrent builder
             return _features(teacher, paths, x), "live: the cache entry was evicted", None
-    return list(outputs.features), how, (str(store.home), key)
+    return list(outputs.features), how, folder
 
 
 @torch.inference_mode()
@@ -211,15 +218,49 @@ def run_probe(
 
 
 def _cka(
-    s_feats: list[torch.Tensor], t_feats: list[torch.Tensor], key: tuple[str, str] | None
+    s_feats: list[torch.Tensor], t_feats: list[torch.Tensor], entry: Path | None
 ) -> torch.Tensor:
     """Linear CKA [S, T] of the student's probe features against the teacher's, the teacher's
-    centred Gram matrices kept warm under ``key`` (the features' store and cache entry)."""
-    if key is None:
+    centred Gram matrices kept with the features' cache ``entry`` (in this process, and in the
+    entry's folder)."""
+    if entry is None:
         t_grams = centred_grams(t_feats)
     else:
-        t_grams = _TEACHER_GRAMS.get_or_make(key, lambda: centred_grams(t_feats))
+        t_grams = _TEACHER_GRAMS.get_or_make(str(entry), lambda: _stored_grams(entry, t_feats))
     return cka_of_grams(centred_grams(s_feats), t_grams)
+
+
+def _stored_grams(entry: Path, t_feats: list[torch.Tensor]) -> torch.Tensor:
+    """``centred_grams(t_feats)`` read from the entry's folder, or computed and written there
+    (best effort: an entry evicted meanwhile, a full disk or a file that would pass the cache
+    limit leaves it unwritten; a damaged file is computed again). The file holds the exact
+    float64 values, so a run that reads it gets what one that computes them gets."""
+    n = len(t_feats[0]) if t_feats else 0
+    path = entry / _GRAMS_FILE
+    grams = _read_grams(path)
+    if grams is not None and grams.shape == (len(t_feats), n, n):
+        return grams
+    grams = centred_grams(t_feats)
+    if sum(e.bytes for e in _entries(entry.parent)) + grams.nbytes > cache_limit():
+        return grams
+    tmp = entry / f".{_GRAMS_FILE}.{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(grams, f)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return grams
+
+
+def _read_grams(path: Path) -> torch.Tensor | None:
+    """The float64 tensor in ``path``; None when it is missing, damaged or something else."""
+    try:
+        grams = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # missing, or a damaged file: computed again by the caller
+        return None
+    ok = isinstance(grams, torch.Tensor) and grams.dtype == torch.float64
+    return grams if ok else None
 
 
 def _adapted_cosine(
