@@ -15,6 +15,8 @@ Each round, in one process, the arms alternating (their order reversed every oth
 - ``warm``: the cached suite once more against a teacher whose cache entries exist and that
   the process's previous runs used (the teacher lent from the pool, its layers and the probe's
   teacher Gram matrices kept): what every run of a suite after its first pays;
+- ``fresh``: the same suite after ``warm.clear()``: the entries on disk, nothing in the process
+  (a worker's first suite against this teacher: its first run loads the teacher);
 - ``cold``: the cached suite against a newly imported teacher (a new run id: empty cache and
   nothing warm, so its first run builds the teacher-output and probe entries);
 - ``reload``: the cached suite with ``warm.clear()`` before every run: the disk entries exist
@@ -34,8 +36,9 @@ run in a new process), each ``--single`` times (median).
     .venv/bin/python bench/suite.py [--epochs 2] [--rounds 3] [--no-suite18] [--profile]
                                     [--threads 1]
 
-Last line: ``cached 5-run suite / 5 student-only runs: warm X (CPU Y), ... target <= 2.5;
-18-run suite / 18 single runs: X (cold single), Y (single in a new process)``.
+Last line: ``cached 5-run suite / 5 student-only runs: warm X (CPU Y), fresh process ..., new
+teacher ..., each run reloading ..., target <= 2.5; 18-run suite / 18 single runs: X (cold
+single; CPU ...), Y (single in a new process; CPU ...)``.
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ def main() -> None:
 
     known = suite_of(new_teacher())
     suite(known, store)  # builds its entries; warms the process
-    keys = ("student", "warm", "cold", "reload")
+    keys = ("student", "warm", "fresh", "cold", "reload")
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
     for r in range(args.rounds):  # (flush: the rounds show while the next one runs)
         for arm in keys if r % 2 == 0 else keys[::-1]:
@@ -175,6 +178,8 @@ def main() -> None:
             else:
                 if arm == "warm":  # whatever ran before, the process now holds this teacher
                     suite(known[:1], store)
+                if arm == "fresh":
+                    warm.clear()
                 times[arm].append(suite(known, store, reload=arm == "reload"))
         print(
             f"round {r + 1} (wall s / CPU s): "
@@ -190,8 +195,9 @@ def main() -> None:
     c = {k: v[1] / med["student"][1] for k, v in med.items()}
     summary = (
         f"cached 5-run suite / 5 student-only runs: warm {w['warm']:.2f} (CPU {c['warm']:.2f}), "
-        f"cold {w['cold']:.2f} (CPU {c['cold']:.2f}), each run reloading {w['reload']:.2f} (CPU "
-        f"{c['reload']:.2f}), target <= 2.5"
+        f"fresh process {w['fresh']:.2f} (CPU {c['fresh']:.2f}), new teacher {w['cold']:.2f} "
+        f"(CPU {c['cold']:.2f}), each run reloading {w['reload']:.2f} (CPU {c['reload']:.2f}), "
+        "target <= 2.5"
     )
 
     if args.profile:
@@ -217,10 +223,15 @@ def suite18(args, base: RunConfig, all_variants: dict, store: Store, new_teacher
     for _ in range(args.single):
         single = base.replace(weights=all_variants["full"], teacher_run=new_teacher(), seed=0)
         warm.clear()
-        colds.append(suite([single], store)[0])
+        colds.append(suite([single], store))
         warm.clear()
-        reloads.append(suite([single], store)[0])
-    cold, reload = statistics.median(colds), statistics.median(reloads)
+        reloads.append(suite([single], store))
+    cold, reload = (
+        statistics.median(s[0] for s in colds),
+        statistics.median(s[0] for s in reloads),
+    )
+    cold_cpu = statistics.median(s[1] for s in colds)
+    reload_cpu = statistics.median(s[1] for s in reloads)
     teacher_run = new_teacher()
     configs = [
         base.replace(weights=w, teacher_run=teacher_run, seed=s)
@@ -232,15 +243,16 @@ def suite18(args, base: RunConfig, all_variants: dict, store: Store, new_teacher
     k = len(configs)
     print(
         f"{k}-run suite ({len(all_variants)} variants x {args.seeds} seeds): wall {whole[0]:.1f} s "
-        f"(CPU {whole[1]:.1f}); single run (median of {args.single}): cold {cold:.2f} s "
-        f"{[round(s, 2) for s in colds]}, in a new process {reload:.2f} s "
-        f"{[round(s, 2) for s in reloads]}; {k} x single: cold {k * cold:.1f} s, new process "
-        f"{k * reload:.1f} s",
+        f"(CPU {whole[1]:.1f}); single run (median of {args.single}, wall / CPU s): cold "
+        f"{cold:.2f} / {cold_cpu:.2f} {[round(s[0], 2) for s in colds]}, in a new process "
+        f"{reload:.2f} / {reload_cpu:.2f} {[round(s[0], 2) for s in reloads]}; {k} x single: "
+        f"cold {k * cold:.1f} s, new process {k * reload:.1f} s",
         flush=True,
     )
     return (
-        f"; {k}-run suite / {k} single runs: {whole[0] / (k * cold):.2f} (cold single), "
-        f"{whole[0] / (k * reload):.2f} (single in a new process)"
+        f"; {k}-run suite / {k} single runs: {whole[0] / (k * cold):.2f} (cold single; CPU "
+        f"{whole[1] / (k * cold_cpu):.2f}), {whole[0] / (k * reload):.2f} (single in a new "
+        f"process; CPU {whole[1] / (k * reload_cpu):.2f})"
     )
 
 
