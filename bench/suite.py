@@ -31,14 +31,16 @@ training steps, validation and checkpoint, final metrics and probe) is printed s
 The 18-run suite is leave_one_out_variants in full (6 variants) x 3 seeds against a new teacher;
 a single run is its "full" variant, seed 0, against a new teacher (cold: it builds the entries
 and loads the teacher) and again after ``warm.clear()`` (entries on disk, nothing warm: a single
-run in a new process), each ``--single`` times (median).
+run in a new process), each ``--single`` times (median). The suite is compared with 18 runs as
+jobs of their own (one cold single, 17 singles in a new process) and with 18 of either.
 
     .venv/bin/python bench/suite.py [--epochs 2] [--rounds 3] [--no-suite18] [--profile]
                                     [--threads 1]
 
 Last line: ``cached 5-run suite / 5 student-only runs: warm X (CPU Y), fresh process ..., new
-teacher ..., each run reloading ..., target <= 2.5; 18-run suite / 18 single runs: X (cold
-single; CPU ...), Y (single in a new process; CPU ...)``.
+teacher ..., each run reloading ..., target <= 2.5; 18-run suite / 18 single runs: X (CPU Y)
+against 18 jobs of their own ..., ... against 18 cold singles, ... against 18 singles in a new
+process``.
 """
 
 from __future__ import annotations
@@ -249,10 +251,13 @@ def suite18(args, base: RunConfig, all_variants: dict, store: Store, new_teacher
         f"cold {k * cold:.1f} s, new process {k * reload:.1f} s",
         flush=True,
     )
+    jobs, jobs_cpu = cold + (k - 1) * reload, cold_cpu + (k - 1) * reload_cpu
     return (
-        f"; {k}-run suite / {k} single runs: {whole[0] / (k * cold):.2f} (cold single; CPU "
-        f"{whole[1] / (k * cold_cpu):.2f}), {whole[0] / (k * reload):.2f} (single in a new "
-        f"process; CPU {whole[1] / (k * reload_cpu):.2f})"
+        f"; {k}-run suite / {k} single runs: {whole[0] / jobs:.2f} (CPU "
+        f"{whole[1] / jobs_cpu:.2f}) against {k} jobs of their own (the first cold, the others "
+        f"each in a new process), {whole[0] / (k * cold):.2f} (CPU {whole[1] / (k * cold_cpu):.2f}) "
+        f"against {k} cold singles, {whole[0] / (k * reload):.2f} (CPU "
+        f"{whole[1] / (k * reload_cpu):.2f}) against {k} singles in a new process"
     )
 
 
