@@ -202,8 +202,8 @@ MUTANTS = [
     Mutant(
         "a claim that does not check the status",
         "workbench/runqueue.py",
-        '        lambda r: r["status"] == "queued",\n        status="running",',
-        '        lambda r: True,\n        status="running",',
+        '        if record["status"] != "queued":\n            return False',
+        '        if False:\n            return False',
         (JOBS + "::test_each_run_is_claimed_once_by_competing_executors",),
     ),
     Mutant(
