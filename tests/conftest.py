@@ -31,3 +31,17 @@ def store(home):
     s = Store(home)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium under Playwright, headless, for the real-browser tests of a module
+    (those modules skip themselves when /usr/bin/chromium is missing)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_harness import CHROMIUM, CHROMIUM_FLAGS
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()

@@ -203,7 +203,7 @@ MUTANTS = [
         "a claim that does not check the status",
         "workbench/runqueue.py",
         '        if record["status"] != "queued":\n            return False',
-        '        if False:\n            return False',
+        "        if False:\n            return False",
         (JOBS + "::test_each_run_is_claimed_once_by_competing_executors",),
     ),
     Mutant(

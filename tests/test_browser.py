@@ -18,7 +18,6 @@ import pytest
 from tests.browser_harness import (
     ARTIFACTS,
     CHROMIUM,
-    CHROMIUM_FLAGS,
     AppServer,
     assert_no_exception,
     boxes_overlap,
@@ -45,16 +44,6 @@ def server(tmp_path_factory):
         yield app
     finally:
         app.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -43,7 +43,6 @@ import pytest
 from tests.browser_harness import (
     ARTIFACTS,
     CHROMIUM,
-    CHROMIUM_FLAGS,
     AppServer,
     UserProxy,
     assert_no_exception,
@@ -106,16 +105,6 @@ def lab(tmp_path_factory):
         for proxy in proxies.values():
             proxy.close()
         app.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
 
 
 def _new_page(browser):
