@@ -63,7 +63,7 @@ if ss.get("suite_pick") not in labels:
 suite_id = st.selectbox("Suite", list(labels), format_func=labels.get, key="suite_pick")
 set_params({"suite": suite_id}, owned=("suite",))
 suite = actions.get_suite(store(), suite_id, user())
-mine = actions.can_change_run(user(), suite)
+mine = actions.can_change(user(), suite)
 base = RunConfig.from_dict(suite["base"])
 st.caption(
     f"Base: {base.summary()} · {suite['seeds']} seed(s) per variant · "

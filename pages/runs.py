@@ -102,7 +102,7 @@ def run_actions(record: dict) -> None:
     """Cancel, resume, restart, delete, rename/tag, visibility and downloads for one run; the
     owner's actions only for its owner and admins (the library refuses them to others too)."""
     run_id, status = record["id"], record["status"]
-    mine = actions.can_change_run(user(), record)
+    mine = actions.can_change(user(), record)
     cols = st.columns(4)
     if not mine:
         st.caption(
@@ -297,8 +297,8 @@ def runs_view(polling: bool) -> None:
         st.rerun()  # a full rerun redraws this view polling (or not) as the runs need
     show_action_error()
     st.toggle("Mine only", key="runs_mine", help="Only the runs you own")
-    seen = actions.visible(everything, user())
-    records = [r for r in seen if r.get("owner") == user().name] if ss["runs_mine"] else seen
+    seen = actions.shown(everything, user())
+    records = actions.shown(seen, user(), mine=ss["runs_mine"])
     not_found_notice({r["id"] for r in seen})
     if not records:
         st.info("No runs yet: launch one on the Distill page.")

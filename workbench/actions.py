@@ -20,7 +20,7 @@ from workbench.store import ACTIVE, Store
 
 __all__ = [
     "AccessError",
-    "can_change_run",
+    "can_change",
     "cancel",
     "delete_run",
     "delete_suite",
@@ -31,7 +31,7 @@ __all__ = [
     "rename",
     "resume",
     "set_private",
-    "visible",
+    "shown",
 ]
 
 
@@ -43,16 +43,16 @@ def get_run(store: Store, run_id: str, user: User) -> dict[str, Any]:
     return record
 
 
-def can_change_run(user: User, record: dict[str, Any]) -> bool:
-    """Whether ``user`` may act on ``record`` (pages show its buttons only then)."""
-    return can_change(user, record)
+def shown(records: Iterable[dict[str, Any]], user: User, *, mine: bool = False) -> list[dict]:
+    """The ``records`` ``user`` may see (``mine``: only theirs), in their order."""
+    records = visible(records, user)
+    return [r for r in records if owner_of(r) == user.name] if mine else records
 
 
 def list_runs(store: Store, user: User, *, mine: bool = False, **filters: Any) -> list[dict]:
     """The runs ``user`` may see (``mine``: only theirs), newest first; ``filters`` as in
     ``Store.list_runs``."""
-    records = visible(store.list_runs(**filters), user)
-    return [r for r in records if owner_of(r) == user.name] if mine else records
+    return shown(store.list_runs(**filters), user, mine=mine)
 
 
 def cancel(store: Store, run_id: str, user: User) -> str:
@@ -113,8 +113,7 @@ def get_suite(store: Store, suite_id: str, user: User) -> dict[str, Any]:
 
 
 def list_suites(store: Store, user: User, *, mine: bool = False) -> list[dict[str, Any]]:
-    suites = visible(store.list_suites(), user)
-    return [s for s in suites if owner_of(s) == user.name] if mine else suites
+    return shown(store.list_suites(), user, mine=mine)
 
 
 def delete_suite(store: Store, suite_id: str, user: User) -> None:

@@ -152,8 +152,7 @@ def _admit_all(store: Any, user: Any, configs: list[RunConfig]) -> None:
     from workbench import settings
     from workbench.admission import admit, check_quota
 
-    for config in configs[:1]:  # the variants of a suite share data, teacher and device
-        admit(config, store, user=user)
+    admit(configs[0], store, user=user)  # a suite's variants share data, teacher and device
     check_quota(store, user, configs, settings.current().user_limits())
 
 
@@ -395,21 +394,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _queue_places(store: Any) -> dict[str, Any]:
-    """Each queued run's place in the fair order and estimated start (as the Runs page shows),
-    with the live workers' slots (one slot when none is alive: the app's own)."""
+    """Each queued run's place and estimated start, as the Runs page shows them (the live
+    workers' slots; one slot when none is alive: the app's own)."""
     from workbench import runqueue, settings
-    from workbench.queueplan import queue_plan
 
-    workers = runqueue.live_workers(store)
-    slots = sum(sum((w.get("devices") or {}).values()) for w in workers) or 1
-    limits = settings.current().user_limits()
-    return queue_plan(
-        store.list_runs(),
-        slots,
-        runqueue.served_times(store),
-        max_running=limits.running_runs if limits else None,
-        now=time.time(),
-    )
+    slots = runqueue.worker_slots(store) or 1
+    return runqueue.plan(store, slots, settings.current().max_running())
 
 
 def one_line(text: str) -> str:

@@ -583,10 +583,8 @@ def _teacher_for(
         teacher_id = config.teacher_run or store.find_teacher(teacher_key(config.teacher_config()))
     if not teacher_id:
         return None, None
-    if leases is None:
-        return load_teacher(teacher_id, store, data, device), teacher_id
-    key = _warm_teacher_key(teacher_id, store, data, device)
-    if key is None:
+    key = _warm_teacher_key(teacher_id, store, data, device) if leases is not None else None
+    if key is None:  # no pool to lend from, or a checkpoint it cannot key
         return load_teacher(teacher_id, store, data, device), teacher_id
     load = functools.partial(load_teacher, teacher_id, store, data, device)
     return leases.enter_context(warm.lend_teacher(key, load)), teacher_id

@@ -28,11 +28,12 @@ import torch
 
 from workbench import actions, runqueue
 from workbench import settings as lab_settings
+from workbench.access import can_change
 from workbench.admission import admit, check_quota
 from workbench.config import RunConfig
 from workbench.errors import WorkbenchError
 from workbench.identity import User, local_user
-from workbench.queueplan import Place, queue_plan
+from workbench.queueplan import Place
 from workbench.runqueue import Executor, device_key
 from workbench.settings import LabSettings
 from workbench.store import ACTIVE, Store
@@ -169,7 +170,7 @@ class JobManager:
             config,
             name=record.get("name") or "",
             tags=record.get("tags") or [],
-            suite=record.get("suite") if actions.can_change_run(user, record) else None,
+            suite=record.get("suite") if can_change(user, record) else None,
             variant=record.get("variant"),
             user=user,
         )
@@ -193,22 +194,14 @@ class JobManager:
     def slots(self) -> int:
         """Runs the executors of this store train at once: the live workers' slots, else this
         process's own."""
-        workers = runqueue.live_workers(self.store)
+        workers = runqueue.worker_slots(self.store)
         if workers:
-            return sum(sum(w.get("devices", {}).values()) for w in workers)
+            return workers
         return sum(self.limits.values()) if self.executing() else 0
 
     def queue_plan(self, records: list[dict[str, Any]] | None = None) -> dict[str, Place]:
         """run id -> position in the fair order and estimated start, for every queued run."""
-        records = records if records is not None else self.store.list_runs()
-        limits = self.settings.user_limits()
-        return queue_plan(
-            records,
-            self.slots(),
-            runqueue.served_times(self.store),
-            max_running=limits.running_runs if limits else None,
-            now=time.time(),
-        )
+        return runqueue.plan(self.store, self.slots(), self.settings.max_running(), records)
 
     # ------------------------------------------------------------------ status
     def running(self) -> list[str]:
@@ -324,12 +317,8 @@ class JobManager:
         if not self.executing():
             return
         while free := self._free_devices():
-            limits = self.settings.user_limits()
             record = runqueue.claim_next(
-                self.store,
-                self.executor,
-                free,
-                max_running=limits.running_runs if limits else None,
+                self.store, self.executor, free, max_running=self.settings.max_running()
             )
             if record is None:
                 return

@@ -28,6 +28,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.locks import process_alive
+from workbench.queueplan import Place, queue_plan
 from workbench.store import Store, new_id
 
 __all__ = [
@@ -44,11 +45,13 @@ __all__ = [
     "heartbeat",
     "holder_alive",
     "live_workers",
+    "plan",
     "recover",
     "register_worker",
     "requeue",
     "served_times",
     "unregister_worker",
+    "worker_slots",
 ]
 
 HEARTBEAT_S = 2.0  # executors refresh their claims this often
@@ -147,6 +150,7 @@ def fair_order(
     left out (their runs wait). With A's 60 runs queued, B's one run is next as soon as a slot
     frees: B runs nothing and was served before A (or never).
     """
+    served = dict(served)  # changed below as runs are placed; the caller's stays as it was
     busy: dict[str, int] = {}
     for record in running:
         owner = record.get("owner") or ""
@@ -293,6 +297,21 @@ def register_worker(store: Store, executor: Executor, devices: dict[str, int]) -
 
 def unregister_worker(store: Store, executor: Executor) -> None:
     store.delete(f"worker:{executor.id}")
+
+
+def worker_slots(store: Store) -> int:
+    """Runs the live worker processes train at once, all devices together (0: none alive)."""
+    return sum(sum((w.get("devices") or {}).values()) for w in live_workers(store))
+
+
+def plan(
+    store: Store, slots: int, max_running: int | None, records: list | None = None
+) -> dict[str, Place]:
+    """Each queued run's place in ``fair_order`` and estimated start (``queueplan``), for
+    executors with ``slots`` in all; ``records``: the store's runs when just listed."""
+    records = records if records is not None else store.list_runs()
+    served = served_times(store)
+    return queue_plan(records, slots, served, max_running=max_running, now=time.time())
 
 
 def live_workers(store: Store) -> list[dict[str, Any]]:

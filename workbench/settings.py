@@ -37,7 +37,6 @@ Every mistake (an unknown section or key, a wrong type, a value out of range) is
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
@@ -102,6 +101,11 @@ class LabSettings:
         """The per-user limits in force: none in local mode unless a [limits] section sets
         them (one person on their own machine), the configured or default ones otherwise."""
         return self.limits if self.limits_set or not self.local else None
+
+    def max_running(self) -> int | None:
+        """The per-user limit of runs training at once (None: no limits in force)."""
+        limits = self.user_limits()
+        return limits.running_runs if limits else None
 
     @property
     def upload_max_bytes(self) -> int:
@@ -242,10 +246,3 @@ def current() -> LabSettings:
     directory or ``$KDWB_HOME`` changes (tests switch between them)."""
     key = (os.environ.get(CONFIG_ENV, ""), os.getcwd(), os.environ.get("KDWB_HOME", ""))
     return _cached(key)
-
-
-def replace(settings: LabSettings, **changes: Any) -> LabSettings:
-    """A copy of ``settings`` with ``changes`` (limits as keyword ``limits=dict(...)`` too)."""
-    if isinstance(changes.get("limits"), dict):
-        changes["limits"] = dataclasses.replace(settings.limits, **changes["limits"])
-    return dataclasses.replace(settings, **changes)
