@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # analysis_before, run
 
 import analysis_before  # noqa: E402
 
-from workbench.analysis import FORMS, cka_form, cka_matrix  # noqa: E402
-from workbench.features import FeatureTaps  # noqa: E402
+from workbench.distill.similarity import FORMS, cka_form, cka_matrix  # noqa: E402
+from workbench.distill.taps import FeatureTaps  # noqa: E402
 
 STUDENT_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 TEACHER_WIDTHS = (32, 64, 128, 256, 512, 1024, 2048, 6144)

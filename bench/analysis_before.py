@@ -1,4 +1,4 @@
-"""A frozen copy of ``workbench/analysis.py`` as of commit ba9119c (before the work-counted CKA
+"""A frozen copy of ``workbench/distill/similarity.py`` as of commit ba9119c (before the work-counted CKA
 form), kept only so that ``bench/analysis.py`` can time the old ``cka_matrix`` against the new one
 in the same run. Not part of the library; do not import it from ``workbench``.
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.losses import feature_loss
+from workbench.distill.losses import feature_loss
 
 __all__ = ["DEFAULT_CHUNK", "cka_matrix", "gram", "linear_cka", "pair_cosine"]
 

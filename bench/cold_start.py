@@ -11,7 +11,7 @@ the browser's first request to the server:
   built: the page has imported torch and loaded the data).
 
 The same repeats run against a **baseline** tree (by default the tree before
-``workbench/catalog.py`` was added, extracted with ``git archive``), alternating with this tree,
+``workbench/config/choices.py`` was added, extracted with ``git archive``), alternating with this tree,
 and ``python -c "import torch"`` is timed in each repeat as a measure of the machine's speed at
 that moment. One unmeasured start first warms the disk cache, so "cold" means a new server
 process, not files read from disk. Medians over the repeats are printed.
@@ -56,13 +56,13 @@ _TABLES_JS = """() => [...document.querySelectorAll('[data-testid="stColumn"] [d
 
 
 def baseline_rev() -> str:
-    """The commit before the one that added ``workbench/catalog.py`` (the lazy imports)."""
+    """The commit before the one that added ``workbench/config/choices.py`` (the lazy imports)."""
     added = subprocess.run(
-        ["git", "log", "--format=%H", "--diff-filter=A", "--", "workbench/catalog.py"],
+        ["git", "log", "--format=%H", "--diff-filter=A", "--", "workbench/config/choices.py"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     if not added:
-        raise SystemExit("workbench/catalog.py is not committed: pass --baseline REV")
+        raise SystemExit("workbench/config/choices.py is not committed: pass --baseline REV")
     return f"{added[-1]}~1"
 
 

@@ -1,7 +1,7 @@
 """Reproduce the table of docs/DEMO_ABLATION.md: the "demo ablation" suite preset, trained and
 analysed from scratch in a fresh store.
 
-The preset (``workbench.suites.SUITE_PRESETS["demo ablation"]``): a small_cnn teacher trained on
+The preset (``workbench.ablation.suites.SUITE_PRESETS["demo ablation"]``): a small_cnn teacher trained on
 all of digits' training split, an mlp student trained on a fixed stratified 5 % of it, the
 course's hybrid loss 0.3/0.3/0.2/0.2, leave-one-out over the four components plus the scratch
 student, 5 seeds. Everything runs on the CPU, offline.
@@ -24,12 +24,12 @@ import tempfile
 import time
 from typing import Any
 
-from workbench.ablation import FULL, LABEL_ONLY, paired_comparison
-from workbench.data import load_dataset, train_subset
-from workbench.engine import preflight, run
-from workbench.gradshare import SHARE_FIELDS, weak_terms
-from workbench.store import Store
-from workbench.suites import SUITE_PRESETS, launch_suite, suite_analysis
+from workbench.ablation.suites import SUITE_PRESETS, launch_suite, suite_analysis
+from workbench.ablation.variants import FULL, LABEL_ONLY, paired_comparison
+from workbench.data.datasets import load_dataset, train_subset
+from workbench.distill.gradient_shares import SHARE_FIELDS, weak_terms
+from workbench.storage.store import Store
+from workbench.training.engine import preflight, run
 
 
 def _pct(x: float, digits: int = 2) -> str:
@@ -142,7 +142,7 @@ def main() -> int:
                 print(f"- seed 0: {weak['message']}")
     print(f"\nWall time: {elapsed:.0f} s for {len(queued)} runs (teacher included)")
     if args.figures:
-        from workbench.plots import contribution_bars
+        from workbench.ui.plots import contribution_bars
 
         os.makedirs(args.figures, exist_ok=True)
         fig = contribution_bars(contrib, title=f"Demo ablation: contributions ({split} split)")

@@ -32,13 +32,13 @@ import time
 
 import torch
 
-from workbench.config import LossWeights, RunConfig
-from workbench.data import load_dataset
-from workbench.engine import import_teacher, run
-from workbench.features import build_adapters, pair_layers
-from workbench.losses import HybridLoss
-from workbench.models import build_model, feature_layers
-from workbench.store import Store
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.data.datasets import load_dataset
+from workbench.distill.losses import HybridLoss
+from workbench.distill.taps import build_adapters, pair_layers
+from workbench.models.registry import build_model, feature_layers
+from workbench.storage.store import Store
+from workbench.training.engine import import_teacher, run
 
 LOG_EVERY = 5
 FIRST, LAST = 5, 20  # timed steps within each epoch (digits, batch 64: 22 steps per epoch)
@@ -169,7 +169,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-path", default="", help="the folder, for --dataset image_folder")
     parser.add_argument(
-        "--engine", default="workbench.engine", help="module whose run() to time (before/after)"
+        "--engine",
+        default="workbench.training.engine",
+        help="module whose run() to time (before/after)",
     )
     args = parser.parse_args()
 

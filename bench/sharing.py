@@ -59,13 +59,14 @@ sys.path.insert(0, str(ROOT))  # `streamlit run` puts app.py's folder on sys.pat
 os.environ["KDWB_USER"] = "u1"  # the viewer, before the workbench reads who is asking
 VIEWER = os.environ["KDWB_USER"]
 
-from workbench import actions, runqueue  # noqa: E402
-from workbench import settings as lab_settings  # noqa: E402
-from workbench.config import LossWeights, RunConfig  # noqa: E402
-from workbench.identity import local_user  # noqa: E402
-from workbench.jobs import JobManager  # noqa: E402
-from workbench.queueplan import queue_plan  # noqa: E402
-from workbench.store import Store  # noqa: E402
+from workbench.config.run_config import LossWeights, RunConfig  # noqa: E402
+from workbench.lab import settings as lab_settings  # noqa: E402
+from workbench.lab.identity import local_user  # noqa: E402
+from workbench.runs import permitted as actions  # noqa: E402
+from workbench.runs import queue as runqueue  # noqa: E402
+from workbench.runs.job_manager import JobManager  # noqa: E402
+from workbench.runs.queue_plan import queue_plan  # noqa: E402
+from workbench.storage.store import Store  # noqa: E402
 
 APP = str(ROOT / "app.py")
 USERS = [f"u{i}" for i in range(1, 6)]

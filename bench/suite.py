@@ -1,8 +1,8 @@
 """Whole suites on the CPU: a cached 5-run leave-one-out suite against five student-only runs,
-with and without what runs of one process share (``workbench.warm``), and an 18-run suite
+with and without what runs of one process share (``workbench.training.teacher_pool``), and an 18-run suite
 against 18 single runs.
 
-The suite is ``workbench.ablation.leave_one_out_variants`` of the hybrid loss minus "without
+The suite is ``workbench.ablation.variants.leave_one_out_variants`` of the hybrid loss minus "without
 label" (full, without response, without feature, without relation, label only): 5 runs of a
 small student against a much larger teacher (resnet34 -> small_cnn on digits by default; the
 teacher keeps random weights, which cost the same as trained ones), teacher cache on (so the
@@ -21,7 +21,7 @@ Each round, in one process, the arms alternating (their order reversed every oth
   nothing warm, so its first run builds the teacher-output and probe entries);
 - ``reload``: the cached suite with ``warm.clear()`` before every run: the disk entries exist
   but nothing is kept in the process, as when each run starts in a new process (and as every
-  run did before ``workbench.warm``).
+  run did before ``workbench.training.teacher_pool``).
 
 Ratios are of the medians over rounds, wall and this process's CPU time (when they part ways,
 other processes were competing for the cores). With ``--profile`` the warm suite and the
@@ -56,13 +56,13 @@ import time
 
 import torch
 
-from workbench import warm
-from workbench.ablation import leave_one_out_variants, without_name
-from workbench.config import LossWeights, RunConfig
-from workbench.data import load_dataset
-from workbench.engine import import_teacher, run
-from workbench.models import build_model, count_params
-from workbench.store import Store
+from workbench.ablation.variants import leave_one_out_variants, without_name
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.data.datasets import load_dataset
+from workbench.models.registry import build_model, count_params
+from workbench.storage.store import Store
+from workbench.training import teacher_pool as warm
+from workbench.training.engine import import_teacher, run
 
 # The parts of a run in the profile: (label, file suffix, function name), cumulative seconds.
 PARTS = (

@@ -1,6 +1,6 @@
 """Teacher-output cache: a leave-one-out suite with the cache, without it, and student-only.
 
-The suite is ``workbench.ablation.leave_one_out_variants`` of the hybrid loss (full, without
+The suite is ``workbench.ablation.variants.leave_one_out_variants`` of the hybrid loss (full, without
 response, without feature, without relation, label only): 5 runs of a small student against a
 much larger teacher (resnet34 -> small_cnn on digits by default; the teacher keeps random weights,
 which cost the same as trained ones). In one process, each round runs:
@@ -38,12 +38,12 @@ import time
 
 import torch
 
-from workbench.ablation import leave_one_out_variants, without_name
-from workbench.config import LossWeights, RunConfig
-from workbench.data import load_dataset
-from workbench.engine import import_teacher, run
-from workbench.models import build_model, count_params
-from workbench.store import Store
+from workbench.ablation.variants import leave_one_out_variants, without_name
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.data.datasets import load_dataset
+from workbench.models.registry import build_model, count_params
+from workbench.storage.store import Store
+from workbench.training.engine import import_teacher, run
 
 NAMES = {
     "student": "student-only",

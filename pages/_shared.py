@@ -16,25 +16,25 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from workbench import settings as lab_settings
-from workbench.config import PRESETS, RunConfig
+from workbench.config.run_config import PRESETS, RunConfig
 from workbench.errors import WorkbenchError
-from workbench.forms import FormError, pairs_from_rows
-from workbench.identity import (
+from workbench.lab import settings as lab_settings
+from workbench.lab.identity import (
     User,
     check_oidc_ready,
     local_user,
     user_from_claims,
     user_from_headers,
 )
-from workbench.launch import TEACHER_MODES
-from workbench.settings import LabSettings
-from workbench.store import Store, default_home
-from workbench.urlstate import from_params, to_params
-from workbench.views import ModelPair, inspect_pair
+from workbench.lab.settings import LabSettings
+from workbench.storage.store import Store, default_home
+from workbench.ui.draft import TEACHER_MODES
+from workbench.ui.form_values import FormError, pairs_from_rows
+from workbench.ui.tables import ModelPair, inspect_pair
+from workbench.ui.url_state import from_params, to_params
 
 if TYPE_CHECKING:
-    from workbench.jobs import JobManager
+    from workbench.runs.job_manager import JobManager
 
 log = logging.getLogger("kdwb.app")
 
@@ -46,7 +46,7 @@ DEFAULT_PRESET = next(iter(PRESETS))
 def _manager_for(home: str) -> JobManager:
     # One per store home and process, shared by every browser session; its worker threads call
     # engine.run only and never touch Streamlit.
-    from workbench.jobs import JobManager
+    from workbench.runs.job_manager import JobManager
 
     settings = lab_settings.current()
     return JobManager(Store(home), execute=settings.app_executes, settings=settings)

@@ -20,20 +20,20 @@ from pages._shared import (
     store,
     user,
 )
-from workbench import actions
-from workbench.config import RunConfig
-from workbench.naming import (
+from workbench.ablation.suites import suite_analysis, suite_progress
+from workbench.config.run_config import RunConfig
+from workbench.runs import permitted as actions
+from workbench.storage.store import ACTIVE, FINISHED
+from workbench.ui.naming import (
     ACCURACY_LABEL,
     ACCURACY_METRIC,
     EPOCH_LABEL,
     EPOCH_METRIC,
     metric_label,
 )
-from workbench.plots import contribution_bars
-from workbench.store import ACTIVE, FINISHED
-from workbench.suites import suite_analysis, suite_progress
-from workbench.urlstate import encode_ids
-from workbench.views import latest_accuracy
+from workbench.ui.plots import contribution_bars
+from workbench.ui.tables import latest_accuracy
+from workbench.ui.url_state import encode_ids
 
 require_app(__file__)
 ss = st.session_state

@@ -1,6 +1,6 @@
 """Compare: pick runs from a filtered table; overlay their curves, diff their configs, compare
 what their students learned (CKA, Gram matrices, pair cosines, per-class accuracy) and export
-it all as one HTML report. The logic lives in ``workbench.compare`` and ``workbench.plots``.
+it all as one HTML report. The logic lives in ``workbench.ui.compare`` and ``workbench.ui.plots``.
 
 The selection and the view settings live in the URL (``/compare?runs=ID1,ID2&group=seed``)."""
 
@@ -13,16 +13,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._shared import errors_shown, page_entered, require_app, set_params, store, user
-from workbench import actions, compare, plots
-from workbench.naming import (
+from workbench.runs import permitted as actions
+from workbench.ui import compare, plots
+from workbench.ui.naming import (
     ACCURACY_LABEL,
     ACCURACY_METRIC,
     EPOCH_LABEL,
     option_label,
     short_names,
 )
-from workbench.report import comparison_report
-from workbench.urlstate import decode_ids, decode_value, encode_ids, encode_value
+from workbench.ui.report import comparison_report
+from workbench.ui.url_state import decode_ids, decode_value, encode_ids, encode_value
 
 require_app(__file__)
 ss = st.session_state

@@ -1,6 +1,6 @@
 """Distill: the hybrid loss, the training settings, a name and tags, and the Launch button.
 
-Launch is enabled only when the draft is valid (``workbench.launch.check_draft``, on every
+Launch is enabled only when the draft is valid (``workbench.ui.draft.check_draft``, on every
 rerun); each message shows under the widgets of its field, once.
 """
 
@@ -25,10 +25,13 @@ from pages._shared import (
     store,
     user,
 )
-from workbench.ablation import suite_configs
-from workbench.config import COMPONENTS, PRESETS
-from workbench.forms import hybrid_formula
-from workbench.launch import (
+from workbench.ablation.suites import launch_suite
+from workbench.ablation.variants import suite_configs
+from workbench.config.run_config import COMPONENTS, PRESETS
+from workbench.distill.losses import FEATURE_LOSSES, RELATION_LOSSES
+from workbench.distill.weighting import WEIGHTINGS
+from workbench.storage.store import ACTIVE
+from workbench.ui.draft import (
     check_draft,
     draft_key,
     launch_runs,
@@ -36,15 +39,12 @@ from workbench.launch import (
     reset_pairs,
     route_errors,
 )
-from workbench.losses import FEATURE_LOSSES, RELATION_LOSSES
-from workbench.store import ACTIVE
-from workbench.suites import launch_suite
-from workbench.views import progress_text
-from workbench.weighting import WEIGHTINGS
+from workbench.ui.form_values import hybrid_formula
+from workbench.ui.tables import progress_text
 
 require_app(__file__)
 ss = st.session_state
-slots: dict[str, object] = {}  # where each field's messages go (workbench.launch.SLOTS)
+slots: dict[str, object] = {}  # where each field's messages go (workbench.ui.draft.SLOTS)
 st.title("Distill")
 st.markdown(choices_caption())
 st.page_link("pages/models.py", label="Change the models", icon=":material/account_tree:")

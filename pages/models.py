@@ -18,13 +18,13 @@ from pages._shared import (
     store,
     user,
 )
-from workbench.catalog import DATASETS, MODEL_INFO, list_datasets, list_models
-from workbench.config import RunConfig
-from workbench.forms import import_uploaded_teacher
-from workbench.launch import TEACHER_MODES, reset_pairs, upload_message
-from workbench.naming import ACCURACY_LABEL, ACCURACY_METRIC
-from workbench.store import ACTIVE
-from workbench.views import (
+from workbench.config.choices import DATASETS, MODEL_INFO, list_datasets, list_models
+from workbench.config.run_config import RunConfig
+from workbench.storage.store import ACTIVE
+from workbench.ui.draft import TEACHER_MODES, reset_pairs, upload_message
+from workbench.ui.form_values import import_uploaded_teacher
+from workbench.ui.naming import ACCURACY_LABEL, ACCURACY_METRIC
+from workbench.ui.tables import (
     format_percent,
     layer_rows,
     progress_fraction,
@@ -107,7 +107,7 @@ st.selectbox(
 # What follows loads the data and imports torch (seconds on a cold server): the title and the
 # choices above are on screen first, then these boxes fill in.
 with sizes_box:
-    from workbench.data import load_dataset
+    from workbench.data.datasets import load_dataset
 
     dataset_ok = False
     if ss["dataset"] == "image_folder" and not data_path():
@@ -124,8 +124,8 @@ with sizes_box:
             show_error(exc)
 
 with source_box:
-    from workbench import actions
-    from workbench.engine import teacher_key
+    from workbench.runs import permitted as actions
+    from workbench.training.engine import teacher_key
 
     if mode == TEACHER_MODES[0]:  # train one now
         ss["teacher_run"] = ""

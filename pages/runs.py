@@ -18,11 +18,15 @@ from pages._shared import (
     store,
     user,
 )
-from workbench import actions, checkpoints, plots
-from workbench.config import COMPONENTS, RunConfig
-from workbench.gradshare import weak_terms
-from workbench.launch import parse_tags
-from workbench.naming import (
+from workbench.config.run_config import COMPONENTS, RunConfig
+from workbench.distill.gradient_shares import weak_terms
+from workbench.runs import permitted as actions
+from workbench.runs.queue import RESUMABLE
+from workbench.storage import training_state as checkpoints
+from workbench.storage.store import ACTIVE, FINISHED
+from workbench.ui import plots
+from workbench.ui.draft import parse_tags
+from workbench.ui.naming import (
     ACCURACY_LABEL,
     ACCURACY_METRIC,
     EPOCH_LABEL,
@@ -30,10 +34,7 @@ from workbench.naming import (
     option_label,
     short_names,
 )
-from workbench.runqueue import RESUMABLE
-from workbench.store import ACTIVE, FINISHED
-from workbench.urlstate import decode_value, encode_ids, encode_value
-from workbench.views import (
+from workbench.ui.tables import (
     format_percent,
     history_csv,
     latest_accuracy,
@@ -41,6 +42,7 @@ from workbench.views import (
     progress_text,
     run_table,
 )
+from workbench.ui.url_state import decode_value, encode_ids, encode_value
 
 require_app(__file__)
 ss = st.session_state

@@ -146,7 +146,7 @@ def wait_for_runs(home: Path, run_ids, *, stall_s: float = 120.0, poll_s: float 
     """Wait until the runs have finished, however long that takes on a busy machine: the wait
     fails only when none of them made progress (a logged step, a status change) for
     ``stall_s``. Returns their records."""
-    from workbench.store import ACTIVE, Store
+    from workbench.storage.store import ACTIVE, Store
 
     store = Store(home)
     try:

@@ -11,7 +11,7 @@ def _no_run_left_training():
     """Runs that pages or tests queued and left training are stopped and joined when the
     session ends: a daemon thread inside torch while the interpreter exits aborts it."""
     yield
-    from workbench.jobs import JobManager
+    from workbench.runs.job_manager import JobManager
 
     JobManager.stop_all()
 
@@ -26,7 +26,7 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def store(home):
-    from workbench.store import Store
+    from workbench.storage.store import Store
 
     s = Store(home)
     yield s

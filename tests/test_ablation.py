@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from workbench.ablation import (
+from workbench.ablation.variants import (
     SHAPLEY_BASELINES,
     coalition_name,
     contributions,
@@ -26,7 +26,7 @@ from workbench.ablation import (
     suite_results,
     variant_summary,
 )
-from workbench.config import COMPONENTS, LossWeights, RunConfig
+from workbench.config.run_config import COMPONENTS, LossWeights, RunConfig
 from workbench.errors import ConfigError
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from workbench import admission
-from workbench.admission import admit, check_device
-from workbench.config import LossWeights, RunConfig
-from workbench.data import load_dataset
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.data.datasets import load_dataset
 from workbench.errors import ConfigError
+from workbench.runs import submit as admission
+from workbench.runs.submit import admit, check_device
 
 SCRATCH = RunConfig(teacher="small_cnn", student="mlp", weights=LossWeights(1, 0, 0, 0))
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import workbench.analysis as analysis
-from workbench.analysis import cka_matrix, gram, linear_cka, pair_cosine
+import workbench.distill.similarity as analysis
+from workbench.distill.similarity import cka_matrix, gram, linear_cka, pair_cosine
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,8 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-from workbench.config import COMPONENTS, PRESETS
-from workbench.store import ACTIVE, Store
+from workbench.config.run_config import COMPONENTS, PRESETS
+from workbench.storage.store import ACTIVE, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -151,8 +151,8 @@ def test_train_teacher_button_trains_and_the_teacher_can_be_picked(store):
 
 
 def _state_dict_bytes(model_name: str) -> bytes:
-    from workbench.data import load_dataset
-    from workbench.models import build_model
+    from workbench.data.datasets import load_dataset
+    from workbench.models.registry import build_model
 
     data = load_dataset("digits")
     buffer = io.BytesIO()
@@ -355,7 +355,7 @@ def test_launch_runs_and_compare(store):
 
 
 def test_delete_needs_a_confirmation(store):
-    from workbench.config import LossWeights, RunConfig
+    from workbench.config.run_config import LossWeights, RunConfig
 
     run_id = store.create_run(RunConfig(weights=LossWeights(1, 0, 0, 0)), status="failed")
     store.update_run(run_id, error="boom: something to fix")
@@ -373,7 +373,7 @@ def test_delete_needs_a_confirmation(store):
 
 
 def _scratch(epochs: int = 1):
-    from workbench.config import LossWeights, RunConfig
+    from workbench.config.run_config import LossWeights, RunConfig
 
     return RunConfig(student="mlp", weights=LossWeights(1, 0, 0, 0), epochs=epochs, device="cpu")
 
@@ -393,7 +393,7 @@ def test_an_interrupted_run_can_be_restarted(store):
 def test_an_interrupted_run_resumes_from_its_checkpoint(store):
     import threading
 
-    from workbench.engine import run
+    from workbench.training.engine import run
 
     config = _scratch(epochs=3)
     run_id = store.create_run(config, name="stopped")
@@ -417,7 +417,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(store):
 
 
 def test_a_run_shows_its_gradient_shares_and_a_term_that_barely_acts(store):
-    from workbench.config import LossWeights, RunConfig
+    from workbench.config.run_config import LossWeights, RunConfig
 
     config = RunConfig(weights=LossWeights(0.3, 0.3, 0.2, 0.2), device="cpu")
     run_id = store.create_run(config, status="completed")

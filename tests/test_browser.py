@@ -117,7 +117,7 @@ def _launch_disabled(page) -> bool:
 
 
 def _store_runs(home, **filters) -> list[dict]:
-    from workbench.store import Store
+    from workbench.storage.store import Store
 
     store = Store(home)
     try:
@@ -240,10 +240,10 @@ def test_main_journey(server, browser):
     # (a worker registered in the store makes the app only queue) while this test executes its
     # first run itself, so the page is seen between "nothing finished" and "all finished"
     # whatever the machine's speed; then the app executes the rest.
-    from workbench import runqueue
-    from workbench.config import RunConfig
-    from workbench.engine import run
-    from workbench.store import Store
+    from workbench.config.run_config import RunConfig
+    from workbench.runs import queue as runqueue
+    from workbench.storage.store import Store
+    from workbench.training.engine import run
 
     store = Store(server.home)
     holder = runqueue.Executor("worker")
@@ -312,7 +312,7 @@ def test_compare_with_20_runs_stays_legible(server, browser):
     """20 fabricated finished runs in Compare (from the URL): short names in the legends, CKA
     subplot titles that do not overlap, a legend no larger than its plot; reload keeps them."""
     from tests.test_compare_page import fabricate_run
-    from workbench.store import Store
+    from workbench.storage.store import Store
 
     store = Store(server.home)
     weights = [(0.5, 0.5, 0.0, 0.0), (0.3, 0.3, 0.2, 0.2), (1, 0, 0, 0), (0.4, 0.4, 0.2, 0.0),
@@ -366,8 +366,8 @@ def test_compare_with_20_runs_stays_legible(server, browser):
 
 def test_runs_page_with_50_runs(server, page):
     """Render time of Runs with 50 runs in the store (recorded in docs/BENCHMARKS.md)."""
-    from workbench.config import LossWeights, RunConfig
-    from workbench.store import Store
+    from workbench.config.run_config import LossWeights, RunConfig
+    from workbench.storage.store import Store
 
     store = Store(server.home)
     config = RunConfig(teacher="small_cnn", student="mlp", weights=LossWeights(1, 0, 0, 0))

@@ -126,7 +126,7 @@ def _signed_in_as(page, name: str) -> None:
 
 
 def _store(home):
-    from workbench.store import Store
+    from workbench.storage.store import Store
 
     return Store(home)
 
@@ -198,7 +198,7 @@ def _run_options(page) -> str:
 def _queue_held(home):
     """Hold the queue: a registered worker that claims nothing. While it beats, the app (in
     ``app_executes = "auto"``) leaves queued runs to workers, so they stay queued."""
-    from workbench import runqueue
+    from workbench.runs import queue as runqueue
 
     store = _store(home)
     holder = runqueue.Executor("worker")
@@ -255,7 +255,7 @@ def test_two_users_share_the_instance(lab, browser):
     wait_for_runs(app.home, [first])
     assert _record(app.home, first)["status"] == "completed"
 
-    from workbench.config import LossWeights, RunConfig
+    from workbench.config.run_config import LossWeights, RunConfig
 
     tiny = RunConfig(teacher="small_cnn", student="mlp", epochs=1, weights=LossWeights(1, 0, 0, 0))
     with _queue_held(app.home):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from workbench import catalog, data, losses, models, weighting
+from workbench.config import choices as catalog
+from workbench.data import datasets as data
+from workbench.distill import losses, weighting
+from workbench.models import registry as models
 
 
 def test_datasets_are_the_catalogs_own():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from workbench.cli import main
-from workbench.store import Store
+from workbench.storage.store import Store
 
 
 def test_run_json_then_runs_and_show(home, capsys):
@@ -41,7 +41,7 @@ def test_run_json_then_runs_and_show(home, capsys):
 
 
 def test_config_file_and_flag_override(home, tmp_path, capsys):
-    from workbench.config import RunConfig
+    from workbench.config.run_config import RunConfig
 
     path = tmp_path / "run.toml"
     path.write_text(
@@ -230,7 +230,7 @@ def test_no_traceback_and_no_record_from_the_real_command(home):
 
 
 def test_runs_lists_one_line_per_run_whatever_was_stored(home, capsys):
-    from workbench.config import RunConfig
+    from workbench.config.run_config import RunConfig
 
     store = Store(home)
     config = RunConfig(teacher="small_cnn", student="mlp")
@@ -249,7 +249,7 @@ def test_runs_lists_one_line_per_run_whatever_was_stored(home, capsys):
 
 
 def test_runs_with_an_unknown_status_says_so(home, capsys):
-    from workbench.store import STATUSES
+    from workbench.storage.store import STATUSES
 
     assert main(["runs", "--status", "complete"]) == 2
     err = capsys.readouterr().err

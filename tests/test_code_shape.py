@@ -12,13 +12,15 @@ REASON = "Long because"
 
 def _long_functions() -> list[str]:
     found = []
-    for path in sorted(LIBRARY.glob("*.py")):
+    for path in sorted(LIBRARY.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             length = node.end_lineno - node.lineno + 1
             if length > LONGEST and REASON not in (ast.get_docstring(node) or ""):
-                found.append(f"{path.name}:{node.lineno} {node.name} ({length} lines)")
+                found.append(
+                    f"{path.relative_to(LIBRARY)}:{node.lineno} {node.name} ({length} lines)"
+                )
     return found
 
 

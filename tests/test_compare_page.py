@@ -1,7 +1,7 @@
 """AppTests of the Compare and Ablations pages on a store of fabricated runs (nothing trains).
 
 Records, histories, epochs and probes are written straight through ``Store``, shaped like the
-engine's (``docs/ARCHITECTURE.md``, ``workbench/probe.py``). ``fabricate_run`` is also what
+engine's (``docs/ARCHITECTURE.md``, ``workbench/training/probe.py``). ``fabricate_run`` is also what
 the Compare render-time measurement uses (10 runs, 8 x 8 layers, 60-sample Grams).
 """
 
@@ -17,9 +17,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from workbench.config import LossWeights, RunConfig
-from workbench.store import Store
-from workbench.suites import launch_suite
+from workbench.ablation.suites import launch_suite
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")

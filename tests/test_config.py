@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from workbench.config import (
+from workbench.config.run_config import (
     LIMITS,
     PRESETS,
     Bound,
@@ -186,7 +186,7 @@ def test_every_field_refuses_a_wrong_type_in_one_line(field, value):
 
 
 def test_each_field_kind_is_checked_once():
-    from workbench import config as config_module
+    from workbench.config import run_config as config_module
 
     kinds = (
         config_module._TEXTS,

@@ -1,4 +1,4 @@
-"""workbench.data and workbench.datafiles: the three splits, the readers on tiny files in their
+"""workbench.data.datasets and workbench.data.safe_files: the three splits, the readers on tiny files in their
 real on-disk formats (idx-ubyte for MNIST, pickled batches for CIFAR, PNG folders) written here,
 and the faults: planted pickles are never run, damaged files give one line with the fix."""
 
@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torchvision import datasets as tv_datasets
 
-from workbench import data as data_module
-from workbench.data import (
+from workbench.data import datasets as data_module
+from workbench.data.datasets import (
     DATASETS,
     DataBundle,
     dataset_root,
@@ -451,13 +451,13 @@ def test_download_replaces_files_that_fail_verification(tmp_path, monkeypatch):
 def test_load_dataset_trust_cannot_be_reached_by_a_user():
     """``checksums`` is the only way to make the CIFAR loader trust a file: it is not a config
     field, and no module of the app or the library passes it."""
-    from workbench.config import RunConfig
+    from workbench.config.run_config import RunConfig
 
     assert "checksums" not in RunConfig.__dataclass_fields__
-    repo = Path(data_module.__file__).parents[1]
-    sources = [*repo.glob("workbench/*.py"), *repo.glob("pages/*.py"), repo / "app.py"]
+    repo = Path(data_module.__file__).parents[2]
+    sources = [*repo.glob("workbench/**/*.py"), *repo.glob("pages/*.py"), repo / "app.py"]
     assert len(sources) > 10
-    owners = ("data.py", "datafiles.py")
+    owners = ("datasets.py", "safe_files.py")
     users = [p.name for p in sources if p.name not in owners and "checksums" in p.read_text()]
     assert users == []
 
@@ -492,7 +492,7 @@ def no_unpickling(monkeypatch):
 @pytest.fixture
 def tmp_root(tmp_path, monkeypatch):
     """``tmp_path`` as the data root: errors name class folders and images only under a root
-    (``workbench.dataroots``)."""
+    (``workbench.data.roots``)."""
     config = tmp_path / "workbench.toml"
     config.write_text(f"[data]\nroots = [{str(tmp_path)!r}]\n")
     monkeypatch.setenv("KDWB_CONFIG", str(config))

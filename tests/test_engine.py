@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import workbench.losses as losses
-from workbench.config import LossWeights, RunConfig
-from workbench.engine import ensure_teacher, import_teacher, run
+import workbench.distill.losses as losses
+from workbench.config.run_config import LossWeights, RunConfig
 from workbench.errors import CheckpointError, ConfigError
-from workbench.teacher_cache import LiveTeacher
+from workbench.training.engine import ensure_teacher, import_teacher, run
+from workbench.training.teacher_cache import LiveTeacher
 
 TINY = RunConfig(
     teacher="small_cnn",
@@ -131,7 +131,7 @@ def test_ensure_teacher_checks_a_chosen_teacher_run(store):
 
 
 def test_import_teacher_checks_the_architecture(store, tmp_path):
-    from workbench.models import build_model
+    from workbench.models.registry import build_model
 
     good = tmp_path / "good.pt"
     torch.save(build_model("small_cnn", (1, 8, 8), 10).state_dict(), good)

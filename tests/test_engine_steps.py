@@ -9,9 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from workbench import checkpoints, runqueue
-from workbench.config import LossWeights, RunConfig
-from workbench.engine import (
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.distill.losses import HybridLoss
+from workbench.distill.taps import FeatureTaps
+from workbench.runs import queue as runqueue
+from workbench.storage import training_state as checkpoints
+from workbench.training.engine import (
     augment_batch,
     build_model_and_loss,
     build_optimizer,
@@ -21,8 +24,6 @@ from workbench.engine import (
     run,
     train_epoch,
 )
-from workbench.features import FeatureTaps
-from workbench.losses import HybridLoss
 
 TINY = RunConfig(
     teacher="small_cnn",
@@ -88,7 +89,7 @@ def test_adapters_move_during_training(store):
 
 # ---------------------------------------------------------------------------- seeds
 def test_seeds_change_the_initialisation_and_the_data_order(store):
-    from workbench.data import load_dataset
+    from workbench.data.datasets import load_dataset
 
     data = load_dataset("digits")
     cpu = torch.device("cpu")
@@ -108,7 +109,7 @@ def test_different_seeds_give_different_histories(store):
 
 
 def test_construction_leaves_the_global_generator_alone():
-    from workbench.data import load_dataset
+    from workbench.data.datasets import load_dataset
 
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -191,7 +192,7 @@ def test_augment_shifts_each_image_by_its_own_offset():
 
 
 def test_augmentation_runs_in_the_engine(store, monkeypatch):
-    import workbench.engine as engine
+    import workbench.training.engine as engine
 
     calls = []
     real = engine.augment_batch
@@ -210,7 +211,7 @@ def test_uncertainty_weighting_learns_in_the_engine(store):
 
 
 def test_cuda_out_of_memory_inside_the_engine_is_reported(store, monkeypatch):
-    from workbench import models
+    from workbench.models import registry as models
 
     real = models.build_model
 
@@ -223,7 +224,7 @@ def test_cuda_out_of_memory_inside_the_engine_is_reported(store, monkeypatch):
         model.forward = forward
         return model
 
-    monkeypatch.setattr("workbench.engine.build_model", oom_model)
+    monkeypatch.setattr("workbench.training.engine.build_model", oom_model)
     record = run(SCRATCH, store)
     assert record["status"] == "failed"
     assert record["error"].startswith("out of GPU memory: lower the batch size")
@@ -295,7 +296,7 @@ def test_concurrent_same_seed_runs_are_identical_to_a_run_alone(store):
 
 
 def test_dropout_draws_from_the_run_generator():
-    from workbench.rng import RunDropout, use_run_generator
+    from workbench.training.rng import RunDropout, use_run_generator
 
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
     g = torch.Generator().manual_seed(0)
@@ -313,7 +314,9 @@ def test_dropout_draws_from_the_run_generator():
     assert torch.equal(model[1](x), x)
 
 
-@pytest.mark.parametrize("scheme", __import__("workbench.weighting").weighting.list_weightings())
+@pytest.mark.parametrize(
+    "scheme", __import__("workbench.distill.weighting").distill.weighting.list_weightings()
+)
 def test_every_weighting_scheme_keeps_its_state_in_the_checkpoint(scheme, tmp_path):
     """A resumed run rebuilds the loss and loads its state dict: whatever a scheme learned or
     counted (parameters, plateau counters, running estimates) must be in it."""
@@ -342,8 +345,8 @@ def test_every_weighting_scheme_keeps_its_state_in_the_checkpoint(scheme, tmp_pa
 
 
 def test_headline_metrics_are_measured_on_the_test_split(store):
-    from workbench.data import load_dataset
-    from workbench.models import build_model
+    from workbench.data.datasets import load_dataset
+    from workbench.models.registry import build_model
 
     record = run(SCRATCH.replace(epochs=2), store)
     data = load_dataset("digits")
@@ -390,7 +393,7 @@ def test_a_damaged_training_checkpoint_fails_the_resume_with_a_message(store, tm
 
 
 def test_train_fraction_trains_on_the_fixed_stratified_subset(store):
-    from workbench.data import load_dataset, train_subset
+    from workbench.data.datasets import load_dataset, train_subset
 
     config = SCRATCH.replace(train_fraction=0.1, batch_size=16)
     t = prepare(config, store, store.create_run(config))

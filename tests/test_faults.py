@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.store import Store
+from workbench.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 600.0  # seconds; a deadline for a hung process, never a performance bound
@@ -155,9 +155,9 @@ def test_kill_9_while_the_teacher_trains_then_the_next_run_finishes(tmp_path):
 APP = textwrap.dedent(
     """
     import sys, time
-    from workbench.config import LossWeights, RunConfig
-    from workbench.jobs import JobManager
-    from workbench.store import Store
+    from workbench.config.run_config import LossWeights, RunConfig
+    from workbench.runs.job_manager import JobManager
+    from workbench.storage.store import Store
 
     manager = JobManager(Store())  # what the app creates (st.cache_resource) on its first page
     if sys.argv[1] == "submit":
@@ -208,8 +208,8 @@ def test_kill_9_of_the_app_with_one_running_and_two_queued(tmp_path):
 
 
 def test_two_workers_and_the_app_execute_each_run_exactly_once(store, home):
-    from workbench.config import LossWeights, RunConfig
-    from workbench.jobs import JobManager
+    from workbench.config.run_config import LossWeights, RunConfig
+    from workbench.runs.job_manager import JobManager
 
     workers = [_cli(home, "worker", "--device", "cpu") for _ in range(2)]
     app = JobManager(store, execute="threads")  # the app executes too: three executors

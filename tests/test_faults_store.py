@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench import runqueue
 from workbench.cli import build_parser, config_from_args, main
-from workbench.config import LossWeights, RunConfig
-from workbench.engine import teacher_key
+from workbench.config.run_config import LossWeights, RunConfig
 from workbench.errors import CheckpointError, StoreError
-from workbench.store import Store
-from workbench.store_repair import check_store
+from workbench.runs import queue as runqueue
+from workbench.storage.repair import check_store
+from workbench.storage.store import Store
+from workbench.training.engine import teacher_key
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = RunConfig(teacher="small_cnn", student="mlp", weights=LossWeights(1, 0, 0, 0))
@@ -177,7 +177,7 @@ def test_kill_9_while_a_teacher_trains_frees_its_lock(home, sig):
 
 HOLDER = """
     import select, sys
-    from workbench.store import Store
+    from workbench.storage.store import Store
     store = Store()
     with store.lock("job", description="run R1, which is training teacher resnet18",
                     heartbeat=0.2) as held:
@@ -375,10 +375,10 @@ def test_full_disk_while_writing_with_the_store_open(small_disk):
 
 
 def test_full_disk_while_building_the_teacher_cache_runs_the_teacher_live(small_disk):
-    from workbench.data import load_dataset
-    from workbench.models import build_model
-    from workbench.probe import teacher_probe_features
-    from workbench.teacher_cache import LiveTeacher, cache_root, teacher_source
+    from workbench.data.datasets import load_dataset
+    from workbench.models.registry import build_model
+    from workbench.training.probe import teacher_probe_features
+    from workbench.training.teacher_cache import LiveTeacher, cache_root, teacher_source
 
     home = small_disk / "home"
     store = Store(home)

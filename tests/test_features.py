@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.distill.taps import Adapter, FeatureTaps, build_adapters, check_pairs, pair_layers
 from workbench.errors import IncompatibleModelsError
-from workbench.features import Adapter, FeatureTaps, build_adapters, check_pairs, pair_layers
-from workbench.models import LayerInfo, build_model, feature_layers
+from workbench.models.registry import LayerInfo, build_model, feature_layers
 
 
 def _layers(prefix: str, n: int, shape: tuple[int, ...] = (8, 4, 4)) -> list[LayerInfo]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.config import LossWeights, RunConfig
-from workbench.forms import (
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.ui.form_values import (
     MAX_SEEDS,
     FormError,
     build_configs,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.config import LossWeights
-from workbench.gradshare import SHARE_FIELDS, gradient_shares, weak_terms
-from workbench.losses import HybridLoss
+from workbench.config.run_config import LossWeights
+from workbench.distill.gradient_shares import SHARE_FIELDS, gradient_shares, weak_terms
+from workbench.distill.losses import HybridLoss
 
 
 def _setup():

@@ -15,18 +15,18 @@ import pytest
 import torch
 from PIL import Image
 
-from workbench import identity
-from workbench import settings as settings_module
-from workbench.config import RunConfig
-from workbench.data import load_dataset
-from workbench.dataroots import check_data_path
+from workbench.config.run_config import RunConfig
+from workbench.data.datasets import load_dataset
+from workbench.data.roots import check_data_path
 from workbench.errors import CheckpointError, ConfigError, DatasetUnavailableError
-from workbench.forms import import_uploaded_teacher
-from workbench.identity import IdentityError, user_from_claims, user_from_headers
-from workbench.models import build_model
-from workbench.probe import teacher_probe_features
-from workbench.store import Store
-from workbench.teacher_cache import teacher_source
+from workbench.lab import identity
+from workbench.lab import settings as settings_module
+from workbench.lab.identity import IdentityError, user_from_claims, user_from_headers
+from workbench.models.registry import build_model
+from workbench.storage.store import Store
+from workbench.training.probe import teacher_probe_features
+from workbench.training.teacher_cache import teacher_source
+from workbench.ui.form_values import import_uploaded_teacher
 
 
 def _images(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n: int = 5) -> Path:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.browser_harness import boxes_overlap, wait_for_runs
-from workbench.config import LossWeights, RunConfig
+from workbench.config.run_config import LossWeights, RunConfig
 
 
 def _run(store) -> str:

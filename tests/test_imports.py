@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def package_modules(root: Path, package: str) -> dict[str, Path]:
-    """``{"workbench.config": path, ...}`` for every module of ``package`` under ``root``."""
+    """``{"workbench.config.run_config": path, ...}`` for every module of ``package`` under ``root``."""
     modules = {}
     for path in sorted((root / package).rglob("*.py")):
         parts = path.relative_to(root).with_suffix("").parts
@@ -172,7 +172,10 @@ def test_the_checker_resolves_relative_and_ignores_type_checking(tmp_path):
 # ---------------------------------------------------------------------- the workbench
 def test_no_import_cycle_among_workbench_modules():
     graph = import_graph(ROOT, "workbench")
-    assert "workbench.config" in graph and "workbench.catalog" in graph["workbench.config"]
+    assert (
+        "workbench.config.run_config" in graph
+        and "workbench.config.choices" in graph["workbench.config.run_config"]
+    )
     assert cycles(graph) == []
 
 
@@ -282,7 +285,7 @@ def test_the_first_page_paints_before_torch_is_imported():
     names = sorted(
         {n for f in FIRST_PAINT_FILES for n in module_level_imports(ROOT / f, "workbench")}
     )
-    assert "workbench.config" in names and "workbench.store" in names
+    assert "workbench.config.run_config" in names and "workbench.storage.store" in names
     code = (
         "import importlib, json, sys\n"
         f"for name in {names!r}:\n"

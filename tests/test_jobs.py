@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-from workbench import runqueue
-from workbench.config import LossWeights, RunConfig
-from workbench.jobs import JobManager, device_key
-from workbench.store import Store
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.runs import queue as runqueue
+from workbench.runs.job_manager import JobManager, device_key
+from workbench.storage.store import Store
 
 SCRATCH = RunConfig(weights=LossWeights(1, 0, 0, 0), device="cpu")
 

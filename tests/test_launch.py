@@ -1,4 +1,4 @@
-"""workbench.launch: the Distill draft's checks, where each message goes, and the launch."""
+"""workbench.ui.draft: the Distill draft's checks, where each message goes, and the launch."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import tempfile
 
 import pytest
 
-from workbench import launch
-from workbench.config import COMPONENTS, PRESETS, RunConfig
+from workbench.config.run_config import COMPONENTS, PRESETS, RunConfig
 from workbench.errors import CheckpointError, DatasetUnavailableError, IncompatibleModelsError
+from workbench.ui import draft as launch
 
 
 def draft(**changes):

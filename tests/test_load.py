@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from workbench.config import RunConfig
+from workbench.config.run_config import RunConfig
 from workbench.errors import ConfigError
-from workbench.identity import User
-from workbench.jobs import JobManager
-from workbench.settings import load
-from workbench.store import Store
+from workbench.lab.identity import User
+from workbench.lab.settings import load
+from workbench.runs.job_manager import JobManager
+from workbench.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = ("alice", "bob", "carol")

@@ -7,10 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-import workbench.losses as losses
-from workbench.config import COMPONENTS, LossWeights
-from workbench.errors import ConfigError, IncompatibleModelsError, UnknownNameError
-from workbench.losses import (
+import workbench.distill.losses as losses
+from workbench.config.run_config import COMPONENTS, LossWeights
+from workbench.distill.losses import (
     FEATURE_LOSSES,
     RELATION_LOSSES,
     HybridLoss,
@@ -19,6 +18,7 @@ from workbench.losses import (
     relation_loss,
     response_loss,
 )
+from workbench.errors import ConfigError, IncompatibleModelsError, UnknownNameError
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from workbench.errors import ConfigError, UnknownNameError
-from workbench.models import (
+from workbench.models.registry import (
     MODELS,
     LayerInfo,
     ModelSpec,
@@ -52,9 +52,9 @@ def test_registry_is_a_plain_dict_of_specs():
 
 
 def test_registry_refuses_a_model_missing_on_either_side():
-    # names and descriptions come from workbench.catalog (duplicates refused there:
+    # names and descriptions come from workbench.config.choices (duplicates refused there:
     # tests/test_catalog.py); each needs exactly one builder here
-    from workbench.models import _registry
+    from workbench.models.registry import _registry
 
     builders = {name: spec.builder for name, spec in MODELS.items()}
     assert _registry(**builders) == MODELS

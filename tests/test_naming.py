@@ -1,10 +1,10 @@
-"""workbench.naming: one short name per run, from what tells the runs shown apart."""
+"""workbench.ui.naming: one short name per run, from what tells the runs shown apart."""
 
 from __future__ import annotations
 
-from workbench import naming
-from workbench.config import LossWeights, RunConfig
-from workbench.naming import field_text, option_label, short_names
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.ui import naming
+from workbench.ui.naming import field_text, option_label, short_names
 
 
 def run(run_id, name="", **fields):

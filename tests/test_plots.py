@@ -5,8 +5,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from workbench.ablation import contributions
-from workbench.plots import (
+from workbench.ablation.variants import contributions
+from workbench.ui.plots import (
     NOT_SIGNIFICANT,
     PlotDataError,
     accuracy_curves,
@@ -432,7 +432,7 @@ def test_config_diff_keeps_only_differing_fields():
 
 
 def test_gradient_share_curves_draw_each_active_terms_share_in_percent():
-    from workbench.plots import gradient_share_curves
+    from workbench.ui.plots import gradient_share_curves
 
     history = [
         {"step": s, "g_label": 0.6, "g_response": 0.39, "g_feature": 0.0, "g_relation": 0.01}

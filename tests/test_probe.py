@@ -11,17 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.analysis import cka_matrix, gram
-from workbench.features import FeatureTaps, build_adapters, pair_layers
-from workbench.models import build_model, feature_layers
-from workbench.probe import (
+from workbench.distill.similarity import cka_matrix, gram
+from workbench.distill.taps import FeatureTaps, build_adapters, pair_layers
+from workbench.models.registry import build_model, feature_layers
+from workbench.training.probe import (
     PROBE_SIZE,
     gram_subset,
     per_class_accuracy,
     run_probe,
     teacher_probe_features,
 )
-from workbench.teacher_cache import LIMIT_ENV, list_entries
+from workbench.training.teacher_cache import LIMIT_ENV, list_entries
 
 
 def test_gram_subset_is_class_sorted_and_capped():

@@ -1,6 +1,6 @@
 """A shared lab instance: who owns what, who may do what, the fair queue and per-user limits.
 
-Each rule is exercised in the library (``JobManager``, ``workbench.actions``, the CLI), the
+Each rule is exercised in the library (``JobManager``, ``workbench.runs.permitted``, the CLI), the
 way every front end reaches it, as the owner, as another user and as an admin.
 """
 
@@ -13,16 +13,17 @@ import time
 
 import pytest
 
-from workbench import actions, runqueue
-from workbench.access import AccessError
-from workbench.admission import check_quota
-from workbench.config import RunConfig
+from workbench.config.run_config import RunConfig
 from workbench.errors import ConfigError
-from workbench.identity import User
-from workbench.jobs import JobManager
-from workbench.queueplan import queue_plan
-from workbench.settings import SettingsError, load, parse
-from workbench.store import Store
+from workbench.lab.access import AccessError
+from workbench.lab.identity import User
+from workbench.lab.settings import SettingsError, load, parse
+from workbench.runs import permitted as actions
+from workbench.runs import queue as runqueue
+from workbench.runs.job_manager import JobManager
+from workbench.runs.queue_plan import queue_plan
+from workbench.runs.submit import check_quota
+from workbench.storage.store import Store
 
 ALICE, BOB, ADMIN = User("alice"), User("bob"), User("root", admin=True)
 TINY = RunConfig(
@@ -135,7 +136,7 @@ def test_a_private_teacher_of_another_user_cannot_be_used(lab):
 
 
 def test_suites_record_their_owner_and_only_the_owner_deletes_one(lab):
-    from workbench.suites import launch_suite
+    from workbench.ablation.suites import launch_suite
 
     base = RunConfig(teacher="mlp", student="mlp", epochs=1)
 
@@ -347,7 +348,7 @@ def test_a_wrong_settings_file_is_one_clear_line(tmp_path, text, message):
 
 
 def test_kdwb_config_naming_a_missing_file_is_an_error(tmp_path, monkeypatch):
-    from workbench.settings import settings_path
+    from workbench.lab.settings import settings_path
 
     monkeypatch.setenv("KDWB_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(SettingsError, match="no such file"):
@@ -403,7 +404,7 @@ def test_the_documented_example_settings_file_is_valid():
 
 # ---------------------------------------------------------------------- identity sources
 def test_proxy_mode_reads_the_configured_header_case_insensitively():
-    from workbench.identity import user_from_headers
+    from workbench.lab.identity import user_from_headers
 
     settings = parse({"identity": {"mode": "proxy", "header": "X-Auth-User", "admins": ["ann"]}})
     assert user_from_headers({"x-auth-user": " ann "}, settings) == User("ann", admin=True)
@@ -411,7 +412,7 @@ def test_proxy_mode_reads_the_configured_header_case_insensitively():
 
 
 def test_oidc_names_the_user_by_email_then_username_then_subject():
-    from workbench.identity import IdentityError, user_from_claims
+    from workbench.lab.identity import IdentityError, user_from_claims
 
     settings = parse({"identity": {"mode": "oidc"}})
     assert user_from_claims({"email": "a@x.org", "sub": "1"}, settings).name == "a@x.org"
@@ -433,14 +434,14 @@ def test_oidc_names_the_user_by_email_then_username_then_subject():
     ],
 )
 def test_oidc_without_its_secrets_says_what_is_missing(secrets, message):
-    from workbench.identity import IdentityError, check_oidc_ready
+    from workbench.lab.identity import IdentityError, check_oidc_ready
 
     with pytest.raises(IdentityError, match=re.escape(message)):
         check_oidc_ready(secrets)
 
 
 def test_oidc_with_a_named_provider_needs_authlib(monkeypatch):
-    from workbench.identity import IdentityError, check_oidc_ready
+    from workbench.lab.identity import IdentityError, check_oidc_ready
 
     provider = {"client_id": "c", "client_secret": "s", "server_metadata_url": "https://x"}
     secrets = {"auth": {"redirect_uri": "r", "cookie_secret": "k", "google": provider}}

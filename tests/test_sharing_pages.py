@@ -14,8 +14,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from workbench.config import RunConfig
-from workbench.store import Store
+from workbench.config.run_config import RunConfig
+from workbench.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")

@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-from workbench.config import LossWeights, RunConfig
+from workbench.config.run_config import LossWeights, RunConfig
 from workbench.errors import CheckpointError
-from workbench.store import Store, load_state_dict
+from workbench.storage.store import Store, load_state_dict
 
 CONFIG = RunConfig(weights=LossWeights(1, 0, 0, 0))
 
@@ -123,7 +123,7 @@ def test_suites(store):
 
 
 def test_history_in_chunks(store, monkeypatch):
-    import workbench.store as store_module
+    import workbench.storage.store as store_module
 
     monkeypatch.setattr(store_module, "HISTORY_CHUNK", 3)
     run_id = store.create_run(CONFIG)
@@ -147,8 +147,8 @@ def _scanned(store, wanted):
 def test_the_active_index_follows_every_status_change(tmp_path):
     import random
 
-    from workbench.config import RunConfig
-    from workbench.store import ACTIVE_INDEX, STATUSES
+    from workbench.config.run_config import RunConfig
+    from workbench.storage.store import ACTIVE_INDEX, STATUSES
 
     store = Store(tmp_path / "home")
     other = Store(tmp_path / "home")  # another process's view of the same store
@@ -179,8 +179,8 @@ def test_the_active_index_follows_every_status_change(tmp_path):
 
 
 def test_a_heartbeat_does_not_rewrite_the_active_index(tmp_path):
-    from workbench.config import RunConfig
-    from workbench.store import ACTIVE_INDEX
+    from workbench.config.run_config import RunConfig
+    from workbench.storage.store import ACTIVE_INDEX
 
     store = Store(tmp_path / "home")
     run_id = store.create_run(RunConfig(epochs=1), status="running")

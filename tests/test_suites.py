@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from workbench.config import LossWeights, RunConfig
-from workbench.suites import SUITE_PRESETS, launch_suite, suite_analysis, suite_progress
+from workbench.ablation.suites import SUITE_PRESETS, launch_suite, suite_analysis, suite_progress
+from workbench.config.run_config import LossWeights, RunConfig
 
 BASE = RunConfig(teacher="small_cnn", student="mlp", weights=LossWeights(0.5, 0.5, 0.0, 0.2))
 

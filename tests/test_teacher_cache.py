@@ -8,13 +8,13 @@ import threading
 import pytest
 import torch
 
-from workbench.config import LossWeights, RunConfig
-from workbench.data import load_dataset
-from workbench.engine import run
-from workbench.features import FeatureTaps, build_adapters, pair_layers
-from workbench.losses import HybridLoss
-from workbench.models import build_model, feature_layers
-from workbench.teacher_cache import (
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.data.datasets import load_dataset
+from workbench.distill.losses import HybridLoss
+from workbench.distill.taps import FeatureTaps, build_adapters, pair_layers
+from workbench.models.registry import build_model, feature_layers
+from workbench.training.engine import run
+from workbench.training.teacher_cache import (
     LIMIT_ENV,
     CachedTeacher,
     LiveTeacher,

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 import torch
 
-from workbench.config import RunConfig
-from workbench.data import train_subset
+from workbench.config.run_config import RunConfig
+from workbench.data.datasets import train_subset
 from workbench.errors import ConfigError
 
 

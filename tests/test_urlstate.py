@@ -1,10 +1,10 @@
-"""workbench.urlstate: a page's state as query parameters, and back."""
+"""workbench.ui.url_state: a page's state as query parameters, and back."""
 
 from __future__ import annotations
 
 import pytest
 
-from workbench.urlstate import decode_ids, decode_value, encode_value, from_params, to_params
+from workbench.ui.url_state import decode_ids, decode_value, encode_value, from_params, to_params
 
 DEFAULTS = {"temperature": 4.0, "epochs": 3, "feature_kind": "cosine", "layer_pairs": None}
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from workbench.config import LossWeights, RunConfig
-from workbench.views import (
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.ui.tables import (
     RUN_COLUMNS,
     format_duration,
     format_percent,

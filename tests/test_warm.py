@@ -1,4 +1,4 @@
-"""What runs of one process share (workbench.warm): a warm run equals a cold one, a teacher is
+"""What runs of one process share (workbench.training.teacher_pool): a warm run equals a cold one, a teacher is
 lent to one run at a time, and nothing is served under another teacher's or data's key."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import engine, probe, warm
-from workbench.config import LossWeights, RunConfig
-from workbench.data import load_dataset
-from workbench.engine import import_teacher, run
-from workbench.models import build_model, feature_layers
-from workbench.teacher_cache import list_entries
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.data.datasets import load_dataset
+from workbench.models.registry import build_model, feature_layers
+from workbench.training import engine, probe
+from workbench.training import teacher_pool as warm
+from workbench.training.engine import import_teacher, run
+from workbench.training.teacher_cache import list_entries
 
 CONFIG = RunConfig(
     teacher="small_cnn",

@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.config import COMPONENTS, LossWeights
-from workbench.errors import ConfigError
-from workbench.losses import HybridLoss, label_loss
-from workbench.weighting import (
+from workbench.config.run_config import COMPONENTS, LossWeights
+from workbench.distill.losses import HybridLoss, label_loss
+from workbench.distill.weighting import (
     WEIGHTINGS,
     FixedWeighting,
     NormalizedWeighting,
@@ -19,6 +18,7 @@ from workbench.weighting import (
     ValidationWeighting,
     list_weightings,
 )
+from workbench.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

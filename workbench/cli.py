@@ -2,7 +2,7 @@
 download``, the same engine and the same queue as the app.
 
 Every command acts as a user: ``--user NAME``, else ``$KDWB_USER``, else the OS user, under the
-same access rules as the app (``workbench.access``): ``cancel RUN --user bob`` on alice's run is
+same access rules as the app (``workbench.lab.access``): ``cancel RUN --user bob`` on alice's run is
 refused with exit code 2 and one line saying why."""
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ import sys
 import time
 from typing import Any, NoReturn
 
-from workbench.config import COMPONENTS, RunConfig, check_run_name, parse_weights, summary_of
+from workbench.config.run_config import (
+    COMPONENTS,
+    RunConfig,
+    check_run_name,
+    parse_weights,
+    summary_of,
+)
 from workbench.errors import WorkbenchError
 
 __all__ = ["main"]
@@ -141,24 +147,24 @@ def result_json(record: dict[str, Any]) -> dict[str, Any]:
 
 def _user(args: argparse.Namespace) -> Any:
     """The user this command acts as (``--user``, ``$KDWB_USER``, the OS user)."""
-    from workbench import settings
-    from workbench.identity import cli_user
+    from workbench.lab import settings
+    from workbench.lab.identity import cli_user
 
     return cli_user(getattr(args, "user", None), settings.current())
 
 
 def _admit_all(store: Any, user: Any, configs: list[RunConfig]) -> None:
     """What JobManager.submit checks, for runs this process trains itself."""
-    from workbench import settings
-    from workbench.admission import admit, check_quota
+    from workbench.lab import settings
+    from workbench.runs.submit import admit, check_quota
 
     admit(configs[0], store, user=user)  # a suite's variants share data, teacher and device
     check_quota(store, user, configs, settings.current().user_limits())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workbench.engine import preflight
-    from workbench.store import Store
+    from workbench.storage.store import Store
+    from workbench.training.engine import preflight
 
     config = config_from_args(args)
     name = check_run_name(args.name)
@@ -172,8 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_here(config: RunConfig, store: Any, run_id: str, as_json: bool) -> int:
     """Train ``run_id`` in this process (already claimed by it) and print the result."""
-    from workbench import runqueue
-    from workbench.engine import run
+    from workbench.runs import queue as runqueue
+    from workbench.training.engine import run
 
     store.update_run(run_id, **runqueue.Executor("cli").claim_fields())
     record = run(config, store, on_step=Progress(), run_id=run_id)
@@ -186,9 +192,9 @@ def _run_here(config: RunConfig, store: Any, run_id: str, as_json: bool) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted, failed or cancelled run from its last checkpoint, here."""
-    from workbench import runqueue
-    from workbench.access import check_change
-    from workbench.store import Store
+    from workbench.lab.access import check_change
+    from workbench.runs import queue as runqueue
+    from workbench.storage.store import Store
 
     store = _opened(Store())
     record = _get_run(store, args.run_id, args)
@@ -203,8 +209,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from workbench import actions
-    from workbench.store import Store
+    from workbench.runs import permitted as actions
+    from workbench.storage.store import Store
 
     store = _opened(Store())
     _get_run(store, args.run_id, args)
@@ -218,8 +224,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from workbench import actions
-    from workbench.store import Store
+    from workbench.runs import permitted as actions
+    from workbench.storage.store import Store
 
     store = _opened(Store())
     _recover(store)
@@ -231,8 +237,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Execute queued runs from the store until interrupted (Ctrl-C or SIGTERM)."""
-    from workbench.store import Store
-    from workbench.worker import serve
+    from workbench.runs.worker import serve
+    from workbench.storage.store import Store
 
     if args.slots < 1:
         raise WorkbenchError(f"--slots must be >= 1, got {args.slots}")
@@ -253,7 +259,7 @@ def _opened(store: Any) -> Any:
 def _recover(store: Any) -> None:
     """Show runs whose process died as they are (queued again to resume, or interrupted), not as
     still running; a read-only store (full disk) is shown as it is."""
-    from workbench import runqueue
+    from workbench.runs import queue as runqueue
 
     if store.read_only is None:
         runqueue.recover(store)
@@ -261,7 +267,7 @@ def _recover(store: Any) -> None:
 
 def _get_run(store: Any, run_id: str, args: argparse.Namespace) -> dict[str, Any]:
     """The run as the command's user may see it (someone else's private run is not found)."""
-    from workbench import actions
+    from workbench.runs import permitted as actions
 
     try:
         return actions.get_run(store, run_id, _user(args))
@@ -270,11 +276,11 @@ def _get_run(store: Any, run_id: str, args: argparse.Namespace) -> dict[str, Any
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from workbench import runqueue
-    from workbench.engine import preflight, run
-    from workbench.forms import MAX_SEEDS
-    from workbench.store import Store
-    from workbench.suites import launch_suite, suite_analysis, suite_configs
+    from workbench.ablation.suites import launch_suite, suite_analysis, suite_configs
+    from workbench.runs import queue as runqueue
+    from workbench.storage.store import Store
+    from workbench.training.engine import preflight, run
+    from workbench.ui.form_values import MAX_SEEDS
 
     config = config_from_args(args)
     args.name = check_run_name(args.name)
@@ -350,12 +356,12 @@ def _print_suite(suite: dict[str, Any], analysis: dict[str, Any]) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from workbench.store import STATUSES, Store
-    from workbench.views import queue_text
+    from workbench.storage.store import STATUSES, Store
+    from workbench.ui.tables import queue_text
 
     if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
         raise WorkbenchError(f"--status must be one of {', '.join(STATUSES)}, got {args.status!r}")
-    from workbench import actions
+    from workbench.runs import permitted as actions
 
     store = _opened(Store())
     _recover(store)
@@ -396,7 +402,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def _queue_places(store: Any) -> dict[str, Any]:
     """Each queued run's place and estimated start, as the Runs page shows them (the live
     workers' slots; one slot when none is alive: the app's own)."""
-    from workbench import runqueue, settings
+    from workbench.lab import settings
+    from workbench.runs import queue as runqueue
 
     slots = runqueue.worker_slots(store) or 1
     return runqueue.plan(store, slots, settings.current().max_running())
@@ -409,7 +416,7 @@ def one_line(text: str) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from workbench.store import Store
+    from workbench.storage.store import Store
 
     store = _opened(Store())
     _recover(store)
@@ -429,7 +436,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
-    from workbench.store_repair import check_store, repair_store
+    from workbench.storage.repair import check_store, repair_store
 
     if args.action == "check":
         report = check_store()
@@ -441,7 +448,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from workbench.data import download_dataset
+    from workbench.data.datasets import download_dataset
 
     path = download_dataset(args.dataset)
     print(f"{args.dataset} is in {path}")

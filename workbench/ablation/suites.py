@@ -1,0 +1,207 @@
+"""Ablation suites as stored objects: launch one from a base config, read its results.
+
+A suite is a record of its own in the store (``store.save_suite``) that lists its runs, so the
+app shows finished and unfinished suites after a restart. The statistics themselves live in
+``workbench.ablation.variants``; this module only wires them to the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from workbench.ablation.variants import (
+    FULL,
+    PerImage,
+    contributions,
+    noise_floor,
+    shapley_tables,
+    suite_configs,
+    suite_results,
+    variant_summary,
+)
+from workbench.config.run_config import LossWeights, RunConfig
+from workbench.data.datasets import load_dataset
+from workbench.storage.store import ACTIVE, Store, new_id
+
+__all__ = [
+    "SUITE_PRESETS",
+    "Submit",
+    "launch_suite",
+    "per_image_results",
+    "suite_analysis",
+    "suite_metric",
+    "suite_progress",
+]
+
+# Suites worth running as they are: (base config, seeds). "demo ablation" is the setting of
+# docs/DEMO_ABLATION.md in which distillation's effect is larger than the noise on a 2-core CPU
+# in a few minutes: the mlp student learns from 5 % of digits' training images (a fixed,
+# stratified subset, the same for every variant and seed), the small_cnn teacher from all of
+# them (Hinton et al. 2015 show soft targets carry most of what a student needs when it sees
+# little data). Reproduce the table with ``python bench/demo_ablation.py``.
+SUITE_PRESETS: dict[str, tuple[RunConfig, int]] = {
+    "demo ablation": (
+        RunConfig(
+            dataset="digits",
+            teacher="small_cnn",
+            student="mlp",
+            weights=LossWeights(0.3, 0.3, 0.2, 0.2),
+            temperature=4.0,
+            epochs=60,
+            teacher_epochs=15,
+            batch_size=16,
+            train_fraction=0.05,
+            log_every=20,
+        ),
+        5,
+    ),
+}
+
+# submit(config, name=..., tags=..., suite=..., variant=...) -> run id (JobManager.submit fits)
+Submit = Callable[..., str]
+
+
+def launch_suite(
+    base: RunConfig,
+    store: Store,
+    submit: Submit,
+    *,
+    seeds: int = 3,
+    factorial: bool = False,
+    name: str = "",
+    owner: str = "",
+) -> dict[str, Any]:
+    """Store a suite for ``base`` and submit every variant x seed; returns the suite record
+    (``owner``: the user it belongs to; ``submit`` should queue the runs as that user).
+
+    Leave-one-out: the full loss, each active component removed, and label only. ``factorial``
+    runs every on/off combination of the active components instead (and gives Shapley values).
+    """
+    if base.role != "student":
+        raise ValueError("an ablation suite needs a student config")
+    configs = suite_configs(base, seeds=seeds, factorial=factorial)
+    data = load_dataset(base.dataset, data_path=base.data_path)
+    suite_id = new_id("suite-")
+    suite = {
+        "id": suite_id,
+        "owner": owner,
+        "name": name or f"{'factorial' if factorial else 'leave-one-out'}: {base.summary()}",
+        "created_at": time.time(),
+        "base": base.to_dict(),
+        "seeds": seeds,
+        "factorial": factorial,
+        "players": list(base.weights.active()),
+        "num_classes": data.num_classes,
+        # Images per evaluation split, for the noise floor (test appears with three splits).
+        "n_val": len(data.val_y),
+        "n_test": len(data.test_y) if getattr(data, "test_y", None) is not None else None,
+        "variants": list(dict.fromkeys(variant for variant, _ in configs)),
+        "runs": [],
+    }
+    store.save_suite(suite)
+    for variant, config in configs:
+        run_id = submit(
+            config,
+            name=f"{variant} (seed {config.seed})",
+            tags=["ablation"],
+            suite=suite_id,
+            variant=variant,
+        )
+        suite["runs"].append({"variant": variant, "seed": config.seed, "run_id": run_id})
+        store.save_suite(suite)
+    return suite
+
+
+def _records(store: Store, suite: dict[str, Any]) -> list[dict[str, Any]]:
+    records = []
+    for entry in suite["runs"]:
+        if store.has_run(entry["run_id"]):
+            records.append(store.get_run(entry["run_id"]))
+    return records
+
+
+def suite_progress(store: Store, suite: dict[str, Any]) -> dict[str, Any]:
+    """Counts of the suite's runs by status, and whether any is still queued or running."""
+    counts = Counter(r["status"] for r in _records(store, suite))
+    missing = len(suite["runs"]) - sum(counts.values())
+    if missing:
+        counts["deleted"] = missing
+    return {
+        "total": len(suite["runs"]),
+        "counts": dict(counts),
+        "done": not any(counts.get(s, 0) for s in ACTIVE),
+    }
+
+
+def suite_metric(records: list[dict[str, Any]]) -> tuple[str, str]:
+    """The metric the suite's statistics use and its split: ``("test_acc", "test")`` once the
+    runs record a test accuracy, else ``("val_acc", "validation")`` (older runs)."""
+    if any((r.get("metrics") or {}).get("test_acc") is not None for r in records):
+        return "test_acc", "test"
+    return "val_acc", "validation"
+
+
+def per_image_results(store: Store, records: list[dict[str, Any]]) -> dict[str, PerImage]:
+    """``{variant: {seed: [0/1 per test image]}}`` from the runs' probes (``test_correct``,
+    the correctness of each test image in the split's order); runs without it are left out."""
+    out: dict[str, dict[int, list[int]]] = {}
+    for record in records:
+        if record.get("status") != "completed" or not record.get("variant"):
+            continue
+        probe = store.probe(record["id"]) or {}
+        correct = probe.get("test_correct")
+        if correct is None:
+            continue
+        seed = int(record.get("config", {}).get("seed", 0))
+        out.setdefault(record["variant"], {})[seed] = [int(v) for v in correct]
+    return out
+
+
+def suite_analysis(store: Store, suite: dict[str, Any], confidence: float = 0.95) -> dict[str, Any]:
+    """Per-variant accuracy, leave-one-out contributions (paired t, Holm, McNemar), the noise
+    floor, and Shapley values under both baselines.
+
+    Works on whatever has finished: unfinished seeds are left out, so the numbers firm up as
+    runs complete. Shapley values appear once every combination of a factorial suite has a run.
+    Keys: ``results, summary, contributions, shapley`` (chance baseline, as before),
+    ``shapley_tables`` (``{"chance": ..., "label only": ...}``), ``noise`` (``noise_floor`` of
+    the full variant), ``per_image`` (``{variant: {seed: [0/1]}}`` on the test split, for
+    ``ablation.paired_comparison``), ``metric`` and ``split`` (which accuracy the numbers are).
+    """
+    records = _records(store, suite)
+    metric, split = suite_metric(records)
+    results = suite_results(records, metric=metric)
+    per_image = per_image_results(store, records) if split == "test" else {}
+    summary = (
+        variant_summary(results)
+        if results
+        else pd.DataFrame(columns=["variant", "n", "mean", "std"])
+    )
+    contrib = (  # no finished "full" run yet: nothing to compare with
+        contributions(results, confidence=confidence, per_image=per_image)
+        if FULL in results
+        else pd.DataFrame()
+    )
+    n_test = suite.get("n_test") if split == "test" else suite.get("n_val")
+    if per_image.get(FULL):
+        n_test = len(next(iter(per_image[FULL].values())))
+    noise = noise_floor(results.get(FULL, {}), n_test)
+    tables: dict[str, Any] = {}
+    if suite.get("factorial"):
+        tables = shapley_tables(results, suite["players"], suite["num_classes"])
+    return {
+        "results": results,
+        "summary": summary,
+        "contributions": contrib,
+        "shapley": tables.get("chance"),
+        "shapley_tables": tables,
+        "noise": noise,
+        "per_image": per_image,
+        "metric": metric,
+        "split": split,
+    }

@@ -1,0 +1,96 @@
+"""What a run can choose, by name: datasets, models, feature and relation losses, weighting
+schemes. Importable without torch.
+
+The app's first page shows these choices and ``RunConfig`` validates against them; neither needs
+a tensor. When they were read from the modules that build things, every page imported torch and
+torchvision first (about 3 s of a cold page's 4 s on a 2-core CPU). The datasets live here
+whole (``workbench.data.datasets`` re-exports them); the models' names, families and descriptions live
+here and ``workbench.models.registry`` adds a builder to each (it refuses a model missing on either side);
+the loss and weighting names are checked against ``losses`` and ``weighting`` by
+``tests/test_catalog.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DATASETS",
+    "FEATURE_KINDS",
+    "MODEL_INFO",
+    "RELATION_KINDS",
+    "WEIGHTING_SCHEMES",
+    "DatasetSpec",
+    "ModelInfo",
+    "list_datasets",
+    "list_models",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    bundled: bool = False  # True when it needs neither files on disk nor a download
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered architecture as the app lists it; ``workbench.models.registry.MODELS`` builds it."""
+
+    name: str
+    family: str  # "torchvision" | "cifar" | "small"
+    description: str
+
+
+def _by_name(*entries: DatasetSpec | ModelInfo) -> dict:
+    out: dict = {}
+    for entry in entries:
+        if entry.name in out:
+            raise ValueError(f"{entry.name!r} is registered twice")
+        out[entry.name] = entry
+    return out
+
+
+DATASETS: dict[str, DatasetSpec] = _by_name(
+    DatasetSpec("digits", "8x8 grey digits, 1,797 images, 10 classes (in scikit-learn)", True),
+    DatasetSpec("mnist", "28x28 grey digits, 60k train / 10k test, 10 classes"),
+    DatasetSpec("fashion_mnist", "28x28 grey clothing, 60k train / 10k test, 10 classes"),
+    DatasetSpec("cifar10", "32x32 colour photos, 50k train / 10k test, 10 classes"),
+    DatasetSpec("cifar100", "32x32 colour photos, 50k train / 10k test, 100 classes"),
+    DatasetSpec("image_folder", "your own path/class_name/image.png folders, 32x32 RGB"),
+)
+
+# In display order: teachers first, small students last.
+MODEL_INFO: dict[str, ModelInfo] = _by_name(
+    ModelInfo("resnet18", "torchvision", "ResNet-18, 3x3 stem, no max-pool (11M)"),
+    ModelInfo("resnet34", "torchvision", "ResNet-34, 3x3 stem, no max-pool (21M)"),
+    ModelInfo("resnet50", "torchvision", "ResNet-50 (bottleneck), 3x3 stem (24M)"),
+    ModelInfo("mobilenet_v2", "torchvision", "MobileNetV2, stride-1 stem (2.2M)"),
+    ModelInfo("mobilenet_v3_small", "torchvision", "MobileNetV3-Small, stride-1 stem (1.5M)"),
+    ModelInfo(
+        "shufflenet_v2_x0_5", "torchvision", "ShuffleNetV2 0.5x, stride-1 stem, no max-pool (0.35M)"
+    ),
+    ModelInfo("efficientnet_b0", "torchvision", "EfficientNet-B0, stride-1 stem (4M)"),
+    ModelInfo("vgg11_bn", "torchvision", "VGG-11 with BN, pools fit to the input, 1 Linear (9M)"),
+    ModelInfo("resnet8x4", "cifar", "CIFAR ResNet-8x4, CRD student (1.2M)"),
+    ModelInfo("resnet32x4", "cifar", "CIFAR ResNet-32x4, CRD teacher (7.4M)"),
+    ModelInfo("wrn_16_2", "cifar", "Wide ResNet-16-2, CRD student (0.7M)"),
+    ModelInfo("wrn_40_2", "cifar", "Wide ResNet-40-2, CRD teacher (2.2M)"),
+    ModelInfo("small_cnn", "small", "3 conv-BN-ReLU blocks (16/32/64) + Linear (~24k)"),
+    ModelInfo("mlp", "small", "Flatten, 2 hidden layers (256, 128), Linear"),
+)
+
+# The keys of losses.FEATURE_LOSSES, losses.RELATION_LOSSES and weighting.WEIGHTINGS, in order.
+FEATURE_KINDS = ("cosine", "mse", "at", "fitnet", "at_paper")
+RELATION_KINDS = ("sp", "rkd", "sp_paper", "rkd_paper")
+WEIGHTING_SCHEMES = ("fixed", "uncertainty", "normalized", "validation")
+
+
+def list_datasets() -> list[str]:
+    return list(DATASETS)
+
+
+def list_models() -> list[str]:
+    """Registered model names, in registry order (teachers first, small students last)."""
+    return list(MODEL_INFO)

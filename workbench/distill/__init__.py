@@ -1,0 +1,2 @@
+"""What distillation computes: the losses of every slot and the hybrid, weighting
+schemes, feature taps and adapters, gradient shares, and representation similarity (CKA, Gram)."""

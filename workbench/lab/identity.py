@@ -1,0 +1,143 @@
+"""Who is asking: a ``User`` (a name, admin or not) from the instance's identity source.
+
+Three sources, picked by ``[identity] mode`` in the settings (``workbench.lab.settings``):
+
+- ``local`` (the default): one user named after the OS user (``$KDWB_USER`` overrides it), no
+  sign-in. On their own machine the OS user is an admin of their own store, so the app behaves
+  as a single-user tool; another name (``--user bob``) is an ordinary user.
+- ``oidc``: Streamlit's ``st.login`` / ``st.user`` (OpenID Connect). The page reads the claims
+  and calls ``user_from_claims``: the e-mail, else the preferred user name, else the subject.
+- ``proxy``: an authenticating reverse proxy (oauth2-proxy, Authelia, ...) puts the user in a
+  trusted request header (``[identity] header``); the page calls ``user_from_headers``. Only
+  safe behind such a proxy, which must strip the header from the client's own requests.
+
+This module never logs headers or claims: they can carry cookies and tokens.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.errors import WorkbenchError
+from workbench.lab.settings import LabSettings
+
+__all__ = [
+    "IdentityError",
+    "User",
+    "check_oidc_ready",
+    "check_user_name",
+    "cli_user",
+    "local_user",
+    "os_user",
+    "user_from_claims",
+    "user_from_headers",
+]
+
+USER_ENV = "KDWB_USER"
+NAME_MAX = 200
+
+
+class IdentityError(WorkbenchError):
+    """No acceptable user could be read (a missing header, an empty claim, a bad name)."""
+
+
+@dataclass(frozen=True)
+class User:
+    """A person using the instance. ``admin``: may act on every run and see private ones."""
+
+    name: str
+    admin: bool = False
+
+    def __str__(self) -> str:
+        return self.name + (" (admin)" if self.admin else "")
+
+
+def os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container) and no LOGNAME/USER
+        return f"uid{os.getuid()}"
+
+
+def check_user_name(name: Any, where: str = "the user name") -> str:
+    """``name`` stripped; an ``IdentityError`` when it is empty, too long or has control
+    characters (it goes into records, listings and the sidebar)."""
+    if not isinstance(name, str) or not name.strip():
+        raise IdentityError(f"{where} is empty; a user needs a name")
+    name = name.strip()
+    if len(name) > NAME_MAX or not name.isprintable():
+        raise IdentityError(
+            f"{where} must be printable text of at most {NAME_MAX} characters, got "
+            f"{len(name)} characters"
+        )
+    return name
+
+
+def _user(name: str, settings: LabSettings) -> User:
+    admin = name in settings.admins or (settings.local and name == os_user())
+    return User(name, admin=admin)
+
+
+def local_user(settings: LabSettings) -> User:
+    """The user of ``local`` mode: ``$KDWB_USER``, else the OS user."""
+    return _user(check_user_name(os.environ.get(USER_ENV) or os_user(), f"${USER_ENV}"), settings)
+
+
+def cli_user(name: str | None, settings: LabSettings) -> User:
+    """The user a command acts as: ``--user``, else ``$KDWB_USER``, else the OS user."""
+    if name is None:
+        return local_user(settings)
+    return _user(check_user_name(name, "--user"), settings)
+
+
+def user_from_headers(headers: Mapping[str, str], settings: LabSettings) -> User:
+    """``proxy`` mode: the user named by the trusted header (looked up case-insensitively)."""
+    wanted = settings.user_header.lower()
+    value = next((v for k, v in headers.items() if k.lower() == wanted), None)
+    if value is None or not str(value).strip():
+        raise IdentityError(
+            f"no {settings.user_header} header on this request: this instance is in proxy "
+            "mode and must be reached through its authenticating proxy"
+        )
+    return _user(check_user_name(str(value), f"the {settings.user_header} header"), settings)
+
+
+def user_from_claims(claims: Mapping[str, Any], settings: LabSettings) -> User:
+    """``oidc`` mode: the signed-in user's e-mail, else preferred user name, else subject."""
+    for claim in ("email", "preferred_username", "sub"):
+        value = claims.get(claim)
+        if isinstance(value, str) and value.strip():
+            return _user(check_user_name(value, f"the {claim} claim"), settings)
+    raise IdentityError(
+        "the identity provider sent no email, preferred_username or sub claim; add the "
+        "'email' scope to [auth] client_kwargs in .streamlit/secrets.toml"
+    )
+
+
+def check_oidc_ready(secrets: Mapping[str, Any]) -> None:
+    """``oidc`` mode needs Streamlit's ``[auth]`` secrets (``redirect_uri``, ``cookie_secret``,
+    and a provider's ``client_id``, ``client_secret``, ``server_metadata_url``, flat or in
+    ``[auth.NAME]``) and the Authlib package; an ``IdentityError`` says which is missing."""
+    auth = secrets.get("auth") if isinstance(secrets, Mapping) else None
+    how = "see 'Host it for your lab' in the README"
+    if not isinstance(auth, Mapping):
+        raise IdentityError(
+            "identity mode oidc needs an [auth] section in .streamlit/secrets.toml; " + how
+        )
+    missing = [key for key in ("redirect_uri", "cookie_secret") if not auth.get(key)]
+    providers = [auth, *(v for v in auth.values() if isinstance(v, Mapping))]
+    provider_keys = ("client_id", "client_secret", "server_metadata_url")
+    if not any(all(p.get(k) for k in provider_keys) for p in providers):
+        missing.append("client_id, client_secret and server_metadata_url")
+    if missing:
+        raise IdentityError(f"[auth] in .streamlit/secrets.toml lacks {', '.join(missing)}; {how}")
+    try:
+        import authlib  # noqa: F401  (Streamlit's st.login needs it)
+    except ImportError:
+        raise IdentityError(
+            "identity mode oidc needs the Authlib package: pip install -e '.[oidc]'"
+        ) from None

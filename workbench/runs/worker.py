@@ -1,0 +1,66 @@
+"""``python -m workbench worker``: a process that executes queued runs from the store.
+
+It is a ``JobManager`` that always executes (``execute="threads"``) on the devices it is
+given, announced in the store's worker registry with a heartbeat, so that the app stops
+executing in-process while a worker is alive. Any number of workers and app processes can
+share one store: each run is claimed by exactly one of them (``workbench.runs.queue``). Stopping
+a worker (Ctrl-C, SIGTERM, kill -9) leaves its runs to be recovered and resumed by the next
+executor that polls.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from workbench.errors import ConfigError
+from workbench.runs import queue as runqueue
+from workbench.runs.job_manager import JobManager
+from workbench.runs.submit import check_device
+from workbench.storage.store import Store
+
+__all__ = ["serve"]
+
+
+def _device_slots(device: str, slots: int) -> dict[str, int]:
+    key = runqueue.device_key(device)
+    if key != "cpu" and not (key.startswith("cuda:") and key[5:].isdigit()):
+        raise ConfigError(f"--device must be cpu or cuda:N, got {device!r}")
+    check_device(key)  # the same check as a run's device: CUDA present, N below the count
+    return {key: slots}
+
+
+def serve(
+    store: Store,
+    *,
+    device: str = "cpu",
+    slots: int = 1,
+    once: bool = False,
+    stop: threading.Event | None = None,
+) -> None:
+    """Execute queued runs for ``device`` with ``slots`` at once until ``stop`` is set, the
+    process is signalled, or (``once``) nothing is left to do."""
+    limits = _device_slots(device, slots)
+    stop = stop or threading.Event()
+    manager = JobManager(store, limits=limits, execute="threads", kind="worker")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(
+        f"[worker {manager.executor.id}] executing {device} runs, {slots} at once, "
+        f"store {store.home}",
+        file=sys.stderr,
+    )
+    try:
+        while not stop.is_set():
+            runqueue.register_worker(store, manager.executor, limits)
+            if once and manager.wait(timeout=runqueue.HEARTBEAT_S):
+                break
+            stop.wait(runqueue.HEARTBEAT_S)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runqueue.unregister_worker(store, manager.executor)
+        manager.close()
+        for run_id in manager.running():  # leave them to recovery, resumable
+            print(f"[worker] run {run_id} left running; it will be resumed", file=sys.stderr)

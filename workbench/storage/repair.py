@@ -1,0 +1,412 @@
+"""``store check`` and ``store repair``: find damage in a run store, rebuild its index.
+
+The run index (``store/cache.db``, SQLite via diskcache) is the one place that lists runs; each
+run also keeps a manifest beside its checkpoint (``checkpoints/<run_id>.manifest.json``: record,
+history, epochs) and each suite one of its own (``checkpoints/suite-<id>.manifest.json``).
+``check_store`` compares the two and the files on disk; ``repair_store`` moves a damaged,
+truncated or empty index aside (renamed, never deleted), builds a new one from the manifests,
+and fills in what a readable index lost (a history whose value file is gone, a missing
+manifest). Probes are not in the manifests: a repaired run that had one shows it as missing.
+
+Run both with the app and the workers stopped: a repair replaces the index they have open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import StoreError
+from workbench.runs import queue as runqueue
+from workbench.storage.store import (
+    DB_NAME,
+    REPAIR,
+    RUN_FILE_SUFFIXES,
+    Store,
+    default_home,
+    read_manifest,
+)
+
+__all__ = ["CheckReport", "Finding", "RepairReport", "check_store", "repair_store"]
+
+_LEFTOVER_AGE_S = 3600  # a temporary file this old belongs to a writer that died
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: what (``index``, ``checkpoint``, ``manifest``, ``history``, ``probe``,
+    ``orphan``, ``leftover``), which run, a line for people, and whether repair fixes it."""
+
+    kind: str
+    run_id: str | None
+    message: str
+    repairable: bool
+
+
+@dataclass
+class CheckReport:
+    home: Path
+    index: str  # "ok", "missing", "empty", "damaged", "read-only"
+    runs: int  # runs listed in the index
+    manifests: int  # run manifests on disk
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def lines(self) -> list[str]:
+        head = (
+            f"run store {self.home}: index {self.index}, {self.runs} runs indexed, "
+            f"{self.manifests} run manifests"
+        )
+        body = [f"  {f.kind}: {f.message}" for f in self.findings]
+        if any(f.repairable for f in self.findings):
+            body.append(f"run `{REPAIR}` to fix what is marked repairable")
+        return [head, *body] if body else [head, "  no damage found"]
+
+
+@dataclass
+class RepairReport:
+    home: Path
+    moved_aside: Path | None
+    restored_runs: list[str]
+    restored_suites: list[str]
+    manifests_written: list[str]
+    histories_restored: list[str]
+    leftovers_removed: list[Path]
+    after: CheckReport
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.moved_aside:
+            out.append(f"moved the damaged index aside to {self.moved_aside} (not deleted)")
+        out.append(
+            f"restored {len(self.restored_runs)} runs and {len(self.restored_suites)} suites "
+            "from their manifests"
+        )
+        if self.histories_restored:
+            out.append(f"restored the history of {len(self.histories_restored)} runs")
+        if self.manifests_written:
+            out.append(f"wrote {len(self.manifests_written)} missing manifests")
+        if self.leftovers_removed:
+            out.append(f"removed {len(self.leftovers_removed)} leftover temporary files")
+        return out + ["after the repair:", *self.after.lines()]
+
+
+# ---------------------------------------------------------------------------- files on disk
+def _scan(home: Path) -> tuple[dict[str, set[str]], list[Path], list[Path]]:
+    """``({run id: {suffixes present}}, [suite manifests], [leftover temporary files])``."""
+    runs: dict[str, set[str]] = {}
+    suites: list[Path] = []
+    leftovers: list[Path] = []
+    folder = home / "checkpoints"
+    if not folder.is_dir():
+        return runs, suites, leftovers
+    for path in folder.iterdir():
+        name = path.name
+        if name.startswith(".") or ".tmp" in name:
+            leftovers.append(path)
+        elif name.startswith("suite-") and name.endswith(".manifest.json"):
+            suites.append(path)
+        else:
+            for suffix in sorted(RUN_FILE_SUFFIXES, key=len, reverse=True):
+                if name.endswith(suffix):
+                    runs.setdefault(name[: -len(suffix)], set()).add(suffix)
+                    break
+    return runs, suites, leftovers
+
+
+def _index_state(home: Path) -> tuple[str, str]:
+    """``(state, detail)`` of the index file, read without changing it."""
+    db = home / "store" / DB_NAME
+    if not db.exists():
+        return "missing", f"{db} does not exist"
+    if db.stat().st_size == 0:  # never so in WAL mode, even with its pages in the -wal file
+        return "empty", f"{db} is empty (0 bytes)"
+    try:  # immutable: no locks, no shared-memory file (works on a full disk), no writes
+        con = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+        try:
+            result = con.execute("PRAGMA quick_check").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return "damaged", str(exc)
+    if result != [("ok",)]:
+        return "damaged", "; ".join(str(r[0]) for r in result[:3])
+    return "ok", ""
+
+
+def _checkpoint_readable(path: Path) -> bool:
+    """A cheap test of a torch checkpoint: its zip directory (at the end of the file) reads."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _old(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > _LEFTOVER_AGE_S
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------- check
+def check_store(home: str | Path | None = None) -> CheckReport:
+    """Report damage in the store at ``home``; changes nothing."""
+    home = Path(home) if home is not None else default_home()
+    files, suites, leftovers = _scan(home)
+    manifests = sorted(r for r, s in files.items() if ".manifest.json" in s)
+    state, detail = _index_state(home)
+    report = CheckReport(home, state, 0, len(manifests))
+    add = report.findings.append
+    if state != "ok":
+        what = {"missing": "is missing", "empty": "is empty"}.get(state, f"is damaged ({detail})")
+        add(
+            Finding(
+                "index",
+                None,
+                f"the run index {home / 'store' / DB_NAME} {what}; {len(manifests)} runs and "
+                f"{len(suites)} suites can be restored from their manifests",
+                True,
+            )
+        )
+        if state in ("missing", "empty") and not files:
+            report.findings.clear()  # a store that was never used
+        for run_id in sorted(set(files) - set(manifests)):
+            add(
+                Finding(
+                    "orphan",
+                    run_id,
+                    f"run {run_id} has files ({', '.join(sorted(files[run_id]))}) but no "
+                    "manifest: it cannot be restored",
+                    False,
+                )
+            )
+        return report
+    try:
+        store = Store(home)
+    except StoreError as exc:
+        report.index = "damaged"
+        add(Finding("index", None, str(exc), True))
+        return report
+    try:
+        if store.read_only is not None:
+            report.index = "read-only"
+            add(Finding("index", None, str(store.read_only), False))
+        _check_runs(store, files, report)
+    finally:
+        store.close()
+    for path in leftovers:
+        if _old(path):
+            add(Finding("leftover", None, f"{path} is left over from a write that died", True))
+    return report
+
+
+def _check_run(store: Store, record: dict, present: set[str]) -> list[Finding]:
+    """What is wrong with one indexed run: its checkpoint, manifest, history and probe."""
+    findings: list[Finding] = []
+    add = findings.append
+    run_id = record["id"]
+    if record["status"] == "completed":
+        path = store.checkpoint_path(run_id)
+        if ".pt" not in present:
+            add(
+                Finding(
+                    "checkpoint",
+                    run_id,
+                    f"completed run {run_id} has no checkpoint ({path} is missing): train "
+                    "it again or restore the file",
+                    False,
+                )
+            )
+        elif not _checkpoint_readable(path):
+            add(
+                Finding(
+                    "checkpoint",
+                    run_id,
+                    f"the checkpoint of run {run_id} ({path}) is truncated or overwritten: "
+                    "train it again or restore the file",
+                    False,
+                )
+            )
+    manifest = None
+    if ".manifest.json" not in present:
+        add(Finding("manifest", run_id, f"run {run_id} has no manifest", True))
+    else:
+        try:
+            manifest = read_manifest(store.manifest_path(run_id))
+        except StoreError as exc:
+            add(Finding("manifest", run_id, f"{exc}; repair writes it anew", True))
+    try:
+        store.history(run_id)
+    except StoreError as exc:
+        saved = manifest is not None and bool(manifest.get("history"))
+        message = (
+            f"the metric history of run {run_id} is damaged (a value file is missing); "
+            "repair restores it from the manifest"
+            if saved
+            else str(exc)
+        )
+        add(Finding("history", run_id, message, saved))
+    if store.probe_state(run_id) == "missing":
+        add(
+            Finding(
+                "probe",
+                run_id,
+                f"the probe of run {run_id} was saved but is missing: the Compare page "
+                "cannot show what it learned (run it again to probe it)",
+                False,
+            )
+        )
+    return findings
+
+
+def _check_runs(store: Store, files: dict[str, set[str]], report: CheckReport) -> None:
+    add = report.findings.append
+    try:
+        records = store.list_runs()
+    except StoreError as exc:
+        report.index = "damaged"
+        add(Finding("index", None, str(exc), True))
+        return
+    report.runs = len(records)
+    indexed = {r["id"] for r in records}
+    for record in records:
+        report.findings.extend(_check_run(store, record, files.get(record["id"], set())))
+    for run_id in sorted(set(files) - indexed):
+        present = files[run_id]
+        if ".manifest.json" in present:
+            add(Finding("orphan", run_id, f"run {run_id} is not in the index", True))
+        else:
+            add(
+                Finding(
+                    "orphan",
+                    run_id,
+                    f"{', '.join(run_id + s for s in sorted(present))} in checkpoints/ belong "
+                    "to no run and have no manifest: delete them, or import a .pt as a teacher",
+                    False,
+                )
+            )
+
+
+# ---------------------------------------------------------------------------- repair
+def repair_store(home: str | Path | None = None) -> RepairReport:
+    """Rebuild the run index from the manifests; see the module docstring."""
+    home = Path(home) if home is not None else default_home()
+    state, _detail = _index_state(home)
+    moved = None
+    if state != "ok" and (home / "store").is_dir() and any((home / "store").iterdir()):
+        moved = home / f"store.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:  # the whole folder: the index and its value files
+            os.rename(home / "store", moved)
+        except OSError as exc:
+            raise StoreError(
+                f"could not move the damaged index {home / 'store'} aside to {moved} "
+                f"({exc.strerror}); move it yourself, then run `{REPAIR}` again"
+            ) from None
+    files, suites, leftovers = _scan(home)
+    store = Store(home, rebuilding=True)
+    try:
+        if store.read_only is not None:
+            raise store.read_only
+        restored, histories, written = _restore_runs(store, files)
+        restored_suites = _restore_suites(store, suites)
+        if restored:
+            runqueue.recover(store)  # restored `running` runs whose process is gone
+    finally:
+        store.close()
+    removed = []
+    for path in leftovers:
+        if _old(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return RepairReport(
+        home, moved, restored, restored_suites, written, histories, removed, check_store(home)
+    )
+
+
+def _restore_runs(
+    store: Store, files: dict[str, set[str]]
+) -> tuple[list[str], list[str], list[str]]:
+    restored, histories, written = [], [], []
+    teachers: dict[str, tuple[float, str]] = {}
+    for run_id, present in sorted(files.items()):
+        manifest = None
+        if ".manifest.json" in present:
+            with contextlib.suppress(StoreError):
+                manifest = read_manifest(store.manifest_path(run_id))
+        if not store.has_run(run_id):
+            if manifest is None:
+                continue
+            record: dict[str, Any] = manifest["record"]
+            store.set(f"run:{run_id}", record)
+            store.set_history(run_id, manifest.get("history") or [])
+            store.set_epochs(run_id, manifest.get("epochs") or [])
+            restored.append(run_id)
+            if (
+                record.get("role") == "teacher"
+                and record.get("status") == "completed"
+                and ".pt" in present
+            ):
+                # the key the engine registered it under (fingerprint and data split version);
+                # a teacher of an older split has none and is not registered again
+                fp, created = record.get("teacher_key"), record.get("created_at") or 0.0
+                if fp and (fp not in teachers or created < teachers[fp][0]):
+                    teachers[fp] = (created, run_id)
+            continue
+        try:
+            store.history(run_id)
+        except StoreError:
+            if manifest is not None and manifest.get("history"):
+                store.set_history(run_id, manifest["history"])
+                histories.append(run_id)
+    if restored:  # records written as they were: the index of active runs is built anew
+        store.rebuild_active_index()
+    for fp, (_created, run_id) in teachers.items():
+        if store.find_teacher(fp) is None:
+            store.set_teacher(fp, run_id)
+    for record in store.list_runs():  # indexed runs without a (readable) manifest
+        path = store.manifest_path(record["id"])
+        try:
+            read_manifest(path)
+        except StoreError:
+            with contextlib.suppress(StoreError):
+                store.write_manifest(record["id"])
+                written.append(record["id"])
+    return restored, histories, written
+
+
+def _restore_suites(store: Store, paths: list[Path]) -> list[str]:
+    restored = []
+    for path in paths:
+        try:
+            suite = read_manifest_json(path)
+        except StoreError:
+            continue
+        try:
+            store.get_suite(suite["id"])
+        except KeyError:
+            store.save_suite(suite)
+            restored.append(suite["id"])
+    return restored
+
+
+def read_manifest_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"the suite manifest {path} is unreadable ({exc})") from None
+    if not isinstance(data, dict) or "id" not in data:
+        raise StoreError(f"the suite manifest {path} does not hold a suite")
+    return data

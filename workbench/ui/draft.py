@@ -1,0 +1,227 @@
+"""From the Distill draft to queued runs: the checks that decide whether Launch is enabled, the
+widget each message belongs next to, and the launch itself.
+
+The draft is a plain mapping (the page passes ``st.session_state``): the choices of the Models
+page (dataset, teacher, student, teacher source, layer pairs) and the fields of the Distill page.
+``check_draft`` runs on every rerun of the page, so an invalid field disables Launch and says why
+next to the field before anyone clicks; ``preflight_errors`` adds, on a click, what only building
+the data and the models can tell. No invalid value is ever replaced by a default: a draft with an
+error is not launched at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+from workbench.config.run_config import COMPONENTS, RunConfig, check_run_name
+from workbench.errors import ConfigError, IncompatibleModelsError
+from workbench.ui.form_values import FormError, build_configs, parse_seeds
+
+__all__ = [
+    "MODEL_FIELDS",
+    "SLOTS",
+    "TEACHER_MODES",
+    "check_draft",
+    "draft_key",
+    "draft_values",
+    "launch_runs",
+    "parse_tags",
+    "preflight_errors",
+    "reset_pairs",
+    "route_errors",
+    "run_names",
+    "teacher_source_error",
+    "upload_message",
+]
+
+TEACHER_MODES = ("train one now", "pick a trained teacher", "upload a checkpoint")
+# Where each field's message is shown on the Distill page: the slot under its widgets.
+SLOTS = {
+    "weights": ("weights",),
+    "kinds": ("temperature", "feature_kind", "relation_kind", "weighting"),  # the row under T
+    "pairs": ("layer_pairs",),
+    "training": ("epochs", "batch_size", "lr", "teacher_epochs"),
+    "seeds": ("seeds",),
+    "device": ("device",),
+    "name": ("run_name",),
+    "launch": ("form",),
+}
+# Fields set on the Models page: their messages say to go there.
+MODEL_FIELDS = ("dataset", "data_path", "teacher", "student", "teacher_run")
+
+
+def teacher_source_error(draft: Mapping[str, Any]) -> str | None:
+    """Why the chosen teacher source cannot be used (a rejected or missing upload, no picked
+    run), or None. A failed upload must never fall back to a teacher trained automatically."""
+    mode = draft.get("teacher_mode", TEACHER_MODES[0])
+    if mode == TEACHER_MODES[0] or draft.get("teacher_run"):
+        return None
+    if mode == TEACHER_MODES[2]:
+        rejected = draft.get("teacher_upload_error")
+        if rejected:
+            return (
+                f"the uploaded teacher checkpoint was rejected ({rejected}): upload a fixed one "
+                "or choose another teacher source on the Models page"
+            )
+        return (
+            "no teacher checkpoint uploaded yet: upload one, or choose another teacher source "
+            "on the Models page"
+        )
+    return "no trained teacher picked: pick one, or train one now on the Models page"
+
+
+def upload_message(exc: BaseException, filename: str) -> str:
+    """The message of a rejected upload, naming the file the user uploaded instead of the
+    temporary copy it was checked from (``/tmp/tmpab12cd34.pt`` or just ``tmpab12cd34.pt``)."""
+    temp = re.escape(tempfile.gettempdir().rstrip(os.sep) + os.sep)
+    return re.sub(rf"(?:{temp})?tmp\w{{6,}}\.pth?\b", filename, str(exc))
+
+
+def draft_values(draft: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``RunConfig`` fields of the draft, as the form builder takes them (values as typed:
+    an out-of-range number stays out of range, for ``check_draft`` to reject)."""
+    image_folder = draft.get("dataset") == "image_folder"
+    return {
+        "dataset": draft["dataset"],
+        "data_path": str(draft.get("data_path") or "").strip() if image_folder else "",
+        "teacher": draft["teacher"],
+        "student": draft["student"],
+        "teacher_run": draft.get("teacher_run") or ""
+        if draft.get("teacher_mode", TEACHER_MODES[0]) != TEACHER_MODES[0]
+        else "",
+        "teacher_epochs": _number(draft["teacher_epochs"], int),
+        "weights": {c: _number(draft[f"w_{c}"], float) for c in COMPONENTS},
+        "temperature": _number(draft["temperature"], float),
+        "feature_kind": draft["feature_kind"],
+        "relation_kind": draft["relation_kind"],
+        "weighting": draft["weighting"],
+        "layer_pairs": tuple(tuple(p) for p in draft.get("layer_pairs") or ()),
+        "epochs": _number(draft["epochs"], int),
+        "batch_size": _number(draft["batch_size"], int),
+        "lr": _number(draft["lr"], float),
+        "device": draft.get("device", "auto"),
+    }
+
+
+def _number(value: Any, kind: type) -> Any:
+    # An empty number field is None: kept as is, so the config check names the field.
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def draft_key(draft: Mapping[str, Any]) -> str:
+    """A key that changes whenever the draft does (messages of a click last until then)."""
+    try:
+        values = draft_values(draft)
+    except KeyError:
+        values = {}
+    return repr((values, draft.get("seeds"), draft.get("teacher_mode")))
+
+
+def check_draft(draft: Mapping[str, Any]) -> tuple[list[RunConfig], dict[str, str]]:
+    """``(one config per seed, {})`` for a draft that can be launched, else ``([], errors)``
+    with a message per field (``"form"`` for what belongs to no single field)."""
+    errors: dict[str, str] = {}
+    try:
+        seeds = parse_seeds(draft.get("seeds", "1"))
+    except FormError as exc:
+        errors.update(exc.errors)
+        seeds = (0,)
+    configs: list[RunConfig] = []
+    try:
+        configs = build_configs(draft_values(draft), seeds)
+    except FormError as exc:
+        errors.update(exc.errors)
+    if draft.get("layer_pairs_error"):
+        errors["layer_pairs"] = draft["layer_pairs_error"]
+    if problem := teacher_source_error(draft):
+        errors["teacher_run"] = problem
+    try:  # the same rule as the CLI's --name: one printable line
+        check_run_name(draft.get("run_name", ""))
+    except ConfigError as exc:
+        errors["run_name"] = str(exc)
+    return ([], errors) if errors else (configs, {})
+
+
+def preflight_errors(
+    config: RunConfig, preflight: Callable[[RunConfig], object] | None = None
+) -> tuple[dict[str, str], Exception | None]:
+    """What building the data and models for ``config`` finds: ``({field: message}, None)``
+    for layer pairs that do not fit, ``({}, error)`` for anything else (e.g. the dataset is not
+    on disk: its message says how to get it), ``({}, None)`` when the run can be queued."""
+    if preflight is None:
+        from workbench.training.engine import preflight  # torch: only when Launch is pressed
+    try:
+        preflight(config)
+    except IncompatibleModelsError as exc:
+        return {"layer_pairs": str(exc)}, None
+    except Exception as exc:  # shown as it is: the library's errors carry the fix
+        return {}, exc
+    return {}, None
+
+
+def route_errors(errors: Mapping[str, str]) -> dict[str, list[str]]:
+    """``{slot: messages}``: each message once, under the widgets of its field (``SLOTS``);
+    Models-page fields in one line under Launch that says to change them there."""
+    routed: dict[str, list[str]] = {}
+    for slot, fields in SLOTS.items():
+        found = [errors[f] for f in fields if f in errors]
+        if found:
+            routed[slot] = found
+    model = [errors[f] for f in MODEL_FIELDS if f in errors]
+    if model:
+        routed.setdefault("launch", []).insert(
+            0, "Change this on the Models page: " + "; ".join(model)
+        )
+    placed = {f for fields in SLOTS.values() for f in fields} | set(MODEL_FIELDS)
+    rest = [message for field, message in errors.items() if field not in placed]
+    if rest:
+        routed.setdefault("launch", []).extend(rest)
+    return routed
+
+
+def run_names(name: str, seeds: Sequence[int]) -> list[str]:
+    """The names of the runs of one launch: the given name, with ``· seed N`` for several."""
+    name = name.strip()
+    if not name or len(seeds) == 1:
+        return [name] * len(seeds)
+    return [f"{name} · seed {s}" for s in seeds]
+
+
+def parse_tags(text: str) -> list[str]:
+    """``"baseline, at ,"`` -> ``["baseline", "at"]`` (each tag once, in order)."""
+    return list(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
+
+
+def launch_runs(
+    configs: Sequence[RunConfig], submit: Callable[..., str], *, name: str = "", tags: str = ""
+) -> list[str]:
+    """Queue one run per config with the draft's name and tags; returns the run ids."""
+    names = run_names(name, [c.seed for c in configs])
+    return [
+        submit(config, name=n, tags=parse_tags(tags))
+        for config, n in zip(configs, names, strict=True)
+    ]
+
+
+def reset_pairs(
+    state: MutableMapping[str, Any], choices: Iterable[Any], suggested: Sequence[tuple[str, str]]
+) -> bool:
+    """Start the layer pairs from ``suggested`` when the teacher/student/dataset ``choices``
+    changed since they were set (on Models or Distill); returns whether they were reset.
+    ``state["pairs_suggested"]`` keeps the suggestion (pairs equal to it stay out of the URL)."""
+    choices = tuple(choices)
+    state["pairs_suggested"] = tuple(tuple(p) for p in suggested)
+    if state.get("pairs_for") == choices:
+        return False
+    state["pairs_for"] = choices
+    state["layer_pairs"] = state["pairs_suggested"]
+    return True

@@ -1,0 +1,298 @@
+"""Plain-data views for the app's pages: run tables, progress lines, teacher choices, the
+side-by-side summary of a teacher and a student, CSV exports.
+
+Everything here takes store records or registry names and returns plain values (dicts, strings,
+frozen dataclasses), so the pages only lay them out and the views can be tested without a UI.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from workbench.config.run_config import RunConfig
+from workbench.errors import WorkbenchError
+from workbench.ui.naming import ACCURACY_LABEL, ACCURACY_METRIC, EPOCH_METRIC
+
+__all__ = [
+    "RUN_COLUMNS",
+    "ModelPair",
+    "format_duration",
+    "format_percent",
+    "history_csv",
+    "inspect_pair",
+    "layer_rows",
+    "progress_fraction",
+    "progress_text",
+    "latest_accuracy",
+    "queue_text",
+    "run_table",
+    "teacher_choices",
+]
+
+
+def format_duration(seconds: float | None) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``; an empty string for unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:  # None, NaN, negative
+        return ""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def format_percent(value: float | None) -> str:
+    """``87.2%``, or ``-`` when there is no value (yet)."""
+    return "-" if value is None or value != value else f"{value:.1%}"
+
+
+def progress_fraction(record: Mapping[str, Any]) -> float:
+    """Done fraction in [0, 1]: 1 for a completed run, steps done / total steps otherwise."""
+    if record.get("status") == "completed":
+        return 1.0
+    p = record.get("progress") or {}
+    total = p.get("total_steps") or 0
+    return min(1.0, max(0.0, (p.get("step") or 0) / total)) if total else 0.0
+
+
+def progress_text(record: Mapping[str, Any]) -> str:
+    """``running: epoch 2/3, step 40/84, ETA 12 s`` (or the final status)."""
+    status = record.get("status", "")
+    p = record.get("progress") or {}
+    if status == "queued":
+        return "queued: waiting for a free device"
+    if status != "running":
+        return status
+    if not p.get("total_steps"):
+        return "running: starting (loading data, preparing the teacher)"
+    eta = format_duration(p.get("eta_s"))
+    text = f"running: epoch {p.get('epoch', 0)}/{p.get('epochs', 0)}, step {p['step']}/{p['total_steps']}"
+    return f"{text}, ETA {eta}" if eta else text
+
+
+def latest_accuracy(
+    record: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | None = None
+) -> float | None:
+    """The run's latest validation accuracy (``naming.EPOCH_METRIC``): the final one, else that
+    of its last finished epoch, so a running or cancelled run shows where it got to."""
+    value = (record.get("metrics") or {}).get(EPOCH_METRIC)
+    if _finite(value):
+        return float(value)
+    for row in reversed(epochs or ()):
+        if _finite(row.get(EPOCH_METRIC)):
+            return float(row[EPOCH_METRIC])
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _summary(config: Mapping[str, Any]) -> str:
+    """A stored config's one-line summary; remembered per config, since validating a config
+    for every row of a polled table of hundreds of runs is most of the table's cost."""
+    return _summary_of_text(json.dumps(config, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=4096)
+def _summary_of_text(text: str) -> str:
+    try:
+        return RunConfig.from_dict(json.loads(text)).summary()
+    except WorkbenchError as exc:  # a record written by another version of the workbench
+        return f"(config no longer valid: {exc})"
+
+
+RUN_COLUMNS = [
+    "id", "name", "owner", "visibility", "role", "status", "queue", "progress", "eta",
+    ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc", "agreement", "duration", "seconds", "dataset",
+    "teacher", "student", "weights", "temperature", "seed", "config", "teacher_source", "tags",
+    "error", "created",
+]  # fmt: skip
+
+
+def queue_text(place: Any) -> str:
+    """A queued run's place: ``#3, in about 4 min`` (``#3`` when no estimate)."""
+    if place is None:
+        return ""
+    if place.eta_s is None:
+        return f"#{place.position}"
+    if place.eta_s < 1:
+        return f"#{place.position}, next"
+    return f"#{place.position}, in about {format_duration(place.eta_s)}"
+
+
+def run_table(
+    records: Iterable[Mapping[str, Any]],
+    epochs: Callable[[str], Sequence[Mapping[str, Any]]] | None = None,
+    plan: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """One row per run, for the Runs and Compare tables (``RUN_COLUMNS``).
+
+    ``plan``: run id -> ``queueplan.Place`` of queued runs (the ``queue`` column).
+
+    ``epochs(run_id)`` gives a run's epoch rows: runs without a final accuracy (running,
+    cancelled) then show their latest one. ``weights`` lists the non-zero weights as
+    ``label=0.3,response=0.7`` (what ``config.parse_weights`` reads); ``created`` is local time.
+    """
+    rows = []
+    for r in records:
+        config = r.get("config") or {}
+        metrics = r.get("metrics") or {}
+        status = r.get("status", "")
+        eta = (r.get("progress") or {}).get("eta_s") if status == "running" else None
+        seconds = r.get("seconds")
+        if seconds is None and status == "running" and r.get("started_at"):
+            seconds = time.time() - r["started_at"]
+        weights = config.get("weights") or {}
+        final = _finite(metrics.get(EPOCH_METRIC))
+        created = r.get("created_at")
+        rows.append(
+            {
+                "id": r["id"],
+                "name": r.get("name") or "",
+                "owner": r.get("owner") or "",
+                "visibility": "private" if r.get("private") else "lab",
+                "role": r.get("role", ""),
+                "status": status,
+                "queue": queue_text((plan or {}).get(r["id"])) if status == "queued" else "",
+                "progress": progress_fraction(r),
+                "eta": format_duration(eta),
+                ACCURACY_METRIC: metrics.get(ACCURACY_METRIC),
+                EPOCH_METRIC: latest_accuracy(
+                    r, None if final or epochs is None else epochs(r["id"])
+                ),
+                "teacher_acc": metrics.get("teacher_acc"),
+                "agreement": metrics.get("agreement"),
+                "duration": format_duration(seconds),
+                "seconds": seconds,
+                "dataset": config.get("dataset"),
+                "teacher": config.get("teacher"),
+                "student": config.get("student"),
+                "weights": ",".join(f"{c}={w:g}" for c, w in weights.items() if w and w > 0),
+                "temperature": config.get("temperature"),
+                "seed": config.get("seed"),
+                "config": _summary(config),
+                "teacher_source": r.get("teacher_source") or "",
+                "tags": ", ".join(r.get("tags") or []),
+                "error": r.get("error") or "",
+                "created": datetime.fromtimestamp(created) if created is not None else None,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    numeric = (ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc", "agreement", "seconds")
+    numeric += ("temperature", "progress")
+    for column in numeric:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["created"] = pd.to_datetime(frame["created"])
+    return frame
+
+
+def teacher_choices(
+    records: Iterable[Mapping[str, Any]], *, dataset: str, teacher: str, data_path: str = ""
+) -> dict[str, str]:
+    """Completed teacher runs of ``teacher`` on ``dataset``: run id -> label with val accuracy."""
+    choices = {}
+    for r in records:
+        config = r.get("config") or {}
+        if (
+            r.get("role") == "teacher"
+            and r.get("status") == "completed"
+            and config.get("dataset") == dataset
+            and config.get("teacher") == teacher
+            and (config.get("data_path") or "") == (data_path or "")
+        ):
+            acc = (r.get("metrics") or {}).get(ACCURACY_METRIC)
+            acc_text = f"{ACCURACY_LABEL} {format_percent(acc)}"
+            name = r.get("name") or f"{teacher}, {config.get('epochs', '?')} ep"
+            choices[r["id"]] = f"{name} ({acc_text}, {r['id']})"
+    return choices
+
+
+def history_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Metric history rows (one dict per logged step) as CSV text, columns in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def layer_rows(layers: Iterable[Any]) -> list[dict[str, Any]]:
+    """``LayerInfo``s as table rows: layer path, output shape, parameters."""
+    return [
+        {"layer": li.path, "output shape": " x ".join(map(str, li.shape)), "params": li.params}
+        for li in layers
+    ]
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """A teacher and a student built for one dataset, side by side."""
+
+    teacher: str
+    student: str
+    dataset: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    teacher_params: int
+    student_params: int
+    teacher_layers: tuple[Any, ...]  # LayerInfo
+    student_layers: tuple[Any, ...]
+    suggested_pairs: tuple[tuple[str, str], ...]
+    pairing_error: str = ""  # why no pairs could be suggested
+
+    @property
+    def size_ratio(self) -> float:
+        """Teacher parameters / student parameters."""
+        return self.teacher_params / max(1, self.student_params)
+
+
+def inspect_pair(teacher: str, student: str, dataset: str, data_path: str = "") -> ModelPair:
+    """Build both models for ``dataset`` and list their sizes, candidate layers, suggested pairs.
+
+    Raises the library's ``WorkbenchError`` (``DatasetUnavailableError``, ``UnknownNameError``)
+    when the dataset or a model cannot be had.
+    """
+    from workbench.data.datasets import load_dataset
+    from workbench.distill.taps import pair_layers
+    from workbench.errors import IncompatibleModelsError
+    from workbench.models.registry import build_model, count_params, feature_layers
+
+    data = load_dataset(dataset, data_path=data_path)
+    shape, k = tuple(data.input_shape), int(data.num_classes)
+    t_model, s_model = build_model(teacher, shape, k), build_model(student, shape, k)
+    t_layers, s_layers = feature_layers(t_model, shape), feature_layers(s_model, shape)
+    pairs: tuple[tuple[str, str], ...] = ()
+    error = ""
+    try:
+        pairs = pair_layers(s_layers, t_layers)
+    except IncompatibleModelsError as exc:
+        error = str(exc)
+    return ModelPair(
+        teacher=teacher,
+        student=student,
+        dataset=dataset,
+        input_shape=shape,
+        num_classes=k,
+        teacher_params=count_params(t_model),
+        student_params=count_params(s_model),
+        teacher_layers=tuple(t_layers),
+        student_layers=tuple(s_layers),
+        suggested_pairs=tuple(pairs),
+        pairing_error=error,
+    )
