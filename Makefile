@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # the pyproject ranges admit them, so pip installs nothing newer.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint bench mutants clean
+.PHONY: run test lint bench bench-smoke mutants clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The same scripts at tiny sizes (seconds each): they run, their ratios mean nothing.
+bench-smoke: $(VENV)/.installed
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b --smoke || exit 1; done
 
 # Plausible bugs applied one at a time to a copy of the tree; fails if a test misses one.
 mutants: $(VENV)/.installed-test

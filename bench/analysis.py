@@ -26,7 +26,10 @@ like on a machine shared with other work; the best of the repeats is reported (o
 ever adds time).
 
     .venv/bin/python bench/analysis.py [--tower-sizes 1000 5000] [--sizes 1000 2000 5000]
-                                       [--repeats 3] [--threads 1]
+                                       [--repeats 3] [--threads 1] [--smoke]
+
+``--smoke``: N = 300 for both sets, one repeat, and no torch-cka when it is not installed (a
+check that the script runs, e.g. in tests/test_bench.py; its ratios are not measurements).
 
 On a machine loaded by other work, ``--threads 1`` gives steadier ratios: with 2 threads every
 parallel region waits for its slowest thread, and a descheduled thread stalls them all.
@@ -37,6 +40,7 @@ Last line: ``cka_matrix vs torch-cka: N=1000 Xx, ...; new vs previous cka_matrix
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import subprocess
@@ -58,6 +62,7 @@ STUDENT_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 TEACHER_WIDTHS = (32, 64, 128, 256, 512, 1024, 2048, 6144)
 TOWER_DEPTH, TOWER_IN, TOWER_WIDTHS = 8, 64, (256, 512)
 TCKA_FULL_UP_TO = 2000  # above this N, torch-cka runs one student layer (x 8)
+SMOKE = {"tower_sizes": [300], "sizes": [300], "repeats": 1}  # --smoke
 
 
 # ------------------------------------------------------------------------------ towers
@@ -229,7 +234,14 @@ def main() -> None:
     )
     parser.add_argument("--no-torch-cka", action="store_true", help="towers without torch-cka")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:  # explicit options still win over these
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
+        if importlib.util.find_spec("torch_cka") is None:
+            args.no_torch_cka = True  # a benchmark-only comparison, not a dependency
+            print("torch-cka is not installed: the towers run without it")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

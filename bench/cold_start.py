@@ -16,7 +16,10 @@ and ``python -c "import torch"`` is timed in each repeat as a measure of the mac
 that moment. One unmeasured start first warms the disk cache, so "cold" means a new server
 process, not files read from disk. Medians over the repeats are printed.
 
-    .venv/bin/python bench/cold_start.py [--repeats 5] [--baseline REV]
+    .venv/bin/python bench/cold_start.py [--repeats 5] [--baseline REV] [--smoke]
+
+``--smoke``: one repeat and no unmeasured warm-up start (a check that the script runs, e.g. in
+tests/test_bench.py; its figures are not measurements).
 
 Last line: ``cold first page (median of N): paint X s (baseline Y s), tables X s (baseline Y s);
 import torch Z s``.
@@ -41,6 +44,8 @@ sys.path.insert(0, str(ROOT))  # run as a script: the harness's Chromium flags
 
 from tests.browser_harness import CHROMIUM, CHROMIUM_FLAGS, free_port  # noqa: E402
 
+SMOKE = {"repeats": 1}  # --smoke, which also skips the warm-up start
+
 # The title and the three choices, all on screen.
 _PAINTED_JS = """() => {
   const h1 = document.querySelector('[data-testid="stMain"] h1');
@@ -56,9 +61,11 @@ _TABLES_JS = """() => [...document.querySelectorAll('[data-testid="stColumn"] [d
 
 
 def baseline_rev() -> str:
-    """The commit before the one that added ``workbench/config/choices.py`` (the lazy imports)."""
+    """The commit before the one that added ``workbench/config/choices.py`` (the lazy imports;
+    ``--follow``: it was added under another path and moved there later)."""
     added = subprocess.run(
-        ["git", "log", "--format=%H", "--diff-filter=A", "--", "workbench/config/choices.py"],
+        ["git", "log", "--follow", "--format=%H", "--diff-filter=A", "--",
+         "workbench/config/choices.py"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     if not added:
@@ -139,7 +146,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline", default=None, help="git revision (default: see above)")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:  # explicit options still win over these
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     rev = args.baseline or baseline_rev()
@@ -150,7 +161,8 @@ def main() -> None:
         base = extract(rev, scratch)
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         print(f"baseline {rev}; load average {os.getloadavg()[0]:.2f}", flush=True)
-        first_page(browser, ROOT, scratch)  # warms the disk cache; not counted
+        if not args.smoke:
+            first_page(browser, ROOT, scratch)  # warms the disk cache; not counted
         for i in range(args.repeats):
             paint, tables = first_page(browser, ROOT, scratch)
             base_paint, base_tables = first_page(browser, base, scratch)

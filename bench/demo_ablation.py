@@ -7,11 +7,15 @@ course's hybrid loss 0.3/0.3/0.2/0.2, leave-one-out over the four components plu
 student, 5 seeds. Everything runs on the CPU, offline.
 
     KDWB_HOME=$(mktemp -d) .venv/bin/python bench/demo_ablation.py [--seeds 5] [--figures DIR]
+        [--smoke]
 
 Prints Markdown: the accuracy of every variant, the contributions (paired t interval, Holm,
 McNemar per image, seeds needed), the noise floor, the gradient shares of the full loss and the
 terms that barely act, and the wall time. It refuses to report when the engine does not apply
 ``train_fraction`` (the run record's ``metrics.train_size`` must be the subset's size).
+
+``--smoke``: 2 seeds, the students 2 epochs and the teacher 1 (a check that the script runs, e.g.
+in tests/test_bench.py; its figures are not measurements).
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ import tempfile
 import time
 from typing import Any
 
+from workbench.ablation.statistics import paired_comparison
 from workbench.ablation.suites import SUITE_PRESETS, launch_suite, suite_analysis
-from workbench.ablation.variants import FULL, LABEL_ONLY, paired_comparison
+from workbench.ablation.variants import FULL, LABEL_ONLY
 from workbench.data.datasets import load_dataset, train_subset
 from workbench.distill.gradient_shares import SHARE_FIELDS, weak_terms
+from workbench.distill.model_pair import inspect_pair
 from workbench.storage.store import Store
-from workbench.training.engine import preflight, run
+from workbench.training.loop import run
+
+SMOKE = {"seeds": 2, "epochs": 2, "teacher_epochs": 1}  # --smoke
 
 
 def _pct(x: float, digits: int = 2) -> str:
@@ -44,18 +52,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=None, help="default: the preset's")
     parser.add_argument("--figures", default="", help="write the contribution chart here (HTML)")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes: {SMOKE}")
     args = parser.parse_args()
     home = os.environ.get("KDWB_HOME") or tempfile.mkdtemp(prefix="kdwb-demo-")
     config, preset_seeds = SUITE_PRESETS["demo ablation"]
     seeds = args.seeds or preset_seeds
+    if args.smoke:
+        seeds = args.seeds or SMOKE["seeds"]
+        config = config.replace(epochs=SMOKE["epochs"], teacher_epochs=SMOKE["teacher_epochs"])
     store = Store(home)
-    preflight(config)
+    inspect_pair(config.teacher, config.student, config.dataset, config=config)
     queued: list[tuple[str, Any]] = []
 
-    def submit(cfg, **fields):
-        run_id = store.create_run(cfg, **fields)
-        queued.append((run_id, cfg))
-        return run_id
+    def submit(submissions):
+        run_ids = [
+            store.create_run(s.config, name=s.name, tags=s.tags, suite=s.suite, variant=s.variant)
+            for s in submissions
+        ]
+        queued.extend((run_id, s.config) for run_id, s in zip(run_ids, submissions, strict=True))
+        return run_ids
 
     started = time.time()
     suite = launch_suite(config, store, submit, seeds=seeds, name="demo ablation")
@@ -142,7 +157,7 @@ def main() -> int:
                 print(f"- seed 0: {weak['message']}")
     print(f"\nWall time: {elapsed:.0f} s for {len(queued)} runs (teacher included)")
     if args.figures:
-        from workbench.ui.plots import contribution_bars
+        from workbench.ui.plots.summaries import contribution_bars
 
         os.makedirs(args.figures, exist_ok=True)
         fig = contribution_bars(contrib, title=f"Demo ablation: contributions ({split} split)")

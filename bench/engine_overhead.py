@@ -1,19 +1,24 @@
-"""Engine overhead: ``engine.run`` against a minimal hand-written distillation loop.
+"""Engine overhead: ``loop.run`` against a minimal hand-written distillation loop.
 
 Both train the same student (small_cnn) against the same frozen teacher (resnet18, random
 weights: accuracy does not change the cost of a step) on digits, with the same batch size,
 optimizer, schedule and hybrid loss (all four terms: label, response, feature, relation), in one
 process. The teacher cache is OFF for the engine, so both run the teacher live on every batch.
 
-A step's time is read between two logged steps of the same epoch (steps 5 -> 20 of each epoch,
-log_every = 5), so warm-up, the epoch-end validation and the engine's setup and probe are not
-counted; the hand loop syncs (``loss.item()``) at the same steps. The two alternate, ``--repeats``
+A step's time is read between two logged steps of the same epoch (log_every = 5: from the
+first logged step at least 5 steps into the epoch to the epoch's last logged step, e.g. steps
+5 -> 15 of digits' 16 steps at batch 64), so warm-up, the epoch-end validation and the
+engine's setup and probe are not counted; the hand loop syncs (``loss.item()``) at the same
+steps. The two alternate, ``--repeats``
 times each; the ratio is of the medians, in wall time and in this process's CPU time (user +
 system; with 2 threads it is about twice the wall time when the cores are free, and both grow
 when other processes compete for them, so a disturbed repeat shows in both).
 
     .venv/bin/python bench/engine_overhead.py [--teacher resnet18] [--repeats 5] [--epochs 1]
-        [--device cuda] [--dataset image_folder --data-path DIR] [--engine MODULE]
+        [--device cuda] [--dataset image_folder --data-path DIR] [--engine MODULE] [--smoke]
+
+``--smoke``: one repeat against a small_cnn teacher (a check that the script runs, e.g. in
+tests/test_bench.py; its ratio is not a measurement).
 
 ``--engine`` times another module's ``run`` (a saved copy of the old engine, for before/after).
 On CUDA the hand loop uses bf16 autocast and channels-last models and inputs, as the engine does.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -38,10 +44,11 @@ from workbench.distill.losses import HybridLoss
 from workbench.distill.taps import build_adapters, pair_layers
 from workbench.models.registry import build_model, feature_layers
 from workbench.storage.store import Store
-from workbench.training.engine import import_teacher, run
+from workbench.training.loop import run
+from workbench.training.teachers import import_teacher
 
 LOG_EVERY = 5
-FIRST, LAST = 5, 20  # timed steps within each epoch (digits, batch 64: 22 steps per epoch)
+SMOKE = {"teacher": "small_cnn", "repeats": 1}  # --smoke
 
 
 Stamp = tuple[int, float, float]  # (step, wall seconds, CPU seconds of this process)
@@ -52,7 +59,7 @@ def _stamp(step: int) -> Stamp:
 
 
 def engine_step_times(config: RunConfig, store: Store, engine_run=run) -> list[tuple[float, float]]:
-    """(wall, CPU) seconds per step of ``engine.run``, stamped in ``on_step`` at logged steps
+    """(wall, CPU) seconds per step of ``loop.run``, stamped in ``on_step`` at logged steps
     (the engine calls it right after the logged step's one sync)."""
     stamps: list[Stamp] = []
 
@@ -63,17 +70,29 @@ def engine_step_times(config: RunConfig, store: Store, engine_run=run) -> list[t
     record = engine_run(config, store, on_step=on_step)
     assert record["status"] == "completed", record["error"]
     assert record["teacher_source"] == "live", record["teacher_source"]
-    return _per_step(stamps, record["progress"]["total_steps"] // config.epochs)
+    return _per_step(stamps, record["progress"]["total_steps"] // config.epochs, config.epochs)
 
 
-def _per_step(stamps: list[Stamp], steps_per_epoch: int) -> list[tuple[float, float]]:
-    """(wall, CPU) seconds per step between in-epoch steps FIRST and LAST of every epoch."""
+def windows(steps_per_epoch: int, epochs: int) -> list[tuple[int, int]]:
+    """The timed (first, last) global steps of each epoch: logged steps (multiples of
+    LOG_EVERY, as both loops log them) at least LOG_EVERY steps into the epoch, the first and
+    the last of them; an epoch with fewer than two has none."""
+    out = []
+    for e in range(epochs):
+        start, end = e * steps_per_epoch, (e + 1) * steps_per_epoch
+        logged = [s for s in range(start + LOG_EVERY, end + 1) if s % LOG_EVERY == 0]
+        if len(logged) >= 2:
+            out.append((logged[0], logged[-1]))
+    return out
+
+
+def _per_step(stamps: list[Stamp], steps_per_epoch: int, epochs: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds per step over each epoch's timed window (``windows``)."""
     at = {step: (wall, cpu) for step, wall, cpu in stamps}
     out = []
-    for e in range(max(s for s, _, _ in stamps) // steps_per_epoch + 1):
-        a, b = e * steps_per_epoch + FIRST, e * steps_per_epoch + LAST
-        if a in at and b in at:
-            out.append(tuple((at[b][i] - at[a][i]) / (LAST - FIRST) for i in (0, 1)))
+    for a, b in windows(steps_per_epoch, epochs):
+        assert a in at and b in at, f"steps {a} and {b} were not both logged"
+        out.append(tuple((at[b][i] - at[a][i]) / (b - a) for i in (0, 1)))
     return out
 
 
@@ -155,7 +174,7 @@ def hand_step_times(
             student.eval()
             (student(val_x).argmax(1) == val_y).float().mean().item()
             student.train()
-    return _per_step(stamps, steps_per_epoch)
+    return _per_step(stamps, steps_per_epoch, config.epochs)
 
 
 def main() -> None:
@@ -170,14 +189,25 @@ def main() -> None:
     parser.add_argument("--data-path", default="", help="the folder, for --dataset image_folder")
     parser.add_argument(
         "--engine",
-        default="workbench.training.engine",
+        default="workbench.training.loop",
         help="module whose run() to time (before/after)",
     )
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:  # explicit options still win over these
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
 
     home = tempfile.mkdtemp(prefix="kdwb-bench-")
     store = Store(home)
     data = load_dataset(args.dataset, data_path=args.data_path)
+    steps_per_epoch = len(data.train_x) // args.batch_size
+    timed = windows(steps_per_epoch, args.epochs)
+    if not timed:
+        raise SystemExit(
+            f"{steps_per_epoch} steps per epoch: too few to time two logged steps "
+            f"(log_every {LOG_EVERY}); lower --batch-size"
+        )
     torch.manual_seed(1234)
     teacher_state = build_model(args.teacher, data.input_shape, data.num_classes).state_dict()
     path = f"{home}/teacher.pt"
@@ -202,7 +232,8 @@ def main() -> None:
         f"{_machine(args.device)}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {args.teacher} -> {args.student} on {args.dataset}, "
         f"batch {args.batch_size}, {args.epochs} epoch(s) x {args.repeats} repeats, "
-        f"steps {FIRST}->{LAST} of each epoch timed, teacher cache off"
+        f"{steps_per_epoch} steps per epoch, steps "
+        f"{', '.join(f'{a}->{b}' for a, b in timed)} timed, teacher cache off"
     )
     engine_run = importlib.import_module(args.engine).run
     engine: list[tuple[float, float]] = []
@@ -216,6 +247,8 @@ def main() -> None:
     print(f"median (ms/step, wall / CPU): engine {_ms(engine)}, hand {_ms(hand)}")
     wall = statistics.median(t for t, _ in engine) / statistics.median(t for t, _ in hand)
     cpu = statistics.median(c for _, c in engine) / statistics.median(c for _, c in hand)
+    store.close()
+    shutil.rmtree(home, ignore_errors=True)
     print(f"engine/hand step-time ratio: wall {wall:.3f}, CPU {cpu:.3f} (target <= 1.10)")
 
 

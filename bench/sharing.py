@@ -30,7 +30,10 @@ average, so a disturbed one shows. On a loaded machine CPU time is the steadier 
 page, cold and warm, of a cold Compare render and of ``claim_next`` at 1,000 queued runs.
 
     .venv/bin/python bench/sharing.py [--runs 500] [--small 50] [--queued 1000]
-        [--finished 300] [--repeats 5] [--profile] [--skip-pages]
+        [--finished 300] [--repeats 5] [--profile] [--skip-pages] [--smoke]
+
+``--smoke``: 20 runs against 5, 50 queued against 10 with 20 finished, one repeat (a check that
+the script runs, e.g. in tests/test_bench.py; its ratios are not measurements).
 
 Last line: ``sharing: Runs page 500/50 runs: cold R wall, R CPU (S s), warm ...; Compare: ...;
 claim_next 1000/10 queued: R wall, R CPU (M ms vs M ms wall)``.
@@ -77,6 +80,7 @@ ROWS_PER_EPOCH = 30  # history rows an epoch logs (e.g. 300 steps, log_every 10)
 # status of the i-th run, drawn in these proportions (a lab's store: mostly finished runs)
 STATUS_SHARES = {"completed": 0.70, "failed": 0.08, "cancelled": 0.04, "queued": 0.14}
 RUNNING_PER_USER = 2  # the lab's default limit of runs running at once
+SMOKE = {"runs": 20, "small": 5, "queued": 50, "finished": 20, "repeats": 1}  # --smoke
 
 
 def load() -> str:
@@ -503,7 +507,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--skip-pages", action="store_true", help="the queue part only")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:  # explicit options still win over these
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; load average {load()}",

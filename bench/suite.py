@@ -35,7 +35,11 @@ run in a new process), each ``--single`` times (median). The suite is compared w
 jobs of their own (one cold single, 17 singles in a new process) and with 18 of either.
 
     .venv/bin/python bench/suite.py [--epochs 2] [--rounds 3] [--no-suite18] [--profile]
-                                    [--threads 1]
+                                    [--threads 1] [--smoke]
+
+``--smoke``: one round of one epoch against a small_cnn teacher, the 18-run suite with one seed
+(6 runs) and one single run of each kind (a check that the script runs, e.g. in
+tests/test_bench.py; its ratios are not measurements).
 
 Last line: ``cached 5-run suite / 5 student-only runs: warm X (CPU Y), fresh process ..., new
 teacher ..., each run reloading ..., target <= 2.5; 18-run suite / 18 single runs: X (CPU Y)
@@ -62,20 +66,22 @@ from workbench.data.datasets import load_dataset
 from workbench.models.registry import build_model, count_params
 from workbench.storage.store import Store
 from workbench.training import teacher_pool as warm
-from workbench.training.engine import import_teacher, run
+from workbench.training.loop import run
+from workbench.training.teachers import import_teacher
 
 # The parts of a run in the profile: (label, file suffix, function name), cumulative seconds.
 PARTS = (
-    ("whole runs", "engine.py", "run"),
-    ("setup (data, teacher, models, cache entries)", "engine.py", "prepare"),
-    ("training steps", "engine.py", "train_epoch"),
-    ("  of which gradient shares", "gradshare.py", "gradient_shares"),
+    ("whole runs", "loop.py", "run"),
+    ("setup (data, teacher, models, cache entries)", "loop.py", "prepare"),
+    ("training steps", "steps.py", "train_epoch"),
+    ("  of which gradient shares", "gradient_shares.py", "gradient_shares"),
     ("  of which the hybrid loss forward", "losses.py", "forward"),
-    ("validation, checkpoint, manifest", "engine.py", "end_epoch"),
-    ("final metrics, weights and probe", "engine.py", "finish"),
+    ("validation, checkpoint, manifest", "steps.py", "end_epoch"),
+    ("final metrics, weights and probe", "steps.py", "finish"),
     ("  of which the probe", "probe.py", "run_probe"),
     ("  of which the probe's CKA", "probe.py", "_cka"),
 )
+SMOKE = {"teacher": "small_cnn", "epochs": 1, "rounds": 1, "seeds": 1, "single": 1}  # --smoke
 
 
 def suite(configs: list[RunConfig], store: Store, *, reload: bool = False) -> tuple[float, float]:
@@ -124,7 +130,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
     )
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:  # explicit options still win over these
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -12,7 +12,7 @@ which cost the same as trained ones). In one process, each round runs:
 - ``uncached``: ``teacher_cache=False``, the teacher runs live on every batch;
 - ``cached again``: the cached suite once more, warm (as the next seed of a suite would).
 
-Every suite is timed end to end (``engine.run`` per run: setup, training, validation, probe),
+Every suite is timed end to end (``loop.run`` per run: setup, training, validation, probe),
 ``--rounds`` times (each round with a new teacher run id, so from an empty cache); the ratios are
 of the medians. This process's CPU time (user + system) is printed beside the wall time: when the
 two part ways, other processes were competing for the cores.
@@ -20,6 +20,10 @@ With ``--profile`` the cached suite runs once more (warm) under cProfile and the
 printed.
 
     .venv/bin/python bench/teacher_cache.py [--teacher resnet34] [--epochs 2] [--rounds 2] [--profile]
+        [--smoke]
+
+``--smoke``: one round of one epoch against a small_cnn teacher (a check that the script runs,
+e.g. in tests/test_bench.py; its ratios are not measurements).
 
 Last line: ``cached/student-only: wall X (warm Y), CPU ..., target <= 1.20; uncached/cached
 speed-up: wall X (warm Y), CPU ...``.
@@ -43,7 +47,8 @@ from workbench.config.run_config import LossWeights, RunConfig
 from workbench.data.datasets import load_dataset
 from workbench.models.registry import build_model, count_params
 from workbench.storage.store import Store
-from workbench.training.engine import import_teacher, run
+from workbench.training.loop import run
+from workbench.training.teachers import import_teacher
 
 NAMES = {
     "student": "student-only",
@@ -51,6 +56,7 @@ NAMES = {
     "uncached": "uncached",
     "warm": "cached again (warm cache, e.g. the next seed)",
 }
+SMOKE = {"teacher": "small_cnn", "epochs": 1, "rounds": 1}  # --smoke
 
 
 def suite(configs: list[RunConfig], store: Store) -> tuple[tuple[float, float], list[dict]]:
@@ -74,7 +80,11 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-path", default="", help="the folder, for --dataset image_folder")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:  # explicit options still win over these
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
 
     home = tempfile.mkdtemp(prefix="kdwb-bench-")
     store = Store(home)
