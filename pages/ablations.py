@@ -31,7 +31,7 @@ from workbench.ui.naming import (
     EPOCH_METRIC,
     metric_label,
 )
-from workbench.ui.plots import contribution_bars
+from workbench.ui.plots.summaries import contribution_bars
 from workbench.ui.tables import latest_accuracy
 from workbench.ui.url_state import encode_ids
 

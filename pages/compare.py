@@ -14,7 +14,7 @@ import streamlit as st
 
 from pages._shared import errors_shown, page_entered, require_app, set_params, store, user
 from workbench.runs import permitted as actions
-from workbench.ui import compare, plots
+from workbench.ui import compare
 from workbench.ui.naming import (
     ACCURACY_LABEL,
     ACCURACY_METRIC,
@@ -22,6 +22,8 @@ from workbench.ui.naming import (
     option_label,
     short_names,
 )
+from workbench.ui.plots import curves, heatmaps, summaries
+from workbench.ui.plots.style import PlotDataError
 from workbench.ui.report import comparison_report
 from workbench.ui.url_state import decode_ids, decode_value, encode_ids, encode_value
 
@@ -62,7 +64,7 @@ def chart(caption: str, name: str, key: Hashable, build: Callable[[], go.Figure]
     """Draw a figure (built once per ``key``) and keep it for the report."""
     try:
         fig = cached_figure(name, key, build)
-    except plots.PlotDataError as exc:  # the data cannot be drawn as asked: say why
+    except PlotDataError as exc:  # the data cannot be drawn as asked: say why
         st.warning(str(exc), icon=":material/info:")
         return
     st.plotly_chart(fig, key=name, width="stretch")
@@ -210,7 +212,7 @@ component = col_component.selectbox(
     "Loss component (loss and weight curves)", compare.LOSS_CHOICES, key="compare_component"
 )
 col_x, col_smooth, col_log = st.columns([1, 2, 1], vertical_alignment="bottom")
-x_axis = col_x.segmented_control("x axis", list(plots.X_AXES), key="compare_x", required=True)
+x_axis = col_x.segmented_control("x axis", list(curves.X_AXES), key="compare_x", required=True)
 smoothing = col_smooth.slider("Smoothing", 0.0, 0.95, step=0.05, key="compare_smooth")
 log_y = col_log.toggle("log scale (losses)", key="compare_log")
 grouped = group_by != compare.NO_GROUP
@@ -254,7 +256,7 @@ if chosen:
                     EPOCH_LABEL.capitalize(),
                     "compare_accuracy",
                     (key, acc_x),
-                    lambda: plots.accuracy_curves(
+                    lambda: curves.accuracy_curves(
                         epochs, band=grouped, x=acc_x, smoothing=smoothing, colours=colours
                     ),
                 )
@@ -265,7 +267,7 @@ if chosen:
                     f"{component.capitalize()} loss",
                     "compare_losses",
                     (key, component, x_axis, log_y),
-                    lambda: plots.loss_curves(
+                    lambda: curves.loss_curves(
                         histories,
                         component,
                         band=grouped,
@@ -286,7 +288,7 @@ if chosen:
                 "Loss weights",
                 "compare_weights",
                 (key, weight, x_axis),
-                lambda: plots.weight_curves(histories, weight, band=grouped, x=x_axis),
+                lambda: curves.weight_curves(histories, weight, band=grouped, x=x_axis),
             )
 
 # ------------------------------------------------------------------------- config diff
@@ -312,7 +314,9 @@ if chosen:
             )
         with_cka = {label: p for label, p in probes.items() if compare.has_probe_data(p, "cka")}
         if with_cka:
-            chart("Linear CKA", "compare_cka", key, lambda: plots.cka_heatmaps(with_cka, per_row=4))
+            chart(
+                "Linear CKA", "compare_cka", key, lambda: heatmaps.cka_heatmaps(with_cka, per_row=4)
+            )
         elif probes:
             st.caption("No CKA: the probed runs had no teacher.")
 
@@ -329,7 +333,7 @@ if chosen:
                 f"CKA({other}) - CKA({baseline})",
                 "compare_cka_diff",
                 (key, other, baseline),
-                lambda: plots.cka_difference(
+                lambda: heatmaps.cka_difference(
                     with_cka[other], with_cka[baseline], label=other, baseline_label=baseline
                 ),
             )
@@ -359,7 +363,7 @@ if chosen:
                 f"Gram matrices of {labels[gram_run]}, pair {pairs[pair][0]} -> {pairs[pair][1]}",
                 "compare_gram",
                 (key, gram_run, pair),
-                lambda: plots.gram_heatmaps(data[gram_run]["probe"], pair),
+                lambda: heatmaps.gram_heatmaps(data[gram_run]["probe"], pair),
             )
 
         col_cos, col_class = st.columns(2)
@@ -371,7 +375,7 @@ if chosen:
             else:
                 fmt = {
                     c: st.column_config.NumberColumn(
-                        plots.fit_text(c, 24), format="%.3f", width="small"
+                        heatmaps.fit_text(c, 24), format="%.3f", width="small"
                     )
                     for c in cosines.columns
                 }
@@ -388,7 +392,7 @@ if chosen:
                 fmt = {"_index": st.column_config.TextColumn(width="medium")}
                 fmt |= {
                     c: st.column_config.NumberColumn(
-                        plots.fit_text(c, 24), format="percent", width="small"
+                        heatmaps.fit_text(c, 24), format="percent", width="small"
                     )
                     for c in per_class.columns
                 }
@@ -405,7 +409,7 @@ with errors_shown():
         f"Loss weights and temperature vs {ACCURACY_LABEL}",
         "compare_parcoords",
         (tuple(compare.data_version(r) for r in shown), seed_groups),
-        lambda: plots.parallel_coordinates(sweep),
+        lambda: summaries.parallel_coordinates(sweep),
     )
 
 # ------------------------------------------------------------------------- export

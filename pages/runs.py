@@ -24,7 +24,6 @@ from workbench.runs import permitted as actions
 from workbench.runs.queue import RESUMABLE
 from workbench.storage import training_state as checkpoints
 from workbench.storage.store import ACTIVE, FINISHED
-from workbench.ui import plots
 from workbench.ui.draft import parse_tags
 from workbench.ui.naming import (
     ACCURACY_LABEL,
@@ -34,6 +33,8 @@ from workbench.ui.naming import (
     option_label,
     short_names,
 )
+from workbench.ui.plots import curves
+from workbench.ui.plots.style import PlotDataError
 from workbench.ui.tables import (
     format_percent,
     history_csv,
@@ -159,7 +160,7 @@ def run_actions(record: dict) -> None:
                 on_click=ask_delete,
                 args=(run_id,),
             )
-    checkpoint = store().checkpoint_path(run_id)
+    checkpoint = store().weights_path(run_id)
     cols[2].download_button(
         "Download checkpoint",
         data=checkpoint.read_bytes if checkpoint.exists() else b"",
@@ -232,9 +233,9 @@ def run_detail(record: dict, name: str) -> None:
         }
         if terms:
             st.markdown("**Loss terms** (unweighted; the response term carries T²)")
-            fig = plots.curve_figure(
+            fig = curves.curve_figure(
                 terms,
-                x_title=plots.X_AXES[x],
+                x_title=curves.X_AXES[x],
                 y_title="loss",
                 smoothing=smoothing,
                 log_y=log_y,
@@ -245,13 +246,13 @@ def run_detail(record: dict, name: str) -> None:
     with right:
         if epochs:
             st.markdown(f"**{EPOCH_LABEL.capitalize()}** per epoch")
-            fig = plots.accuracy_curves({name: epochs}, x="time" if x == "time" else "epoch")
+            fig = curves.accuracy_curves({name: epochs}, x="time" if x == "time" else "epoch")
             st.plotly_chart(fig, key="run_accuracy", width="stretch")
         else:
             st.caption("No epoch finished yet.")
     if record["config"].get("weighting", "fixed") != "fixed" and history:
         st.markdown("**Loss weights** (adapted by the weighting scheme)")
-        fig = plots.weight_curves({name: history}, x=x)
+        fig = curves.weight_curves({name: history}, x=x)
         st.plotly_chart(fig, key="run_weights", width="stretch")
     shares_shown(record, history, x)
     run_actions(record)
@@ -264,9 +265,9 @@ def shares_shown(record: dict, history: list[dict], x: str) -> None:
         return
     st.markdown("**Share of the gradient** per term (what the weights really do)")
     try:
-        fig = plots.gradient_share_curves(history, x="step" if x == "epoch" else x)
+        fig = curves.gradient_share_curves(history, x="step" if x == "epoch" else x)
         st.plotly_chart(fig, key="run_shares", width="stretch")
-    except plots.PlotDataError as exc:
+    except PlotDataError as exc:
         st.caption(str(exc))
     for weak in weak_terms(history, weights):
         st.warning(weak["message"], icon=":material/trending_down:")
@@ -275,9 +276,10 @@ def shares_shown(record: dict, history: list[dict], x: str) -> None:
 def chart_options() -> None:
     """Curve options: x by step, epoch or time; smoothing; log scale (for the T²-scaled term)."""
     col_x, col_smooth, col_log = st.columns([1, 2, 1], vertical_alignment="bottom")
-    if ss.get("runs_x") not in plots.X_AXES:  # None from a fragment rerun that raced the first draw
+    # None from a fragment rerun that raced the first draw
+    if ss.get("runs_x") not in curves.X_AXES:
         ss["runs_x"] = VIEW["runs_x"][1]
-    col_x.segmented_control("x axis", list(plots.X_AXES), key="runs_x", required=True)
+    col_x.segmented_control("x axis", list(curves.X_AXES), key="runs_x", required=True)
     col_smooth.slider("Smoothing", 0.0, 0.95, step=0.05, key="runs_smooth")
     col_log.toggle("log scale (losses)", key="runs_log")
 

@@ -7,14 +7,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from workbench.ablation.variants import (
+from workbench.ablation.statistics import (
     SHAPLEY_BASELINES,
-    coalition_name,
     contributions,
     factorial_values,
-    factorial_variants,
     holm_bonferroni,
-    leave_one_out_variants,
     mcnemar_exact,
     noise_floor,
     paired_comparison,
@@ -22,9 +19,14 @@ from workbench.ablation.variants import (
     seeds_needed,
     shapley_tables,
     shapley_values,
+    variant_summary,
+)
+from workbench.ablation.variants import (
+    coalition_name,
+    factorial_variants,
+    leave_one_out_variants,
     suite_configs,
     suite_results,
-    variant_summary,
 )
 from workbench.config.run_config import COMPONENTS, LossWeights, RunConfig
 from workbench.errors import ConfigError

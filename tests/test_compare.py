@@ -1,6 +1,6 @@
 """workbench.ui.compare: filters, selection, seed groups and the probe tables, on plain records.
 
-Also the title/legend layout of ``plots.curve_figure`` (the Compare page's curves)."""
+Also the title/legend layout of ``plots.curves.curve_figure`` (the Compare page's curves)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from workbench.ui import compare
-from workbench.ui.plots import curve_figure
+from workbench.ui.plots.curves import curve_figure
 
 
 def record(run_id, name="", *, status="completed", tags=(), acc=0.9, role="student", **config):
@@ -296,7 +296,7 @@ def test_many_curves_get_a_legend_column_beside_the_plot_that_toggles_them():
 
 
 def test_cka_heatmaps_wrap_into_rows_on_one_colour_scale():
-    from workbench.ui.plots import cka_heatmaps
+    from workbench.ui.plots.heatmaps import cka_heatmaps
 
     cka = [[0.1, 0.5, 0.9], [0.2, 0.4, 0.6]]
     probes = {f"run {i}": probe(cka) for i in range(7)}
@@ -315,7 +315,7 @@ def test_cka_heatmaps_wrap_into_rows_on_one_colour_scale():
 
 
 def test_gram_panels_name_the_classes_once():
-    from workbench.ui.plots import gram_heatmaps
+    from workbench.ui.plots.heatmaps import gram_heatmaps
 
     labels = np.array([0, 0, 1, 1])
     grams = [{"pair": ["b2", "l3"], "student": np.eye(4), "teacher": np.ones((4, 4))}]

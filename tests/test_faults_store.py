@@ -28,7 +28,7 @@ from workbench.errors import CheckpointError, StoreError
 from workbench.runs import queue as runqueue
 from workbench.storage.repair import check_store
 from workbench.storage.store import Store
-from workbench.training.engine import teacher_key
+from workbench.training.teachers import teacher_key
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = RunConfig(teacher="small_cnn", student="mlp", weights=LossWeights(1, 0, 0, 0))
@@ -77,7 +77,7 @@ def fabricate(store: Store, n: int = 3) -> list[str]:
     epochs, checkpoints; and a suite listing them."""
     teacher_cfg = CONFIG.teacher_config()
     teacher = store.create_run(teacher_cfg, name="teacher")
-    store.save_checkpoint(teacher, {"w": torch.ones(3)})
+    store.save_weights(teacher, {"w": torch.ones(3)})
     key = teacher_key(teacher_cfg)  # what the engine registers a trained teacher under
     store.update_run(teacher, status="completed", metrics={"val_acc": 0.9}, teacher_key=key)
     store.set_teacher(key, teacher)
@@ -90,7 +90,7 @@ def fabricate(store: Store, n: int = 3) -> list[str]:
         ]
         store.set_history(run_id, rows)
         store.set_epochs(run_id, [{"epoch": 1, "val_acc": 0.5 + i / 10}])
-        store.save_checkpoint(run_id, {"w": torch.full((4,), float(i))})
+        store.save_weights(run_id, {"w": torch.full((4,), float(i))})
         store.update_run(run_id, status="completed", metrics={"val_acc": 0.5 + i / 10})
         ids.append(run_id)
     store.save_suite({"id": "suite-1", "name": "s", "created_at": 1.0, "runs": ids[1:]})
@@ -141,7 +141,7 @@ def test_kill_9_while_a_teacher_trains_frees_its_lock(home, sig):
         while time.monotonic() < deadline and proc.poll() is None:
             if watcher is None and (home / "store" / "cache.db").exists():
                 watcher = Store(home)
-            holder = watcher.lock_holder(name) if watcher else None
+            holder = watcher.get(f"lock:{name}") if watcher else None
             if holder and holder["description"].startswith("run "):
                 break  # the teacher run exists and trains under the lock
             time.sleep(0.2)
@@ -169,7 +169,7 @@ def test_kill_9_while_a_teacher_trains_frees_its_lock(home, sig):
     if sig == signal.SIGKILL or messages:  # a SIGTERM handler may release it cleanly instead
         assert len(messages) == 1 and "took over lock" in messages[0]
         assert "its process is gone" in messages[0] and teacher_run in messages[0]
-    assert store.lock_holder(name) is None  # released again
+    assert store.get(f"lock:{name}") is None  # released again
     runqueue.recover(store)  # what every executor does when it starts or polls
     # not lost: queued again to resume from its checkpoint, or left for a person to resume
     assert store.get_run(teacher_run)["status"] in ("queued", "interrupted", "cancelled")
@@ -209,7 +209,7 @@ def test_a_silent_holder_is_taken_over_and_learns_it(home):
         store = Store(home)
         messages: list[str] = []
         with store.lock("job", on_wait=messages.append, stale_after=1.0, report_after=0.2):
-            assert store.lock_holder("job")["pid"] == os.getpid()
+            assert store.get("lock:job")["pid"] == os.getpid()
             holder.send_signal(signal.SIGCONT)  # its next heartbeat finds the lock lost
             assert read_line(holder) == "lost\n"
         took = [m for m in messages if "took over" in m]
@@ -330,7 +330,7 @@ def test_full_disk_clear_error_and_store_readable(small_disk, monkeypatch):
     for write in (
         lambda: store.create_run(CONFIG),
         lambda: store.update_run(ids[1], name="x"),
-        lambda: store.save_checkpoint(ids[1], {"w": torch.zeros(10_000)}),
+        lambda: store.save_weights(ids[1], {"w": torch.zeros(10_000)}),
     ):
         with pytest.raises(StoreError) as caught:
             write()
@@ -446,7 +446,7 @@ def test_damaged_index_clear_message_then_repair_restores_every_run(home, how, c
     assert snapshot(repaired) == before  # every run: record, history, epochs
     assert repaired.find_teacher(teacher_key(CONFIG.teacher_config())) == ids[0]
     assert repaired.get_suite("suite-1")["runs"] == ids[1:]
-    assert repaired.load_checkpoint(ids[2])["w"].tolist() == [1.0] * 4
+    assert repaired.load_weights(ids[2])["w"].tolist() == [1.0] * 4
 
 
 def test_damaged_index_through_the_command_line(home):
@@ -527,10 +527,10 @@ def test_deleted_history_file_is_reported_and_restored(store):
 
 def test_truncated_store_checkpoint_is_not_advised_as_an_upload(store):
     ids = fabricate(store, n=1)
-    path = store.checkpoint_path(ids[1])
+    path = store.weights_path(ids[1])
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError) as caught:
-        store.load_checkpoint(ids[1])
+        store.load_weights(ids[1])
     message = str(caught.value)
     assert ids[1] in message and "truncated or overwritten" in message
     assert "torch.save" not in message
@@ -579,7 +579,7 @@ def test_a_wait_without_a_callback_is_a_warning(store, caplog):
 
     holder = threading.Thread(target=hold, daemon=True)
     holder.start()
-    while store.lock_holder("job") is None:
+    while store.get("lock:job") is None:
         time.sleep(0.01)
     with caplog.at_level("WARNING", logger="kdwb.store"):
         waiter = threading.Thread(target=wait, daemon=True)
@@ -644,7 +644,7 @@ def test_a_lock_won_after_a_long_wait_is_not_taken_for_silent(store):
 
     ta = threading.Thread(target=a, daemon=True)
     ta.start()
-    while store.lock_holder("j") is None:
+    while store.get("lock:j") is None:
         time.sleep(0.01)
     tb = threading.Thread(target=b, daemon=True)
     tb.start()

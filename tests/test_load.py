@@ -106,7 +106,7 @@ def test_three_users_sixty_runs_two_workers(tmp_path):
     for record in records.values():  # each executed once, nothing lost
         assert record["claims"] == 1 and record["executions"] == 1, record
         assert store.history(record["id"]) and store.epochs(record["id"])
-        assert store.checkpoint_path(record["id"]).exists()
+        assert store.weights_path(record["id"]).exists()
         assert store.manifest_path(record["id"]).exists()
 
     started = sorted(records.values(), key=lambda r: r["claimed_at"])

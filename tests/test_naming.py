@@ -70,7 +70,6 @@ def test_the_accuracy_label_comes_from_one_place():
     # a finished run's headline number is the test split's; every epoch's is validation's
     assert (naming.ACCURACY_METRIC, naming.ACCURACY_LABEL) == ("test_acc", "test acc")
     assert (naming.EPOCH_METRIC, naming.EPOCH_LABEL) == ("val_acc", "val acc")
-    assert naming.accuracy_title("teacher") == "teacher test acc"
 
 
 def test_metric_labels_name_the_split():

@@ -5,26 +5,25 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from workbench.ablation.variants import contributions
-from workbench.ui.plots import (
-    NOT_SIGNIFICANT,
-    PlotDataError,
+from workbench.ablation.statistics import contributions
+from workbench.ui.plots.curves import (
     accuracy_curves,
+    curve_figure,
+    group_runs,
+    loss_curves,
+    smooth,
+    weight_curves,
+)
+from workbench.ui.plots.heatmaps import (
     cka_difference,
     cka_heatmaps,
-    config_diff,
-    contribution_bars,
-    curve_figure,
     difference_range,
     fit_text,
     gram_heatmaps,
-    group_runs,
-    loss_curves,
-    parallel_coordinates,
-    smooth,
-    weight_curves,
     wrap_name,
 )
+from workbench.ui.plots.style import NOT_SIGNIFICANT, PlotDataError
+from workbench.ui.plots.summaries import config_diff, contribution_bars, parallel_coordinates
 
 
 # ---------------------------------------------------------------------- fabricated run data
@@ -432,7 +431,7 @@ def test_config_diff_keeps_only_differing_fields():
 
 
 def test_gradient_share_curves_draw_each_active_terms_share_in_percent():
-    from workbench.ui.plots import gradient_share_curves
+    from workbench.ui.plots.curves import gradient_share_curves
 
     history = [
         {"step": s, "g_label": 0.6, "g_response": 0.39, "g_feature": 0.0, "g_relation": 0.01}

@@ -9,7 +9,8 @@ import torch
 
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.errors import CheckpointError
-from workbench.storage.store import Store, load_state_dict
+from workbench.storage.store import Store
+from workbench.storage.weights import load_weights_file
 
 CONFIG = RunConfig(weights=LossWeights(1, 0, 0, 0))
 
@@ -23,11 +24,11 @@ def test_create_list_update_delete(store):
     assert [r["id"] for r in store.list_runs(status="completed")] == [a]
     assert [r["id"] for r in store.list_runs(status=["queued", "completed"])] == [b, a]
     store.set_history(a, [{"step": 1, "total": 1.0}])
-    store.save_checkpoint(a, {"w": torch.ones(2)})
+    store.save_weights(a, {"w": torch.ones(2)})
     store.delete_run(a)
     assert not store.has_run(a)
     assert store.history(a) == []
-    assert not store.checkpoint_path(a).exists()
+    assert not store.weights_path(a).exists()
     with pytest.raises(KeyError, match="no run"):
         store.get_run(a)
 
@@ -36,15 +37,15 @@ def test_create_list_update_delete(store):
 def test_checkpoint_round_trip_and_bad_files(store, tmp_path):
     run_id = store.create_run(CONFIG)
     state = {"layer.weight": torch.randn(3, 2), "layer.bias": torch.zeros(3)}
-    store.save_checkpoint(run_id, state)
-    loaded = store.load_checkpoint(run_id)
+    store.save_weights(run_id, state)
+    loaded = store.load_weights(run_id)
     assert set(loaded) == set(state)
     assert torch.equal(loaded["layer.weight"], state["layer.weight"])
 
     not_torch = tmp_path / "junk.pt"
     not_torch.write_bytes(b"definitely not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable PyTorch state dict"):
-        load_state_dict(not_torch)
+        load_weights_file(not_torch)
 
     class Evil:
         def __reduce__(self):
@@ -53,14 +54,14 @@ def test_checkpoint_round_trip_and_bad_files(store, tmp_path):
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps(Evil()))
     with pytest.raises(CheckpointError):  # weights_only refuses arbitrary objects
-        load_state_dict(evil)
+        load_weights_file(evil)
 
     model = tmp_path / "model.pt"
     torch.save(torch.nn.Linear(2, 3), model)  # a whole module, not a state dict
     with pytest.raises(CheckpointError):
-        load_state_dict(model)
+        load_weights_file(model)
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_state_dict(tmp_path / "missing.pt")
+        load_weights_file(tmp_path / "missing.pt")
 
 
 def test_lock_is_exclusive_across_threads(store):
@@ -108,7 +109,7 @@ def test_teacher_registry_needs_a_checkpoint(store):
     run_id = store.create_run(CONFIG)
     store.set_teacher("fp", run_id)
     assert store.find_teacher("fp") is None
-    store.save_checkpoint(run_id, {"w": torch.ones(1)})
+    store.save_weights(run_id, {"w": torch.ones(1)})
     assert store.find_teacher("fp") == run_id
 
 
@@ -123,9 +124,9 @@ def test_suites(store):
 
 
 def test_history_in_chunks(store, monkeypatch):
-    import workbench.storage.store as store_module
+    from workbench.storage import history
 
-    monkeypatch.setattr(store_module, "HISTORY_CHUNK", 3)
+    monkeypatch.setattr(history, "HISTORY_CHUNK", 3)
     run_id = store.create_run(CONFIG)
     rows = []
     for step in range(1, 8):  # the engine's pattern: the list grows, the tail is saved

@@ -31,10 +31,10 @@ from typing import Any
 
 from workbench.errors import StoreError
 
-__all__ = ["LockHandle", "acquire", "describe_holder", "process_alive"]
+__all__ = ["HOST", "LockHandle", "acquire", "describe_holder", "process_alive"]
 
 log = logging.getLogger("kdwb.store")
-_HOST = socket.gethostname()
+HOST = socket.gethostname()  # the one host name of the store: locks, run records, the queue
 try:  # containers may share a host name but not their process ids
     _PID_NAMESPACE: str | None = os.readlink("/proc/self/ns/pid")
 except OSError:
@@ -100,10 +100,10 @@ def _why_stale(holder: Any, stale_after: float) -> str | None:
     if not isinstance(holder, dict):
         host, _, rest = str(holder).partition(":")
         pid = rest.partition(":")[0]
-        if host == _HOST and pid.isdigit() and not process_alive(int(pid)):
+        if host == HOST and pid.isdigit() and not process_alive(int(pid)):
             return "its process is gone"
         return None  # another host: the old format expires by itself
-    same_host = holder.get("host") == _HOST and holder.get("pid_namespace") == _PID_NAMESPACE
+    same_host = holder.get("host") == HOST and holder.get("pid_namespace") == _PID_NAMESPACE
     if same_host and not process_alive(holder.get("pid", -1), holder.get("pid_started")):
         return "its process is gone"
     silent_for = time.time() - float(holder.get("heartbeat", 0.0))
@@ -215,7 +215,7 @@ def acquire(
     now = time.time()
     mine = {
         "token": uuid.uuid4().hex,
-        "host": _HOST,
+        "host": HOST,
         "pid": os.getpid(),
         "pid_started": process_start(os.getpid()),
         "pid_namespace": _PID_NAMESPACE,
@@ -241,7 +241,7 @@ def acquire(
             return LockHandle(db, name, mine, heartbeat)
         if (
             isinstance(current, dict)
-            and current.get("host") == _HOST
+            and current.get("host") == HOST
             and current.get("pid") == os.getpid()
             and current.get("thread_id") == threading.get_ident()
         ):

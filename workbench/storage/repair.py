@@ -25,14 +25,9 @@ from typing import Any
 
 from workbench.errors import StoreError
 from workbench.runs import queue as runqueue
-from workbench.storage.store import (
-    DB_NAME,
-    REPAIR,
-    RUN_FILE_SUFFIXES,
-    Store,
-    default_home,
-    read_manifest,
-)
+from workbench.storage.failures import DB_NAME, REPAIR
+from workbench.storage.manifests import read_manifest
+from workbench.storage.store import RUN_FILE_SUFFIXES, Store, default_home
 
 __all__ = ["CheckReport", "Finding", "RepairReport", "check_store", "repair_store"]
 
@@ -144,8 +139,9 @@ def _index_state(home: Path) -> tuple[str, str]:
     return "ok", ""
 
 
-def _checkpoint_readable(path: Path) -> bool:
-    """A cheap test of a torch checkpoint: its zip directory (at the end of the file) reads."""
+def _weights_readable(path: Path) -> bool:
+    """A cheap test of a run's final weights (a torch zip): its zip directory (at the end of
+    the file) reads."""
     try:
         with zipfile.ZipFile(path) as z:
             return bool(z.namelist())
@@ -218,7 +214,7 @@ def _check_run(store: Store, record: dict, present: set[str]) -> list[Finding]:
     add = findings.append
     run_id = record["id"]
     if record["status"] == "completed":
-        path = store.checkpoint_path(run_id)
+        path = store.weights_path(run_id)
         if ".pt" not in present:
             add(
                 Finding(
@@ -229,7 +225,7 @@ def _check_run(store: Store, record: dict, present: set[str]) -> list[Finding]:
                     False,
                 )
             )
-        elif not _checkpoint_readable(path):
+        elif not _weights_readable(path):
             add(
                 Finding(
                     "checkpoint",

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.ui import plots
 from workbench.ui.naming import ACCURACY_METRIC, field_text, flat_config, group_fields, short_names
+from workbench.ui.plots import curves, summaries
 from workbench.ui.tables import run_table
 
 __all__ = [
@@ -127,11 +127,11 @@ def group_choices(records: Iterable[Record]) -> list[str]:
 
 def units(records: Iterable[Record], *, group_by: str = SEED_GROUP) -> dict[str, list[Record]]:
     """``{label: member records}``: one run per unit named by ``naming.short_names``
-    (``NO_GROUP``), the seeds of one config (``SEED_GROUP``, ``plots.group_runs``), or the runs
+    (``NO_GROUP``), the seeds of one config (``SEED_GROUP``, ``curves.group_runs``), or the runs
     that share a value of the config field ``group_by`` (``"feature_kind at (3 runs)"``)."""
     records = list(records)
     if group_by == SEED_GROUP:
-        return plots.group_runs(records)
+        return curves.group_runs(records)
     if group_by in ("", NO_GROUP, None):
         names = short_names(records)
         return {names[r["id"]]: [r] for r in records}
@@ -161,7 +161,7 @@ def colours(unit_map: Mapping[str, Sequence[Record]], colour_by: str) -> dict[st
 def curve_runs(
     unit_map: Mapping[str, Sequence[Record]], rows: Mapping[str, Sequence[Mapping[str, Any]]]
 ) -> dict[str, Any]:
-    """The ``runs`` argument of ``plots.accuracy_curves`` / ``loss_curves`` / ``weight_curves``:
+    """The ``runs`` argument of ``curves.accuracy_curves`` / ``loss_curves`` / ``weight_curves``:
     ``{label: one run's rows}`` or ``{label: [rows of each seed]}``; units without rows are left
     out (``rows`` maps a run id to its history or epoch rows)."""
     out: dict[str, Any] = {}
@@ -291,7 +291,7 @@ def per_class_table(probes: Mapping[str, Probe]) -> pd.DataFrame:
 
 
 def diff_records(unit_map: Mapping[str, Sequence[Record]]) -> list[dict[str, Any]]:
-    """One record per unit for ``plots.config_diff``, named by the unit's label; a group's
+    """One record per unit for ``summaries.config_diff``, named by the unit's label; a group's
     ``seed`` is the list of its seeds (``"0, 1, 2"``)."""
     out = []
     for label, members in unit_map.items():
@@ -303,14 +303,14 @@ def diff_records(unit_map: Mapping[str, Sequence[Record]]) -> list[dict[str, Any
 
 
 def diff_table(unit_map: Mapping[str, Sequence[Record]]) -> pd.DataFrame:
-    """``plots.config_diff`` of the units as text (one column per unit label, ``-`` for a field
+    """``summaries.config_diff`` of the units as text (one column per unit label, ``-`` for a field
     a run lacks), so mixed values show the same in a table and in the report."""
-    frame = plots.config_diff(diff_records(unit_map))
+    frame = summaries.config_diff(diff_records(unit_map))
     return frame.map(lambda v: "-" if v is None else str(v)).astype(object)
 
 
 def parcoords_records(records: Iterable[Record], *, grouped: bool) -> list[dict[str, Any]]:
-    """Student runs with a final accuracy for ``plots.parallel_coordinates``; with ``grouped``,
+    """Student runs with a final accuracy for ``summaries.parallel_coordinates``; with ``grouped``,
     one record per seed group with the mean accuracy of its finished seeds."""
     done = [
         r
@@ -322,7 +322,7 @@ def parcoords_records(records: Iterable[Record], *, grouped: bool) -> list[dict[
     if not grouped:
         return [dict(r) for r in done]
     out = []
-    for members in plots.group_runs(done).values():
+    for members in curves.group_runs(done).values():
         acc = float(np.mean([m["metrics"][ACCURACY_METRIC] for m in members]))
         out.append({**members[0], "metrics": {**members[0]["metrics"], ACCURACY_METRIC: acc}})
     return out
@@ -336,7 +336,7 @@ def selection_table(
     table = run_table(records, epochs).drop(columns=["queue", "visibility"])
     group_of = {  # only groups of several seeds: a one-run "group" would just repeat its name
         m["id"]: label
-        for label, members in plots.group_runs(records).items()
+        for label, members in curves.group_runs(records).items()
         if len(members) > 1
         for m in members
     }

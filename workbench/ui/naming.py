@@ -23,7 +23,6 @@ __all__ = [
     "ACCURACY_METRIC",
     "EPOCH_LABEL",
     "EPOCH_METRIC",
-    "accuracy_title",
     "field_text",
     "flat_config",
     "group_fields",
@@ -68,11 +67,6 @@ def metric_label(metric: str) -> str:
     ``"test acc"`` (every accuracy says its split)."""
     labels = {ACCURACY_METRIC: ACCURACY_LABEL, EPOCH_METRIC: EPOCH_LABEL}
     return labels.get(metric, metric.replace("_", " "))
-
-
-def accuracy_title(prefix: str = "") -> str:
-    """``"val acc"`` or ``"<prefix> val acc"``: the one spelling of the shown accuracy."""
-    return f"{prefix} {ACCURACY_LABEL}".strip()
 
 
 def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
