@@ -30,10 +30,10 @@ from workbench.lab.settings import LabSettings
 from workbench.storage.store import Store, default_home
 from workbench.ui.draft import TEACHER_MODES
 from workbench.ui.form_values import FormError, pairs_from_rows
-from workbench.ui.tables import ModelPair, inspect_pair
 from workbench.ui.url_state import from_params, to_params
 
 if TYPE_CHECKING:
+    from workbench.distill.model_pair import ModelPair
     from workbench.runs.job_manager import JobManager
 
 log = logging.getLogger("kdwb.app")
@@ -222,6 +222,8 @@ def live(fn: Callable[..., None], *, polling: bool) -> Callable[..., None]:
 
 @st.cache_data(show_spinner="Building the models...", max_entries=32)
 def model_pair(teacher: str, student: str, dataset: str, data_path: str) -> ModelPair:
+    from workbench.distill.model_pair import inspect_pair  # torch: after the first paint
+
     return inspect_pair(teacher, student, dataset, data_path)
 
 

@@ -26,7 +26,6 @@ from pages._shared import (
     user,
 )
 from workbench.ablation.suites import launch_suite
-from workbench.ablation.variants import suite_configs
 from workbench.config.run_config import COMPONENTS, PRESETS
 from workbench.distill.losses import FEATURE_LOSSES, RELATION_LOSSES
 from workbench.distill.weighting import WEIGHTINGS
@@ -34,8 +33,8 @@ from workbench.storage.store import ACTIVE
 from workbench.ui.draft import (
     check_draft,
     draft_key,
+    launch_errors,
     launch_runs,
-    preflight_errors,
     reset_pairs,
     route_errors,
 )
@@ -64,45 +63,39 @@ def active_preset() -> str | None:
 
 
 def launch(suite: bool) -> None:
-    """The Launch buttons' callback: preflight, then queue (or keep the errors for their
-    widgets). A callback runs before the next script run, so no click after it is lost."""
+    """The Launch buttons' callback: queue through the submit gate (or keep its errors for
+    their widgets). A callback runs before the next script run, so no click after it is lost."""
     ss.pop("launched", None)
     ss.pop("launched_suite", None)
     ss["launch_errors"], ss["launch_problem"] = {}, None
     ss["launch_errors_for"] = draft_key(ss)
     configs, errors = check_draft(ss)
-    if not errors:
-        errors, problem = preflight_errors(configs[0])
-        ss["launch_problem"] = problem
-    if errors or ss["launch_problem"] is not None:
+    if errors:
         ss["launch_errors"] = errors
         return
     who = user()
 
-    def submit(config, **fields):  # queued as this session's user
-        return manager().submit(config, user=who, **fields)
+    def submit_many(submissions):  # queued as this session's user, all or none
+        return manager().submit_many(submissions, who)
 
-    try:
+    def queue() -> None:
         if suite:
-            base = configs[0].replace(seed=0)
-            seeds, factorial = int(ss["ablation_seeds"]), bool(ss["ablation_factorial"])
-            # a suite counts as its runs: refused whole, before any is queued
-            manager().check_quota([c for _, c in suite_configs(base, seeds, factorial)], who)
             record = launch_suite(
-                base,
+                configs[0].replace(seed=0),
                 store(),
-                submit,
-                seeds=seeds,
-                factorial=factorial,
+                submit_many,
+                seeds=int(ss["ablation_seeds"]),
+                factorial=bool(ss["ablation_factorial"]),
                 name=ss["run_name"].strip(),
                 owner=who.name,
             )
             ss["launched_suite"] = ss["last_suite"] = record["id"]
         else:
-            manager().check_quota(configs, who)
-            ss["launched"] = launch_runs(configs, submit, name=ss["run_name"], tags=ss["run_tags"])
-    except Exception as exc:
-        ss["launch_problem"] = exc
+            ss["launched"] = launch_runs(
+                configs, submit_many, name=ss["run_name"], tags=ss["run_tags"]
+            )
+
+    _, ss["launch_errors"], ss["launch_problem"] = launch_errors(queue)
 
 
 # ---------------------------------------------------------------------------------- the loss

@@ -22,7 +22,6 @@ from workbench.config.choices import DATASETS, MODEL_INFO, list_datasets, list_m
 from workbench.config.run_config import RunConfig
 from workbench.storage.store import ACTIVE
 from workbench.ui.draft import TEACHER_MODES, reset_pairs, upload_message
-from workbench.ui.form_values import import_uploaded_teacher
 from workbench.ui.naming import ACCURACY_LABEL, ACCURACY_METRIC
 from workbench.ui.tables import (
     format_percent,
@@ -125,7 +124,7 @@ with sizes_box:
 
 with source_box:
     from workbench.runs import permitted as actions
-    from workbench.training.engine import teacher_key
+    from workbench.training.teachers import find_teacher, import_uploaded_teacher
 
     if mode == TEACHER_MODES[0]:  # train one now
         ss["teacher_run"] = ""
@@ -146,7 +145,7 @@ with source_box:
                 data_path=data_path(),
                 teacher_epochs=int(ss["teacher_epochs"]),
             ).teacher_config()
-            found = store().find_teacher(teacher_key(recipe)) if dataset_ok else None
+            found = find_teacher(store(), recipe) if dataset_ok else None
             if col_button.button("Train teacher", key="train_teacher", disabled=not dataset_ok):
                 ss["teacher_job"] = found or manager().submit(
                     recipe, name=f"teacher {ss['teacher']}", user=user()

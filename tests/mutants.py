@@ -41,77 +41,77 @@ MUTANTS = [
     # --- from issue 13's review (the engine) ---
     Mutant(
         "adapters left out of the optimizer",
-        "workbench/training/engine.py",
+        "workbench/training/setup.py",
         '{"params": [*model.parameters(), *_loss_parameters(hybrid, weighting=False)]},',
         '{"params": [*model.parameters()]},',
         (STEPS + "::test_optimizer_trains_the_adapters_and_the_learned_weights_without_decay",),
     ),
     Mutant(
         "weight decay on the learned log-variances",
-        "workbench/training/engine.py",
+        "workbench/training/setup.py",
         "if (id(p) in scheme) == weighting]",
         "if (id(p) in scheme) != weighting]",
         (STEPS + "::test_optimizer_trains_the_adapters_and_the_learned_weights_without_decay",),
     ),
     Mutant(
         "data order seeded with 0",
-        "workbench/training/engine.py",
+        "workbench/training/setup.py",
         "torch.Generator().manual_seed(config.seed),",
         "torch.Generator().manual_seed(0),",
         (STEPS + "::test_seeds_change_the_initialisation_and_the_data_order",),
     ),
     Mutant(
         "initialisation seeded with 0",
-        "workbench/training/engine.py",
+        "workbench/training/setup.py",
         "with seeded_construction(config.seed):",
         "with seeded_construction(0):",
         (STEPS + "::test_seeds_change_the_initialisation_and_the_data_order",),
     ),
     Mutant(
         "weighting never sees the validation accuracy",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         "    t.hybrid.epoch_end(val_acc)\n",
         "",
         (STEPS + "::test_end_epoch_reports_validation_to_the_weighting_scheme",),
     ),
     Mutant(
         "epoch train loss over the whole history",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         'logged = [r["total"] for r in t.history if r["epoch"] == epoch]',
         'logged = [r["total"] for r in t.history]',
         (STEPS + "::test_epoch_train_loss_is_the_mean_of_that_epochs_logged_steps",),
     ),
     Mutant(
         "evaluate leaves the model in eval mode",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         "    model.train(was_training)\n",
         "",
         (STEPS + "::test_evaluate_uses_eval_mode_and_restores_training_mode",),
     ),
     Mutant(
         "evaluate in training mode",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         "    model.eval()\n    preds",
         "    preds",
         (STEPS + "::test_evaluate_uses_eval_mode_and_restores_training_mode",),
     ),
     Mutant(
         "augmentation raises",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         "    b, c, h, w = x.shape  # [B, C, H, W]\n    pad",
         "    raise RuntimeError('augment')\n    b, c, h, w = x.shape\n    pad",
         (STEPS + "::test_augmentation_runs_in_the_engine",),
     ),
     Mutant(
         "one shift for the whole batch",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         "shifts = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)",
         "shifts = torch.randint(0, 2 * pad + 1, (2, 1), generator=generator).expand(2, b)",
         (STEPS + "::test_augment_shifts_each_image_by_its_own_offset",),
     ),
     Mutant(
         "headline accuracy on the validation split",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         "test_pred = evaluate(t.model, t.test_x)  # [N_test]",
         "test_pred = evaluate(t.model, t.val_x)  # [N_test]",
         (STEPS + "::test_headline_metrics_are_measured_on_the_test_split",),
@@ -119,7 +119,7 @@ MUTANTS = [
     # --- the ablation statistics ---
     Mutant(
         "seeds paired by position",
-        "workbench/ablation/variants.py",
+        "workbench/ablation/statistics.py",
         "d = np.array([full[s] - reduced[s] for s in shared])",
         "d = np.array(list(full.values())[: len(shared)]) - np.array("
         "list(reduced.values())[: len(shared)])",
@@ -127,7 +127,7 @@ MUTANTS = [
     ),
     Mutant(
         "Holm without the step-down maximum",
-        "workbench/ablation/variants.py",
+        "workbench/ablation/statistics.py",
         "running = max(running, min(1.0, (m - rank) * p))",
         "running = min(1.0, (m - rank) * p)",
         ("tests/test_ablation.py",),
@@ -142,21 +142,21 @@ MUTANTS = [
     # --- new code: checkpoints and resume ---
     Mutant(
         "resume without the optimizer state",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         '    t.optimizer.load_state_dict(state["optimizer"])\n',
         "",
         (STEPS + "::test_a_resumed_run_equals_an_uninterrupted_one",),
     ),
     Mutant(
         "resume without the data-order generator",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         '    t.generator.set_state(state["generator"])\n',
         "",
         (STEPS + "::test_a_resumed_run_equals_an_uninterrupted_one",),
     ),
     Mutant(
         "resume without the schedule",
-        "workbench/training/engine.py",
+        "workbench/training/steps.py",
         '    t.scheduler.load_state_dict(state["scheduler"])\n',
         "",
         (STEPS + "::test_a_resumed_run_equals_an_uninterrupted_one",),
@@ -186,7 +186,7 @@ MUTANTS = [
     # --- issue 12: what runs of one process share (workbench.training.teacher_pool) ---
     Mutant(
         "a warm teacher kept across a replaced checkpoint",
-        "workbench/training/engine.py",
+        "workbench/training/teachers.py",
         "teacher_id, stat.st_size, stat.st_mtime_ns, str(device))",
         "teacher_id, stat.st_size, 0, str(device))",
         ("tests/test_warm.py::test_another_teacher_or_checkpoint_is_not_served_from_the_warm_one",),
@@ -202,7 +202,7 @@ MUTANTS = [
     Mutant(
         "a claim that does not check the status",
         "workbench/runs/queue.py",
-        '        if record["status"] != "queued":\n            return False',
+        '        if record["status"] not in statuses:\n            return False',
         "        if False:\n            return False",
         (JOBS + "::test_each_run_is_claimed_once_by_competing_executors",),
     ),
@@ -267,11 +267,29 @@ MUTANTS = [
         "workbench/storage/store.py",
         """            self._db.set(key, record)
             if "status" in fields:
-                self._index_status(run_id, record["status"])
+                active_runs.index_status(self._db, run_id, record["status"])
         if fields.get("status") in FINISHED:""",
         """            self._db.set(key, record)
         if fields.get("status") in FINISHED:""",
         ("tests/test_store.py::test_the_active_index_follows_every_status_change",),
+    ),
+    # --- from issue 17 (the one submit gate) ---
+    Mutant(
+        "the gate builds the models twice",
+        "workbench/runs/submit.py",
+        "    pair = inspect_pair(\n",
+        "    inspect_pair(config.teacher, config.student, config.dataset, config.data_path)\n"
+        "    pair = inspect_pair(\n",
+        ("tests/test_submit_gate.py",),
+    ),
+    Mutant(
+        "the gate leaves the teacher run to the run",
+        "workbench/runs/submit.py",
+        "        check_teacher_run(config, store, user)\n",
+        "        pass\n",
+        (
+            "tests/test_submit_gate.py::test_the_cli_and_the_distill_page_refuse_an_invalid_teacher_run_alike",
+        ),
     ),
 ]
 

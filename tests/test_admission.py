@@ -69,7 +69,7 @@ def _teacher(store, *, status="completed", checkpoint=True, **changes) -> str:
     recipe = RunConfig(teacher="small_cnn", student="mlp", **changes).teacher_config()
     run_id = store.create_run(recipe, status=status)
     if checkpoint:
-        store.save_checkpoint(run_id, {"w": torch.zeros(1)})
+        store.save_weights(run_id, {"w": torch.zeros(1)})
     return run_id
 
 

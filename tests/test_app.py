@@ -393,7 +393,7 @@ def test_an_interrupted_run_can_be_restarted(store):
 def test_an_interrupted_run_resumes_from_its_checkpoint(store):
     import threading
 
-    from workbench.training.engine import run
+    from workbench.training.loop import run
 
     config = _scratch(epochs=3)
     run_id = store.create_run(config, name="stopped")

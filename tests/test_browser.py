@@ -243,7 +243,7 @@ def test_main_journey(server, browser):
     from workbench.config.run_config import RunConfig
     from workbench.runs import queue as runqueue
     from workbench.storage.store import Store
-    from workbench.training.engine import run
+    from workbench.training.loop import run
 
     store = Store(server.home)
     holder = runqueue.Executor("worker")

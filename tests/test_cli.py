@@ -41,12 +41,8 @@ def test_run_json_then_runs_and_show(home, capsys):
 
 
 def test_config_file_and_flag_override(home, tmp_path, capsys):
-    from workbench.config.run_config import RunConfig
-
     path = tmp_path / "run.toml"
-    path.write_text(
-        RunConfig(teacher="small_cnn", student="mlp", epochs=2, teacher_epochs=1).to_toml()
-    )
+    path.write_text('teacher = "small_cnn"\nstudent = "mlp"\nepochs = 2\nteacher_epochs = 1\n')
     assert (
         main(["run", "--config", str(path), "--epochs", "1", "--weights", "label=1", "--json"]) == 0
     )

@@ -388,8 +388,11 @@ def test_ablations_without_suites_says_how_to_start(store):
 def test_ablations_shows_contributions_and_opens_compare(store):
     base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.2))
 
-    def submit(config, **fields):
-        return store.create_run(config, **fields)
+    def submit(submissions):
+        return [
+            store.create_run(s.config, name=s.name, tags=s.tags, suite=s.suite, variant=s.variant)
+            for s in submissions
+        ]
 
     suite = launch_suite(base, store, submit, seeds=2, name="fabricated suite")
     effect = {"label": 0.1, "response": 0.05, "relation": 0.01}
@@ -423,7 +426,15 @@ def test_ablations_shows_contributions_and_opens_compare(store):
 
 def test_a_finished_suite_can_be_deleted_and_its_runs_stay(store):
     base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.0))
-    suite = launch_suite(base, store, lambda c, **f: store.create_run(c, **f), seeds=1)
+    suite = launch_suite(
+        base,
+        store,
+        lambda subs: [
+            store.create_run(s.config, name=s.name, tags=s.tags, suite=s.suite, variant=s.variant)
+            for s in subs
+        ],
+        seeds=1,
+    )
     for entry in suite["runs"]:
         store.update_run(entry["run_id"], status="completed", metrics={"test_acc": 0.5})
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
@@ -440,7 +451,16 @@ def test_a_finished_suite_can_be_deleted_and_its_runs_stay(store):
 
 def test_ablations_tables_fill_in_while_the_suite_runs_and_its_url_restores_it(store):
     base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.0))
-    suite = launch_suite(base, store, lambda c, **f: store.create_run(c, **f), seeds=1, name="s")
+    suite = launch_suite(
+        base,
+        store,
+        lambda subs: [
+            store.create_run(s.config, name=s.name, tags=s.tags, suite=s.suite, variant=s.variant)
+            for s in subs
+        ],
+        seeds=1,
+        name="s",
+    )
     first, *rest = suite["runs"]
     store.update_run(
         first["run_id"], status="completed", metrics={"val_acc": 0.8, "test_acc": 0.79}

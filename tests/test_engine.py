@@ -11,8 +11,9 @@ import torch.nn.functional as F
 import workbench.distill.losses as losses
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.errors import CheckpointError, ConfigError
-from workbench.training.engine import ensure_teacher, import_teacher, run
+from workbench.training.loop import run
 from workbench.training.teacher_cache import LiveTeacher
+from workbench.training.teachers import ensure_teacher, import_teacher
 
 TINY = RunConfig(
     teacher="small_cnn",
@@ -61,7 +62,7 @@ def test_run_records_history_epochs_probe_and_checkpoint(store):
     assert probe["cka"].shape == (len(probe["student_layers"]), len(probe["teacher_layers"]))
     assert len(probe["grams"]) == len(probe["pairs"]) > 0
     assert len(probe["pair_cosine"]) == len(probe["pairs"])
-    state = store.load_checkpoint(record["id"])
+    state = store.load_weights(record["id"])
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert record["teacher_source"] in ("live", "cache")
 
@@ -124,10 +125,10 @@ def test_on_step_reports_progress(store):
 
 
 def test_ensure_teacher_checks_a_chosen_teacher_run(store):
-    teacher_id = ensure_teacher(TINY, store)
-    assert ensure_teacher(TINY.replace(teacher_run=teacher_id), store) == teacher_id
+    teacher_id = ensure_teacher(TINY, store, train=run)
+    assert ensure_teacher(TINY.replace(teacher_run=teacher_id), store, train=run) == teacher_id
     with pytest.raises(ConfigError, match="small_cnn"):
-        ensure_teacher(TINY.replace(teacher="mlp", teacher_run=teacher_id), store)
+        ensure_teacher(TINY.replace(teacher="mlp", teacher_run=teacher_id), store, train=run)
 
 
 def test_import_teacher_checks_the_architecture(store, tmp_path):

@@ -12,18 +12,12 @@ from torch import nn
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.distill.losses import HybridLoss
 from workbench.distill.taps import FeatureTaps
+from workbench.distill.weighting import WEIGHTINGS
 from workbench.runs import queue as runqueue
 from workbench.storage import training_state as checkpoints
-from workbench.training.engine import (
-    augment_batch,
-    build_model_and_loss,
-    build_optimizer,
-    end_epoch,
-    evaluate,
-    prepare,
-    run,
-    train_epoch,
-)
+from workbench.training.loop import prepare, run
+from workbench.training.setup import build_model_and_loss, build_optimizer
+from workbench.training.steps import augment_batch, end_epoch, evaluate, train_epoch
 
 TINY = RunConfig(
     teacher="small_cnn",
@@ -192,7 +186,7 @@ def test_augment_shifts_each_image_by_its_own_offset():
 
 
 def test_augmentation_runs_in_the_engine(store, monkeypatch):
-    import workbench.training.engine as engine
+    import workbench.training.steps as engine
 
     calls = []
     real = engine.augment_batch
@@ -224,7 +218,7 @@ def test_cuda_out_of_memory_inside_the_engine_is_reported(store, monkeypatch):
         model.forward = forward
         return model
 
-    monkeypatch.setattr("workbench.training.engine.build_model", oom_model)
+    monkeypatch.setattr("workbench.training.setup.build_model", oom_model)
     record = run(SCRATCH, store)
     assert record["status"] == "failed"
     assert record["error"].startswith("out of GPU memory: lower the batch size")
@@ -314,9 +308,7 @@ def test_dropout_draws_from_the_run_generator():
     assert torch.equal(model[1](x), x)
 
 
-@pytest.mark.parametrize(
-    "scheme", __import__("workbench.distill.weighting").distill.weighting.list_weightings()
-)
+@pytest.mark.parametrize("scheme", list(WEIGHTINGS))
 def test_every_weighting_scheme_keeps_its_state_in_the_checkpoint(scheme, tmp_path):
     """A resumed run rebuilds the loss and loads its state dict: whatever a scheme learned or
     counted (parameters, plateau counters, running estimates) must be in it."""
@@ -351,7 +343,7 @@ def test_headline_metrics_are_measured_on_the_test_split(store):
     record = run(SCRATCH.replace(epochs=2), store)
     data = load_dataset("digits")
     model = build_model("mlp", data.input_shape, data.num_classes)
-    model.load_state_dict(store.load_checkpoint(record["id"]))
+    model.load_state_dict(store.load_weights(record["id"]))
     test_pred, val_pred = evaluate(model, data.test_x), evaluate(model, data.val_x)
     metrics = record["metrics"]
     assert metrics["test_acc"] == float((test_pred == data.test_y).float().mean())

@@ -157,6 +157,7 @@ APP = textwrap.dedent(
     import sys, time
     from workbench.config.run_config import LossWeights, RunConfig
     from workbench.runs.job_manager import JobManager
+    from workbench.runs.submit import Submission
     from workbench.storage.store import Store
 
     manager = JobManager(Store())  # what the app creates (st.cache_resource) on its first page
@@ -165,8 +166,8 @@ APP = textwrap.dedent(
             student="mlp", weights=LossWeights(1, 0, 0, 0), epochs=4, batch_size=16,
             log_every=1, device="cpu",
         )
-        for seed in range(3):
-            manager.submit(config.replace(seed=seed))
+        # one launch of three seeds: queued together, as the Distill page does
+        manager.submit_many([Submission(config.replace(seed=seed)) for seed in range(3)])
     while True:
         time.sleep(1)
     """

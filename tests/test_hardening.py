@@ -26,7 +26,7 @@ from workbench.models.registry import build_model
 from workbench.storage.store import Store
 from workbench.training.probe import teacher_probe_features
 from workbench.training.teacher_cache import teacher_source
-from workbench.ui.form_values import import_uploaded_teacher
+from workbench.training.teachers import import_uploaded_teacher
 
 
 def _images(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n: int = 5) -> Path:
@@ -180,7 +180,7 @@ def test_everything_the_store_writes_is_private(tmp_path, loose_umask):
         run_id = store.create_run(RunConfig(device="cpu"), name="private")
         rows = [{"step": i, "loss": 1.0 / (i + 1), "note": "x" * 200} for i in range(400)]
         store.set_history(run_id, rows)  # large enough for diskcache's value files
-        store.save_checkpoint(run_id, {"w": torch.zeros(3)})
+        store.save_weights(run_id, {"w": torch.zeros(3)})
         store.write_manifest(run_id)
         digits = load_dataset("digits")
         torch.manual_seed(0)

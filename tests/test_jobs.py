@@ -76,7 +76,7 @@ def test_queue_order_and_concurrency_limit(store):
 
 def test_limit_of_two_runs_two_at_once(store):
     runner = FakeRunner(store)
-    manager = JobManager(store, limits={"cpu": 2}, runner=runner)
+    manager = JobManager(store, device_slots={"cpu": 2}, runner=runner)
     for i in range(4):
         manager.submit(SCRATCH.replace(seed=i))
     assert _wait_for(lambda: runner.max_active == 2)
@@ -128,7 +128,7 @@ def test_a_new_manager_sees_the_same_runs(store, home):
 
 def _dead(store, run_id, **fields):
     """Make ``run_id`` look claimed by a process that no longer exists."""
-    store.update_run(run_id, status="running", pid=2**22 + 12345, host=runqueue._HOST, **fields)
+    store.update_run(run_id, status="running", pid=2**22 + 12345, host=runqueue.HOST, **fields)
 
 
 def test_a_run_left_by_a_dead_process_is_resumed_once(store):

@@ -97,22 +97,23 @@ def test_preflight_routes_pair_problems_to_the_pairs_and_keeps_other_errors_whol
     def no_data(_):
         raise DatasetUnavailableError("cifar10 is not on disk: run ...")
 
-    assert launch.preflight_errors(config, incompatible) == (
+    assert launch.launch_errors(lambda: incompatible(config)) == (
+        None,
         {"layer_pairs": "at needs conv layers on both sides"},
         None,
     )
-    errors, problem = launch.preflight_errors(config, no_data)
-    assert errors == {} and isinstance(problem, DatasetUnavailableError)
-    assert launch.preflight_errors(config, lambda c: {}) == ({}, None)
+    result, errors, problem = launch.launch_errors(lambda: no_data(config))
+    assert result is None and errors == {} and isinstance(problem, DatasetUnavailableError)
+    assert launch.launch_errors(lambda: ["run0"]) == (["run0"], {}, None)
 
 
 def test_launch_runs_names_and_tags_each_run():
     configs = [RunConfig(seed=s) for s in (0, 1)]
     calls = []
 
-    def submit(config, *, name, tags):
-        calls.append((config.seed, name, tags))
-        return f"run{config.seed}"
+    def submit(submissions):
+        calls.extend((s.config.seed, s.name, list(s.tags)) for s in submissions)
+        return [f"run{s.config.seed}" for s in submissions]
 
     ids = launch.launch_runs(configs, submit, name=" at sweep ", tags="kd, at, kd,")
     assert ids == ["run0", "run1"]

@@ -21,7 +21,7 @@ from workbench.training.probe import (
     run_probe,
     teacher_probe_features,
 )
-from workbench.training.teacher_cache import LIMIT_ENV, list_entries
+from workbench.training.teacher_cache import LIMIT_ENV, cache_root, complete_entries
 
 
 def test_gram_subset_is_class_sorted_and_capped():
@@ -147,7 +147,7 @@ def test_cached_teacher_features_give_the_uncached_probe(store):
     assert forwards == []  # the teacher did not run
     _assert_same_probe(uncached, cold)
     _assert_same_probe(uncached, warm)
-    (entry,) = list_entries(store)
+    (entry,) = complete_entries(cache_root(store))
     meta = json.loads((entry.path / "meta.json").read_text())
     assert meta["kind"] == "probe" and meta["paths"] == kwargs["teacher_layers"]
     # Other probe samples or other layers are other entries; each equals its uncached probe.
@@ -162,7 +162,7 @@ def test_cached_teacher_features_give_the_uncached_probe(store):
     cached_fewer = run_probe(**fewer, store=store)
     assert cached_fewer["teacher_features"] == "cache: built now"
     _assert_same_probe(run_probe(**fewer), cached_fewer)
-    assert len(list_entries(store)) == 3
+    assert len(complete_entries(cache_root(store))) == 3
 
 
 def test_probe_features_key_on_the_teacher_weights(store):
@@ -180,7 +180,7 @@ def test_probe_runs_the_teacher_live_when_the_cache_is_too_small(store, monkeypa
     _teacher, kwargs = _probe_case()
     live = run_probe(**kwargs, store=store)
     assert live["teacher_features"] == "live: over the teacher cache limit"
-    assert list_entries(store) == []
+    assert complete_entries(cache_root(store)) == []
     _assert_same_probe(run_probe(**kwargs), live)
 
 
@@ -207,7 +207,7 @@ def test_concurrent_probes_build_one_entry(store):
         "cache: built now",
     ]
     assert sum(b for f in forwards for b in f if b > 2) == len(x)  # one build, one pass
-    assert len(list_entries(store)) == 1
+    assert len(complete_entries(cache_root(store))) == 1
     live, _ = teacher_probe_features(teacher, paths, x)
     for feats, _ in results:
         for got, want in zip(feats, live, strict=True):

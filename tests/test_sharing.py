@@ -22,7 +22,7 @@ from workbench.runs import permitted as actions
 from workbench.runs import queue as runqueue
 from workbench.runs.job_manager import JobManager
 from workbench.runs.queue_plan import queue_plan
-from workbench.runs.submit import check_quota
+from workbench.runs.submit import Submission, check_quota
 from workbench.storage.store import Store
 
 ALICE, BOB, ADMIN = User("alice"), User("bob"), User("root", admin=True)
@@ -128,7 +128,7 @@ def test_anyone_who_sees_a_run_may_restart_a_copy_of_it_as_their_own(lab):
 def test_a_private_teacher_of_another_user_cannot_be_used(lab):
     teacher = lab.submit(TINY, user=ALICE, private=True)
     lab.store.update_run(teacher, status="completed")
-    lab.store.save_checkpoint(teacher, {})
+    lab.store.save_weights(teacher, {})
     student = RunConfig(teacher="mlp", student="mlp", teacher_run=teacher, epochs=1)
     with pytest.raises(ConfigError, match="not in the store"):
         lab.submit(student, user=BOB)
@@ -140,8 +140,8 @@ def test_suites_record_their_owner_and_only_the_owner_deletes_one(lab):
 
     base = RunConfig(teacher="mlp", student="mlp", epochs=1)
 
-    def submit(config, **fields):
-        return lab.submit(config, user=ALICE, **fields)
+    def submit(submissions):
+        return lab.submit_many(submissions, ALICE)
 
     suite = launch_suite(base, lab.store, submit, seeds=1, owner="alice")
     assert suite["owner"] == "alice"
@@ -257,10 +257,11 @@ def test_queued_runs_limit_refuses_with_its_name_and_the_fix(tmp_path):
 def test_a_suite_counts_as_its_runs(tmp_path):
     manager = _limited(tmp_path, queued_runs=5)
     try:
-        six = [TINY.replace(seed=s) for s in range(6)]
+        six = [Submission(TINY.replace(seed=s)) for s in range(6)]
         with pytest.raises(ConfigError, match="asked for 6 more"):
-            manager.check_quota(six, ALICE)
-        manager.check_quota(six[:5], ALICE)
+            manager.submit_many(six, ALICE)
+        assert manager.store.list_runs() == []  # all or none
+        assert len(manager.submit_many(six[:5], ALICE)) == 5
     finally:
         manager.close()
 
@@ -282,7 +283,7 @@ def test_store_limit_refuses_with_its_name_and_the_fix(tmp_path):
     manager = _limited(tmp_path, store_mib=1)
     try:
         run_id = manager.submit(TINY, user=ALICE)
-        manager.store.checkpoint_path(run_id).write_bytes(b"\0" * (2**20 + 1))
+        manager.store.weights_path(run_id).write_bytes(b"\0" * (2**20 + 1))
         with pytest.raises(ConfigError, match=r"store limit: your runs keep 1 MiB.*delete runs"):
             manager.submit(TINY, user=ALICE)
         manager.submit(TINY, user=BOB)  # bob's own runs keep nothing
@@ -314,9 +315,9 @@ def test_running_runs_limit_from_the_settings_holds_in_the_executor(tmp_path):
 
 
 def test_local_mode_has_no_limits_unless_configured():
-    assert load(None).user_limits() is None or load(None).source
-    assert parse({}).user_limits() is None
-    assert parse({"limits": {"running_runs": 3}}).user_limits().running_runs == 3
+    assert load(None).user_quotas() is None or load(None).source
+    assert parse({}).user_quotas() is None
+    assert parse({"limits": {"running_runs": 3}}).user_quotas().running_runs == 3
 
 
 def test_check_quota_with_no_limits_accepts_anything(tmp_path):
@@ -399,7 +400,7 @@ def test_the_documented_example_settings_file_is_valid():
     example = Path(__file__).resolve().parents[1] / "docs" / "workbench.example.toml"
     settings = load(example)
     assert settings.identity_mode == "proxy" and settings.app_executes == "none"
-    assert settings.user_limits().running_runs == 2
+    assert settings.user_quotas().running_runs == 2
 
 
 # ---------------------------------------------------------------------- identity sources

@@ -13,10 +13,13 @@ BASE = RunConfig(teacher="small_cnn", student="mlp", weights=LossWeights(0.5, 0.
 def _launch(store, **kw):
     submitted = []
 
-    def submit(config, **fields):
-        run_id = store.create_run(config, **fields)
-        submitted.append(run_id)
-        return run_id
+    def submit(submissions):
+        run_ids = [
+            store.create_run(s.config, name=s.name, tags=s.tags, suite=s.suite, variant=s.variant)
+            for s in submissions
+        ]
+        submitted.extend(run_ids)
+        return run_ids
 
     return launch_suite(BASE, store, submit, **kw), submitted
 

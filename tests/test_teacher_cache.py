@@ -13,13 +13,13 @@ from workbench.data.datasets import load_dataset
 from workbench.distill.losses import HybridLoss
 from workbench.distill.taps import FeatureTaps, build_adapters, pair_layers
 from workbench.models.registry import build_model, feature_layers
-from workbench.training.engine import run
+from workbench.training.loop import run
 from workbench.training.teacher_cache import (
     LIMIT_ENV,
     CachedTeacher,
     LiveTeacher,
     cache_root,
-    list_entries,
+    complete_entries,
     teacher_predictions,
     teacher_source,
 )
@@ -119,7 +119,7 @@ def test_the_entry_is_built_once_and_reused(digits, store):
     second = source(digits, teacher, store)
     assert second.kind == "cache" and "earlier run" in second.note
     assert forwards == []  # the teacher did not run at all
-    assert len(list_entries(store)) == 1
+    assert len(complete_entries(cache_root(store))) == 1
     idx = torch.tensor([0, 5, 7])
     torch.testing.assert_close(second(idx, None)[0], first(idx, None)[0])
 
@@ -130,7 +130,7 @@ def test_different_inputs_or_layers_get_their_own_entry(digits, store):
     source(digits, teacher, store, paths=("block3",))
     scaled = teacher_source(CONFIG, teacher, None, ["block3"], digits.train_x * 2, store, CPU)
     assert scaled.kind == "cache" and "built now" in scaled.note
-    assert len(list_entries(store)) == 3
+    assert len(complete_entries(cache_root(store))) == 3
 
 
 def test_over_the_size_limit_the_teacher_runs_live(digits, store, monkeypatch):
@@ -138,7 +138,7 @@ def test_over_the_size_limit_the_teacher_runs_live(digits, store, monkeypatch):
     got = source(digits, make_teacher(digits), store)
     assert got.kind == "live"
     assert "limit" in got.note and LIMIT_ENV in got.note
-    assert list_entries(store) == []
+    assert complete_entries(cache_root(store)) == []
 
 
 def test_with_augmentation_or_the_flag_off_the_teacher_runs_live(digits, store):
@@ -147,25 +147,25 @@ def test_with_augmentation_or_the_flag_off_the_teacher_runs_live(digits, store):
     assert augmented.kind == "live" and "augmentation" in augmented.note
     off = source(digits, teacher, store, config=CONFIG.replace(teacher_cache=False))
     assert off.kind == "live" and "off" in off.note
-    assert list_entries(store) == []
+    assert complete_entries(cache_root(store)) == []
 
 
 def test_eviction_removes_the_least_recently_used_entry(digits, store, monkeypatch):
     teachers = [make_teacher(digits, seed) for seed in range(3)]  # three keys, same size
 
     def build(i: int) -> str:
-        before = {e.key for e in list_entries(store)}
+        before = {e.key for e in complete_entries(cache_root(store))}
         assert source(digits, teachers[i], store, paths=("block3",)).kind == "cache"
-        (key,) = {e.key for e in list_entries(store)} - before
+        (key,) = {e.key for e in complete_entries(cache_root(store))} - before
         return key
 
     a = build(0)
-    size = list_entries(store)[0].bytes
+    size = complete_entries(cache_root(store))[0].bytes
     monkeypatch.setenv(LIMIT_ENV, str(int(2.5 * size)))  # room for two entries
     b = build(1)
     assert "earlier run" in source(digits, teachers[0], store, paths=("block3",)).note  # a used
     c = build(2)  # no room for three: b, the least recently used, goes
-    entries = list_entries(store)
+    entries = complete_entries(cache_root(store))
     assert {e.key for e in entries} == {a, c} and b not in {a, c}
     assert sum(e.bytes for e in entries) <= 2.5 * size
     assert [e.key for e in entries] == [a, c]  # least recently used first
@@ -190,7 +190,7 @@ def test_concurrent_builders_make_one_valid_entry(digits, store):
     assert all(r is not None and r.kind == "cache" for r in results), results
     built = sum(b for b in forwards + forwards_b if b > 2)
     assert built == len(digits.train_x)  # one build; the other run waited and read it
-    assert len(list_entries(store)) == 1
+    assert len(complete_entries(cache_root(store))) == 1
     assert not [p for p in cache_root(store).iterdir() if p.name.startswith(".")]
     idx = torch.arange(len(digits.train_x))
     (la, fa), (lb, fb) = results[0](idx, None), results[1](idx, None)

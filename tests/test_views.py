@@ -10,12 +10,12 @@ import time
 import pytest
 
 from workbench.config.run_config import LossWeights, RunConfig
+from workbench.distill.model_pair import inspect_pair
 from workbench.ui.tables import (
     RUN_COLUMNS,
     format_duration,
     format_percent,
     history_csv,
-    inspect_pair,
     latest_accuracy,
     progress_fraction,
     progress_text,

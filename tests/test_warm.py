@@ -12,10 +12,12 @@ import torch
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.data.datasets import load_dataset
 from workbench.models.registry import build_model, feature_layers
-from workbench.training import engine, probe
+from workbench.training import probe
 from workbench.training import teacher_pool as warm
-from workbench.training.engine import import_teacher, run
-from workbench.training.teacher_cache import list_entries
+from workbench.training import teachers as engine
+from workbench.training.loop import run
+from workbench.training.teacher_cache import cache_root, complete_entries
+from workbench.training.teachers import import_teacher
 
 CONFIG = RunConfig(
     teacher="small_cnn",
@@ -116,7 +118,7 @@ def test_another_teacher_or_checkpoint_is_not_served_from_the_warm_one(store, tm
     # The same run id with a replaced checkpoint file is another teacher.
     state = torch.load(_teacher_file(tmp_path, 2), weights_only=True)
     before = _outcome(store, run(CONFIG.replace(teacher_run=first), store))
-    store.save_checkpoint(first, state)
+    store.save_weights(first, state)
     after = _outcome(store, run(CONFIG.replace(teacher_run=first), store))
     assert not np.array_equal(after["arrays"]["cka"], before["arrays"]["cka"])
     warm.clear()
@@ -272,7 +274,7 @@ def test_probe_grams_are_kept_per_teacher_and_probe_samples(store):
 def test_probe_grams_are_stored_with_the_entry_for_a_new_process(store, monkeypatch):
     kwargs = _probe_kwargs()
     first = probe.run_probe(**kwargs, store=store)
-    (entry,) = list_entries(store)
+    (entry,) = complete_entries(cache_root(store))
     stored = entry.path / "cka_grams.pt"
     assert stored.exists()
     sides: list[int] = []

@@ -14,8 +14,15 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from workbench.cli_output import (
+    Progress,
+    one_line,
+    print_record,
+    print_suite,
+    result_json,
+    suite_json,
+)
 from workbench.config.run_config import (
-    COMPONENTS,
     RunConfig,
     check_run_name,
     parse_weights,
@@ -92,59 +99,6 @@ def _parse_pair(text: str) -> tuple[str, str]:
     return student, teacher
 
 
-class Progress:
-    """Prints engine events to stderr: epoch, step, loss, ETA."""
-
-    def __init__(self, stream=None):
-        self._stream = stream
-
-    @property
-    def stream(self):
-        return self._stream or sys.stderr  # looked up late, so redirections apply
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        who = "teacher" if event["role"] == "teacher" else "student"
-        phase = event["phase"]
-        if phase == "step":
-            eta = event.get("eta_s")
-            eta_text = f" ETA {eta:.0f}s" if eta is not None else ""
-            print(
-                f"[{who}] epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['total_steps']} "
-                f"loss {event['losses']['total']:.4f}{eta_text}",
-                file=self.stream,
-            )
-        elif phase == "epoch":
-            line = (
-                f"[{who}] epoch {event['epoch']}/{event['epochs']} val_acc {event['val_acc']:.4f}"
-            )
-            if event.get("agreement") is not None:
-                line += f" agreement {event['agreement']:.4f}"
-            print(line, file=self.stream)
-        elif phase == "wait":
-            print(f"[{who}] {event['message']}", file=self.stream)
-        elif phase == "end":
-            print(
-                f"[{who}] {event['status']}"
-                + (f": {event['error']}" if event.get("error") else ""),
-                file=self.stream,
-            )
-
-
-def result_json(record: dict[str, Any]) -> dict[str, Any]:
-    metrics = record.get("metrics") or {}
-    return {
-        "run_id": record["id"],
-        "status": record["status"],
-        "val_acc": metrics.get("val_acc"),
-        "teacher_acc": metrics.get("teacher_acc"),
-        "agreement": metrics.get("agreement"),
-        "losses": metrics.get("final_losses", {}),
-        "seconds": record.get("seconds"),
-        "teacher_source": record.get("teacher_source"),
-        "error": record.get("error"),
-    }
-
-
 def _user(args: argparse.Namespace) -> Any:
     """The user this command acts as (``--user``, ``$KDWB_USER``, the OS user)."""
     from workbench.lab import settings
@@ -153,40 +107,43 @@ def _user(args: argparse.Namespace) -> Any:
     return cli_user(getattr(args, "user", None), settings.current())
 
 
-def _admit_all(store: Any, user: Any, configs: list[RunConfig]) -> None:
-    """What JobManager.submit checks, for runs this process trains itself."""
+def _submit_here(store: Any, user: Any, submissions: list[Any]) -> list[str]:
+    """Runs this process trains itself, through the submit gate (claimed by it at creation)."""
     from workbench.lab import settings
-    from workbench.runs.submit import admit, check_quota
+    from workbench.runs import queue as runqueue
+    from workbench.runs.submit import submit_runs
 
-    admit(configs[0], store, user=user)  # a suite's variants share data, teacher and device
-    check_quota(store, user, configs, settings.current().user_limits())
+    return submit_runs(
+        store,
+        submissions,
+        user=user,
+        quotas=settings.current().user_quotas(),
+        executor=runqueue.Executor("cli"),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from workbench.runs.submit import Submission
     from workbench.storage.store import Store
-    from workbench.training.engine import preflight
 
     config = config_from_args(args)
     name = check_run_name(args.name)
     user = _user(args)
-    preflight(config)  # a missing dataset or unpairable layers: a message, no failed run
     store = _opened(Store())
-    _admit_all(store, user, [config])  # no CUDA, an unknown teacher run, a limit: no record
-    run_id = store.create_run(config, name=name, status="running", owner=user.name)
+    # a missing dataset, unpairable layers, no CUDA, an unknown teacher run, a limit: no record
+    (run_id,) = _submit_here(store, user, [Submission(config, name=name)])
     return _run_here(config, store, run_id, args.json)
 
 
 def _run_here(config: RunConfig, store: Any, run_id: str, as_json: bool) -> int:
     """Train ``run_id`` in this process (already claimed by it) and print the result."""
-    from workbench.runs import queue as runqueue
-    from workbench.training.engine import run
+    from workbench.training.loop import run
 
-    store.update_run(run_id, **runqueue.Executor("cli").claim_fields())
     record = run(config, store, on_step=Progress(), run_id=run_id)
     if as_json:
         print(json.dumps(result_json(record)))
     else:
-        _print_record(record)
+        print_record(record)
     return 0 if record["status"] == "completed" else 1
 
 
@@ -276,10 +233,9 @@ def _get_run(store: Any, run_id: str, args: argparse.Namespace) -> dict[str, Any
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from workbench.ablation.suites import launch_suite, suite_analysis, suite_configs
-    from workbench.runs import queue as runqueue
+    from workbench.ablation.suites import launch_suite, suite_analysis
     from workbench.storage.store import Store
-    from workbench.training.engine import preflight, run
+    from workbench.training.loop import run
     from workbench.ui.form_values import MAX_SEEDS
 
     config = config_from_args(args)
@@ -288,18 +244,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         raise WorkbenchError(
             f"--seeds must be a whole number from 1 to {MAX_SEEDS}, got {args.seeds}"
         )
-    preflight(config)
     user = _user(args)
     store = _opened(Store())
-    _admit_all(store, user, [cfg for _, cfg in suite_configs(config, args.seeds, args.factorial)])
     queued: list[tuple[str, RunConfig, str]] = []
-    me = runqueue.Executor("cli")
 
-    def submit(cfg: RunConfig, **fields: Any) -> str:  # held by this process, never queued
-        run_id = store.create_run(cfg, status="running", owner=user.name, **fields)
-        store.update_run(run_id, **me.claim_fields())
-        queued.append((run_id, cfg, fields.get("variant") or ""))
-        return run_id
+    def submit(submissions: list[Any]) -> list[str]:  # held by this process, never queued
+        run_ids = _submit_here(store, user, submissions)
+        queued.extend(
+            (i, s.config, s.variant or "") for i, s in zip(run_ids, submissions, strict=True)
+        )
+        return run_ids
 
     suite = launch_suite(
         config,
@@ -318,41 +272,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(suite_json(suite, analysis)))
     else:
-        _print_suite(suite, analysis)
+        print_suite(suite, analysis)
     return 0 if all(store.get_run(r)["status"] == "completed" for r, _, _ in queued) else 1
-
-
-def suite_json(suite: dict[str, Any], analysis: dict[str, Any]) -> dict[str, Any]:
-    contrib = analysis["contributions"]
-    return {
-        "suite_id": suite["id"],
-        "seeds": suite["seeds"],
-        "factorial": suite["factorial"],
-        "variants": analysis["summary"].to_dict(orient="records"),
-        "contributions": [
-            {
-                k: row[k]
-                for k in ("component", "contribution", "ci_low", "ci_high", "distinguishable", "n")
-            }
-            for row in contrib.to_dict(orient="records")
-        ],
-        "shapley": analysis["shapley"],
-    }
-
-
-def _print_suite(suite: dict[str, Any], analysis: dict[str, Any]) -> None:
-    print(f"suite {suite['id']}: {suite['name']}")
-    for row in analysis["summary"].to_dict(orient="records"):
-        print(f"  {row['variant']:<22} acc {row['mean']:.4f} +- {row['std']:.4f} (n={row['n']})")
-    for row in analysis["contributions"].to_dict(orient="records"):
-        verdict = "" if row["distinguishable"] else "  (not distinguishable from noise)"
-        print(
-            f"  contribution of {row['component']:<9} {row['contribution']:+.4f} "
-            f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]{verdict}"
-        )
-    if analysis["shapley"]:
-        for component, value in analysis["shapley"].items():
-            print(f"  Shapley value of {component:<9} {value:+.4f}")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -409,12 +330,6 @@ def _queue_places(store: Any) -> dict[str, Any]:
     return runqueue.plan(store, slots, settings.current().max_running())
 
 
-def one_line(text: str) -> str:
-    """``text`` with control characters escaped (``\\n``), so that a name stored before names
-    were checked cannot break a listing of one run per line."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     from workbench.storage.store import Store
 
@@ -424,7 +339,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record | {"epochs": store.epochs(args.run_id)}, default=str))
     else:
-        _print_record(record)
+        print_record(record)
         for row in store.epochs(args.run_id):
             print(f"  epoch {row['epoch']}: val_acc {row['val_acc']:.4f}")
         if store.probe_state(args.run_id) == "missing":
@@ -453,23 +368,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     path = download_dataset(args.dataset)
     print(f"{args.dataset} is in {path}")
     return 0
-
-
-def _print_record(record: dict[str, Any]) -> None:
-    metrics = record.get("metrics") or {}
-    config = record["config"]  # as stored: not validated again against today's bounds
-    print(f"run {record['id']} ({record['status']}): {one_line(summary_of(config))}")
-    if record.get("error"):
-        print(f"  error: {record['error']}")
-    for key in ("val_acc", "teacher_acc", "agreement"):
-        if metrics.get(key) is not None:
-            print(f"  {key}: {metrics[key]:.4f}")
-    for key in COMPONENTS:
-        value = metrics.get("final_losses", {}).get(key)
-        if value is not None and (config.get("weights") or {}).get(key, 0) > 0:
-            print(f"  final {key} loss: {value:.4f}")
-    if record.get("seconds") is not None:
-        print(f"  seconds: {record['seconds']:.1f}")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,8 +1,9 @@
 """Ablation suites as stored objects: launch one from a base config, read its results.
 
 A suite is a record of its own in the store (``store.save_suite``) that lists its runs, so the
-app shows finished and unfinished suites after a restart. The statistics themselves live in
-``workbench.ablation.variants``; this module only wires them to the store.
+app shows finished and unfinished suites after a restart. The variants and their statistics
+live in ``workbench.ablation.variants`` and ``workbench.ablation.statistics``; this module only
+wires them to the store.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.ablation.variants import (
-    FULL,
+from workbench.ablation.statistics import (
     PerImage,
     contributions,
     noise_floor,
     shapley_tables,
-    suite_configs,
-    suite_results,
     variant_summary,
 )
+from workbench.ablation.variants import FULL, suite_configs, suite_results
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.data.datasets import load_dataset
+from workbench.runs.submit import Submission
 from workbench.storage.store import ACTIVE, Store, new_id
 
 __all__ = [
@@ -62,8 +62,8 @@ SUITE_PRESETS: dict[str, tuple[RunConfig, int]] = {
     ),
 }
 
-# submit(config, name=..., tags=..., suite=..., variant=...) -> run id (JobManager.submit fits)
-Submit = Callable[..., str]
+# submit([Submission, ...]) -> run ids, all or none (JobManager.submit_many, the submit gate)
+Submit = Callable[[list[Submission]], list[str]]
 
 
 def launch_suite(
@@ -76,8 +76,9 @@ def launch_suite(
     name: str = "",
     owner: str = "",
 ) -> dict[str, Any]:
-    """Store a suite for ``base`` and submit every variant x seed; returns the suite record
-    (``owner``: the user it belongs to; ``submit`` should queue the runs as that user).
+    """Submit every variant x seed of a suite for ``base`` at once and store the suite; returns
+    the suite record (``owner``: the user it belongs to; ``submit`` queues the runs as that
+    user, all or none, so a refused suite leaves nothing behind).
 
     Leave-one-out: the full loss, each active component removed, and label only. ``factorial``
     runs every on/off combination of the active components instead (and gives Shapley values).
@@ -103,17 +104,27 @@ def launch_suite(
         "variants": list(dict.fromkeys(variant for variant, _ in configs)),
         "runs": [],
     }
-    store.save_suite(suite)
-    for variant, config in configs:
-        run_id = submit(
+    submissions = [
+        Submission(
             config,
             name=f"{variant} (seed {config.seed})",
-            tags=["ablation"],
+            tags=("ablation",),
             suite=suite_id,
             variant=variant,
         )
-        suite["runs"].append({"variant": variant, "seed": config.seed, "run_id": run_id})
-        store.save_suite(suite)
+        for variant, config in configs
+    ]
+    store.save_suite(suite)  # first: a run never names a suite the store does not have
+    try:
+        run_ids = submit(submissions)
+    except BaseException:
+        store.delete_suite(suite_id)
+        raise
+    suite["runs"] = [
+        {"variant": variant, "seed": config.seed, "run_id": run_id}
+        for (variant, config), run_id in zip(configs, run_ids, strict=True)
+    ]
+    store.save_suite(suite)
     return suite
 
 

@@ -1,7 +1,7 @@
 """The bounds of every number a run takes, in one place.
 
 The CLI, TOML files and the app's forms all reach these through ``RunConfig.validate``; the
-app's widgets can take their ``min_value``/``max_value`` from ``LIMITS`` too, so that what the
+app's widgets can take their ``min_value``/``max_value`` from ``BOUNDS`` too, so that what the
 app offers and what the library accepts never differ. A leaf module (it imports nothing else
 from the workbench), so that the loss weights and the run config can both use it.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from workbench.errors import ConfigError
 
-__all__ = ["LIMITS", "Bound", "check_bound", "show"]
+__all__ = ["BOUNDS", "Bound", "check_bound", "show"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Bound:
         return above_low and value <= self.high
 
 
-LIMITS: dict[str, Bound] = {
+BOUNDS: dict[str, Bound] = {
     "epochs": Bound(1, 500, whole=True),
     "teacher_epochs": Bound(1, 500, whole=True),
     "batch_size": Bound(2, 4096, whole=True),
@@ -70,9 +70,9 @@ LIMITS: dict[str, Bound] = {
 def check_bound(name: str, value: Any, bound: Bound | None = None) -> None:
     """Raise a one-line ``ConfigError`` naming ``name`` and its range unless ``value`` is in it.
 
-    ``bound`` defaults to ``LIMITS[name]``.
+    ``bound`` defaults to ``BOUNDS[name]``.
     """
-    bound = bound or LIMITS[name]
+    bound = bound or BOUNDS[name]
     if not bound.contains(value):
         raise ConfigError(f"{name} must be {bound.describe()}, got {show(value)}")
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.config.bounds import LIMITS, check_bound, show
+from workbench.config.bounds import BOUNDS, check_bound, show
 from workbench.errors import ConfigError, UnknownNameError
 
 __all__ = ["COMPONENTS", "LossWeights", "parse_weights", "weights_from_mapping"]
@@ -49,7 +49,7 @@ class LossWeights:
 
     def validate(self) -> None:
         for name in COMPONENTS:
-            check_bound(f"weight {name}", getattr(self, name), LIMITS["weight"])
+            check_bound(f"weight {name}", getattr(self, name), BOUNDS["weight"])
         if not self.active():
             raise ConfigError(
                 "all loss weights are zero: give at least one of label, response, feature, "
@@ -98,6 +98,6 @@ def parse_weights(text: str) -> LossWeights:
         try:
             values[name] = float(raw)
         except ValueError:
-            bound = LIMITS["weight"].describe()
+            bound = BOUNDS["weight"].describe()
             raise ConfigError(f"weight {name} must be {bound}, got {raw.strip()!r}") from None
     return weights_from_mapping(values)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.config.bounds import LIMITS, Bound, check_bound, show
+from workbench.config.bounds import BOUNDS, Bound, check_bound, show
 from workbench.config.choices import (
     FEATURE_KINDS,
     RELATION_KINDS,
@@ -36,7 +36,7 @@ from workbench.errors import ConfigError, UnknownNameError
 __all__ = [
     "COMPONENTS",
     "IDENTITY_EXCLUDED",
-    "LIMITS",
+    "BOUNDS",
     "PRESETS",
     "Bound",
     "LossWeights",
@@ -68,7 +68,7 @@ class RunConfig:
 
     Every field is checked on construction, whatever the source (flags, TOML, JSON, a form):
     text fields take text, whole-number fields whole numbers, numbers real numbers (never a
-    bool), switches real booleans (never ``"no"``), each number within ``LIMITS``. What needs the
+    bool), switches real booleans (never ``"no"``), each number within ``BOUNDS``. What needs the
     machine or the store (the device exists, the teacher run is there, the batch fits the
     training set) is ``workbench.runs.submit.admit``'s.
     """
@@ -208,19 +208,6 @@ class RunConfig:
         except ConfigError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
 
-    def to_toml(self) -> str:
-        """A TOML document that ``from_toml`` reads back to an equal config."""
-        lines = []
-        for key, value in self.to_dict().items():
-            if key not in ("weights", "layer_pairs"):
-                lines.append(f"{key} = {json.dumps(value)}")
-        pairs = ", ".join(f"[{json.dumps(s)}, {json.dumps(t)}]" for s, t in self.layer_pairs)
-        lines.append(f"layer_pairs = [{pairs}]")
-        lines.append("")
-        lines.append("[weights]")
-        lines.extend(f"{k} = {v!r}" for k, v in self.weights.as_dict().items())
-        return "\n".join(lines) + "\n"
-
     def fingerprint(self, *, exclude_seed: bool = False) -> str:
         """A stable hash of every field that changes what the run computes; with
         ``exclude_seed``, the key shared by the seeds of one configuration (a seed group)."""
@@ -235,7 +222,7 @@ class RunConfig:
                 value: Any = int(text) if name in _WHOLES else float(text)
             except ValueError:
                 raise ConfigError(
-                    f"{name} must be {LIMITS[name].describe()}, got {text!r}"
+                    f"{name} must be {BOUNDS[name].describe()}, got {text!r}"
                 ) from None
             check_bound(name, value)
             return value

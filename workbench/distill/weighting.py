@@ -30,7 +30,6 @@ __all__ = [
     "UncertaintyWeighting",
     "ValidationWeighting",
     "WEIGHTINGS",
-    "list_weightings",
 ]
 
 DISTILLATION = ("response", "feature", "relation")
@@ -298,7 +297,3 @@ WEIGHTINGS: dict[str, type[FixedWeighting]] = {
     "normalized": NormalizedWeighting,
     "validation": ValidationWeighting,
 }
-
-
-def list_weightings() -> list[str]:
-    return list(WEIGHTINGS)

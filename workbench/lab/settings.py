@@ -68,7 +68,7 @@ class SettingsError(ConfigError):
 
 
 @dataclass(frozen=True)
-class Limits:
+class UserQuotas:
     """Per-user limits of a shared instance (a suite counts as its runs)."""
 
     queued_runs: int = 100  # runs waiting in the queue at once
@@ -85,26 +85,26 @@ class LabSettings:
     user_header: str = "X-Forwarded-User"
     logout_url: str = "/oauth2/sign_out"
     admins: tuple[str, ...] = ()
-    limits: Limits = field(default_factory=Limits)
+    quotas: UserQuotas = field(default_factory=UserQuotas)
     data_roots: tuple[str, ...] = ()  # empty: $KDWB_HOME/datasets
     any_data_path: bool | None = None  # None: true in local mode, false otherwise
     upload_max_mib: int = 100  # = maxUploadSize in .streamlit/config.toml (MB)
     app_executes: str = "auto"
-    limits_set: bool = False  # a [limits] section was given
+    quotas_set: bool = False  # a [limits] section was given
     source: str = ""  # the file they were read from ("" for the defaults)
 
     @property
     def local(self) -> bool:
         return self.identity_mode == "local"
 
-    def user_limits(self) -> Limits | None:
+    def user_quotas(self) -> UserQuotas | None:
         """The per-user limits in force: none in local mode unless a [limits] section sets
         them (one person on their own machine), the configured or default ones otherwise."""
-        return self.limits if self.limits_set or not self.local else None
+        return self.quotas if self.quotas_set or not self.local else None
 
     def max_running(self) -> int | None:
         """The per-user limit of runs training at once (None: no limits in force)."""
-        limits = self.user_limits()
+        limits = self.user_quotas()
         return limits.running_runs if limits else None
 
     @property
@@ -191,10 +191,10 @@ def parse(data: dict[str, Any], source: str = "") -> LabSettings:
                 value = tuple(v.strip() for v in value)
             if name.startswith("limits."):
                 limits[name.split(".", 1)[1]] = value
-                top["limits_set"] = True
+                top["quotas_set"] = True
             else:
                 top[name] = value
-    settings = LabSettings(**top, limits=Limits(**limits))
+    settings = LabSettings(**top, quotas=UserQuotas(**limits))
     if settings.any_data_path and not settings.local:
         raise SettingsError(
             f"{where}data.any_path = true is for local mode only; a shared instance must keep "

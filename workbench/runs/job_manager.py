@@ -5,7 +5,7 @@
 - **the queue side** (``submit``, ``cancel``, ``resume``, ``restart``) writes to the store
   (``workbench.runs.queue``), so a queued run survives the process that queued it;
 - **the executor side** claims queued runs from the store and trains each in a background
-  thread with ``engine.run``, up to ``limits`` runs per device at once, heartbeating its claims
+  thread with ``engine.run``, up to ``device_slots`` runs per device at once, heartbeating its claims
   and recovering runs whose process died.
 
 ``execute`` says whether this process executes: ``"threads"`` always (a worker process),
@@ -18,10 +18,11 @@ talk to the queue side and never see who executes.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -36,11 +37,12 @@ from workbench.runs import permitted as actions
 from workbench.runs import queue as runqueue
 from workbench.runs.queue import Executor, device_key
 from workbench.runs.queue_plan import Place
-from workbench.runs.submit import admit, check_quota
+from workbench.runs.submit import Submission, submit_runs
 from workbench.storage.store import ACTIVE, Store
 
 __all__ = ["EXECUTE_MODES", "JobManager", "device_key"]
 
+log = logging.getLogger("kdwb.jobs")
 Runner = Callable[..., dict[str, Any]]
 EXECUTE_MODES = ("auto", "threads", "none")
 
@@ -48,11 +50,11 @@ EXECUTE_MODES = ("auto", "threads", "none")
 class JobManager:
     """Queue runs in the store; execute queued runs in background threads.
 
-    ``limits`` maps a device key to the number of runs it may train at once (default: one on
+    ``device_slots`` maps a device key to the number of runs it may train at once (default: one on
     the CPU and one per GPU); only those devices are executed here. ``runner`` is
     ``engine.run`` unless a test injects another. ``poll`` is how often (seconds) the
     dispatcher looks for work, recovers dead runs and heartbeats its claims. ``settings``: the
-    instance's (``workbench.lab.settings.current()`` by default): its per-user limits are checked
+    instance's (``workbench.lab.settings.current()`` by default): its per-user quotas are checked
     when runs are queued and when they start.
 
     Every action takes the ``user`` who asks (default: the local user) and is checked by
@@ -65,7 +67,7 @@ class JobManager:
     def __init__(
         self,
         store: Store,
-        limits: dict[str, int] | None = None,
+        device_slots: dict[str, int] | None = None,
         runner: Runner | None = None,
         *,
         execute: str = "auto",
@@ -79,11 +81,11 @@ class JobManager:
                 f"execute must be one of {', '.join(EXECUTE_MODES)}, got {execute!r}"
             )
         if runner is None:
-            from workbench.training.engine import run as runner
+            from workbench.training.loop import run as runner
         self.store = store
         self.settings = settings or lab_settings.current()
-        self.limits = {"cpu": 1} | {f"cuda:{i}": 1 for i in range(torch.cuda.device_count())}
-        self.limits.update(limits or {})
+        self.device_slots = {"cpu": 1} | {f"cuda:{i}": 1 for i in range(torch.cuda.device_count())}
+        self.device_slots.update(device_slots or {})
         self.execute = execute
         self.executor = Executor(kind)
         self.auto_resume = auto_resume
@@ -106,11 +108,6 @@ class JobManager:
         """``user``, or the local user when none is given (the CLI, tests, local mode)."""
         return user if user is not None else local_user(self.settings)
 
-    def check_quota(self, configs: list[RunConfig], user: User | None = None) -> None:
-        """Refuse ``configs`` (a seed batch, a whole suite) that would take ``user`` past a
-        per-user limit, before any of them is queued."""
-        check_quota(self.store, self.user(user), configs, self.settings.user_limits())
-
     def submit(
         self,
         config: RunConfig,
@@ -125,22 +122,22 @@ class JobManager:
         """Queue one run owned by ``user``; returns its id at once (status ``queued``). A run
         that cannot run (no such device here, an unknown teacher run, a per-user limit reached)
         is refused before a record exists."""
-        user = self.user(user)
+        one = Submission(config, name, tuple(tags), suite, variant, private)
+        return self.submit_many([one], user)[0]
+
+    def submit_many(self, submissions: Sequence[Submission], user: User | None = None) -> list[str]:
+        """Queue runs owned by ``user`` through the submit gate (``workbench.runs.submit``):
+        all of them or, when one cannot run or a quota would be passed, none."""
         here = self.execute != "none" and self.executing()
-        admit(config, self.store, check_device_here=here, user=user)
-        with self.store.lock(f"quota:{user.name}", description="queueing a run"):
-            self.check_quota([config], user)
-            run_id = self.store.create_run(
-                config,
-                name=name,
-                tags=tags,
-                suite=suite,
-                variant=variant,
-                owner=user.name,
-                private=private,
-            )
+        run_ids = submit_runs(
+            self.store,
+            submissions,
+            user=self.user(user),
+            quotas=self.settings.user_quotas(),
+            check_device_here=here,
+        )
         self._wake.set()
-        return run_id
+        return run_ids
 
     def cancel(self, run_id: str, user: User | None = None) -> None:
         """Cancel a queued run at once; ask a running one to stop (wherever it runs)."""
@@ -198,7 +195,7 @@ class JobManager:
         workers = runqueue.worker_slots(self.store)
         if workers:
             return workers
-        return sum(self.limits.values()) if self.executing() else 0
+        return sum(self.device_slots.values()) if self.executing() else 0
 
     def queue_plan(self, records: list[dict[str, Any]] | None = None) -> dict[str, Place]:
         """run id -> position in the fair order and estimated start, for every queued run."""
@@ -281,7 +278,7 @@ class JobManager:
         if not self.executing():
             return False
         return any(
-            device_key(r["config"].get("device", "auto")) in self.limits
+            device_key(r["config"].get("device", "auto")) in self.device_slots
             for r in self.store.list_runs(status="queued")
         )
 
@@ -294,7 +291,7 @@ class JobManager:
                     last_beat = time.monotonic()
                 self._fill_slots()
             except Exception:  # a store error must not kill the dispatcher; it retries
-                pass
+                log.exception("the dispatcher of %s failed; retrying", self.executor.id)
             self._wake.wait(self._poll)
             self._wake.clear()
 
@@ -312,7 +309,7 @@ class JobManager:
             busy: dict[str, int] = {}
             for device, _ in self._running.values():
                 busy[device] = busy.get(device, 0) + 1
-        return {d for d, limit in self.limits.items() if busy.get(d, 0) < limit}
+        return {d for d, limit in self.device_slots.items() if busy.get(d, 0) < limit}
 
     def _fill_slots(self) -> None:
         if not self.executing():

@@ -20,7 +20,6 @@ from its last epoch checkpoint.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.runs.queue_plan import Place, queue_plan
-from workbench.storage.locks import process_alive
+from workbench.storage.locks import HOST, process_alive
 from workbench.storage.store import Store, new_id
 
 __all__ = [
@@ -58,7 +57,6 @@ HEARTBEAT_S = 2.0  # executors refresh their claims this often
 SILENT_AFTER_S = 60.0  # a holder with no heartbeat for this long is taken for dead
 RESUMABLE = ("interrupted", "failed", "cancelled")
 AUTO_RESUME_ENV = "KDWB_AUTO_RESUME"
-_HOST = socket.gethostname()
 
 
 def auto_resume_enabled() -> bool:
@@ -83,7 +81,7 @@ class Executor:
 
     kind: str
     id: str = field(default="")
-    host: str = field(default=_HOST)
+    host: str = field(default=HOST)
     pid: int = field(default_factory=os.getpid)
 
     def __post_init__(self) -> None:
@@ -100,7 +98,7 @@ def holder_alive(record: dict[str, Any], now: float | None = None) -> bool:
     beat = record.get("heartbeat")
     if beat is not None and now - beat > SILENT_AFTER_S:
         return False
-    if record.get("host") == _HOST:
+    if record.get("host") == HOST:
         pid = record.get("pid")
         return process_alive(pid)  # a zombie (killed, not yet reaped) is dead
     return beat is not None  # another host: alive while it beats
@@ -112,14 +110,21 @@ def _owner_running(store: Store, owner: str) -> int:
 
 
 def claim(
-    store: Store, run_id: str, executor: Executor, *, max_running: int | None = None
+    store: Store,
+    run_id: str,
+    executor: Executor,
+    *,
+    max_running: int | None = None,
+    statuses: tuple[str, ...] = ("queued",),
 ) -> dict[str, Any] | None:
     """Take the queued run ``run_id`` for ``executor``; None when someone else was first, or
     when its owner already has ``max_running`` runs running (checked in the same transaction,
-    so competing executors never start one more than the limit)."""
+    so competing executors never start one more than the limit). ``statuses``: what the run may
+    be taken from (a teacher a dead process left ``interrupted`` is taken back by the next
+    student that needs it; ``claim_new`` takes the run it has just created)."""
 
     def may_start(record: dict[str, Any]) -> bool:
-        if record["status"] != "queued":
+        if record["status"] not in statuses:
             return False
         return max_running is None or _owner_running(store, record.get("owner") or "") < max_running
 
@@ -134,6 +139,14 @@ def claim(
     if claimed is not None:
         store.set(f"served:{claimed.get('owner') or ''}", claimed["claimed_at"])
     return claimed
+
+
+def claim_new(store: Store, config: Any, executor: Executor, **fields: Any) -> str:
+    """Create a run already claimed by ``executor``, which trains it itself (the CLI, a
+    teacher a student needs): created ``running``, so no other executor ever sees it queued."""
+    run_id = store.create_run(config, status="running", **fields)
+    claim(store, run_id, executor, statuses=("running",))
+    return run_id
 
 
 def fair_order(

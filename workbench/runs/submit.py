@@ -1,39 +1,94 @@
-"""Admission: what a valid ``RunConfig`` still needs from this machine and this store.
+"""The one submit gate: every run the CLI, the job manager, a suite or the Distill page queues
+passes here, once.
 
-``RunConfig.validate`` checks a config on its own (types, names, bounds). Some values are only
-wrong here and now: ``cuda`` on a machine without CUDA, a teacher run that is not in the store
-(or not finished, or trained for another dataset), a batch larger than the training set. Before
-this module such a run got a record, started and failed; ``admit`` refuses it before anything
-is created, so every entry point (the CLI, the job queue's submit) calls it first.
+``RunConfig`` checks a config on its own (types, names, bounds). What is only wrong here and now
+is checked by ``admit``, before any record exists: the device (``cuda`` on a machine without
+CUDA), the data and both models (``workbench.distill.model_pair.inspect_pair``: the dataset is
+loaded once and each model built once), the layer pairs, the batch size against the training
+set, and a given teacher run (``workbench.training.teachers.check_teacher_run``, the one rule).
+``submit_runs`` then checks the user's quotas under their lock and creates the records: queued
+for the executors, or claimed at once by the process that trains them itself (the CLI).
 """
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from workbench.config.run_config import RunConfig
-from workbench.data.datasets import load_dataset
+from workbench.distill.model_pair import ModelPair, inspect_pair
 from workbench.errors import ConfigError
+from workbench.runs import queue as runqueue
+from workbench.training.teachers import check_teacher_run
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from workbench.lab.identity import User
-    from workbench.lab.settings import Limits
+    from workbench.lab.settings import UserQuotas
     from workbench.storage.store import Store
 
 __all__ = [
+    "Submission",
     "admit",
     "check_batch_size",
     "check_device",
     "check_quota",
-    "check_teacher_run",
     "store_bytes",
+    "submit_runs",
 ]
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One run to queue: its config and what its record says besides."""
+
+    config: RunConfig
+    name: str = ""
+    tags: tuple[str, ...] = ()
+    suite: str | None = None
+    variant: str | None = None
+    private: bool = False
+
+
+def submit_runs(
+    store: Store,
+    submissions: Sequence[Submission],
+    *,
+    user: User,
+    quotas: UserQuotas | None,
+    check_device_here: bool = True,
+    executor: runqueue.Executor | None = None,
+) -> list[str]:
+    """Admit, check ``user``'s quotas under their lock, and create one record per submission
+    (all or none: a suite counts as its runs); returns the run ids in order.
+
+    The runs of one submission (a seed batch, a suite's variants) share data, models, device and
+    teacher, so the first one is admitted for all. With ``executor`` the records are created
+    claimed by it (it trains them itself: no other executor ever sees them queued); otherwise
+    they are queued."""
+    if not submissions:
+        return []
+    admit(submissions[0].config, store, check_device_here=check_device_here, user=user)
+    with store.lock(f"quota:{user.name}", description="queueing runs"):
+        check_quota(store, user, [s.config for s in submissions], quotas)
+        return [_create(store, s, user, executor) for s in submissions]
+
+
+def _create(store: Store, s: Submission, user: User, executor: runqueue.Executor | None) -> str:
+    fields = {
+        "name": s.name,
+        "tags": list(s.tags),
+        "suite": s.suite,
+        "variant": s.variant,
+        "owner": user.name,
+        "private": s.private,
+    }
+    if executor is not None:
+        return runqueue.claim_new(store, s.config, executor, **fields)
+    return store.create_run(s.config, **fields)
 
 
 def admit(
@@ -42,19 +97,25 @@ def admit(
     *,
     check_device_here: bool = True,
     user: User | None = None,
-) -> None:
-    """Raise a one-line ``ConfigError`` if ``config`` cannot run with ``store`` on this machine.
+) -> ModelPair:
+    """Raise a one-line ``WorkbenchError`` if ``config`` cannot run with ``store`` on this
+    machine; returns its two models' layers and pairs.
 
     Checks the device (``check_device_here=False`` where the run will execute on another
-    machine, e.g. a worker with its own ``--device``), the teacher run, and the batch size
-    against the training set (which loads the dataset: a missing one raises
-    ``DatasetUnavailableError``, as ``engine.preflight`` does).
+    machine, e.g. a worker with its own ``--device``), the data and models (a missing dataset
+    raises ``DatasetUnavailableError``, unpairable layers ``IncompatibleModelsError``), the batch
+    size against the training set, and the teacher run (for ``user``: not someone else's private
+    run).
     """
     if check_device_here:
         check_device(config.device)
+    pair = inspect_pair(
+        config.teacher, config.student, config.dataset, config.data_path, config=config
+    )
+    check_batch_size(config, pair.train_size)
     if config.role == "student" and config.teacher_run:
         check_teacher_run(config, store, user)
-    check_batch_size(config)
+    return pair
 
 
 def check_device(device: str) -> None:
@@ -74,60 +135,17 @@ def check_device(device: str) -> None:
         )
 
 
-def check_teacher_run(config: RunConfig, store: Store, user: User | None = None) -> None:
-    """``config.teacher_run`` is a completed teacher of ``config.teacher`` on ``config``'s data,
-    with its checkpoint in the store (and, for ``user``, not someone else's private run)."""
-    from workbench.lab.access import can_see
-
-    run_id = config.teacher_run
-    hint = "list teachers with `python -m workbench runs --role teacher`"
-    try:
-        record = store.get_run(run_id)
-        if user is not None and not can_see(user, record):
-            raise KeyError(run_id)
-    except KeyError:
-        raise ConfigError(f"teacher_run {run_id!r} is not in the store; {hint}") from None
-    if record.get("role") != "teacher":
+def check_batch_size(config: RunConfig, train_size: int) -> None:
+    """``batch_size`` at most the ``train_size`` samples of the training set (a larger one used
+    to be cut to it silently, so the run did not do what its config says)."""
+    if config.batch_size > train_size:
         raise ConfigError(
-            f"teacher_run {run_id} is a {record.get('role')} run, not a teacher; {hint}"
-        )
-    if record.get("status") != "completed":
-        raise ConfigError(
-            f"teacher_run {run_id} is {record.get('status')}, not completed; wait for it or {hint}"
-        )
-    trained = record.get("config") or {}
-    asked = {"teacher": config.teacher, "dataset": config.dataset, "data_path": config.data_path}
-    got = {key: trained.get(key, "") for key in asked}
-    if {**got, "data_path": _folder(got["data_path"])} != {
-        **asked,
-        "data_path": _folder(asked["data_path"]),
-    }:
-        where = f" ({got['data_path']})" if got["data_path"] else ""
-        raise ConfigError(
-            f"teacher_run {run_id} is a {got['teacher']} on {got['dataset']}{where}; this run asks "
-            f"for {config.teacher} on {config.dataset}; pick a matching teacher run"
-        )
-    if not store.checkpoint_path(run_id).exists():
-        raise ConfigError(f"teacher_run {run_id} has no checkpoint in the store; train it again")
-
-
-def _folder(path: str) -> str:
-    return str(Path(path).expanduser().resolve()) if path else ""
-
-
-def check_batch_size(config: RunConfig) -> None:
-    """``batch_size`` at most the size of the training set (a larger one used to be cut to it
-    silently, so the run did not do what its config says)."""
-    data = load_dataset(config.dataset, data_path=config.data_path)
-    n = len(data.train_x)
-    if config.batch_size > n:
-        raise ConfigError(
-            f"batch_size must be at most the {n} training samples of {config.dataset}, "
+            f"batch_size must be at most the {train_size} training samples of {config.dataset}, "
             f"got {config.batch_size}"
         )
 
 
-# ---------------------------------------------------------------------- per-user limits
+# ---------------------------------------------------------------------- per-user quotas
 def store_bytes(store: Store, owner: str) -> int:
     """Bytes of the run files (checkpoints, training states, manifests) ``owner``'s runs keep."""
     total = 0
@@ -141,26 +159,26 @@ def store_bytes(store: Store, owner: str) -> int:
 
 
 def check_quota(
-    store: Store, user: User, configs: Sequence[RunConfig], limits: Limits | None
+    store: Store, user: User, configs: Sequence[RunConfig], quotas: UserQuotas | None
 ) -> None:
     """Refuse, with the limit's name and how to free it, ``configs`` (one run, a seed batch or a
-    whole suite: a suite counts as its runs) that would take ``user`` past ``limits``."""
-    if limits is None:
+    whole suite: a suite counts as its runs) that would take ``user`` past ``quotas``."""
+    if quotas is None:
         return
     for config in configs:
-        _check_epochs(config, limits.epochs_per_run)
+        _check_epochs(config, quotas.epochs_per_run)
     mine = [r for r in store.list_runs(status="queued") if (r.get("owner") or "") == user.name]
-    if len(mine) + len(configs) > limits.queued_runs:
+    if len(mine) + len(configs) > quotas.queued_runs:
         raise ConfigError(
             f"queued-runs limit: you have {len(mine)} runs queued and asked for {len(configs)} "
-            f"more; each user may have {limits.queued_runs} queued at once. Cancel queued runs "
+            f"more; each user may have {quotas.queued_runs} queued at once. Cancel queued runs "
             "you no longer need (Runs page, 'mine only') or wait for some to start"
         )
-    used, cap = store_bytes(store, user.name), limits.store_mib * 2**20
+    used, cap = store_bytes(store, user.name), quotas.store_mib * 2**20
     if used >= cap:
         raise ConfigError(
             f"store limit: your runs keep {used / 2**20:.0f} MiB in the store and each user may "
-            f"keep {limits.store_mib} MiB; delete runs you no longer need (Runs page) to free space"
+            f"keep {quotas.store_mib} MiB; delete runs you no longer need (Runs page) to free space"
         )
 
 

@@ -41,9 +41,9 @@ def serve(
 ) -> None:
     """Execute queued runs for ``device`` with ``slots`` at once until ``stop`` is set, the
     process is signalled, or (``once``) nothing is left to do."""
-    limits = _device_slots(device, slots)
+    device_slots = _device_slots(device, slots)
     stop = stop or threading.Event()
-    manager = JobManager(store, limits=limits, execute="threads", kind="worker")
+    manager = JobManager(store, device_slots=device_slots, execute="threads", kind="worker")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(
@@ -53,7 +53,7 @@ def serve(
     )
     try:
         while not stop.is_set():
-            runqueue.register_worker(store, manager.executor, limits)
+            runqueue.register_worker(store, manager.executor, device_slots)
             if once and manager.wait(timeout=runqueue.HEARTBEAT_S):
                 break
             stop.wait(runqueue.HEARTBEAT_S)

@@ -41,17 +41,15 @@ from torch import nn
 
 from workbench.distill.similarity import centred_grams, cka_of_grams, gram, pair_cosine
 from workbench.distill.taps import FeatureTaps
-from workbench.storage.store import is_disk_full
+from workbench.storage.failures import is_disk_full
 from workbench.training import teacher_pool as warm
+from workbench.training.cache_keys import CACHE_DTYPE, entry_key, per_sample_bytes
 from workbench.training.teacher_cache import (
-    _DTYPE,
-    _build,
-    _entries,
-    _entry_key,
-    _open,
-    _per_sample_bytes,
+    build_entry,
     cache_limit,
     cache_root,
+    complete_entries,
+    open_entry,
 )
 
 __all__ = [
@@ -128,24 +126,24 @@ def _teacher_probe_features(
     paths = list(paths)
     if store is None:
         return _features(teacher, paths, x), "live: no store given", None
-    key = _entry_key(teacher, teacher_id, paths, x, store)
+    key = entry_key(teacher, teacher_id, paths, x, store)
     folder = cache_root(store) / key
-    outputs = _open(folder, len(x), len(paths))
+    outputs = open_entry(folder, len(x), len(paths))
     how = "cache: built by an earlier run"
     if outputs is None:
         limit = cache_limit()
-        size = len(x) * _per_sample_bytes(teacher, paths, x)
+        size = len(x) * per_sample_bytes(teacher, paths, x)
         if size > limit:
             return _features(teacher, paths, x), "live: over the teacher cache limit", None
         try:
             with store.lock(f"teacher_outputs:{key}", description="a run caching probe features"):
-                outputs = _open(folder, len(x), len(paths))  # another run may have built it
+                outputs = open_entry(folder, len(x), len(paths))  # another run may have built it
                 if outputs is None:
                     meta = {"kind": "probe", "teacher_run": teacher_id, "split": "probe"}
-                    meta.update(paths=paths, dtype=str(_DTYPE))
-                    _build(folder, teacher, paths, x, store, limit, meta=meta)
+                    meta.update(paths=paths, dtype=str(CACHE_DTYPE))
+                    build_entry(folder, teacher, paths, x, store, limit, meta=meta)
                     how = "cache: built now"
-                    outputs = _open(folder, len(x), len(paths))
+                    outputs = open_entry(folder, len(x), len(paths))
         except Exception as exc:
             if not is_disk_full(exc, folder.parent):
                 raise
@@ -241,7 +239,7 @@ def _stored_grams(entry: Path, t_feats: list[torch.Tensor]) -> torch.Tensor:
     if grams is not None and grams.shape == (len(t_feats), n, n):
         return grams
     grams = centred_grams(t_feats)
-    if sum(e.bytes for e in _entries(entry.parent)) + grams.nbytes > cache_limit():
+    if sum(e.bytes for e in complete_entries(entry.parent)) + grams.nbytes > cache_limit():
         return grams
     tmp = entry / f".{_GRAMS_FILE}.{uuid.uuid4().hex[:8]}"
     try:

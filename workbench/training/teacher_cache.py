@@ -24,7 +24,6 @@ to the live teacher, with a note that says so.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -42,7 +41,8 @@ from torch import nn
 
 from workbench.distill.taps import FeatureTaps
 from workbench.errors import ConfigError
-from workbench.storage.store import is_disk_full
+from workbench.storage.failures import is_disk_full
+from workbench.training.cache_keys import CACHE_DTYPE, FORMAT, entry_key, per_sample_bytes
 
 __all__ = [
     "CachedTeacher",
@@ -51,16 +51,16 @@ __all__ = [
     "LiveTeacher",
     "cache_limit",
     "cache_root",
-    "list_entries",
+    "build_entry",
+    "complete_entries",
+    "open_entry",
     "teacher_predictions",
     "teacher_source",
 ]
 
 DEFAULT_LIMIT_BYTES = 2 * 2**30
 LIMIT_ENV = "KDWB_TEACHER_CACHE_BYTES"
-FORMAT = 1  # bump when the entry layout changes: old entries then miss and age out
 BUILD_BATCH = 512
-_DTYPE = torch.float32
 _OUTPUTS, _META = "outputs.pt", "meta.json"
 _STALE_TMP_S = 6 * 3600  # a temporary folder this old belongs to a builder that died
 
@@ -156,13 +156,13 @@ def teacher_source(
         )
     limit = cache_limit()
     n = len(train_x)
-    key = _entry_key(teacher, teacher_id, paths, train_x, store)
+    key = entry_key(teacher, teacher_id, paths, train_x, store)
     folder = cache_root(store) / key
     started = time.perf_counter()
     built = False
-    outputs = _open(folder, n, len(paths))
+    outputs = open_entry(folder, n, len(paths))
     if outputs is None:
-        size = n * _per_sample_bytes(teacher, paths, train_x)
+        size = n * per_sample_bytes(teacher, paths, train_x)
         if size > limit:
             return LiveTeacher(
                 teacher,
@@ -177,11 +177,15 @@ def teacher_source(
                 description=f"a run building the teacher-output cache of {config.teacher} "
                 f"({n:,} samples, {_mib(size)})",
             ):
-                outputs = _open(folder, n, len(paths))  # another run may have built it meanwhile
+                outputs = open_entry(
+                    folder, n, len(paths)
+                )  # another run may have built it meanwhile
                 if outputs is None:
-                    _build(folder, teacher, paths, train_x, store, limit, meta=_meta(config, paths))
+                    build_entry(
+                        folder, teacher, paths, train_x, store, limit, meta=_meta(config, paths)
+                    )
                     built = True
-                    outputs = _open(folder, n, len(paths))
+                    outputs = open_entry(folder, n, len(paths))
         except Exception as exc:
             if not is_disk_full(exc, folder.parent):
                 raise
@@ -237,7 +241,7 @@ def teacher_predictions(
     cache is off. Every run against a teacher needs them for its agreement metric."""
     key = None
     if config.teacher_cache:
-        key = "teacher_pred:" + _entry_key(teacher, teacher_id, [], val_x, store)
+        key = "teacher_pred:" + entry_key(teacher, teacher_id, [], val_x, store)
         found = store.get(key)
         if isinstance(found, torch.Tensor) and found.shape == (len(val_x),):
             return found
@@ -279,12 +283,8 @@ def cache_limit() -> int:
     return value
 
 
-def list_entries(store: Any) -> list[EntryInfo]:
-    """The complete entries, least recently used first."""
-    return _entries(cache_root(store))
-
-
-def _entries(root: Path) -> list[EntryInfo]:
+def complete_entries(root: Path) -> list[EntryInfo]:
+    """The complete entries under ``root`` (``cache_root(store)``), least recently used first."""
     if not root.is_dir():
         return []
     entries = []
@@ -301,7 +301,7 @@ def _entry_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
-def _open(folder: Path, n: int, num_features: int) -> _Outputs | None:
+def open_entry(folder: Path, n: int, num_features: int) -> _Outputs | None:
     """The entry's tensors (memory-mapped), marking it used; None when missing or unreadable."""
     if not (folder / _META).exists():
         return None
@@ -323,7 +323,7 @@ def _open(folder: Path, n: int, num_features: int) -> _Outputs | None:
 
 
 @torch.inference_mode()
-def _build(
+def build_entry(
     folder: Path,
     teacher: nn.Module,
     paths: list[str],
@@ -342,9 +342,9 @@ def _build(
         with FeatureTaps(teacher, paths) as taps:
             for start in range(0, len(train_x), BUILD_BATCH):
                 logits = teacher(train_x[start : start + BUILD_BATCH])  # [b, K]
-                logits_parts.append(logits.to("cpu", _DTYPE))
+                logits_parts.append(logits.to("cpu", CACHE_DTYPE))
                 for part, feat in zip(feature_parts, taps.features, strict=True):
-                    part.append(feat.to("cpu", _DTYPE, memory_format=torch.contiguous_format))
+                    part.append(feat.to("cpu", CACHE_DTYPE, memory_format=torch.contiguous_format))
     finally:
         teacher.train(was_training)
     outputs = {
@@ -384,7 +384,7 @@ def _make_room(root: Path, size: int, limit: int, keep: str) -> None:
     for folder in root.iterdir():  # temporary folders of builders that died
         if folder.name.startswith(".") and now - _mtime(folder) > _STALE_TMP_S:
             shutil.rmtree(folder, ignore_errors=True)
-    entries = [e for e in _entries(root) if e.key != keep]
+    entries = [e for e in complete_entries(root) if e.key != keep]
     total = sum(e.bytes for e in entries)
     for entry in entries:  # least recently used first
         if total + size <= limit:
@@ -429,63 +429,6 @@ def _to_device(key: str, outputs: _Outputs, device: torch.device, size: int) -> 
         return moved
 
 
-# ------------------------------------------------------------------------------ keys and sizes
-def _entry_key(
-    teacher: nn.Module,
-    teacher_id: str | None,
-    paths: list[str],
-    train_x: torch.Tensor,
-    store: Any,
-) -> str:
-    parts: dict[str, Any] = {
-        "format": FORMAT,
-        "teacher_class": type(teacher).__name__,
-        "teacher": _teacher_identity(teacher, teacher_id, store),
-        "data": _tensor_digest(train_x),
-        "paths": paths,
-        "dtype": str(_DTYPE),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _teacher_identity(teacher: nn.Module, teacher_id: str | None, store: Any) -> Any:
-    """The run id and its checkpoint file's size and mtime; the weights' digest without one."""
-    if teacher_id and hasattr(store, "checkpoint_path"):
-        with contextlib.suppress(OSError):
-            stat = store.checkpoint_path(teacher_id).stat()
-            return [teacher_id, stat.st_size, stat.st_mtime_ns]
-    digest = hashlib.sha256()
-    for name, value in teacher.state_dict().items():
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def _tensor_digest(x: torch.Tensor, rows: int = 1024) -> list[Any]:
-    """Shape, dtype, a hash of up to ``rows`` evenly spaced samples and an integer checksum of
-    the bits of all of them: cheap for CIFAR-sized tensors, exact (the same on every device and
-    memory layout), and any change of dataset, split, transform or normalization changes it."""
-    stride = max(1, len(x) // rows)
-    sample = x[::stride].detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
-    checksum = int(x.detach().view(ints).sum(dtype=torch.int64))  # integer sums: order-free
-    return [list(x.shape), str(x.dtype), hashlib.sha256(sample.numpy()).hexdigest(), checksum]
-
-
-@torch.inference_mode()
-def _per_sample_bytes(teacher: nn.Module, paths: list[str], train_x: torch.Tensor) -> int:
-    """Bytes of one sample's cached logits and features, from a forward pass on 2 samples."""
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        with FeatureTaps(teacher, paths) as taps:
-            logits = teacher(train_x[:2])
-            numel = logits[0].numel() + sum(f[0].numel() for f in taps.features)
-    finally:
-        teacher.train(was_training)
-    return numel * _DTYPE.itemsize
-
-
 def _meta(config: Any, paths: list[str]) -> dict[str, Any]:
     return {
         "teacher": getattr(config, "teacher", None),
@@ -494,7 +437,7 @@ def _meta(config: Any, paths: list[str]) -> dict[str, Any]:
         "data_path": getattr(config, "data_path", None),
         "split": "train",
         "paths": paths,
-        "dtype": str(_DTYPE),
+        "dtype": str(CACHE_DTYPE),
     }
 
 

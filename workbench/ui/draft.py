@@ -4,8 +4,8 @@ widget each message belongs next to, and the launch itself.
 The draft is a plain mapping (the page passes ``st.session_state``): the choices of the Models
 page (dataset, teacher, student, teacher source, layer pairs) and the fields of the Distill page.
 ``check_draft`` runs on every rerun of the page, so an invalid field disables Launch and says why
-next to the field before anyone clicks; ``preflight_errors`` adds, on a click, what only building
-the data and the models can tell. No invalid value is ever replaced by a default: a draft with an
+next to the field before anyone clicks; ``launch_errors`` adds, on a click, what only the submit
+gate (building the data and the models) can tell. No invalid value is ever replaced by a default: a draft with an
 error is not launched at all.
 """
 
@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from workbench.config.run_config import COMPONENTS, RunConfig, check_run_name
 from workbench.errors import ConfigError, IncompatibleModelsError
@@ -28,15 +28,17 @@ __all__ = [
     "check_draft",
     "draft_key",
     "draft_values",
+    "launch_errors",
     "launch_runs",
     "parse_tags",
-    "preflight_errors",
     "reset_pairs",
     "route_errors",
     "run_names",
     "teacher_source_error",
     "upload_message",
 ]
+
+T = TypeVar("T")
 
 TEACHER_MODES = ("train one now", "pick a trained teacher", "upload a checkpoint")
 # Where each field's message is shown on the Distill page: the slot under its widgets.
@@ -151,21 +153,18 @@ def check_draft(draft: Mapping[str, Any]) -> tuple[list[RunConfig], dict[str, st
     return ([], errors) if errors else (configs, {})
 
 
-def preflight_errors(
-    config: RunConfig, preflight: Callable[[RunConfig], object] | None = None
-) -> tuple[dict[str, str], Exception | None]:
-    """What building the data and models for ``config`` finds: ``({field: message}, None)``
-    for layer pairs that do not fit, ``({}, error)`` for anything else (e.g. the dataset is not
-    on disk: its message says how to get it), ``({}, None)`` when the run can be queued."""
-    if preflight is None:
-        from workbench.training.engine import preflight  # torch: only when Launch is pressed
+def launch_errors(launch: Callable[[], T]) -> tuple[T | None, dict[str, str], Exception | None]:
+    """Call ``launch`` (which queues the draft's runs through the submit gate, where the data
+    and models are built once) and sort out what the gate refused: ``(result, {}, None)`` when
+    the runs were queued, ``(None, {field: message}, None)`` for layer pairs that do not fit,
+    ``(None, {}, error)`` for anything else (e.g. the dataset is not on disk: its message says
+    how to get it; a quota reached)."""
     try:
-        preflight(config)
+        return launch(), {}, None
     except IncompatibleModelsError as exc:
-        return {"layer_pairs": str(exc)}, None
+        return None, {"layer_pairs": str(exc)}, None
     except Exception as exc:  # shown as it is: the library's errors carry the fix
-        return {}, exc
-    return {}, None
+        return None, {}, exc
 
 
 def route_errors(errors: Mapping[str, str]) -> dict[str, list[str]]:
@@ -202,14 +201,21 @@ def parse_tags(text: str) -> list[str]:
 
 
 def launch_runs(
-    configs: Sequence[RunConfig], submit: Callable[..., str], *, name: str = "", tags: str = ""
+    configs: Sequence[RunConfig],
+    submit_many: Callable[[list[Any]], list[str]],
+    *,
+    name: str = "",
+    tags: str = "",
 ) -> list[str]:
-    """Queue one run per config with the draft's name and tags; returns the run ids."""
+    """Queue one run per config with the draft's name and tags, all at once through
+    ``submit_many`` (``JobManager.submit_many``: all or none); returns the run ids."""
+    from workbench.runs.submit import Submission  # torch: only when Launch is pressed
+
     names = run_names(name, [c.seed for c in configs])
-    return [
-        submit(config, name=n, tags=parse_tags(tags))
-        for config, n in zip(configs, names, strict=True)
-    ]
+    tag_list = tuple(parse_tags(tags))
+    return submit_many(
+        [Submission(c, name=n, tags=tag_list) for c, n in zip(configs, names, strict=True)]
+    )
 
 
 def reset_pairs(

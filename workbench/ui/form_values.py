@@ -9,28 +9,22 @@ that caused it; what only fails in combination is reported under ``"form"``.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.config.run_config import COMPONENTS, LIMITS, LossWeights, RunConfig
-from workbench.errors import CheckpointError, ConfigError, WorkbenchError
-from workbench.lab.settings import current as current_settings
+from workbench.config.run_config import BOUNDS, COMPONENTS, LossWeights, RunConfig
+from workbench.errors import ConfigError, WorkbenchError
 
 if TYPE_CHECKING:
-    from workbench.storage.store import Store
+    pass
 
 __all__ = [
     "FIELDS",
     "MAX_SEEDS",
     "FormError",
     "build_configs",
-    "check_upload_size",
     "field_errors",
     "hybrid_formula",
-    "import_uploaded_teacher",
     "pairs_from_rows",
     "parse_seeds",
 ]
@@ -74,8 +68,8 @@ def parse_seeds(text: str | int) -> tuple[int, ...]:
             seed = int(part)
         except ValueError:
             raise FormError({"seeds": f"{how}; {part!r} is not a whole number"}) from None
-        if not LIMITS["seed"].contains(seed):
-            raise FormError({"seeds": f"seeds must be {LIMITS['seed'].describe()}, got {seed}"})
+        if not BOUNDS["seed"].contains(seed):
+            raise FormError({"seeds": f"seeds must be {BOUNDS['seed'].describe()}, got {seed}"})
         seeds.append(seed)
     if not seeds:
         raise FormError({"seeds": f"{how}; got {raw!r}"})
@@ -177,47 +171,3 @@ def hybrid_formula(
         part = rf"{value:g} \cdot {terms[name]}"
         parts.append(part if value > 0 else rf"{{\color{{gray}} {part}}}")
     return r"\mathcal{L} = " + " + ".join(parts)
-
-
-def check_upload_size(content: bytes, filename: str) -> None:
-    """Refuse an upload over ``[uploads] max_mib`` before anything is written: Streamlit's own
-    cap (``server.maxUploadSize``) guards the app only, and the disk is shared by everyone."""
-    cap = current_settings().upload_max_bytes
-    if len(content) > cap:
-        raise CheckpointError(
-            f"{Path(filename).name!r} is {len(content) / 2**20:.1f} MiB, over this instance's "
-            f"upload limit of {cap // 2**20} MiB; an administrator can raise [uploads] max_mib "
-            "in workbench.toml"
-        )
-
-
-def import_uploaded_teacher(
-    store: Store,
-    content: bytes,
-    filename: str,
-    *,
-    teacher: str,
-    dataset: str,
-    data_path: str = "",
-    owner: str = "",
-) -> str:
-    """Register uploaded checkpoint bytes as a completed teacher run (``engine.import_teacher``,
-    which loads with ``weights_only=True``); returns the run id or raises ``CheckpointError``."""
-    from workbench.training.engine import import_teacher
-
-    check_upload_size(content, filename)
-    fd, tmp = tempfile.mkstemp(suffix=Path(filename).suffix or ".pt")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-        return import_teacher(
-            store,
-            tmp,
-            teacher=teacher,
-            dataset=dataset,
-            data_path=data_path,
-            name=f"uploaded {Path(filename).name}",
-            owner=owner,
-        )
-    finally:
-        Path(tmp).unlink(missing_ok=True)

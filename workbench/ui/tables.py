@@ -14,7 +14,6 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,11 +25,9 @@ from workbench.ui.naming import ACCURACY_LABEL, ACCURACY_METRIC, EPOCH_METRIC
 
 __all__ = [
     "RUN_COLUMNS",
-    "ModelPair",
     "format_duration",
     "format_percent",
     "history_csv",
-    "inspect_pair",
     "layer_rows",
     "progress_fraction",
     "progress_text",
@@ -238,61 +235,3 @@ def layer_rows(layers: Iterable[Any]) -> list[dict[str, Any]]:
         {"layer": li.path, "output shape": " x ".join(map(str, li.shape)), "params": li.params}
         for li in layers
     ]
-
-
-@dataclass(frozen=True)
-class ModelPair:
-    """A teacher and a student built for one dataset, side by side."""
-
-    teacher: str
-    student: str
-    dataset: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    teacher_params: int
-    student_params: int
-    teacher_layers: tuple[Any, ...]  # LayerInfo
-    student_layers: tuple[Any, ...]
-    suggested_pairs: tuple[tuple[str, str], ...]
-    pairing_error: str = ""  # why no pairs could be suggested
-
-    @property
-    def size_ratio(self) -> float:
-        """Teacher parameters / student parameters."""
-        return self.teacher_params / max(1, self.student_params)
-
-
-def inspect_pair(teacher: str, student: str, dataset: str, data_path: str = "") -> ModelPair:
-    """Build both models for ``dataset`` and list their sizes, candidate layers, suggested pairs.
-
-    Raises the library's ``WorkbenchError`` (``DatasetUnavailableError``, ``UnknownNameError``)
-    when the dataset or a model cannot be had.
-    """
-    from workbench.data.datasets import load_dataset
-    from workbench.distill.taps import pair_layers
-    from workbench.errors import IncompatibleModelsError
-    from workbench.models.registry import build_model, count_params, feature_layers
-
-    data = load_dataset(dataset, data_path=data_path)
-    shape, k = tuple(data.input_shape), int(data.num_classes)
-    t_model, s_model = build_model(teacher, shape, k), build_model(student, shape, k)
-    t_layers, s_layers = feature_layers(t_model, shape), feature_layers(s_model, shape)
-    pairs: tuple[tuple[str, str], ...] = ()
-    error = ""
-    try:
-        pairs = pair_layers(s_layers, t_layers)
-    except IncompatibleModelsError as exc:
-        error = str(exc)
-    return ModelPair(
-        teacher=teacher,
-        student=student,
-        dataset=dataset,
-        input_shape=shape,
-        num_classes=k,
-        teacher_params=count_params(t_model),
-        student_params=count_params(s_model),
-        teacher_layers=tuple(t_layers),
-        student_layers=tuple(s_layers),
-        suggested_pairs=tuple(pairs),
-        pairing_error=error,
-    )
