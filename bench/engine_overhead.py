@@ -40,7 +40,7 @@ import torch
 
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.data.datasets import load_dataset
-from workbench.distill.losses import HybridLoss
+from workbench.distill.hybrid import HybridLoss
 from workbench.distill.taps import build_adapters, pair_layers
 from workbench.models.registry import build_model, feature_layers
 from workbench.storage.store import Store

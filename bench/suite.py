@@ -75,7 +75,7 @@ PARTS = (
     ("setup (data, teacher, models, cache entries)", "loop.py", "prepare"),
     ("training steps", "steps.py", "train_epoch"),
     ("  of which gradient shares", "gradient_shares.py", "gradient_shares"),
-    ("  of which the hybrid loss forward", "losses.py", "forward"),
+    ("  of which the hybrid loss forward", "hybrid.py", "forward"),
     ("validation, checkpoint, manifest", "steps.py", "end_epoch"),
     ("final metrics, weights and probe", "steps.py", "finish"),
     ("  of which the probe", "probe.py", "run_probe"),

@@ -27,7 +27,8 @@ from pages._shared import (
 )
 from workbench.ablation.suites import launch_suite
 from workbench.config.run_config import COMPONENTS, PRESETS
-from workbench.distill.losses import FEATURE_LOSSES, RELATION_LOSSES
+from workbench.distill.feature import FEATURE_LOSSES
+from workbench.distill.relation import RELATION_LOSSES
 from workbench.distill.weighting import WEIGHTINGS
 from workbench.storage.store import ACTIVE
 from workbench.ui.draft import (

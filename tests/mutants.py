@@ -134,7 +134,7 @@ MUTANTS = [
     ),
     Mutant(
         "response loss without T^2",
-        "workbench/distill/losses.py",
+        "workbench/distill/response.py",
         'reduction="batchmean", log_target=True) * (t * t)',
         'reduction="batchmean", log_target=True)',
         ("tests/test_losses.py",),

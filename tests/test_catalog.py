@@ -6,7 +6,7 @@ import pytest
 
 from workbench.config import choices as catalog
 from workbench.data import datasets as data
-from workbench.distill import losses, weighting
+from workbench.distill import feature, relation, weighting
 from workbench.models import registry as models
 
 
@@ -27,8 +27,8 @@ def test_models_have_the_catalogs_names_order_and_descriptions():
 
 
 def test_loss_and_weighting_names_are_the_registries_keys_in_order():
-    assert tuple(losses.FEATURE_LOSSES) == catalog.FEATURE_KINDS
-    assert tuple(losses.RELATION_LOSSES) == catalog.RELATION_KINDS
+    assert tuple(feature.FEATURE_LOSSES) == catalog.FEATURE_KINDS
+    assert tuple(relation.RELATION_LOSSES) == catalog.RELATION_KINDS
     assert tuple(weighting.WEIGHTINGS) == catalog.WEIGHTING_SCHEMES
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import workbench.distill.losses as losses
+import workbench.distill.hybrid as hybrid
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.errors import CheckpointError, ConfigError
 from workbench.training.loop import run
@@ -94,7 +94,7 @@ def test_cancel_through_the_store(store):
 
 def test_divergence_is_reported_with_its_step(store, monkeypatch):
     monkeypatch.setattr(
-        losses,
+        hybrid,
         "label_loss",
         lambda logits, targets: F.cross_entropy(logits, targets) * float("nan"),
     )

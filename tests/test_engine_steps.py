@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from workbench.config.run_config import LossWeights, RunConfig
-from workbench.distill.losses import HybridLoss
+from workbench.distill.hybrid import HybridLoss
 from workbench.distill.taps import FeatureTaps
 from workbench.distill.weighting import WEIGHTINGS
 from workbench.runs import queue as runqueue

@@ -12,7 +12,7 @@ from torch import nn
 
 from workbench.config.run_config import LossWeights
 from workbench.distill.gradient_shares import SHARE_FIELDS, gradient_shares, weak_terms
-from workbench.distill.losses import HybridLoss
+from workbench.distill.hybrid import HybridLoss
 
 
 def _setup():

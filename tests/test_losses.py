@@ -7,17 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-import workbench.distill.losses as losses
 from workbench.config.run_config import COMPONENTS, LossWeights
-from workbench.distill.losses import (
-    FEATURE_LOSSES,
-    RELATION_LOSSES,
-    HybridLoss,
-    feature_loss,
-    label_loss,
-    relation_loss,
-    response_loss,
-)
+from workbench.distill import feature, hybrid
+from workbench.distill.feature import FEATURE_LOSSES, feature_loss
+from workbench.distill.hybrid import HybridLoss
+from workbench.distill.relation import RELATION_LOSSES, relation_loss
+from workbench.distill.response import label_loss, response_loss
 from workbench.errors import ConfigError, IncompatibleModelsError, UnknownNameError
 
 
@@ -123,7 +118,7 @@ def test_attention_transfer_matches_manual_loop():
         a_s, a_t = a_s.ravel() / np.linalg.norm(a_s), a_t.ravel() / np.linalg.norm(a_t)
         total += ((a_s - a_t) ** 2).sum()
         count += a_s.size
-    assert losses._attention(s, t).item() == pytest.approx(total / count, rel=1e-5)
+    assert feature._attention(s, t).item() == pytest.approx(total / count, rel=1e-5)
     same = torch.randn(2, 3, 4, 4)
     assert feature_loss(same, 3 * same, "at").item() == pytest.approx(0.0, abs=1e-7)
 
@@ -200,7 +195,7 @@ def test_hybrid_attention_transfer_bypasses_the_adapters():
     assert out["feature"].item() == pytest.approx(feature_loss(s, t, "at").item(), rel=1e-6)
     out["total"].backward()
     assert s.grad is not None and s.grad.abs().sum() > 0  # the student's own map moves
-    assert losses.uses_adapter("mse") and not losses.uses_adapter("at_paper")
+    assert feature.uses_adapter("mse") and not feature.uses_adapter("at_paper")
 
 
 def test_attention_transfer_needs_maps():
@@ -405,13 +400,13 @@ def test_relation_term_uses_the_raw_features_not_the_adapted_ones():
 def _counting(monkeypatch) -> dict[str, int]:
     calls = dict.fromkeys(["label_loss", "response_loss", "feature_loss", "relation_loss"], 0)
     for name in calls:
-        original = getattr(losses, name)
+        original = getattr(hybrid, name)
 
         def counted(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(losses, name, counted)
+        monkeypatch.setattr(hybrid, name, counted)
     return calls
 
 

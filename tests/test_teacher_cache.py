@@ -10,7 +10,7 @@ import torch
 
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.data.datasets import load_dataset
-from workbench.distill.losses import HybridLoss
+from workbench.distill.hybrid import HybridLoss
 from workbench.distill.taps import FeatureTaps, build_adapters, pair_layers
 from workbench.models.registry import build_model, feature_layers
 from workbench.training.loop import run

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from workbench.config.run_config import COMPONENTS, LossWeights
-from workbench.distill.losses import HybridLoss, label_loss
+from workbench.distill.hybrid import HybridLoss
+from workbench.distill.response import label_loss
 from workbench.distill.weighting import (
     WEIGHTINGS,
     FixedWeighting,

@@ -81,7 +81,7 @@ MODEL_INFO: dict[str, ModelInfo] = _by_name(
     ModelInfo("mlp", "small", "Flatten, 2 hidden layers (256, 128), Linear"),
 )
 
-# The keys of losses.FEATURE_LOSSES, losses.RELATION_LOSSES and weighting.WEIGHTINGS, in order.
+# The keys of feature.FEATURE_LOSSES, relation.RELATION_LOSSES and weighting.WEIGHTINGS, in order.
 FEATURE_KINDS = ("cosine", "mse", "at", "fitnet", "at_paper")
 RELATION_KINDS = ("sp", "rkd", "sp_paper", "rkd_paper")
 WEIGHTING_SCHEMES = ("fixed", "uncertainty", "normalized", "validation")

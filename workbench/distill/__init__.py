@@ -1,2 +1,3 @@
-"""What distillation computes: the losses of every slot and the hybrid, weighting
-schemes, feature taps and adapters, gradient shares, and representation similarity (CKA, Gram)."""
+"""What distillation computes: one module of losses per slot (response, feature, relation) and
+the hybrid, weighting schemes, feature taps and adapters, the model pair a run distils through,
+gradient shares, and representation similarity (CKA, Gram)."""

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.distill.losses import feature_loss
+from workbench.distill.feature import feature_loss
 
 __all__ = [
     "DEFAULT_CHUNK",

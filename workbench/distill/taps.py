@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.distill.losses import UNADAPTED_FEATURE_KINDS
+from workbench.distill.feature import UNADAPTED_FEATURE_KINDS
 from workbench.errors import IncompatibleModelsError
 from workbench.models.registry import LayerInfo, candidate_paths
 

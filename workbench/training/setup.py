@@ -14,7 +14,8 @@ from torch import nn
 
 from workbench.config.run_config import RunConfig
 from workbench.data.datasets import DataBundle
-from workbench.distill.losses import HybridLoss, uses_adapter
+from workbench.distill.feature import uses_adapter
+from workbench.distill.hybrid import HybridLoss
 from workbench.distill.model_pair import configured_pairs
 from workbench.distill.taps import build_adapters
 from workbench.errors import ConfigError

@@ -20,7 +20,7 @@ from torch import nn
 
 from workbench.config.run_config import COMPONENTS
 from workbench.distill.gradient_shares import SHARE_FIELDS, gradient_shares
-from workbench.distill.losses import HybridLoss
+from workbench.distill.hybrid import HybridLoss
 from workbench.distill.taps import FeatureTaps
 from workbench.errors import CheckpointError
 from workbench.storage import training_state as checkpoints
