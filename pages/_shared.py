@@ -45,7 +45,7 @@ DEFAULT_PRESET = next(iter(PRESETS))
 @st.cache_resource(show_spinner=False)
 def _manager_for(home: str) -> JobManager:
     # One per store home and process, shared by every browser session; its worker threads call
-    # engine.run only and never touch Streamlit.
+    # loop.run only and never touch Streamlit.
     from workbench.runs.job_manager import JobManager
 
     settings = lab_settings.current()

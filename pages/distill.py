@@ -225,7 +225,7 @@ col_tags.text_input(
 slots["name"] = col_name.container()
 
 configs, draft_errors = check_draft(ss)
-# The errors of the last click (preflight: data, models, pairs) until the draft changes.
+# The errors of the last click (the submit gate: data, models, pairs, quotas) until the draft changes.
 clicked = ss.get("launch_errors") or {}
 if ss.get("launch_errors_for") != draft_key(ss):
     clicked, ss["launch_errors"], ss["launch_problem"] = {}, {}, None

@@ -385,8 +385,8 @@ def test_ablations_without_suites_says_how_to_start(store):
     assert any("No ablation suite yet" in i.value for i in at.info)
 
 
-def test_ablations_shows_contributions_and_opens_compare(store):
-    base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.2))
+def recorded(store):
+    """A suite's ``submit`` that only records its runs (the tests fill in their results)."""
 
     def submit(submissions):
         return [
@@ -394,7 +394,13 @@ def test_ablations_shows_contributions_and_opens_compare(store):
             for s in submissions
         ]
 
-    suite = launch_suite(base, store, submit, seeds=2, name="fabricated suite")
+    return submit
+
+
+def test_ablations_shows_contributions_and_opens_compare(store):
+    base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.2))
+
+    suite = launch_suite(base, store, recorded(store), seeds=2, name="fabricated suite")
     effect = {"label": 0.1, "response": 0.05, "relation": 0.01}
     for entry in suite["runs"]:
         config = store.get_run(entry["run_id"])["config"]
@@ -426,15 +432,7 @@ def test_ablations_shows_contributions_and_opens_compare(store):
 
 def test_a_finished_suite_can_be_deleted_and_its_runs_stay(store):
     base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.0))
-    suite = launch_suite(
-        base,
-        store,
-        lambda subs: [
-            store.create_run(s.config, name=s.name, tags=s.tags, suite=s.suite, variant=s.variant)
-            for s in subs
-        ],
-        seeds=1,
-    )
+    suite = launch_suite(base, store, recorded(store), seeds=1)
     for entry in suite["runs"]:
         store.update_run(entry["run_id"], status="completed", metrics={"test_acc": 0.5})
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
@@ -451,16 +449,7 @@ def test_a_finished_suite_can_be_deleted_and_its_runs_stay(store):
 
 def test_ablations_tables_fill_in_while_the_suite_runs_and_its_url_restores_it(store):
     base = RunConfig(weights=LossWeights(0.5, 0.5, 0.0, 0.0))
-    suite = launch_suite(
-        base,
-        store,
-        lambda subs: [
-            store.create_run(s.config, name=s.name, tags=s.tags, suite=s.suite, variant=s.variant)
-            for s in subs
-        ],
-        seeds=1,
-        name="s",
-    )
+    suite = launch_suite(base, store, recorded(store), seeds=1, name="s")
     first, *rest = suite["runs"]
     store.update_run(
         first["run_id"], status="completed", metrics={"val_acc": 0.8, "test_acc": 0.79}

@@ -1,4 +1,4 @@
-"""Run configuration: one frozen, validated dataclass that goes into ``engine.run``.
+"""Run configuration: one frozen, validated dataclass that goes into ``loop.run``.
 
 A config serializes to a plain dict and to TOML, and has a stable fingerprint (a hash of the
 fields that change the result) used as a cache key for teachers and teacher outputs.

@@ -263,7 +263,7 @@ def build_adapters(
     """One ``Adapter`` per pair, sized from the dry-run shapes of ``models.feature_layers``.
 
     Call this before building the optimizer and hand it the adapters' parameters
-    (``engine.build_optimizer`` puts the ``HybridLoss``'s non-weighting parameters, the adapters,
+    (``setup.build_optimizer`` puts the ``HybridLoss``'s non-weighting parameters, the adapters,
     in the model's parameter group), so the adapters train with the student. A projection created lazily inside a loss's ``forward`` on the first batch, as in
     the course sketch of ``FeatureDistillationLoss``, is born after the optimizer and is never
     updated: it stays a fixed random map, and the feature loss then trains the student so that a

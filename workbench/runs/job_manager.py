@@ -5,7 +5,7 @@
 - **the queue side** (``submit``, ``cancel``, ``resume``, ``restart``) writes to the store
   (``workbench.runs.queue``), so a queued run survives the process that queued it;
 - **the executor side** claims queued runs from the store and trains each in a background
-  thread with ``engine.run``, up to ``device_slots`` runs per device at once, heartbeating its claims
+  thread with ``loop.run``, up to ``device_slots`` runs per device at once, heartbeating its claims
   and recovering runs whose process died.
 
 ``execute`` says whether this process executes: ``"threads"`` always (a worker process),
@@ -52,7 +52,7 @@ class JobManager:
 
     ``device_slots`` maps a device key to the number of runs it may train at once (default: one on
     the CPU and one per GPU); only those devices are executed here. ``runner`` is
-    ``engine.run`` unless a test injects another. ``poll`` is how often (seconds) the
+    ``loop.run`` unless a test injects another. ``poll`` is how often (seconds) the
     dispatcher looks for work, recovers dead runs and heartbeats its claims. ``settings``: the
     instance's (``workbench.lab.settings.current()`` by default): its per-user quotas are checked
     when runs are queued and when they start.

@@ -6,7 +6,7 @@ outlives every process. Anything that executes runs (the app's in-process thread
 
 - ``claim_next(store, executor, devices)`` takes the oldest queued run it can execute, in one
   store transaction, so every run is executed exactly once however many executors compete;
-- it runs ``engine.run(config, store, stop=..., run_id=...)`` on it;
+- it runs ``loop.run(config, store, stop=..., run_id=...)`` on it;
 - ``heartbeat(store, executor, run_ids)`` every few seconds while it runs;
 - it honours a cancel (``cancel_requested``, or the stop flag it passed in).
 

@@ -331,7 +331,7 @@ def parcoords_records(records: Iterable[Record], *, grouped: bool) -> list[dict[
 def selection_table(
     records: Iterable[Record], epochs: Callable[[str], Sequence[Mapping[str, Any]]] | None = None
 ) -> pd.DataFrame:
-    """``views.run_table`` with each run's seed group, for the Compare table."""
+    """``tables.run_table`` with each run's seed group, for the Compare table."""
     records = list(records)
     table = run_table(records, epochs).drop(columns=["queue", "visibility"])
     group_of = {  # only groups of several seeds: a one-run "group" would just repeat its name
