@@ -65,7 +65,8 @@ def current_user() -> User:
     if config.identity_mode == "local":
         return local_user(config)
     if config.identity_mode == "proxy":
-        return user_from_headers(dict(st.context.headers), config)
+        headers = st.context.headers  # every value of a repeated header: refused, not guessed
+        return user_from_headers({k: headers.get_all(k) for k in headers}, config)
     check_oidc_ready(_secrets())
     claims = st.user.to_dict()
     if not claims.get("is_logged_in"):

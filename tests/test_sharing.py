@@ -17,7 +17,7 @@ from workbench.config.run_config import RunConfig
 from workbench.errors import ConfigError
 from workbench.lab.access import AccessError
 from workbench.lab.identity import User
-from workbench.lab.settings import SettingsError, load, parse
+from workbench.lab.settings import SettingsError, is_user_header, load, parse
 from workbench.runs import permitted as actions
 from workbench.runs import queue as runqueue
 from workbench.runs.job_manager import JobManager
@@ -334,7 +334,12 @@ def test_check_quota_with_no_limits_accepts_anything(tmp_path):
         ("[limits]\nrunning_runs = 0\n", "limits.running_runs must be a whole number from 1"),
         ("[limits]\nepochs_per_run = true\n", "epochs_per_run must be a whole number"),
         ("[identity]\nadmins = 'root'\n", "identity.admins must be a list of user names"),
-        ("[identity]\nheader = 'X User'\n", "identity.header must be a header name"),
+        ("[identity]\nheader = 'X User'\n", "identity.header must be the name of a header that"),
+        ("[identity]\nheader = 'Host'\n", "not one a browser or proxy sets for something else"),
+        ("[identity]\nheader = 'cookie'\n", "identity.header must be the name of a header that"),
+        ("[identity]\nheader = 'Authorization'\n", "identity.header must be the name of a"),
+        ("[identity]\nheader = 'User-Agent'\n", "identity.header must be the name of a"),
+        ("[identity]\nheader = 'Sec-WebSocket-Key'\n", "identity.header must be the name of a"),
         ("[identity\n", "is not valid TOML"),
         ("[identity]\nmode='proxy'\n[data]\nany_path=true\n", "any_path = true is for local"),
     ],
@@ -410,6 +415,57 @@ def test_proxy_mode_reads_the_configured_header_case_insensitively():
     settings = parse({"identity": {"mode": "proxy", "header": "X-Auth-User", "admins": ["ann"]}})
     assert user_from_headers({"x-auth-user": " ann "}, settings) == User("ann", admin=True)
     assert user_from_headers({"X-Auth-User": "ben"}, settings) == User("ben")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-User": ["admin", "alice"]},  # two header lines: the first used to win
+        {"X-Forwarded-User": "admin", "x-forwarded-user": "alice"},
+        {"X-Forwarded-User": ["admin, alice"]},  # a proxy that appends instead of replacing
+    ],
+)
+def test_a_request_naming_two_users_is_refused_whichever_comes_first(headers):
+    from workbench.lab.identity import IdentityError, user_from_headers
+
+    settings = parse({"identity": {"mode": "proxy", "admins": ["admin"]}})
+    with pytest.raises(IdentityError, match="names more than one user"):
+        user_from_headers(headers, settings)
+
+
+def test_user_header_values_are_read_as_utf8_and_normalised():
+    from workbench.lab.identity import IdentityError, user_from_headers
+
+    settings = parse({"identity": {"mode": "proxy"}})
+    latin1 = "\u0430dmin".encode().decode("latin-1")  # what the server hands over: 'Ð°dmin'
+    assert user_from_headers({"X-Forwarded-User": [latin1]}, settings).name == "\u0430dmin"
+    decomposed = "jose\u0301"  # e + combining acute: one name, one form (NFC)
+    assert user_from_headers({"X-Forwarded-User": decomposed}, settings).name == "jos\u00e9"
+    with pytest.raises(IdentityError, match="not UTF-8"):
+        user_from_headers({"X-Forwarded-User": ["\xff\xfeadmin"]}, settings)
+
+
+def test_only_headers_that_carry_a_user_may_be_the_identity():
+    for name in (
+        "X-Forwarded-User",
+        "X-Forwarded-Email",
+        "Remote-User",
+        "X-Auth-Request-User",
+        "X-MS-Client-Principal-Name",
+        "X-Forwarded-Preferred-Username",
+    ):
+        assert is_user_header(name), name
+    for name in (
+        "Host",
+        "Cookie",
+        "Authorization",
+        "Proxy-Authorization",
+        "User-Agent",
+        "X-Forwarded-For",
+        "Sec-WebSocket-Protocol",
+        "Origin",
+    ):
+        assert not is_user_header(name), name
 
 
 def test_oidc_names_the_user_by_email_then_username_then_subject():

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,16 +95,44 @@ def cli_user(name: str | None, settings: LabSettings) -> User:
     return _user(check_user_name(name, "--user"), settings)
 
 
-def user_from_headers(headers: Mapping[str, str], settings: LabSettings) -> User:
-    """``proxy`` mode: the user named by the trusted header (looked up case-insensitively)."""
+def user_from_headers(headers: Mapping[str, str | Sequence[str]], settings: LabSettings) -> User:
+    """``proxy`` mode: the user named by the trusted header (looked up case-insensitively).
+
+    ``headers`` maps each name to its value, or to every value it came with (the page passes
+    ``st.context.headers.get_all``): a request that names more than one user (two such headers,
+    or one a proxy appended to, ``"admin, alice"``) is refused, never resolved to either. The
+    value is read as UTF-8 (the server hands over its bytes as Latin-1) and NFC-normalised."""
     wanted = settings.user_header.lower()
-    value = next((v for k, v in headers.items() if k.lower() == wanted), None)
-    if value is None or not str(value).strip():
+    values: list[str] = []
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            values += [value] if isinstance(value, str) else [str(v) for v in value]
+    values = [v for v in values if v.strip()]
+    if not values:
         raise IdentityError(
             f"no {settings.user_header} header on this request: this instance is in proxy "
             "mode and must be reached through its authenticating proxy"
         )
-    return _user(check_user_name(str(value), f"the {settings.user_header} header"), settings)
+    if len(values) > 1 or "," in values[0]:
+        raise IdentityError(
+            f"this request names more than one user in {settings.user_header}: the proxy must "
+            "replace the header a client sends, not add to it"
+        )
+    name = _utf8(values[0], settings.user_header)
+    return _user(check_user_name(name, f"the {settings.user_header} header"), settings)
+
+
+def _utf8(value: str, header: str) -> str:
+    """A header value as the proxy wrote it: HTTP servers decode header bytes as Latin-1, so a
+    UTF-8 name (``\u0430dmin``) arrives as ``\xd0\xb0dmin``; NFC so that one name has one form."""
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:  # already text beyond Latin-1: decoded by whoever passed it
+        return unicodedata.normalize("NFC", value)
+    try:
+        return unicodedata.normalize("NFC", raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise IdentityError(f"the {header} header is not UTF-8 text; fix the proxy") from None
 
 
 def user_from_claims(claims: Mapping[str, Any], settings: LabSettings) -> User:

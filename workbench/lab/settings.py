@@ -52,6 +52,7 @@ __all__ = [
     "LabSettings",
     "SettingsError",
     "current",
+    "is_user_header",
     "load",
     "settings_path",
 ]
@@ -61,6 +62,19 @@ EXECUTE_MODES = ("auto", "threads", "none")  # the same as workbench.runs.job_ma
 CONFIG_ENV = "KDWB_CONFIG"
 FILE_NAME = "workbench.toml"
 _HEADER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+# A header that names the user: oauth2-proxy's X-Forwarded-User / -Email / -Preferred-Username,
+# X-Auth-Request-User, Remote-User, X-WebAuth-User, X-MS-Client-Principal-Name, ...
+_USER_WORDS = re.compile(r"user|email|principal|login", re.IGNORECASE)
+_NOT_USER = {"user-agent", "proxy-authorization", "authorization", "cookie", "host"}
+
+
+def is_user_header(name: str) -> bool:
+    """Whether ``name`` is a header meant to carry a user; headers a browser or a proxy sets for
+    another purpose (``Host``, ``Cookie``, ``User-Agent``, ``Sec-*``) could sign anyone in."""
+    lower = name.lower()
+    return (
+        bool(_USER_WORDS.search(lower)) and lower not in _NOT_USER and not lower.startswith("sec-")
+    )
 
 
 class SettingsError(ConfigError):
@@ -142,7 +156,12 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "mode": ("identity_mode", _choice(IDENTITY_MODES)),
         "header": (
             "user_header",
-            (lambda v: isinstance(v, str) and bool(_HEADER.fullmatch(v)), "a header name"),
+            (
+                lambda v: isinstance(v, str) and bool(_HEADER.fullmatch(v)) and is_user_header(v),
+                "the name of a header that carries a user (e.g. X-Forwarded-User, "
+                "X-Auth-Request-Email, Remote-User), not one a browser or proxy sets for "
+                "something else (Host, Cookie, Authorization, User-Agent, ...)",
+            ),
         ),
         "logout_url": (
             "logout_url",
