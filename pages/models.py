@@ -145,7 +145,7 @@ with source_box:
                 data_path=data_path(),
                 teacher_epochs=int(ss["teacher_epochs"]),
             ).teacher_config()
-            found = find_teacher(store(), recipe) if dataset_ok else None
+            found = find_teacher(store(), recipe, user().name) if dataset_ok else None
             if col_button.button("Train teacher", key="train_teacher", disabled=not dataset_ok):
                 ss["teacher_job"] = found or manager().submit(
                     recipe, name=f"teacher {ss['teacher']}", user=user()

@@ -291,6 +291,21 @@ MUTANTS = [
             "tests/test_submit_gate.py::test_the_cli_and_the_distill_page_refuse_an_invalid_teacher_run_alike",
         ),
     ),
+    # --- from issue 18 (the shared instance, second pass) ---
+    Mutant(
+        "another user's private teacher used silently",
+        "workbench/training/teachers.py",
+        'return not record.get("private") or (record.get("owner") or "") == owner',
+        "return True",
+        (SHARING + "::test_another_users_private_teacher_is_never_used_silently",),
+    ),
+    Mutant(
+        "the first of two user headers wins",
+        "workbench/lab/identity.py",
+        'if len(values) > 1 or "," in values[0]:',
+        "if False:",
+        (SHARING + "::test_a_request_naming_two_users_is_refused_whichever_comes_first",),
+    ),
 ]
 
 

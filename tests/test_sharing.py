@@ -524,3 +524,33 @@ def test_cli_runs_shows_owner_privacy_and_queue_place(tmp_path):
     rows = {r["run_id"]: r for r in json.loads(_cli(["runs", "--json"], env, tmp_path).stdout)}
     assert rows[first]["owner"] == "alice" and rows[first]["queue_position"] == 1
     assert rows[second]["private"] is True and rows[second]["queue_position"] == 2
+
+
+# ---------------------------------------------------------------------- references to other runs
+def test_another_users_private_teacher_is_never_used_silently(store):
+    """issue 18 item 2: bob's run with alice's recipe used her private implicit teacher."""
+    from workbench.training.loop import run
+
+    config = RunConfig(
+        teacher="small_cnn", student="mlp", epochs=1, teacher_epochs=1, batch_size=128, device="cpu"
+    )
+
+    def run_as(owner: str, cfg: RunConfig = config) -> dict:
+        return run(cfg, store, run_id=store.create_run(cfg, owner=owner))
+
+    alices = run_as("alice")["teacher_run"]
+    assert store.get_run(alices)["owner"] == "alice"
+    actions.set_private(store, alices, ALICE, True)
+
+    scratch = config.replace(
+        weights={"label": 1.0, "response": 0.0, "feature": 0.0, "relation": 0.0}
+    )
+    assert run_as("dave", scratch)["teacher_run"] is None  # not even probed against it
+
+    bob = run_as("bob")
+    assert bob["status"] == "completed"
+    bobs = bob["teacher_run"]
+    assert bobs != alices and store.get_run(bobs)["owner"] == "bob"
+    assert run_as("alice", config.replace(seed=1))["teacher_run"] == alices  # hers, still
+    assert run_as("carol")["teacher_run"] == bobs  # the public one is shared
+    assert sum(r["role"] == "teacher" for r in store.list_runs()) == 2

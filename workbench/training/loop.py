@@ -36,7 +36,7 @@ from workbench.training.setup import (
     teacher_outputs,
 )
 from workbench.training.steps import end_epoch, finish, restore, train_epoch
-from workbench.training.teachers import teacher_for_run, teacher_key
+from workbench.training.teachers import remember_teacher, teacher_for_run, teacher_key
 
 __all__ = ["prepare", "run"]
 
@@ -83,7 +83,7 @@ def run(
     if status == "completed":
         checkpoints.delete_state(store.home, run_id)  # its final weights are the plain checkpoint
         if config.role == "teacher":
-            store.set_teacher(fields["teacher_key"], run_id)  # later students reuse it
+            remember_teacher(store, config, run_id, record.get("owner") or "")  # students reuse it
     if on_step:
         end = {"run_id": run_id, "role": config.role, "phase": "end", "status": status}
         on_step(end | {"error": record.get("error")})

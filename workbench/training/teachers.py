@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from workbench.config.run_config import RunConfig
 from workbench.data.datasets import SPLIT_VERSION, DataBundle, load_dataset
 from workbench.errors import CheckpointError, ConfigError, WorkbenchError
 from workbench.lab.access import can_see
+from workbench.lab.identity import User
 from workbench.lab.settings import current as current_settings
 from workbench.models.registry import build_model
 from workbench.runs import queue as runqueue
@@ -36,14 +37,13 @@ from workbench.training import teacher_pool as warm
 from workbench.training.events import OnStep, StopFlag, Stopped
 from workbench.training.steps import evaluate
 
-if TYPE_CHECKING:
-    from workbench.lab.identity import User
-
 __all__ = [
     "check_teacher_run",
     "check_upload_size",
     "ensure_teacher",
     "find_teacher",
+    "may_use",
+    "remember_teacher",
     "import_teacher",
     "import_uploaded_teacher",
     "load_teacher",
@@ -55,6 +55,11 @@ Train = Callable[..., dict[str, Any]]  # the loop's ``run``
 
 
 # ---------------------------------------------------------------------------- which teacher
+def _owner(name: str) -> User:
+    """The owner of a run as a user: an admin of the instance when its settings say so."""
+    return User(name, admin=name in current_settings().admins)
+
+
 def check_teacher_run(config: RunConfig, store: Store, user: User | None = None) -> None:
     """``config.teacher_run`` is a completed teacher of ``config.teacher`` on ``config``'s data,
     with its checkpoint in the store (and, for ``user``, not someone else's private run)."""
@@ -101,17 +106,45 @@ def teacher_key(teacher_config: RunConfig) -> str:
     return f"{teacher_config.fingerprint()}:split{SPLIT_VERSION}"
 
 
-def find_teacher(store: Store, recipe: RunConfig) -> str | None:
-    """The completed teacher run of ``recipe`` (a ``teacher_config()``), or None."""
-    return store.find_teacher(teacher_key(recipe))
+def may_use(record: dict[str, Any], owner: str) -> bool:
+    """Whether a run of ``owner`` may use the teacher ``record`` without naming it: a public
+    teacher, or the owner's own (another user's private teacher is never used silently)."""
+    return not record.get("private") or (record.get("owner") or "") == owner
 
 
-def _unfinished_teacher(store: Store, fingerprint: str) -> str | None:
+def _owned_key(key: str, owner: str) -> str:
+    return f"{key}:owner:{owner}"
+
+
+def find_teacher(store: Store, recipe: RunConfig, owner: str = "") -> str | None:
+    """The completed teacher run of ``recipe`` (a ``teacher_config()``) that a run of ``owner``
+    may use: the owner's own first, else the shared one unless it is someone else's private
+    run; None when there is none."""
+    key = teacher_key(recipe)
+    for candidate in (_owned_key(key, owner), key):
+        run_id = store.find_teacher(candidate)
+        if run_id and may_use(store.get_run(run_id), owner):
+            return run_id
+    return None
+
+
+def remember_teacher(store: Store, recipe: RunConfig, run_id: str, owner: str) -> None:
+    """Register the completed teacher ``run_id`` of ``recipe``: as ``owner``'s, and as the shared
+    one when there is no shared one everybody may use."""
+    key = teacher_key(recipe)
+    store.set_teacher(_owned_key(key, owner), run_id)
+    shared = store.find_teacher(key)
+    if shared is None or store.get_run(shared).get("private"):
+        store.set_teacher(key, run_id)
+
+
+def _unfinished_teacher(store: Store, fingerprint: str, owner: str) -> str | None:
     """A teacher run of this recipe that a process left unfinished (interrupted, or still
-    marked running by a dead process), claimed for resuming; None when there is none."""
+    marked running by a dead process) and ``owner`` may use, claimed for resuming; None when
+    there is none."""
     runqueue.recover(store, auto_resume=False)
     for record in store.list_runs(role="teacher", status=("interrupted", "queued")):
-        if record["fingerprint"] != fingerprint:
+        if record["fingerprint"] != fingerprint or not may_use(record, owner):
             continue
         claimed = runqueue.claim(
             store, record["id"], runqueue.Executor("teacher"), statuses=("interrupted", "queued")
@@ -136,8 +169,8 @@ def ensure_teacher(
     ``config.teacher_config()``, or one trained now with ``train`` (the loop's ``run``; once,
     even when several threads or processes ask at the same time), owned by ``owner`` (whose run
     needed it)."""
-    if config.teacher_run:
-        check_teacher_run(config, store)
+    if config.teacher_run:  # checked again: it may have changed since it was queued
+        check_teacher_run(config, store, _owner(owner))
         return config.teacher_run
     teacher_cfg = config.teacher_config()
     fingerprint = teacher_cfg.fingerprint()
@@ -151,10 +184,10 @@ def ensure_teacher(
             else None
         ),
     ) as held:
-        found = find_teacher(store, teacher_cfg)
+        found = find_teacher(store, teacher_cfg, owner)
         if found:
             return found
-        teacher_id = _unfinished_teacher(store, fingerprint) or runqueue.claim_new(
+        teacher_id = _unfinished_teacher(store, fingerprint, owner) or runqueue.claim_new(
             store, teacher_cfg, runqueue.Executor("teacher"), owner=owner
         )  # an unfinished one is a run a dead process left: it continues from its checkpoint
         held.describe(f"run {teacher_id}, which is {what}")
@@ -214,16 +247,16 @@ def teacher_for_run(
     A resumed run keeps the teacher it started with. A scratch student is probed against a
     teacher only if one exists already."""
     record = store.get_run(run_id)
+    owner = record.get("owner") or ""
     teacher_id = record.get("teacher_run") if config.role == "student" else None
     if teacher_id and not store.has_run(teacher_id):
         teacher_id = None
     if not teacher_id and config.uses_teacher:
-        owner = record.get("owner") or ""
         teacher_id = ensure_teacher(
             config, store, on_step=on_step, stop=stop, owner=owner, train=train
         )
     elif not teacher_id and config.role == "student":
-        teacher_id = config.teacher_run or find_teacher(store, config.teacher_config())
+        teacher_id = config.teacher_run or find_teacher(store, config.teacher_config(), owner)
     if not teacher_id:
         return None, None
     key = _warm_teacher_key(teacher_id, store, data, device) if leases is not None else None
