@@ -306,6 +306,16 @@ MUTANTS = [
         "if False:",
         (SHARING + "::test_a_request_naming_two_users_is_refused_whichever_comes_first",),
     ),
+    Mutant(
+        "privacy, names and tags left out of the manifest",
+        "workbench/storage/store.py",
+        'if fields.get("status") in FINISHED or MANIFEST_FIELDS & fields.keys():',
+        'if fields.get("status") in FINISHED:',
+        (
+            "tests/test_faults_store.py"
+            "::test_repair_gives_back_privacy_names_tags_and_probes_as_they_were",
+        ),
+    ),
 ]
 
 

@@ -499,18 +499,32 @@ def test_deleted_probe_shows_as_missing(store, capsys):
     assert "probe" not in capsys.readouterr().out
 
 
-def test_a_probe_lost_with_the_index_shows_as_missing_after_repair(home, capsys):
+@pytest.mark.parametrize("manifest_has_probe", [True, False])
+def test_a_probe_lost_with_the_index_comes_back_from_its_manifest(home, capsys, manifest_has_probe):
+    """The manifest holds the probe, so repair gives it back (issue 18 item 1); a manifest
+    written before it did (no "probe" key) leaves the probe reported missing, as before."""
     import numpy as np
 
     store = Store(home)
     ids = fabricate(store, n=1)
-    store.save_probe(ids[1], {"cka": np.zeros(3)})
+    store.save_probe(ids[1], {"cka": np.zeros((3, 2), dtype=np.float32), "grams": []})
     store.update_run(ids[1], status="completed")  # the engine's final update: the manifest
     store.close()
+    if not manifest_has_probe:
+        path = home / "checkpoints" / f"{ids[1]}.manifest.json"
+        path.write_text(
+            json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "probe"})
+        )
     damage(home / "store" / "cache.db", "overwritten")
-    assert main(["store", "repair"]) == 1  # the probe is not in the manifest: still damage
-    assert f"the probe of run {ids[1]} was saved but is missing" in capsys.readouterr().out
-    assert Store(home).probe_state(ids[1]) == "missing"
+    assert main(["store", "repair"]) == (0 if manifest_has_probe else 1)
+    out = capsys.readouterr().out
+    repaired = Store(home)
+    if manifest_has_probe:
+        assert repaired.probe_state(ids[1]) == "saved"
+        assert np.array_equal(repaired.probe(ids[1])["cka"], np.zeros((3, 2), dtype=np.float32))
+    else:
+        assert f"the probe of run {ids[1]} was saved but is missing" in out
+        assert repaired.probe_state(ids[1]) == "missing"
 
 
 def test_deleted_history_file_is_reported_and_restored(store):
@@ -608,7 +622,7 @@ def test_a_real_run_survives_a_zero_byte_index(home, capsys):
     damage(home / "store" / "cache.db", "zero-byte")
     assert main(["runs"]) == 2
     assert "is empty (0 bytes)" in capsys.readouterr().err
-    assert main(["store", "repair"]) == 1  # restored; the probe (not in manifests) reported
+    assert main(["store", "repair"]) == 0  # restored, the probe with them (from the manifest)
     capsys.readouterr()
     repaired = Store(home)
     assert snapshot(repaired) == before
@@ -616,8 +630,8 @@ def test_a_real_run_survives_a_zero_byte_index(home, capsys):
         assert RunConfig.from_dict(repaired.get_run(run_id)["config"]) == config
     teacher = repaired.get_run(student)["teacher_run"]
     assert repaired.find_teacher(teacher_key(configs[teacher])) == teacher
-    assert repaired.probe_state(student) == "missing"
-    assert main(["show", student]) == 0 and "probe: missing" in capsys.readouterr().out
+    assert repaired.probe_state(student) == "saved" and repaired.probe(student)["cka"] is not None
+    assert main(["show", student]) == 0 and "probe: missing" not in capsys.readouterr().out
 
 
 def test_a_lock_won_after_a_long_wait_is_not_taken_for_silent(store):
@@ -657,3 +671,57 @@ def test_a_lock_won_after_a_long_wait_is_not_taken_for_silent(store):
         t.join(BOUND_S)
     assert order == ["a", "b", "c"]
     assert not [m for m in messages if "took over" in m]
+
+
+def test_repair_gives_back_privacy_names_tags_and_probes_as_they_were(home, capsys):
+    """issue 18 item 1: manifests were written on status changes only, and held no probe, so a
+    repaired index showed alice's private runs to everyone, without their names and tags, and
+    Compare had no CKA or Gram data (`store repair` exited 1)."""
+    import numpy as np
+
+    from workbench.lab.identity import User
+    from workbench.runs import permitted as actions
+    from workbench.training.loop import run
+
+    alice = User("alice")
+    config = RunConfig(
+        teacher="small_cnn", student="mlp", epochs=1, teacher_epochs=1, batch_size=128, device="cpu"
+    )
+    store = Store(home)
+    ids = [
+        run(
+            config.replace(seed=s),
+            store,
+            run_id=store.create_run(config.replace(seed=s), owner="alice"),
+        )["id"]
+        for s in (0, 1)
+    ]
+    for i, run_id in enumerate(ids):
+        actions.set_private(store, run_id, alice, True)
+        actions.rename(store, run_id, alice, name=f"mine {i}", tags=["secret", f"t{i}"])
+    before = {i: (store.get_run(i), store.probe(i)) for i in ids}
+    assert all(probe is not None and probe["cka"] is not None for _, probe in before.values())
+    store.close()
+    for db in (home / "store").glob("cache.db*"):
+        db.unlink()
+
+    assert main(["store", "repair"]) == 0
+    capsys.readouterr()
+    repaired = Store(home)
+    for run_id, (record, probe) in before.items():
+        assert repaired.get_run(run_id) == record  # private, named and tagged as it was
+        again = repaired.probe(run_id)
+        assert repaired.probe_state(run_id) == "saved"
+        assert again.keys() == probe.keys()
+        assert (
+            np.array_equal(again["cka"], probe["cka"]) and again["cka"].dtype == probe["cka"].dtype
+        )
+        for g, h in zip(again["grams"], probe["grams"], strict=True):
+            assert np.array_equal(g["student"], h["student"]) and g["pair"] == h["pair"]
+        assert np.array_equal(again["gram_labels"], probe["gram_labels"])
+        assert again["test_correct"] == probe["test_correct"]
+    bob = User("bob")
+    assert [r["id"] for r in actions.list_runs(repaired, bob)] == [
+        r["id"] for r in repaired.list_runs() if r["role"] == "teacher"
+    ]  # bob sees the teacher, not alice's private runs
+    assert check_store(home).ok

@@ -6,7 +6,8 @@ history, epochs) and each suite one of its own (``checkpoints/suite-<id>.manifes
 ``check_store`` compares the two and the files on disk; ``repair_store`` moves a damaged,
 truncated or empty index aside (renamed, never deleted), builds a new one from the manifests,
 and fills in what a readable index lost (a history whose value file is gone, a missing
-manifest). Probes are not in the manifests: a repaired run that had one shows it as missing.
+manifest, a probe). A manifest written before manifests held probes gives none back: such a
+run shows its probe as missing.
 
 Run both with the app and the workers stopped: a repair replaces the index they have open.
 """
@@ -22,6 +23,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from workbench.errors import StoreError
 from workbench.runs import queue as runqueue
@@ -332,6 +335,28 @@ def repair_store(home: str | Path | None = None) -> RepairReport:
     )
 
 
+def probe_arrays(probe: dict[str, Any]) -> dict[str, Any]:
+    """A probe read back from its manifest (JSON lists) with the arrays it was saved with: the
+    CKA matrix and the Gram matrices as float32, the Gram subset's labels as int64."""
+    probe = dict(probe)
+    if probe.get("cka") is not None:
+        probe["cka"] = np.asarray(probe["cka"], dtype=np.float32)
+    if probe.get("gram_labels") is not None:
+        probe["gram_labels"] = np.asarray(probe["gram_labels"], dtype=np.int64)
+    probe["grams"] = [
+        {**g, **{side: np.asarray(g[side], dtype=np.float32) for side in ("student", "teacher")}}
+        for g in probe.get("grams") or []
+    ]
+    return probe
+
+
+def _restore_probe(store: Store, run_id: str, manifest: dict[str, Any] | None) -> None:
+    """Put the manifest's probe back when the store lacks it."""
+    if manifest is None or manifest.get("probe") is None or store.probe_state(run_id) == "saved":
+        return
+    store.set(f"probe:{run_id}", probe_arrays(manifest["probe"]))
+
+
 def _restore_runs(
     store: Store, files: dict[str, set[str]]
 ) -> tuple[list[str], list[str], list[str]]:
@@ -349,6 +374,7 @@ def _restore_runs(
             store.set(f"run:{run_id}", record)
             store.set_history(run_id, manifest.get("history") or [])
             store.set_epochs(run_id, manifest.get("epochs") or [])
+            _restore_probe(store, run_id, manifest)
             restored.append(run_id)
             if (
                 record.get("role") == "teacher"
@@ -367,6 +393,7 @@ def _restore_runs(
             if manifest is not None and manifest.get("history"):
                 store.set_history(run_id, manifest["history"])
                 histories.append(run_id)
+        _restore_probe(store, run_id, manifest)  # a probe lost from an index that stayed
     if restored:  # records written as they were: the index of active runs is built anew
         store.rebuild_active_index()
     for fp, (_created, run_id) in teachers.items():

@@ -58,6 +58,11 @@ if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: pa
 __all__ = ["ACTIVE", "FINISHED", "REPAIR", "STATUSES", "Store", "default_home"]
 
 RUN_FILE_SUFFIXES = (".pt", ".state.pt", ".manifest.json")  # in checkpoints/, per run
+# Fields whose every change rewrites the manifest (a status change does too): what `store
+# repair` must give back as it was, privacy above all.
+MANIFEST_FIELDS = frozenset(
+    {"owner", "private", "name", "tags", "suite", "variant", "probe_saved_at"}
+)
 log = logging.getLogger("kdwb.store")
 
 
@@ -206,8 +211,8 @@ class Store:
             self._db.set(key, record)
             if "status" in fields:
                 active_runs.index_status(self._db, run_id, record["status"])
-        if fields.get("status") in FINISHED:  # a final state: keep the manifest up to date
-            self._write_manifest_quietly(run_id)
+        if fields.get("status") in FINISHED or MANIFEST_FIELDS & fields.keys():
+            self._write_manifest_quietly(run_id)  # a final state, or what repair must restore
         return record
 
     def update_run_if(
@@ -225,7 +230,7 @@ class Store:
             self._db.set(key, record)
             if "status" in fields:
                 active_runs.index_status(self._db, run_id, record["status"])
-        if "status" in fields:  # queued again, claimed, interrupted: keep the manifest current
+        if "status" in fields or MANIFEST_FIELDS & fields.keys():  # keep the manifest current
             self._write_manifest_quietly(run_id)
         return record
 
@@ -402,8 +407,9 @@ class Store:
         return self.home / "checkpoints" / f"{run_id}.manifest.json"
 
     def write_manifest(self, run_id: str) -> Path:
-        """Write the run's manifest (record, history, epochs as JSON) atomically beside its
-        checkpoint; ``store repair`` rebuilds the index from these. Raises StoreError."""
+        """Write the run's manifest (record, history, epochs and probe as JSON) atomically
+        beside its checkpoint; ``store repair`` rebuilds the index from these. Raises
+        StoreError."""
         manifest = {
             "format": MANIFEST_FORMAT,
             "written_at": time.time(),
@@ -411,6 +417,9 @@ class Store:
             "history": self.history(run_id),
             "epochs": self.epochs(run_id),
         }
+        probe = self._db.get(f"probe:{run_id}")
+        if probe is not None:
+            manifest["probe"] = probe
         path = self.manifest_path(run_id)
         try:
             write_json_atomic(path, manifest)
