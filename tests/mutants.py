@@ -316,6 +316,13 @@ MUTANTS = [
             "::test_repair_gives_back_privacy_names_tags_and_probes_as_they_were",
         ),
     ),
+    Mutant(
+        "an upload's unpacked size not checked",
+        "workbench/training/teachers.py",
+        '(unpacked, "unpacks to")',
+        '(0, "unpacks to")',
+        ("tests/test_hardening.py::test_a_decompression_bomb_is_refused_before_it_is_loaded",),
+    ),
 ]
 
 

@@ -152,6 +152,50 @@ def test_an_oversized_upload_is_refused_before_anything_is_written(tmp_path, mon
     assert store.list_runs() == [] and list(temp.iterdir()) == []
 
 
+def test_a_decompression_bomb_is_refused_before_it_is_loaded(tmp_path, monkeypatch, store):
+    """issue 18 item 6: a small zip whose member inflates past the cap was loaded (and its
+    size held in memory) before anything refused it."""
+    import io
+    import zipfile
+
+    _use_settings(tmp_path, monkeypatch, "[uploads]\nmax_mib = 1\n")
+    buffer = io.BytesIO()
+    with (
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("bomb/data/0", "w") as member,
+    ):
+        for _ in range(8):  # 8 MiB of zeros, a few KiB once deflated
+            member.write(b"\0" * 2**20)
+    content = buffer.getvalue()
+    assert len(content) < 2**20
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or {})
+    with pytest.raises(CheckpointError, match=r"'bomb.pt' unpacks to 8.0 MiB, over .* limit of 1"):
+        import_uploaded_teacher(store, content, "bomb.pt", teacher="small_cnn", dataset="digits")
+    assert loads == [] and store.list_runs() == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_teacher_with_non_finite_weights_is_refused_on_import(store, bad):
+    """issue 18 item 10: it was accepted, and its students failed as 'diverged'."""
+    import io
+
+    from workbench.data.datasets import load_dataset
+    from workbench.models.registry import build_model
+
+    data = load_dataset("digits")
+    state = build_model("small_cnn", data.input_shape, data.num_classes).state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = bad
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with pytest.raises(CheckpointError, match=f"NaN or infinite weights \\({name}"):
+        import_uploaded_teacher(
+            store, buffer.getvalue(), "bad.pt", teacher="small_cnn", dataset="digits"
+        )
+    assert store.list_runs() == []
+
+
 # ---------------------------------------------------------------------------- store permissions
 @pytest.fixture
 def loose_umask():

@@ -12,9 +12,11 @@ again when the run starts.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -315,6 +317,13 @@ def import_teacher(
             f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3]) or '-'}). "
             "Pick the architecture it was saved from, or save model.state_dict() of that model."
         )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(
+            f"this checkpoint holds NaN or infinite weights ({', '.join(broken[:3])}"
+            f"{', ...' if len(broken) > 3 else ''}), so it cannot teach; export a trained, "
+            "finite model"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -353,12 +362,25 @@ def check_upload_size(content: bytes, filename: str) -> None:
     """Refuse an upload over ``[uploads] max_mib`` before anything is written: Streamlit's own
     cap (``server.maxUploadSize``) guards the app only, and the disk is shared by everyone."""
     cap = current_settings().upload_max_bytes
-    if len(content) > cap:
-        raise CheckpointError(
-            f"{Path(filename).name!r} is {len(content) / 2**20:.1f} MiB, over this instance's "
-            f"upload limit of {cap // 2**20} MiB; an administrator can raise [uploads] max_mib "
-            "in workbench.toml"
-        )
+    unpacked = _unpacked_bytes(content)
+    for size, what in ((len(content), "is"), (unpacked, "unpacks to")):
+        if size > cap:
+            raise CheckpointError(
+                f"{Path(filename).name!r} {what} {size / 2**20:.1f} MiB, over this instance's "
+                f"upload limit of {cap // 2**20} MiB; an administrator can raise [uploads] "
+                "max_mib in workbench.toml"
+            )
+
+
+def _unpacked_bytes(content: bytes) -> int:
+    """What a checkpoint takes once read: the sum of its members' uncompressed sizes for a zip
+    (torch.save's format: a compressed member, a 'decompression bomb', would otherwise be
+    inflated in memory by torch.load before any check), the bytes themselves otherwise."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return len(content)
 
 
 def import_uploaded_teacher(
