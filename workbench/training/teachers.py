@@ -317,13 +317,7 @@ def import_teacher(
             f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3]) or '-'}). "
             "Pick the architecture it was saved from, or save model.state_dict() of that model."
         )
-    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if broken:
-        raise CheckpointError(
-            f"this checkpoint holds NaN or infinite weights ({', '.join(broken[:3])}"
-            f"{', ...' if len(broken) > 3 else ''}), so it cannot teach; export a trained, "
-            "finite model"
-        )
+    _check_finite(state)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -351,6 +345,17 @@ def import_teacher(
         metrics={"val_acc": val_acc, "test_acc": test_acc},
     )
     return run_id
+
+
+def _check_finite(state: dict[str, torch.Tensor]) -> None:
+    """A teacher with a NaN or infinite weight cannot teach: its students would only diverge."""
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(
+            f"this checkpoint holds NaN or infinite weights ({', '.join(broken[:3])}"
+            f"{', ...' if len(broken) > 3 else ''}), so it cannot teach; export a trained, "
+            "finite model"
+        )
 
 
 def _key_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
