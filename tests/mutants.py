@@ -268,9 +268,9 @@ MUTANTS = [
         """            self._db.set(key, record)
             if "status" in fields:
                 active_runs.index_status(self._db, run_id, record["status"])
-        if fields.get("status") in FINISHED:""",
+        if fields.get("status") in FINISHED or MANIFEST_FIELDS & fields.keys():""",
         """            self._db.set(key, record)
-        if fields.get("status") in FINISHED:""",
+        if fields.get("status") in FINISHED or MANIFEST_FIELDS & fields.keys():""",
         ("tests/test_store.py::test_the_active_index_follows_every_status_change",),
     ),
     # --- from issue 17 (the one submit gate) ---
