@@ -15,8 +15,10 @@ run of a dataset sees the same three sets, and the normalization statistics come
 - ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: the official files under
   ``dataset_root()``. The official test files are ``test``; a stratified tenth of the official
   training files is held out as ``validation`` (CIFAR: 45,000 / 5,000 / 10,000).
-- ``image_folder``: your own ``path/class_name/image.png`` tree (torchvision ``ImageFolder``),
-  RGB, resized to 32x32, stratified 60 / 20 / 20.
+- ``image_folder``: your own ``path/class_name/image.png`` tree (torchvision ``ImageFolder``'s
+  layout), RGB, resized to 32x32, stratified 60 / 20 / 20. It is listed and checked once by
+  ``workbench.data.image_files`` (no link loops, no file twice, regular files only), before the
+  data lock is taken, and exactly the files of that listing are read.
 
 No data file is ever unpickled unless verified: ``workbench.data.safe_files`` reads the official
 files (CIFAR's pickles only after their md5 matches the official release's).
@@ -38,11 +40,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import datasets as tv_datasets
 from torchvision import transforms
 
 from workbench.config.choices import DATASETS, DatasetSpec, list_datasets
-from workbench.data.roots import check_data_path, check_files, inside_roots
+from workbench.data.image_files import (
+    LAYOUT,
+    FolderListing,
+    ImageFile,
+    list_image_folder,
+    open_listed,
+)
+from workbench.data.roots import check_data_path
 from workbench.data.safe_files import (
     OFFICIAL,
     OfficialSplits,
@@ -167,15 +175,17 @@ def load_dataset(
     sums = tuple(sorted(checksums.items())) if checksums is not None else None
     # The memo key holds only what changes the result, so that e.g. every run shares one CIFAR.
     if name == "digits":
-        key = (name, "", "", False, seed, (), None)
+        key = (name, "", "", False, seed, None, None)
     elif name == "image_folder":
         if not data_path:
             raise ConfigError("dataset image_folder needs data_path: the folder of class folders")
         path = check_data_path(data_path)  # under the data roots (workbench.data.roots)
-        key = (name, "", str(path), False, seed, _folder_stamp(path), None)
+        # Listed and checked here, outside the lock: a FIFO, a loop or a dead network share in
+        # one user's folder must not stall every other user's load.
+        key = (name, "", str(path), False, seed, list_image_folder(path), None)
     else:
         base = Path(root).expanduser() if root else dataset_root()
-        key = (name, str(base.resolve()), "", bool(download), seed, (), sums)
+        key = (name, str(base.resolve()), "", bool(download), seed, None, sums)
     with _LOAD_LOCK:  # two jobs starting together load (or download) once, not twice
         return _load_memoized(*key)
 
@@ -212,14 +222,14 @@ def _load_memoized(
     data_path: str,
     download: bool,
     seed: int,
-    stamp: tuple,
+    listing: FolderListing | None,
     checksums: tuple[tuple[str, str], ...] | None,
 ) -> DataBundle:
-    # ``stamp`` is only part of the memo key (see ``_folder_stamp``).
+    # ``listing`` (image folders only) is in the key too: a folder edited since is listed anew.
     if name == "digits":
         return _load_digits(seed)
-    if name == "image_folder":
-        return _load_image_folder(Path(data_path), seed)
+    if name == "image_folder" and listing is not None:
+        return _load_image_folder(listing, seed)
     if download:
         fetch_official(name, Path(root))
     files = read_official(name, Path(root), dict(checksums) if checksums is not None else None)
@@ -237,52 +247,54 @@ def _load_digits(seed: int) -> DataBundle:
 
 
 # ---------------------------------------------------------------------------- image folders
-def _load_image_folder(path: Path, seed: int) -> DataBundle:
-    layout = "path/class_name/image.png, one sub-folder per class"
-    if not path.is_dir():
-        raise DatasetUnavailableError(f"image folder {path} does not exist; expected {layout}")
-    # Errors name class folders and images only under the data roots (workbench.data.roots):
-    # outside them, a message would list any folder the server can read.
-    listed = inside_roots(path)
-    resize = transforms.Compose(
-        [transforms.Resize((_IMAGE_SIZE, _IMAGE_SIZE)), transforms.PILToTensor()]
-    )
-    try:  # the default loader converts every image to RGB
-        folder = tv_datasets.ImageFolder(str(path), transform=resize)
-    except OSError as exc:  # no class folders, or class folders without images
-        why = f" ({one_line(exc)})" if listed else ""
+_RESIZE = transforms.Compose(
+    [transforms.Resize((_IMAGE_SIZE, _IMAGE_SIZE)), transforms.PILToTensor()]
+)
+
+
+def _load_image_folder(listing: FolderListing, seed: int) -> DataBundle:
+    """The images of ``listing`` (checked by ``workbench.data.image_files``), and only them."""
+    path, classes = listing.folder, listing.classes
+    if len(classes) < 2:
         raise DatasetUnavailableError(
-            f"image folder {path} has no images in class folders{why}; expected {layout}"
-        ) from None
-    check_files(path, (file for file, _ in folder.samples))  # no links out of the roots
-    counts = Counter(folder.targets)
-    if len(folder.classes) < 2:
-        raise DatasetUnavailableError(
-            f"image folder {path} has {len(folder.classes)} class folder(s); "
-            f"distillation needs at least 2 ({layout})"
+            f"image folder {path} has {len(classes)} class folder(s); "
+            f"distillation needs at least 2 ({LAYOUT})"
         )
+    counts = Counter(file.label for file in listing.files)
     least = len(_THREE_WAY)  # a class of 5 gives train 3, validation 1, test 1
     if min(counts.values()) < least:
-        per_class = ", ".join(f"{c}: {counts[i]}" for i, c in enumerate(folder.classes))
-        if not listed:
+        # Errors name class folders and images only under the data roots (workbench.data.roots):
+        # outside them, a message would list any folder the server can read.
+        per_class = ", ".join(f"{c}: {counts[i]}" for i, c in enumerate(classes))
+        if not listing.named:
             short = sum(n < least for n in counts.values())
-            per_class = f"{short} of its {len(folder.classes)} classes have fewer"
+            per_class = f"{short} of its {len(classes)} classes have fewer"
         raise DatasetUnavailableError(
             f"image folder {path} has too few images for a stratified 60/20/20 "
             f"train/validation/test split ({per_class}); every class needs at least {least} "
             "images, so that validation and test each hold one of it"
         )
-    images = []
-    for i, (file, _) in enumerate(folder.samples):
-        try:
-            images.append(folder[i][0])  # (3, 32, 32) uint8
-        except (OSError, Image.DecompressionBombError) as exc:  # damaged, or a pixel bomb
-            what = f"image {file}: {one_line(exc)}" if listed else f"image {i + 1} of {path}"
-            raise DatasetUnavailableError(f"cannot read {what}") from None
-    x = torch.stack(images)
-    y = torch.as_tensor(folder.targets, dtype=torch.int64)
+    x = torch.stack([_read_image(listing, i, file) for i, file in enumerate(listing.files)])
+    y = torch.as_tensor([file.label for file in listing.files], dtype=torch.int64)
     split = stratified_split(y, _THREE_WAY, seed)
-    return _bundle("image_folder", x, y, split, list(folder.classes))
+    return _bundle("image_folder", x, y, split, list(classes))
+
+
+def _read_image(listing: FolderListing, i: int, file: ImageFile) -> torch.Tensor:
+    """Image ``i`` of ``listing`` as (3, 32, 32) uint8, converted to RGB as torchvision's
+    default loader does."""
+    try:
+        with open_listed(listing, file) as stream:
+            image = Image.open(stream).convert("RGB")
+        return _RESIZE(image)
+    except (OSError, Image.DecompressionBombError) as exc:  # damaged, or a pixel bomb
+        where = os.path.join(listing.folder, file.name)
+        what = (
+            f"image {where}: {one_line(exc)}"
+            if listing.named
+            else f"image {i + 1} of {listing.folder}"
+        )
+        raise DatasetUnavailableError(f"cannot read {what}") from None
 
 
 # ---------------------------------------------------------------------------- bundles
@@ -378,16 +390,6 @@ def _normalize_(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
     m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
     return x.sub_(m).div_(s)
-
-
-def _folder_stamp(path: Path) -> tuple:
-    """Modification times of the folder and its class folders: adding or removing an image
-    changes them, so the memo reloads an edited folder (an image overwritten in place does not)."""
-    try:
-        entries = [path, *(p for p in path.iterdir() if p.is_dir())]
-        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in entries))
-    except OSError:
-        return ()
 
 
 def train_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:

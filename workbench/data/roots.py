@@ -9,18 +9,18 @@ unless the settings allow any path (local mode, by default: one person on their 
 The rule is checked on the path with symlinks and ``..`` resolved, so a link inside a root that
 points outside it is refused like the folder it points to. The refusal says the same thing
 whether or not the path exists, and no error lists a folder outside the roots (a local app is
-still reachable from the network when Streamlit listens on every interface).
+still reachable from the network when Streamlit listens on every interface). The files inside
+an allowed folder are held to the same rule as they are listed (``workbench.data.image_files``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 from workbench.errors import ConfigError
 from workbench.lab.settings import LabSettings, current
 
-__all__ = ["check_data_path", "check_files", "data_roots", "inside_roots"]
+__all__ = ["check_data_path", "data_roots", "inside_roots"]
 
 
 def data_roots(settings: LabSettings | None = None, home: Path | None = None) -> list[Path]:
@@ -73,30 +73,3 @@ def check_data_path(
             "put the data under one of them"
         )
     return resolved
-
-
-def check_files(
-    folder: Path,
-    files: Iterable[str | Path],
-    settings: LabSettings | None = None,
-    home: Path | None = None,
-) -> None:
-    """Refuse an allowed ``folder`` whose class folders or images are links to outside the
-    roots (torchvision's ``ImageFolder`` follows them). Only a folder's own links are resolved
-    (one ``lstat`` per image), so checking a large folder stays cheap."""
-    settings = settings or current()
-    if settings.allows_any_data_path():
-        return
-    roots = data_roots(settings, home)
-    checked: set[Path] = set()  # class folders: resolved once, not once per image
-    for file in map(Path, files):
-        for place in (file.parent, file) if file.is_symlink() else (file.parent,):
-            if place in checked:
-                continue
-            resolved = _resolved(place)
-            if resolved is None or not any(resolved.is_relative_to(r) for r in roots):
-                raise ConfigError(
-                    f"image folder {str(folder)!r} links to files outside this instance's data "
-                    f"roots ({', '.join(map(str, roots))}); copy the data under one of them"
-                )
-            checked.add(place)
