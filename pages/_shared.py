@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from workbench.config.run_config import PRESETS, RunConfig
+from workbench.config.bounds import BOUNDS
+from workbench.config.choices import (
+    FEATURE_KINDS,
+    RELATION_KINDS,
+    WEIGHTING_SCHEMES,
+    list_datasets,
+    list_models,
+)
+from workbench.config.run_config import COMPONENTS, PRESETS, RunConfig
 from workbench.errors import WorkbenchError
 from workbench.lab import settings as lab_settings
 from workbench.lab.identity import (
@@ -29,8 +37,9 @@ from workbench.lab.identity import (
 from workbench.lab.settings import LabSettings
 from workbench.storage.store import Store, default_home
 from workbench.ui.draft import TEACHER_MODES
+from workbench.ui.escape import plain
 from workbench.ui.form_values import FormError, pairs_from_rows
-from workbench.ui.url_state import from_params, to_params
+from workbench.ui.url_state import dropped_notes, read_params, to_params
 
 if TYPE_CHECKING:
     from workbench.distill.model_pair import ModelPair
@@ -102,7 +111,7 @@ def identity_sidebar(who: User) -> None:
     config = settings()
     with st.sidebar:
         st.divider()
-        st.caption(f"Signed in as **{who.name}**" + (" · admin" if who.admin else ""))
+        st.caption(f"Signed in as **{plain(who.name)}**" + (" · admin" if who.admin else ""))
         if config.identity_mode == "oidc":
             st.button("Sign out", key="sign_out", on_click=st.logout, icon=":material/logout:")
         elif config.identity_mode == "proxy":
@@ -148,21 +157,48 @@ def draft_defaults() -> dict[str, object]:
     return values
 
 
+# What the draft's widgets can hold: a value from a link outside these is dropped with a note.
+DRAFT_ALLOWED = {
+    "dataset": list_datasets(),
+    "teacher": list_models(),
+    "student": list_models(),
+    "teacher_mode": TEACHER_MODES,
+    "feature_kind": FEATURE_KINDS,
+    "relation_kind": RELATION_KINDS,
+    "weighting": WEIGHTING_SCHEMES,
+    "device": ("auto", "cpu", "cuda"),
+    **{name: BOUNDS[name] for name in ("teacher_epochs", "epochs", "batch_size", "lr")},
+    "temperature": BOUNDS["temperature"],
+    **{f"w_{c}": BOUNDS["weight"] for c in COMPONENTS},
+}
+
+
 def init_session() -> None:
     """Defaults for the choices that every page shares (kept in ``st.session_state``); a new
-    session (a reload) starts from the draft in the URL (``sync_draft_url``)."""
+    session (a reload) starts from the draft in the URL (``sync_draft_url``). Values of the link
+    that no widget can hold are dropped; the page shows why (``url_notes``)."""
     ss = st.session_state
     defaults = draft_defaults()
+    restored: dict[str, object] = {}
     if URL_READ not in ss:
         ss[URL_READ] = True
-        restored = from_params(st.query_params.to_dict(), defaults)
-        for key, value in restored.items():
-            ss[key] = value
-        if "layer_pairs" in restored:  # pairs from the link, not the suggested ones
-            ss["pairs_for"] = choices_key()
+        params = st.query_params.to_dict()
+        restored, dropped = read_params(params, defaults, DRAFT_ALLOWED)
+        ss.update(restored)
+        ss[URL_NOTES] = dropped_notes(params, dropped)
     for key, value in defaults.items():
         ss.setdefault(key, value)
+    if "layer_pairs" in restored:  # pairs from the link, not the suggested ones
+        ss["pairs_for"] = choices_key()  # after the defaults: the link may name no models
     ss.setdefault("compare_runs", [])
+
+
+def url_notes(notes: Sequence[str] = ()) -> None:
+    """Say which values of the link were ignored (the draft's, read by ``init_session``, and
+    the page's own ``notes``, escaped already), once, in one short note."""
+    shown = [*(st.session_state.pop(URL_NOTES, None) or ()), *notes]
+    if shown:
+        st.info("  \n".join(shown), icon=":material/link_off:")
 
 
 def sync_draft_url() -> None:
@@ -187,11 +223,11 @@ def set_params(values: dict[str, str], owned: object = ()) -> None:
 def show_error(exc: BaseException, where=None) -> None:
     """Show an error without a traceback: the library's message, or a short line for a bug."""
     target = where if where is not None else st
-    if isinstance(exc, WorkbenchError):
-        target.error(str(exc), icon=":material/error:")
+    if isinstance(exc, WorkbenchError):  # its message may quote a user's value: shown as text
+        target.error(plain(exc), icon=":material/error:")
         return
     log.exception("unexpected error in the app", exc_info=exc)
-    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    first = plain(str(exc).strip().splitlines()[0][:200]) if str(exc).strip() else ""
     target.error(
         f"Something went wrong ({type(exc).__name__}{': ' + first if first else ''}). "
         "The details are in the server log.",
@@ -296,14 +332,15 @@ def pairs_editor(
 
 def choices_caption() -> str:
     ss = st.session_state
-    dataset = ss["dataset"] + (f" ({data_path()})" if data_path() else "")
+    dataset = plain(ss["dataset"]) + (f" ({plain(data_path())})" if data_path() else "")
+    name = plain(ss["teacher"])
     if ss["teacher_mode"] == TEACHER_MODES[0]:
-        teacher = f"{ss['teacher']} (trained for {ss['teacher_epochs']} epochs, or reused)"
+        teacher = f"{name} (trained for {plain(ss['teacher_epochs'])} epochs, or reused)"
     elif not ss.get("teacher_run"):  # never a quiet fallback to training one
-        teacher = f"{ss['teacher']} (none yet: {ss['teacher_mode']} on the Models page)"
+        teacher = f"{name} (none yet: {plain(ss['teacher_mode'])} on the Models page)"
     else:
-        teacher = f"{ss['teacher']} (run {ss['teacher_run']})"
-    return f"**Teacher** {teacher} → **student** {ss['student']} on **{dataset}**"
+        teacher = f"{name} (run {plain(ss['teacher_run'])})"
+    return f"**Teacher** {teacher} → **student** {plain(ss['student'])} on **{dataset}**"
 
 
 # ---------------------------------------------------------------------------------- callbacks
@@ -348,6 +385,7 @@ def require_app(page_file: str) -> None:
 
 
 URL_READ = "_kdwb_url_read"
+URL_NOTES = "_kdwb_url_notes"
 USER = "_kdwb_user"
 PAGE = "_kdwb_page"
 PAGE_ENTERED = "_kdwb_page_entered"

@@ -18,12 +18,14 @@ from pages._shared import (
     set_params,
     show_error,
     store,
+    url_notes,
     user,
 )
 from workbench.ablation.suites import suite_analysis, suite_progress
 from workbench.config.run_config import RunConfig
 from workbench.runs import permitted as actions
 from workbench.storage.store import ACTIVE, FINISHED
+from workbench.ui.escape import plain
 from workbench.ui.naming import (
     ACCURACY_LABEL,
     ACCURACY_METRIC,
@@ -46,6 +48,13 @@ st.caption(
 )
 
 suites = actions.list_suites(store(), user())  # others' private suites: absent
+labels = {s["id"]: f"{s['name']} ({s['id']})" for s in suites}
+linked = st.query_params.get("suite") if page_entered() else None
+if linked and linked not in labels:  # deleted, or someone else's private suite
+    shown = linked if len(linked) <= 60 else linked[:59] + "…"
+    url_notes([plain(f"ignored suite={shown} from the link: not found (deleted, or private)")])
+else:
+    url_notes()
 if not suites:
     st.info(
         "No ablation suite yet. Set up the loss on Distill and press **Launch ablation suite**, "
@@ -55,9 +64,8 @@ if not suites:
     st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
     st.stop()
 
-labels = {s["id"]: f"{s['name']} ({s['id']})" for s in suites}
-if page_entered() and st.query_params.get("suite") in labels:  # a reload or a link
-    ss["suite_pick"] = st.query_params["suite"]
+if linked in labels:  # a reload or a link
+    ss["suite_pick"] = linked
 if ss.get("suite_pick") not in labels:
     ss["suite_pick"] = ss.get("last_suite") if ss.get("last_suite") in labels else suites[0]["id"]
 suite_id = st.selectbox("Suite", list(labels), format_func=labels.get, key="suite_pick")
@@ -66,7 +74,7 @@ suite = actions.get_suite(store(), suite_id, user())
 mine = actions.can_change(user(), suite)
 base = RunConfig.from_dict(suite["base"])
 st.caption(
-    f"Base: {base.summary()} · {suite['seeds']} seed(s) per variant · "
+    f"Base: {plain(base.summary())} · {suite['seeds']} seed(s) per variant · "
     f"{'factorial (all on/off combinations)' if suite['factorial'] else 'leave-one-out'}"
 )
 
@@ -192,7 +200,7 @@ if col_open.button(
     st.switch_page("pages/compare.py", query_params={"runs": encode_ids(picked)})
 if not mine:
     col_cancel.caption(
-        f"Suite of **{suite.get('owner') or 'no one'}**: only they or an admin can cancel or "
+        f"Suite of **{plain(suite.get('owner') or 'no one')}**: only they or an admin can cancel or "
         "delete it."
     )
 elif not done and col_cancel.button("Cancel the unfinished runs", key="suite_cancel"):

@@ -12,9 +12,18 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._shared import errors_shown, page_entered, require_app, set_params, store, user
+from pages._shared import (
+    errors_shown,
+    page_entered,
+    require_app,
+    set_params,
+    store,
+    url_notes,
+    user,
+)
 from workbench.runs import permitted as actions
 from workbench.ui import compare
+from workbench.ui.escape import plain
 from workbench.ui.naming import (
     ACCURACY_LABEL,
     ACCURACY_METRIC,
@@ -25,7 +34,14 @@ from workbench.ui.naming import (
 from workbench.ui.plots import curves, heatmaps, summaries
 from workbench.ui.plots.style import PlotDataError
 from workbench.ui.report import comparison_report
-from workbench.ui.url_state import decode_ids, decode_value, encode_ids, encode_value
+from workbench.ui.url_state import (
+    Steps,
+    decode_ids,
+    dropped_notes,
+    encode_ids,
+    encode_value,
+    read_params,
+)
 
 require_app(__file__)
 ss = st.session_state
@@ -39,6 +55,7 @@ VIEW = {
     "compare_smooth": ("smooth", 0.0),
     "compare_log": ("log", False),
 }
+SMOOTHING = Steps(0.0, 0.95, 0.05)  # the slider's range: a link's value outside it is dropped
 figures: list[tuple[str, go.Figure]] = []  # what the page shows, for the HTML report
 tables: list[tuple[str, pd.DataFrame]] = []
 PERCENT = st.column_config.NumberColumn(format="percent", width="small")
@@ -65,7 +82,7 @@ def chart(caption: str, name: str, key: Hashable, build: Callable[[], go.Figure]
     try:
         fig = cached_figure(name, key, build)
     except PlotDataError as exc:  # the data cannot be drawn as asked: say why
-        st.warning(str(exc), icon=":material/info:")
+        st.warning(plain(exc), icon=":material/info:")
         return
     st.plotly_chart(fig, key=name, width="stretch")
     figures.append((caption, fig))
@@ -88,21 +105,35 @@ if page_entered():
 mine_only = st.toggle("Mine only", key="compare_mine", help="Only the runs you own")
 records = actions.list_runs(store(), user(), mine=mine_only)  # others' private runs: absent
 by_id = {r["id"]: r for r in records}
+notes: list[str] = []
 if page_entered():  # a reload, a link, or Open in Compare: the URL says what to show
-    params = st.query_params
+    params = st.query_params.to_dict()
     if "runs" in params:
         ss["compare_runs"] = decode_ids(params["runs"], by_id)
-        missing = [i for i in params["runs"].split(",") if i and i not in by_id]
+        missing = [i for i in dict.fromkeys(params["runs"].split(",")) if i and i not in by_id]
         if missing and not mine_only:  # deleted, or someone else's private run
+            shown = ", ".join(i if len(i) <= 40 else i[:39] + "…" for i in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             st.warning(
-                f"Not found: {', '.join(missing)} (deleted, or private).",
+                f"Not found: {plain(shown)}{more} (deleted, or private).",
                 icon=":material/search_off:",
             )
+    choices = compare.group_choices(records)  # of every run: a superset of the selection's
+    read, dropped = read_params(
+        params,
+        {param: default for param, default in VIEW.values()},
+        {
+            "group": choices,
+            "colour": choices,
+            "loss": compare.LOSS_CHOICES,
+            "x": tuple(curves.X_AXES),
+            "smooth": SMOOTHING,
+        },
+    )
     for key, (param, default) in VIEW.items():
-        try:
-            ss[key] = decode_value(params[param], default) if param in params else default
-        except ValueError:
-            ss[key] = default
+        ss[key] = read.get(param, default)
+    notes = dropped_notes(params, dropped)
+url_notes(notes)
 if not records:
     st.info("No runs yet: launch some on the Distill page.")
     st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
@@ -244,7 +275,7 @@ if chosen:
         epochs = compare.curve_runs(units, {i: d["epochs"] for i, d in data.items()})
         histories = compare.curve_runs(units, {i: d["history"] for i, d in data.items()})
         if silent := [label for label in units if label not in epochs]:
-            st.caption(f"No finished epoch yet: {', '.join(silent)}.")
+            st.caption(f"No finished epoch yet: {plain(', '.join(silent))}.")
         # Side by side for a few curves; one under the other for many, so that the legend
         # column beside each plot leaves the plot most of the width.
         left, right = st.columns(2) if len(units) <= 6 else (st.container(), st.container())
@@ -309,7 +340,7 @@ if chosen:
         probes, unprobed = compare.probe_units(units, {i: d["probe"] for i, d in data.items()})
         if unprobed:
             st.caption(
-                f"No probe for {', '.join(unprobed)}: teacher runs and runs that did not finish "
+                f"No probe for {plain(', '.join(unprobed))}: teacher runs and runs that did not finish "
                 "are not probed."
             )
         with_cka = {label: p for label, p in probes.items() if compare.has_probe_data(p, "cka")}

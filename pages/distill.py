@@ -23,6 +23,7 @@ from pages._shared import (
     require_app,
     show_error,
     store,
+    url_notes,
     user,
 )
 from workbench.ablation.suites import launch_suite
@@ -39,6 +40,7 @@ from workbench.ui.draft import (
     reset_pairs,
     route_errors,
 )
+from workbench.ui.escape import plain
 from workbench.ui.form_values import hybrid_formula
 from workbench.ui.tables import progress_text
 
@@ -46,6 +48,7 @@ require_app(__file__)
 ss = st.session_state
 slots: dict[str, object] = {}  # where each field's messages go (workbench.ui.draft.SLOTS)
 st.title("Distill")
+url_notes()
 st.markdown(choices_caption())
 st.page_link("pages/models.py", label="Change the models", icon=":material/account_tree:")
 
@@ -233,7 +236,7 @@ routed = route_errors({**clicked, **draft_errors})
 for name, slot in slots.items():  # the launch slot is drawn below the buttons
     with slot:
         for message in routed.get(name, []):
-            st.error(message, icon=":material/error:")
+            st.error(plain(message), icon=":material/error:")
 
 col_launch, col_ablate, col_ab_seeds, col_ab_kind = st.columns(
     [1, 1.4, 1, 1.6], vertical_alignment="bottom"
@@ -271,7 +274,7 @@ col_ab_kind.checkbox(
 slots["launch"] = st.container()
 with slots["launch"]:
     for message in routed.get("launch", []):
-        st.error(message, icon=":material/error:")
+        st.error(plain(message), icon=":material/error:")
     if ss.get("launch_problem") is not None:
         show_error(ss["launch_problem"])
     if draft_errors or clicked or ss.get("launch_problem") is not None:

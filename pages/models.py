@@ -16,12 +16,14 @@ from pages._shared import (
     require_app,
     show_error,
     store,
+    url_notes,
     user,
 )
 from workbench.config.choices import DATASETS, MODEL_INFO, list_datasets, list_models
 from workbench.config.run_config import RunConfig
 from workbench.storage.store import ACTIVE
 from workbench.ui.draft import TEACHER_MODES, reset_pairs, upload_message
+from workbench.ui.escape import plain
 from workbench.ui.naming import ACCURACY_LABEL, ACCURACY_METRIC
 from workbench.ui.tables import (
     format_percent,
@@ -34,6 +36,7 @@ from workbench.ui.tables import (
 require_app(__file__)
 ss = st.session_state
 st.title("Models")
+url_notes()
 st.caption("Pick the data, a teacher and a student. Your choices carry over to Distill.")
 
 # ---------------------------------------------------------------------------------- dataset
@@ -85,7 +88,7 @@ def teacher_job(run_id: str, polling: bool) -> None:
             "reuse it."
         )
     elif not active:
-        st.error(f"Teacher run {record['status']}: {record.get('error') or 'no message'}")
+        st.error(plain(f"Teacher run {record['status']}: {record.get('error') or 'no message'}"))
     if polling and not active:
         st.rerun()  # a full rerun redraws this fragment without polling
 
@@ -218,7 +221,7 @@ with source_box:
                 ss["teacher_upload_done"] = done
             if done["error"] is not None:
                 ss["teacher_upload_error"] = upload_message(done["error"], uploaded.name)
-                st.error(ss["teacher_upload_error"], icon=":material/error:")
+                st.error(plain(ss["teacher_upload_error"]), icon=":material/error:")
                 st.caption(
                     "Launch stays off until a checkpoint is accepted or another source is chosen."
                 )
@@ -263,7 +266,7 @@ st.caption(
     "automatically."
 )
 if pair.pairing_error:
-    st.warning(pair.pairing_error)
+    st.warning(plain(pair.pairing_error))
 pairs_editor(
     "models_pairs_" + choices_slug(),
     [li.path for li in pair.student_layers],

@@ -14,17 +14,21 @@ from pages._shared import (
     page_entered,
     require_app,
     set_params,
+    settings,
     show_action_error,
     store,
+    url_notes,
     user,
 )
 from workbench.config.run_config import COMPONENTS, RunConfig
 from workbench.distill.gradient_shares import weak_terms
+from workbench.lab.identity import confusable_names
 from workbench.runs import permitted as actions
 from workbench.runs.queue import RESUMABLE
 from workbench.storage import training_state as checkpoints
 from workbench.storage.store import ACTIVE, FINISHED
 from workbench.ui.draft import parse_tags
+from workbench.ui.escape import plain
 from workbench.ui.naming import (
     ACCURACY_LABEL,
     ACCURACY_METRIC,
@@ -43,7 +47,7 @@ from workbench.ui.tables import (
     progress_text,
     run_table,
 )
-from workbench.ui.url_state import decode_value, encode_ids, encode_value
+from workbench.ui.url_state import Steps, dropped_notes, encode_ids, encode_value, read_params
 
 require_app(__file__)
 ss = st.session_state
@@ -55,16 +59,22 @@ VIEW = {
     "runs_log": ("log", False),
     "runs_mine": ("mine", False),
 }
+SMOOTHING = Steps(0.0, 0.95, 0.05)  # the slider's range: a link's value outside it is dropped
+notes: list[str] = []
 if page_entered():
-    params = st.query_params
+    params = st.query_params.to_dict()
     ss["runs_linked"] = params.get("run")  # "not found" when this user may not see it
     if params.get("run"):
         ss["runs_select_next"] = params["run"]
+    read, dropped = read_params(
+        params,
+        {param: default for param, default in VIEW.values()},
+        {"x": tuple(curves.X_AXES), "smooth": SMOOTHING},
+    )
     for key, (param, default) in VIEW.items():
-        try:
-            ss[key] = decode_value(params[param], default) if param in params else default
-        except ValueError:
-            ss[key] = default
+        ss[key] = read.get(param, default)
+    notes = dropped_notes(params, dropped)
+url_notes(notes)
 
 
 def cancel(run_id: str) -> None:
@@ -109,7 +119,7 @@ def run_actions(record: dict) -> None:
     cols = st.columns(4)
     if not mine:
         st.caption(
-            f"Owned by **{record.get('owner') or 'no one'}**: only they or an admin can cancel, "
+            f"Owned by **{plain(record.get('owner') or 'no one')}**: only they or an admin can cancel, "
             "resume, delete, rename or hide it. Restart queues a copy as your own run."
         )
     if status in ACTIVE and mine:
@@ -218,11 +228,11 @@ def run_detail(record: dict, name: str) -> None:
     agreement = metrics.get("agreement")
     cols[2].metric("Agreement with teacher", format_percent(agreement))
     cols[3].metric("Teacher outputs", record.get("teacher_source") or "-")
-    st.caption(RunConfig.from_dict(record["config"]).summary())
+    st.caption(plain(RunConfig.from_dict(record["config"]).summary()))
     if record.get("teacher_note"):
-        st.caption(record["teacher_note"])
+        st.caption(plain(record["teacher_note"]))
     if record.get("error"):
-        st.error(f"{record['status']}: {record['error']}", icon=":material/error:")
+        st.error(plain(f"{record['status']}: {record['error']}"), icon=":material/error:")
     x, smoothing, log_y = ss["runs_x"], ss["runs_smooth"], ss["runs_log"]
     left, right = st.columns(2)
     with left:
@@ -268,9 +278,9 @@ def shares_shown(record: dict, history: list[dict], x: str) -> None:
         fig = curves.gradient_share_curves(history, x="step" if x == "epoch" else x)
         st.plotly_chart(fig, key="run_shares", width="stretch")
     except PlotDataError as exc:
-        st.caption(str(exc))
+        st.caption(plain(exc))
     for weak in weak_terms(history, weights):
-        st.warning(weak["message"], icon=":material/trending_down:")
+        st.warning(plain(weak["message"]), icon=":material/trending_down:")
 
 
 def chart_options() -> None:
@@ -288,9 +298,24 @@ def not_found_notice(visible_ids: set[str]) -> None:
     """A linked run this user may not see (private, deleted) is "not found", nothing more."""
     linked = ss.get("runs_linked")
     if linked and linked not in visible_ids:
+        shown = linked if len(linked) <= 60 else linked[:59] + "…"
         st.warning(
-            f"Run {linked} not found: it was deleted, or it is private.",
+            f"Run {plain(shown)} not found: it was deleted, or it is private.",
             icon=":material/search_off:",
+        )
+
+
+def look_alike_owners(records: list[dict]) -> None:
+    """For admins: owners whose names pass for another user's (``аdmin`` for ``admin``)."""
+    if not user().admin:
+        return
+    owners = {r.get("owner") for r in records}
+    found = [c for c in confusable_names([*settings().admins, *owners]) if c.name in owners]
+    if found:
+        st.warning(
+            "Look-alike user names (check who they are): "
+            + "; ".join(plain(c.message()) for c in found),
+            icon=":material/warning:",
         )
 
 
@@ -304,6 +329,7 @@ def runs_view(polling: bool) -> None:
     seen = actions.shown(everything, user())
     records = actions.shown(seen, user(), mine=ss["runs_mine"])
     not_found_notice({r["id"] for r in seen})
+    look_alike_owners(seen)
     if not records:
         st.info("No runs yet: launch one on the Distill page.")
         st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")

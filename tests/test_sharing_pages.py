@@ -15,6 +15,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from workbench.config.run_config import RunConfig
+from workbench.lab.identity import Confusable, confusable_names, skeleton
 from workbench.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +145,48 @@ def test_oidc_mode_asks_to_sign_in_and_shows_nothing_else(home, monkeypatch):
 
 def test_oidc_mode_without_auth_secrets_says_so(home, monkeypatch):
     at = _oidc_app(home, monkeypatch, {})
-    assert any("needs an [auth] section" in e.value for e in at.error)
+    assert any(r"needs an \[auth\] section" in e.value for e in at.error)  # shown as text
     assert not at.button and not at.selectbox
     st.cache_resource.clear()
+
+
+# ---------------------------------------------------------------------------------- look-alikes
+CYRILLIC_ADMIN = "\u0430dmin"  # a Cyrillic a, then "dmin"
+
+
+def test_look_alike_names_are_found():
+    assert skeleton(CYRILLIC_ADMIN) == skeleton("admin") == skeleton("\uff41dmin") == "admin"
+    found = confusable_names(["admin", CYRILLIC_ADMIN, "alice", "Alice", "p\u0430ul", "zo\u00eb"])
+    assert found == [
+        Confusable(CYRILLIC_ADMIN, "admin", ("Cyrillic \u0430",)),
+        Confusable("Alice", "alice", ()),
+        Confusable("p\u0430ul", None, ("Cyrillic \u0430",)),
+    ]
+    assert found[0].message() == '"\u0430dmin" (Cyrillic \u0430) looks like "admin"'
+    assert confusable_names(["admin", "bob", "zo\u00eb", "\u0436\u0435\u043d\u044f"]) == []
+
+
+def test_admins_see_look_alike_owners_on_the_runs_page(home, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    config = home.parent / "workbench.toml"
+    config.write_text('[identity]\nadmins = ["admin"]\n[workers]\napp_executes = "none"\n')
+    monkeypatch.setenv("KDWB_CONFIG", str(config))
+    store = Store(home)
+    store.create_run(TEACHER, name="real", owner="alice", status="completed")
+    store.create_run(TEACHER, name="fake", owner=CYRILLIC_ADMIN, status="completed")
+    store.create_run(
+        TEACHER, name="fake 2", owner="[x](http://evil.example)\u0430", status="completed"
+    )
+    try:
+        monkeypatch.setenv("KDWB_USER", "admin")
+        at = open_runs()
+        (warning,) = [w.value for w in at.warning if "Look-alike" in w.value]
+        assert '"\u0430dmin" (Cyrillic \u0430) looks like "admin"' in warning
+        assert r"\[x\](http\://evil.example)" in warning  # escaped: no link
+        assert "alice" not in warning
+        monkeypatch.setenv("KDWB_USER", "bob")  # not an admin: not shown
+        at = open_runs()
+        assert not [w for w in at.warning if "Look-alike" in w.value]
+    finally:
+        st.cache_resource.clear()
+        store.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import getpass
 import os
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +27,16 @@ from workbench.errors import WorkbenchError
 from workbench.lab.settings import LabSettings
 
 __all__ = [
+    "Confusable",
     "IdentityError",
     "User",
     "check_oidc_ready",
     "check_user_name",
     "cli_user",
+    "confusable_names",
     "local_user",
     "os_user",
+    "skeleton",
     "user_from_claims",
     "user_from_headers",
 ]
@@ -170,3 +173,93 @@ def check_oidc_ready(secrets: Mapping[str, Any]) -> None:
         raise IdentityError(
             "identity mode oidc needs the Authlib package: pip install -e '.[oidc]'"
         ) from None
+
+
+# ---------------------------------------------------------------------------------- look-alikes
+# Cyrillic and Greek letters that look like Latin ones in common fonts (after case folding): a
+# small, hand-picked part of Unicode's confusables.txt (UTS #39, "Unicode Security Mechanisms",
+# section 4), enough for names such as "\u0430dmin" (Cyrillic a) passing for "admin".
+_LOOKALIKES = str.maketrans(
+    {
+        # Cyrillic
+        "\u0430": "a", "\u0432": "b", "\u0435": "e", "\u0451": "e", "\u0456": "i",
+        "\u0457": "i", "\u0458": "j", "\u043a": "k", "\u043c": "m", "\u043d": "h",
+        "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0442": "t", "\u0443": "y",
+        "\u0445": "x", "\u0455": "s", "\u04bb": "h", "\u0501": "d", "\u051b": "q",
+        "\u051d": "w", "\u04cf": "l", "\u0491": "r",
+        # Greek
+        "\u03b1": "a", "\u03b2": "b", "\u03b5": "e", "\u03b7": "n", "\u03b9": "i",
+        "\u03ba": "k", "\u03bd": "v", "\u03bf": "o", "\u03c1": "p", "\u03c4": "t",
+        "\u03c5": "u", "\u03c7": "x", "\u03c9": "w", "\u03b6": "z",
+        # Latin letters that pass for others
+        "\u0131": "i", "\u0251": "a", "\u0261": "g",
+    }
+)  # fmt: skip
+
+
+def skeleton(name: str) -> str:
+    """What ``name`` looks like: NFKC (full-width and other compatibility forms folded), case
+    folded, and Cyrillic or Greek look-alikes mapped to the Latin letters they pass for. Two
+    names with one skeleton are easy to mistake for each other."""
+    return unicodedata.normalize("NFKC", name).casefold().translate(_LOOKALIKES)
+
+
+@dataclass(frozen=True)
+class Confusable:
+    """A user name that looks like another (``like``), or that mixes scripts (``like`` None)."""
+
+    name: str
+    like: str | None
+    letters: tuple[str, ...]  # e.g. ("Cyrillic \u0430",): what makes it look like another
+
+    def message(self) -> str:
+        """Plain text (a page escapes it): ``"\u0430dmin" (Cyrillic \u0430) looks like "admin"``."""
+        why = f" ({', '.join(self.letters)})" if self.letters else ""
+        if self.like is None:
+            return f'"{self.name}"{why} mixes the letters of several scripts'
+        return f'"{self.name}"{why} looks like "{self.like}"'
+
+
+def _script(char: str) -> str | None:
+    """The script of a letter (``Latin``, ``Cyrillic``, ...) by the Unicode name of its NFKC
+    form (a full-width ``b`` is Latin), else None."""
+    folded = unicodedata.normalize("NFKC", char)
+    if len(folded) != 1 or not folded.isalpha():
+        return None
+    return unicodedata.name(folded, "").split(" ")[0].capitalize() or None
+
+
+def _look_alike_letters(name: str) -> tuple[str, ...]:
+    """What in ``name`` is not plain Latin: ``("Cyrillic \u0430",)``, ``("full-width \uff42",)``."""
+    letters: dict[str, None] = {}
+    for c in name:
+        if unicodedata.normalize("NFKC", c) != c:
+            kind = unicodedata.name(c, "").split(" ")[0]
+            letters[f"{'full-width' if kind == 'FULLWIDTH' else 'compatibility form'} {c}"] = None
+        elif _script(c) not in (None, "Latin"):
+            letters[f"{_script(c)} {c}"] = None
+    return tuple(letters)
+
+
+def confusable_names(names: Iterable[str]) -> list[Confusable]:
+    """The names among ``names`` that are easy to mistake for another of them (one skeleton,
+    different text), and those that mix Latin with another script (``"p\u0430ul"``), each once,
+    in the order given. For the admins: a look-alike owner can pass for a colleague."""
+    names = list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
+    by_skeleton: dict[str, list[str]] = {}
+    for name in names:
+        by_skeleton.setdefault(skeleton(name), []).append(name)
+    found = []
+    for name in names:
+        twins = [other for other in by_skeleton[skeleton(name)] if other != name]
+        letters = _look_alike_letters(name)
+        scripts = {_script(c) for c in name} - {None}
+        if twins:
+            # the plain ASCII name (or, among ASCII names, the first given) is the one imitated
+            like = next((t for t in twins if t.isascii()), twins[0])
+            if name.isascii() and (not like.isascii() or names.index(like) > names.index(name)):
+                continue  # the original: its look-alike is reported instead
+            found.append(Confusable(name, like, letters))
+        elif len(scripts) > 1:
+            found.append(Confusable(name, None, letters))
+    return found

@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.config.run_config import COMPONENTS, fingerprint_of
+from workbench.ui.escape import plain_label
 from workbench.ui.naming import EPOCH_LABEL, EPOCH_METRIC, short_names
 from workbench.ui.plots.style import PlotDataError, is_finite, palette_colour
 
@@ -119,19 +120,20 @@ def curve_figure(
     number = ".1%" if percent else ".4f"
     for i, (label, curve) in enumerate(frame.groupby("label", sort=False)):
         colour = (colours or {}).get(str(label), i)
+        shown = plain_label(label)  # a run's name: Plotly would render <a href> in it
         runs = curve["run"].nunique()
         agg = curve.groupby("x", sort=True)["y"].agg(["mean", "std", "count"])
         x, mean = agg.index.to_numpy(), smooth(agg["mean"].to_numpy(), smoothing)
         std = agg["std"].fillna(0.0).to_numpy()
         mode = "lines+markers" if len(x) <= 30 else "lines"
         if runs > 1 and band:
-            common = dict(x=x, mode="lines", line=dict(width=0), legendgroup=str(label))
+            common = dict(x=x, mode="lines", line=dict(width=0), legendgroup=shown)
             common |= dict(showlegend=False, hoverinfo="skip")
-            fig.add_trace(go.Scatter(y=mean + std, name=f"{label} +std", **common))
+            fig.add_trace(go.Scatter(y=mean + std, name=f"{shown} +std", **common))
             fig.add_trace(
                 go.Scatter(
                     y=mean - std,
-                    name=f"{label} -std",
+                    name=f"{shown} -std",
                     fill="tonexty",
                     fillcolor=palette_colour(colour, 0.2),
                     **common,
@@ -144,10 +146,10 @@ def curve_figure(
             go.Scatter(
                 x=x,
                 y=mean,
-                name=str(label),
+                name=shown,
                 mode=mode,
                 line=dict(color=palette_colour(colour)),
-                legendgroup=str(label),
+                legendgroup=shown,
                 customdata=np.stack([std, agg["count"].to_numpy()], axis=1),
                 hovertemplate=hover + "<extra></extra>",
             )
@@ -161,8 +163,8 @@ def curve_figure(
         else dict(orientation="v", yanchor="top", y=1.0, x=1.02, font=dict(size=11))
     )
     fig.update_layout(
-        xaxis_title=x_title,
-        yaxis_title=y_title,
+        xaxis_title=plain_label(x_title),
+        yaxis_title=plain_label(y_title),
         hovermode="x unified",
         legend=legend | dict(itemclick="toggle", itemdoubleclick="toggleothers"),
         margin=dict(t=60, b=40, l=50, r=20),
@@ -172,7 +174,9 @@ def curve_figure(
         # title there; with a title, the title keeps the top and the legend moves to the
         # figure's bottom edge (both push the margins, so neither overlaps the plot).
         fig.update_layout(
-            title=dict(text=title, yref="container", y=1.0, yanchor="top", pad=dict(t=10))
+            title=dict(
+                text=plain_label(title), yref="container", y=1.0, yanchor="top", pad=dict(t=10)
+            )
         )
         if labels <= 4:
             fig.update_layout(legend=dict(yref="container", yanchor="bottom", y=0.0))

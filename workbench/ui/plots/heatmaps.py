@@ -19,6 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.ui.escape import plain_label
 from workbench.ui.plots.style import PlotDataError
 
 __all__ = [
@@ -112,7 +113,7 @@ def cka_heatmaps(
     for i, (label, probe) in enumerate(drawable.items()):
         row, col = i // cols + 1, i % cols + 1
         teacher, student = list(probe["teacher_layers"]), list(probe["student_layers"])
-        name = str(label).replace("%", "%%")
+        name = plain_label(label).replace("%", "%%")
         fig.add_trace(
             go.Heatmap(
                 z=_cka(probe),
@@ -121,7 +122,7 @@ def cka_heatmaps(
                 zmin=zmin,
                 zmax=zmax,
                 coloraxis="coloraxis",
-                name=str(label),
+                name=plain_label(label),
                 hovertemplate=f"{name}<br>student %{{y}}<br>teacher %{{x}}<br>CKA %{{z:.3f}}"
                 "<extra></extra>",
             ),
@@ -131,7 +132,7 @@ def cka_heatmaps(
         _layer_axes(fig, col, teacher, student, row=row)
     title = "linear CKA, student layer vs teacher layer"
     if skipped:
-        title += f" (no CKA: {', '.join(skipped)})"
+        title += f" (no CKA: {plain_label(', '.join(map(str, skipped)))})"
     fig.update_layout(
         title=title,
         coloraxis=dict(cmin=zmin, cmax=zmax, colorscale="Viridis", colorbar=dict(title="CKA")),
@@ -187,7 +188,8 @@ def cka_difference(
     )
     _layer_axes(fig, 1, teacher, student)
     fig.update_layout(
-        title=f"CKA({fit_text(label, 40)}) - CKA({fit_text(baseline_label, 40)}); "
+        title=f"CKA({plain_label(fit_text(label, 40))}) - "
+        f"CKA({plain_label(fit_text(baseline_label, 40))}); "
         f"colour range fixed at ±{limit:.2f}",
         height=max(380, 160 + 26 * len(student)),
         margin=dict(t=60, b=120),
@@ -218,7 +220,7 @@ def wrap_name(name: str, width: int, lines: int = 2) -> str:
             out.append(part)
     if len(out) > lines:
         out = [*out[: lines - 1], " · ".join(out[lines - 1 :])]
-    return "<br>".join(fit_text(line, width) for line in out)
+    return "<br>".join(plain_label(fit_text(line, width)) for line in out)  # tags: ours only
 
 
 def fit_text(text: str, width: int) -> str:
@@ -262,12 +264,17 @@ def gram_heatmaps(probe: Mapping[str, Any], pair_index: int = 0) -> go.Figure:
     starts = [0, *(np.flatnonzero(np.diff(labels)) + 1).tolist()]
     ends = [*starts[1:], m]
     centres = [(s + e - 1) / 2 for s, e in zip(starts, ends, strict=True)]
-    ticktext = [names[c] if 0 <= c < len(names) else str(c) for c in labels[starts]]
+    # class names are folder names of an image folder: text, never tags
+    ticktext = [plain_label(names[c]) if 0 <= c < len(names) else str(c) for c in labels[starts]]
     s_path, t_path = entry["pair"]
     fig = make_subplots(
         rows=1,
         cols=3,
-        subplot_titles=[f"teacher {t_path}", f"student {s_path}", "|teacher - student|"],
+        subplot_titles=[
+            plain_label(f"teacher {t_path}"),
+            plain_label(f"student {s_path}"),
+            "|teacher - student|",
+        ],
         horizontal_spacing=0.09,
     )
     index = np.arange(m)
@@ -316,7 +323,8 @@ def gram_heatmaps(probe: Mapping[str, Any], pair_index: int = 0) -> go.Figure:
     split = fig.layout.xaxis2.domain[1]
     fig.update_layout(
         shapes=shapes,
-        title=f"Gram matrices of pair {s_path} -> {t_path} (samples sorted by class)",
+        title=f"Gram matrices of pair {plain_label(s_path)} -> {plain_label(t_path)} "
+        "(samples sorted by class)",
         coloraxis=dict(colorscale="Viridis", colorbar=dict(x=split + 0.005, thickness=12, len=0.9)),
         coloraxis2=dict(colorscale="Reds", cmin=0.0, colorbar=dict(x=1.0, thickness=12, len=0.9)),
         height=430,
