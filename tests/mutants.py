@@ -209,7 +209,7 @@ MUTANTS = [
     Mutant(
         "a silent holder taken for alive",
         "workbench/runs/queue.py",
-        "    if beat is not None and now - beat > SILENT_AFTER_S:\n        return False\n",
+        "    if age is not None and age > silent_after():\n        return False\n",
         "",
         (JOBS + "::test_a_silent_holder_is_taken_for_dead_and_a_live_one_is_not",),
     ),

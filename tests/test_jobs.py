@@ -8,6 +8,7 @@ import time
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.runs import queue as runqueue
 from workbench.runs.job_manager import JobManager, device_key
+from workbench.storage.liveness import CLOCK, beat_fields
 from workbench.storage.store import Store
 
 SCRATCH = RunConfig(weights=LossWeights(1, 0, 0, 0), device="cpu")
@@ -25,7 +26,7 @@ class FakeRunner:
         self.hold = hold
         self._lock = threading.Lock()
 
-    def __call__(self, config, store, stop=None, run_id=None):
+    def __call__(self, config, store, stop=None, run_id=None, fence=None):
         with self._lock:
             self.order.append(run_id)
             self.active += 1
@@ -153,8 +154,15 @@ def test_auto_resume_can_be_turned_off(store, monkeypatch):
 def test_a_silent_holder_is_taken_for_dead_and_a_live_one_is_not(store):
     alive = store.create_run(SCRATCH)
     silent = store.create_run(SCRATCH)
-    store.update_run(alive, status="running", heartbeat=time.time())
-    store.update_run(silent, status="running", heartbeat=time.time() - 10 * runqueue.SILENT_AFTER_S)
+    store.update_run(alive, status="running", **beat_fields())
+    long_ago = 10 * runqueue.SILENT_AFTER_S  # on the one monotonic clock of this machine
+    store.update_run(
+        silent,
+        status="running",
+        heartbeat=time.time() - long_ago,
+        beat_mono=time.monotonic() - long_ago,
+        beat_clock=CLOCK,
+    )
     assert runqueue.recover(store) == [silent]
     assert store.get_run(alive)["status"] == "running"
 

@@ -32,7 +32,7 @@ TINY = RunConfig(
 LAB = parse({"identity": {"mode": "proxy", "admins": ["root"]}})
 
 
-def fake_runner(config, store, *, stop=None, run_id=None, on_step=None):
+def fake_runner(config, store, *, stop=None, run_id=None, on_step=None, fence=None):
     store.update_run(run_id, status="completed", finished_at=time.time())
     return store.get_run(run_id)
 
@@ -296,7 +296,7 @@ def test_running_runs_limit_from_the_settings_holds_in_the_executor(tmp_path):
     settings = parse({"identity": {"mode": "proxy"}, "limits": {"running_runs": 1}})
     started: list[tuple[str, int]] = []
 
-    def runner(config, store, *, stop=None, run_id=None, on_step=None):
+    def runner(config, store, *, stop=None, run_id=None, on_step=None, fence=None):
         owner = store.get_run(run_id)["owner"]
         running = [r for r in store.list_runs(status="running") if r["owner"] == owner]
         started.append((owner, len(running)))

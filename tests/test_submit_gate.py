@@ -50,7 +50,7 @@ def counted(monkeypatch):
         if getattr(module, "build_model", None) is real_build:
             monkeypatch.setattr(module, "build_model", build_model)
 
-    def run(config, run_store, on_step=None, stop=None, run_id=None):
+    def run(config, run_store, on_step=None, stop=None, run_id=None, fence=None):
         at_start.append(Counter(calls))
         return run_store.update_run(run_id, status="completed", metrics={})
 

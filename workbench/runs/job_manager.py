@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from workbench.config.run_config import RunConfig
-from workbench.errors import WorkbenchError
+from workbench.errors import StoreError, WorkbenchError
 from workbench.lab import settings as lab_settings
 from workbench.lab.access import can_change
 from workbench.lab.identity import User, local_user
@@ -96,6 +96,7 @@ class JobManager:
         self._threads: dict[str, threading.Thread] = {}
         self._closed = threading.Event()
         self._wake = threading.Event()
+        self._waiting_for = ""  # the last reason the index could not be opened, said once
         runqueue.recover(store, auto_resume=auto_resume)
         self._dispatcher = threading.Thread(
             target=self._dispatch_forever, name=f"kdwb-dispatch-{self.executor.id}", daemon=True
@@ -286,6 +287,9 @@ class JobManager:
         last_beat = 0.0
         while not self._closed.is_set():
             try:
+                if not self._follow_index():
+                    self._wake.wait(self._poll)
+                    continue
                 if time.monotonic() - last_beat >= self._poll:
                     self._beat()
                     last_beat = time.monotonic()
@@ -303,6 +307,41 @@ class JobManager:
             if self.store.cancel_requested(run_id):
                 stop.set()
         runqueue.recover(self.store, auto_resume=self.auto_resume)
+
+    def _follow_index(self) -> bool:
+        """When ``store repair`` replaced the index under this process, say so and open the
+        new one. The runs training here stop at their next write (their old store sees the
+        index replaced, ``FencedRun``); those the new index shows as ours are queued again, to
+        resume from their checkpoints. False while the new index cannot be opened (a repair
+        still running): nothing is claimed until it can."""
+        if not self.store.index_replaced():
+            return True
+        try:
+            new = Store(self.store.home)
+        except StoreError as exc:
+            if str(exc) != self._waiting_for:
+                log.warning("waiting for the run index of %s: %s", self.store.home, exc)
+                self._waiting_for = str(exc)
+            return False
+        log.warning(
+            "the run index of %s was replaced (by `store repair`?) while %s had it open; "
+            "opened the new one, and queued the runs it was training again",
+            self.store.home,
+            self.executor.id,
+        )
+        self.store, self._waiting_for = new, ""
+        with self._lock:
+            for _, stop in self._running.values():
+                stop.set()
+        for record in new.list_runs(status="running"):
+            new.update_run_if(
+                record["id"],
+                lambda r: r["status"] == "running" and r.get("claimed_by") == self.executor.id,
+                status="queued",
+                claimed_by=None,
+                note="queued again: the run index was repaired while it trained",
+            )
+        return True
 
     def _free_devices(self) -> set[str]:
         with self._lock:
@@ -340,7 +379,7 @@ class JobManager:
             config = RunConfig.from_dict(record["config"])
             if self.store.cancel_requested(run_id):
                 stop.set()
-            self._runner(config, self.store, stop=stop, run_id=run_id)
+            self._runner(config, self.store, stop=stop, run_id=run_id, fence=record.get("claims"))
         except BaseException as exc:  # the runner records failures itself; this is the last net
             self.store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         finally:

@@ -10,11 +10,16 @@ outlives every process. Anything that executes runs (the app's in-process thread
 - ``heartbeat(store, executor, run_ids)`` every few seconds while it runs;
 - it honours a cancel (``cancel_requested``, or the stop flag it passed in).
 
+Each claim increments the run's ``claims``, the fencing token every write of the training
+checks (``workbench.storage.fencing``): a holder that lost its claim cannot write. Liveness is
+elapsed time on one clock (``workbench.storage.liveness``), never two processes' wall clocks
+compared: a worker whose clock runs ahead takes nobody's live run.
+
 Crash-only (Candea and Fox, "Crash-Only Software", HotOS 2003): there is no shutdown path to
 trust. ``recover`` runs whenever an executor starts or polls: a run claimed by a holder that is
 dead (its process is gone from this host) or silent (no heartbeat for ``SILENT_AFTER_S``) is
 marked ``interrupted`` and, unless auto-resume is off, queued again once; the engine resumes it
-from its last epoch checkpoint.
+from its last epoch checkpoint. ``KDWB_SILENT_AFTER_S`` changes the silence limit.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.runs.queue_plan import Place, queue_plan
+from workbench.storage.liveness import beat_age, beat_fields, silent_after_s
 from workbench.storage.locks import HOST, process_alive
 from workbench.storage.store import Store, new_id
 
@@ -49,12 +55,13 @@ __all__ = [
     "register_worker",
     "requeue",
     "served_times",
+    "silent_after",
     "unregister_worker",
     "worker_slots",
 ]
 
 HEARTBEAT_S = 2.0  # executors refresh their claims this often
-SILENT_AFTER_S = 60.0  # a holder with no heartbeat for this long is taken for dead
+SILENT_AFTER_S = 60.0  # a holder with no heartbeat for this long is taken for dead (default)
 RESUMABLE = ("interrupted", "failed", "cancelled")
 AUTO_RESUME_ENV = "KDWB_AUTO_RESUME"
 
@@ -62,6 +69,11 @@ AUTO_RESUME_ENV = "KDWB_AUTO_RESUME"
 def auto_resume_enabled() -> bool:
     """Whether a run whose process died is queued again once (``KDWB_AUTO_RESUME=0``: no)."""
     return os.environ.get(AUTO_RESUME_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def silent_after() -> float:
+    """Seconds of silence after which a holder is taken for dead (``KDWB_SILENT_AFTER_S``)."""
+    return silent_after_s(SILENT_AFTER_S)
 
 
 def device_key(device: str) -> str:
@@ -89,19 +101,20 @@ class Executor:
             object.__setattr__(self, "id", new_id(f"{self.kind}-"))
 
     def claim_fields(self) -> dict[str, Any]:
-        return {"claimed_by": self.id, "host": self.host, "pid": self.pid, "heartbeat": time.time()}
+        return {"claimed_by": self.id, "host": self.host, "pid": self.pid, **beat_fields()}
 
 
-def holder_alive(record: dict[str, Any], now: float | None = None) -> bool:
-    """Whether the process that claimed ``record`` may still be running it."""
-    now = time.time() if now is None else now
-    beat = record.get("heartbeat")
-    if beat is not None and now - beat > SILENT_AFTER_S:
+def holder_alive(record: dict[str, Any]) -> bool:
+    """Whether the process that claimed ``record`` may still be running it: it beat within
+    ``silent_after()`` (by the heartbeat's age, ``liveness.beat_age``) and, on this host, its
+    process exists (a zombie, killed and not yet reaped, is dead)."""
+    holder = (record.get("claimed_by") or record.get("id"), record.get("claims"))
+    age = beat_age(record, holder)
+    if age is not None and age > silent_after():
         return False
     if record.get("host") == HOST:
-        pid = record.get("pid")
-        return process_alive(pid)  # a zombie (killed, not yet reaped) is dead
-    return beat is not None  # another host: alive while it beats
+        return process_alive(record.get("pid"))
+    return age is not None  # another host: alive while it beats
 
 
 # ------------------------------------------------------------------ claims
@@ -134,7 +147,7 @@ def claim(
         status="running",
         **executor.claim_fields(),
         claimed_at=time.time(),
-        claims=lambda r: (r.get("claims") or 0) + 1,
+        claims=lambda r: (r.get("claims") or 0) + 1,  # the claim's fencing token
     )
     if claimed is not None:
         store.set(f"served:{claimed.get('owner') or ''}", claimed["claimed_at"])
@@ -223,12 +236,12 @@ def claim_next(
 
 def heartbeat(store: Store, executor: Executor, run_ids: Iterable[str]) -> None:
     """Refresh the claims ``executor`` holds (a run that moved on is left alone)."""
-    now = time.time()
+    beat = beat_fields()
     for run_id in run_ids:
         store.update_run_if(
             run_id,
             lambda r: r["status"] == "running" and r.get("claimed_by") == executor.id,
-            heartbeat=now,
+            **beat,
         )
 
 
@@ -273,15 +286,19 @@ def recover(store: Store, *, auto_resume: bool | None = None) -> list[str]:
     (``auto_resumes`` counts it) unless ``auto_resume`` is off. Returns the ids it touched."""
     auto_resume = auto_resume_enabled() if auto_resume is None else auto_resume
     touched = []
-    now = time.time()
     for record in store.list_runs(status="running"):
-        if holder_alive(record, now):
+        if holder_alive(record):
             continue
         again = auto_resume and (record.get("auto_resumes") or 0) < 1
         message = "the process running this run stopped before it finished"
+        claims = record.get("claims")
         changed = store.update_run_if(
             record["id"],
-            lambda r: r["status"] == "running" and not holder_alive(r, now),
+            lambda r, claims=claims: (
+                r["status"] == "running"
+                and r.get("claims") == claims  # not claimed again meanwhile
+                and not holder_alive(r)
+            ),
             status="queued" if again else "interrupted",
             error=None if again else message,
             note=f"{message}; resumed automatically from its last checkpoint" if again else None,
@@ -303,7 +320,7 @@ def register_worker(store: Store, executor: Executor, devices: dict[str, int]) -
             "host": executor.host,
             "pid": executor.pid,
             "devices": dict(devices),
-            "heartbeat": time.time(),
+            **beat_fields(),
         },
     )
 
@@ -329,5 +346,4 @@ def plan(
 
 def live_workers(store: Store) -> list[dict[str, Any]]:
     """Worker processes that beat recently (and, on this host, whose process exists)."""
-    now = time.time()
-    return [w for w in store.values("worker:") if holder_alive(w, now)]
+    return [w for w in store.values("worker:") if holder_alive(w)]

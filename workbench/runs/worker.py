@@ -53,14 +53,14 @@ def serve(
     )
     try:
         while not stop.is_set():
-            runqueue.register_worker(store, manager.executor, device_slots)
+            runqueue.register_worker(manager.store, manager.executor, device_slots)
             if once and manager.wait(timeout=runqueue.HEARTBEAT_S):
                 break
             stop.wait(runqueue.HEARTBEAT_S)
     except KeyboardInterrupt:
         pass
     finally:
-        runqueue.unregister_worker(store, manager.executor)
+        runqueue.unregister_worker(manager.store, manager.executor)
         manager.close()
         for run_id in manager.running():  # leave them to recovery, resumable
             print(f"[worker] run {run_id} left running; it will be resumed", file=sys.stderr)

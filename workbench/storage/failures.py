@@ -27,12 +27,16 @@ __all__ = [
     "full_disk_error",
     "is_disk_full",
     "raise_storage",
+    "refuse_lost_index",
+    "repair_marker",
     "storage_error",
+    "write_errno",
 ]
 
 DB_NAME = "cache.db"  # diskcache's file name inside home/store
 REPAIR = "python -m workbench store repair"
 CHECK = "python -m workbench store check"
+REPAIR_MARKER = "store.repairing.json"  # beside store/: written before a repair moves it aside
 STORAGE_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout, pickle.UnpicklingError, EOFError)
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -136,3 +140,49 @@ def raise_storage(exc: BaseException, home: Path, what: str) -> NoReturn:
     if error is None:
         raise exc
     raise error from exc
+
+
+def repair_marker(home: Path) -> Path:
+    """The file a repair keeps while it rebuilds the index: present after the repair ends
+    means it was interrupted, and the index holds only part of the runs."""
+    return Path(home) / REPAIR_MARKER
+
+
+def refuse_lost_index(home: Path) -> None:
+    """Refuse to open an index that is not whole: a repair was interrupted (its marker is
+    left), or the index is missing or zero bytes next to run files (an index in WAL mode is
+    never zero bytes: its header page is written when it is made)."""
+    marker = repair_marker(home)
+    if marker.exists():
+        raise StoreError(
+            f"a `store repair` of {home} was interrupted ({marker} is left), so the run index "
+            f"holds only part of the runs: run `{REPAIR}` again to finish it"
+        )
+    db = Path(home) / "store" / DB_NAME
+    with contextlib.suppress(OSError):
+        if db.stat().st_size > 0:
+            return
+    try:
+        files = [
+            f
+            for f in (Path(home) / "checkpoints").iterdir()
+            if not f.name.startswith(".") and f.suffix in (".pt", ".json")
+        ]
+    except OSError:
+        return
+    if files:
+        state = "empty (0 bytes)" if db.exists() else "missing"
+        raise StoreError(
+            f"the run index {db} is {state}, but {Path(home) / 'checkpoints'} holds "
+            f"{len(files)} run files (checkpoints, manifests): run `{REPAIR}` to rebuild "
+            "the index from the run manifests"
+        )
+
+
+def write_errno(path: Path) -> int:
+    """The errno for a write of ``path`` that torch reported only as failed (``RuntimeError:
+    [enforce fail at inline_container.cc]``): ENOSPC when its disk is (nearly) full, else EIO."""
+    try:
+        return errno.ENOSPC if shutil.disk_usage(Path(path).parent).free < 2**20 else errno.EIO
+    except OSError:
+        return errno.EIO

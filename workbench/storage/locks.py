@@ -3,7 +3,8 @@
 A lock is one key of the store's database, ``lock:<name>``, whose value names its holder: host,
 pid (with the process's start time, so that a reused pid is not taken for the holder), thread,
 a description written for people ("run X, which is training teacher resnet18") and a heartbeat
-that a background thread refreshes while the lock is held. A waiter takes the lock over at once
+that a background thread refreshes while the lock is held (its age is read on one monotonic
+clock, ``workbench.storage.liveness``, so a process whose wall clock is off takes no live lock). A waiter takes the lock over at once
 when its holder is dead (same host and pid namespace, process gone) or silent (no heartbeat for ``stale_after``
 seconds: another host, a hung or stopped process).
 
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workbench.errors import StoreError
+from workbench.storage.liveness import beat_age, beat_fields
 
 __all__ = ["HOST", "LockHandle", "acquire", "describe_holder", "process_alive"]
 
@@ -106,7 +108,7 @@ def _why_stale(holder: Any, stale_after: float) -> str | None:
     same_host = holder.get("host") == HOST and holder.get("pid_namespace") == _PID_NAMESPACE
     if same_host and not process_alive(holder.get("pid", -1), holder.get("pid_started")):
         return "its process is gone"
-    silent_for = time.time() - float(holder.get("heartbeat", 0.0))
+    silent_for = beat_age(holder, holder.get("token")) or 0.0  # not two wall clocks compared
     limit = max(stale_after, 4 * float(holder.get("heartbeat_s", 0.0)))
     if silent_for > limit:
         return f"its heartbeat stopped {silent_for:.0f} s ago (limit {limit:.0f} s)"
@@ -143,7 +145,7 @@ class LockHandle:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
             try:
-                if not self._update(heartbeat=time.time()):
+                if not self._update(**beat_fields()):
                     log.error(
                         "lock %s was taken over by another process while this one held it "
                         "(its heartbeat was late by more than the limit); the work done under "
@@ -185,7 +187,7 @@ def _try_acquire(
 ) -> tuple[bool, Any, str | None]:
     """``(acquired, previous holder, why it was taken over)``."""
     now = time.time()
-    mine.update(acquired_at=now, heartbeat=now)  # fresh: a long wait must not look silent
+    mine.update(acquired_at=now, **beat_fields())  # fresh: a long wait must not look silent
     if db.add(key, mine):  # free: one INSERT
         return True, None, None
     with db.transact():
@@ -223,7 +225,7 @@ def acquire(
         "thread_id": threading.get_ident(),
         "description": description,
         "acquired_at": now,
-        "heartbeat": now,
+        **beat_fields(),
         "heartbeat_s": heartbeat,
     }
     level = logging.INFO if on_wait else logging.WARNING  # on_wait shows it: no echo on stderr

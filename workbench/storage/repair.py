@@ -9,7 +9,9 @@ and fills in what a readable index lost (a history whose value file is gone, a m
 manifest, a probe). A manifest written before manifests held probes gives none back: such a
 run shows its probe as missing.
 
-Run both with the app and the workers stopped: a repair replaces the index they have open.
+Run both with the app and the workers stopped: a repair replaces the index they have open. One
+that is still running notices (``Store.index_replaced``): its runs stop writing (their claims
+are fenced, ``workbench.storage.fencing``) and a worker reopens the new index, saying so.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import numpy as np
 
 from workbench.errors import StoreError
 from workbench.runs import queue as runqueue
-from workbench.storage.failures import DB_NAME, REPAIR
-from workbench.storage.manifests import read_manifest
+from workbench.storage.failures import DB_NAME, REPAIR, repair_marker
+from workbench.storage.manifests import read_manifest, write_json_atomic
 from workbench.storage.store import RUN_FILE_SUFFIXES, Store, default_home
 
 __all__ = ["CheckReport", "Finding", "RepairReport", "check_store", "repair_store"]
@@ -51,7 +53,7 @@ class Finding:
 @dataclass
 class CheckReport:
     home: Path
-    index: str  # "ok", "missing", "empty", "damaged", "read-only"
+    index: str  # "ok", "missing", "empty", "damaged", "incomplete" (repair cut short), "read-only"
     runs: int  # runs listed in the index
     manifests: int  # run manifests on disk
     findings: list[Finding] = field(default_factory=list)
@@ -166,10 +168,12 @@ def check_store(home: str | Path | None = None) -> CheckReport:
     files, suites, leftovers = _scan(home)
     manifests = sorted(r for r, s in files.items() if ".manifest.json" in s)
     state, detail = _index_state(home)
+    if state == "ok" and repair_marker(home).exists():
+        state, detail = "incomplete", f"a repair was interrupted ({repair_marker(home)} is left)"
     report = CheckReport(home, state, 0, len(manifests))
     add = report.findings.append
     if state != "ok":
-        what = {"missing": "is missing", "empty": "is empty"}.get(state, f"is damaged ({detail})")
+        what = {"missing": "is missing", "empty": "is empty"}.get(state, f"is {state} ({detail})")
         add(
             Finding(
                 "index",
@@ -300,30 +304,32 @@ def _check_runs(store: Store, files: dict[str, set[str]], report: CheckReport) -
 
 # ---------------------------------------------------------------------------- repair
 def repair_store(home: str | Path | None = None) -> RepairReport:
-    """Rebuild the run index from the manifests; see the module docstring."""
+    """Rebuild the run index from the manifests; see the module docstring. A marker file
+    (``store.repairing.json``) is kept from before the index is moved aside until every run
+    is restored: a repair killed on the way leaves it, every store open and ``store check``
+    then say so, and the next repair finishes the work (restoring every run again)."""
     home = Path(home) if home is not None else default_home()
+    marker = repair_marker(home)
+    finishing = marker.exists()
     state, _detail = _index_state(home)
     moved = None
     if state != "ok" and (home / "store").is_dir() and any((home / "store").iterdir()):
         moved = home / f"store.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-        try:  # the whole folder: the index and its value files
-            os.rename(home / "store", moved)
-        except OSError as exc:
-            raise StoreError(
-                f"could not move the damaged index {home / 'store'} aside to {moved} "
-                f"({exc.strerror}); move it yourself, then run `{REPAIR}` again"
-            ) from None
+    _write_marker(marker, moved)  # until every run is back: no one opens a partial index
+    if moved is not None:
+        _move_aside(home, moved)
     files, suites, leftovers = _scan(home)
     store = Store(home, rebuilding=True)
     try:
         if store.read_only is not None:
             raise store.read_only
-        restored, histories, written = _restore_runs(store, files)
+        restored, histories, written = _restore_runs(store, files, overwrite=finishing)
         restored_suites = _restore_suites(store, suites)
         if restored:
             runqueue.recover(store)  # restored `running` runs whose process is gone
     finally:
         store.close()
+    marker.unlink(missing_ok=True)  # every run is back: the index is whole
     removed = []
     for path in leftovers:
         if _old(path):
@@ -333,6 +339,28 @@ def repair_store(home: str | Path | None = None) -> RepairReport:
     return RepairReport(
         home, moved, restored, restored_suites, written, histories, removed, check_store(home)
     )
+
+
+def _write_marker(marker: Path, moved: Path | None) -> None:
+    info = {"started_at": time.time(), "pid": os.getpid(), "moved_aside": str(moved or "")}
+    try:
+        write_json_atomic(marker, info)
+    except OSError as exc:
+        raise StoreError(
+            f"could not write {marker} ({exc.strerror}), which marks a repair in progress: "
+            f"free space or fix the folder's permissions, then run `{REPAIR}` again"
+        ) from None
+
+
+def _move_aside(home: Path, moved: Path) -> None:
+    try:  # the whole folder: the index and its value files
+        os.rename(home / "store", moved)
+    except OSError as exc:
+        repair_marker(home).unlink(missing_ok=True)  # nothing was moved: nothing to finish
+        raise StoreError(
+            f"could not move the damaged index {home / 'store'} aside to {moved} "
+            f"({exc.strerror}); move it yourself, then run `{REPAIR}` again"
+        ) from None
 
 
 def probe_arrays(probe: dict[str, Any]) -> dict[str, Any]:
@@ -358,8 +386,11 @@ def _restore_probe(store: Store, run_id: str, manifest: dict[str, Any] | None) -
 
 
 def _restore_runs(
-    store: Store, files: dict[str, set[str]]
+    store: Store, files: dict[str, set[str]], *, overwrite: bool = False
 ) -> tuple[list[str], list[str], list[str]]:
+    """Put back every run that has a manifest and is not indexed (``overwrite``: every run
+    with a manifest, when finishing an interrupted repair whose last run may be half
+    written); then the teachers' registry and the manifests the index has and the disk lacks."""
     restored, histories, written = [], [], []
     teachers: dict[str, tuple[float, str]] = {}
     for run_id, present in sorted(files.items()):
@@ -367,7 +398,7 @@ def _restore_runs(
         if ".manifest.json" in present:
             with contextlib.suppress(StoreError):
                 manifest = read_manifest(store.manifest_path(run_id))
-        if not store.has_run(run_id):
+        if overwrite or not store.has_run(run_id):
             if manifest is None:
                 continue
             record: dict[str, Any] = manifest["record"]

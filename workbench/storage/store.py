@@ -44,6 +44,7 @@ from workbench.storage.failures import (
     full_disk_error,
     is_disk_full,
     raise_storage,
+    refuse_lost_index,
     storage_error,
 )
 from workbench.storage.guarded_index import GuardedIndex, ReadOnlyIndex
@@ -64,6 +65,14 @@ MANIFEST_FIELDS = frozenset(
     {"owner", "private", "name", "tags", "suite", "variant", "probe_saved_at"}
 )
 log = logging.getLogger("kdwb.store")
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def default_home() -> Path:
@@ -91,7 +100,7 @@ class Store:
         except OSError as exc:
             raise_storage(exc, self.home, "creating the run store")
         if not rebuilding:
-            self._refuse_lost_index()
+            refuse_lost_index(self.home)
         try:
             db: Any = diskcache.Cache(
                 str(self.home / "store"), size_limit=2**40, eviction_policy="none"
@@ -106,36 +115,24 @@ class Store:
             db = ReadOnlyIndex(self.home / "store", self.read_only)
             log.info("the run store is open read-only: %s", self.read_only)
         self._db = GuardedIndex(db, self.home)
+        self._index_file = _file_identity(self.db_path)
 
     @property
     def db_path(self) -> Path:
         return self.home / "store" / DB_NAME
 
-    def _refuse_lost_index(self) -> None:
-        """A missing or zero-byte index next to run files is damage, not an empty store (an
-        index in WAL mode is never zero bytes: its header page is written when it is made)."""
-        db = self.db_path
-        with contextlib.suppress(OSError):
-            if db.stat().st_size > 0:
-                return
-        try:
-            files = [
-                f
-                for f in (self.home / "checkpoints").iterdir()
-                if not f.name.startswith(".") and f.suffix in (".pt", ".json")
-            ]
-        except OSError:
-            return
-        if files:
-            state = "empty (0 bytes)" if db.exists() else "missing"
-            raise StoreError(
-                f"the run index {db} is {state}, but {self.home / 'checkpoints'} holds "
-                f"{len(files)} run files (checkpoints, manifests): run `{REPAIR}` to rebuild "
-                "the index from the run manifests"
-            )
-
     def close(self) -> None:
         self._db.close()
+
+    def index_replaced(self) -> bool:
+        """Whether the index file this store opened was moved or replaced since (``store
+        repair`` moves a damaged one aside): its writes would then go to a file nobody reads."""
+        return self.read_only is None and _file_identity(self.db_path) != self._index_file
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """One store transaction (SQLite ``BEGIN IMMEDIATE``): reads and writes in it are
+        atomic with respect to every other process; re-entrant in one thread."""
+        return self._db.transact()
 
     # ------------------------------------------------------------------ run records
     def create_run(

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from workbench.errors import CheckpointError
+from workbench.storage.failures import write_errno
 
-__all__ = ["FORMAT", "delete_state", "load_state", "save_state", "state_path"]
+__all__ = ["FORMAT", "delete_state", "load_state", "save_state", "state_path", "write_state"]
 
 FORMAT = 1  # bump when the layout of the state changes; an older file is then not resumed
 
@@ -32,19 +33,29 @@ def state_path(home: str | Path, run_id: str) -> Path:
 
 
 def save_state(home: str | Path, run_id: str, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically (temporary file, fsync, rename)."""
+    """Write ``state`` atomically (temporary file, fsync, rename); the engine's writes go
+    through ``FencedRun.replace_file`` with ``write_state`` instead."""
     path = state_path(home, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            torch.save({"format": FORMAT, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_state(tmp, state)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` and flush it to disk. A failed write (torch reports a full
+    disk as ``RuntimeError: [enforce fail at inline_container.cc]``) is an OSError."""
+    try:
+        with open(path, "wb") as fh:
+            torch.save({"format": FORMAT, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except RuntimeError as exc:
+        raise OSError(write_errno(path), f"writing {path} failed ({exc})") from exc
 
 
 def load_state(home: str | Path, run_id: str) -> dict[str, Any] | None:

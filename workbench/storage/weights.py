@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.errors import CheckpointError
-from workbench.storage.failures import CHECK
+from workbench.storage.failures import CHECK, write_errno
 
 if TYPE_CHECKING:  # torch is imported where a file is read: pages load faster
     import torch
@@ -27,8 +27,11 @@ def write_weights_file(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
 
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
-        with open(tmp, "wb") as f:  # a file object: a full disk is an OSError, not torch's
-            torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, f)
+        with open(tmp, "wb") as f:  # a file object: a full disk is an OSError, mostly
+            try:
+                torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, f)
+            except RuntimeError as exc:  # torch's own "file write failed": the same error
+                raise OSError(write_errno(path), f"writing {path} failed ({exc})") from exc
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

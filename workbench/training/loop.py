@@ -12,6 +12,7 @@ the named steps advance it (``workbench.training.steps``), and a run with a trai
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from typing import Any
@@ -23,6 +24,8 @@ from workbench.data.datasets import load_dataset, train_subset
 from workbench.distill.taps import FeatureTaps
 from workbench.errors import WorkbenchError
 from workbench.storage import training_state as checkpoints
+from workbench.storage.failures import full_disk_error, is_disk_full
+from workbench.storage.fencing import FencedRun, LostClaim
 from workbench.storage.locks import HOST
 from workbench.storage.store import Store
 from workbench.training.events import Diverged, OnStep, StopFlag, Stopped
@@ -40,6 +43,8 @@ from workbench.training.teachers import remember_teacher, teacher_for_run, teach
 
 __all__ = ["prepare", "run"]
 
+log = logging.getLogger("kdwb.run")
+
 
 def run(
     config: RunConfig,
@@ -47,6 +52,7 @@ def run(
     on_step: OnStep | None = None,
     stop: StopFlag | None = None,
     run_id: str | None = None,
+    fence: int | None = None,
 ) -> dict[str, Any]:
     """Train one run to the end and return its record (never raises for a failed run).
 
@@ -55,26 +61,70 @@ def run(
     that of an uninterrupted run. Status at the end: ``completed``; ``cancelled`` when ``stop``
     is set or a cancel is requested in the store; ``diverged`` (with ``diverged_step``) on a
     NaN/inf loss; ``failed`` with the message on any exception, CUDA out-of-memory included.
+
+    ``fence``: the run's ``claims`` when the caller claimed it (default: as it is now). Every
+    write checks it (``workbench.storage.fencing``): when another executor has claimed the run
+    since, training stops at its next write, leaves the stored record alone and says so (in the
+    log, and as status ``lost`` in the end event and the record returned, which is not stored).
     """
     run_id = run_id or store.create_run(config, status="running")  # never seen as queued
+    fenced = FencedRun(
+        store, run_id, store.get_run(run_id).get("claims") if fence is None else fence
+    )
+    try:
+        _start(fenced, unclaimed=fence is None)
+        status, fields = _train_safely(config, store, run_id, on_step, stop, fenced)
+        record = _end(config, store, fenced, status, fields)
+    except LostClaim as exc:  # what this process knows of it, not the current holder's record
+        log.warning("%s", exc)
+        record = {**(store.get("run:" + run_id) or {"id": run_id}), "status": "lost"}
+        record["error"] = str(exc)
+        if on_step:
+            on_step(
+                {
+                    "run_id": run_id,
+                    "role": config.role,
+                    "phase": "end",
+                    "status": "lost",
+                    "error": str(exc),
+                }
+            )
+        return record
+    if on_step:
+        end = {"run_id": run_id, "role": config.role, "phase": "end", "status": status}
+        on_step(end | {"error": record.get("error")})
+    return record
+
+
+def _start(fenced: FencedRun, *, unclaimed: bool) -> None:
+    """Mark the run running here, if its claim is still ``fenced.token`` (``unclaimed``: the
+    caller did not claim it, so a queued run is taken as it is); ``LostClaim`` otherwise."""
     started = time.time()
-    store.update_run_if(  # `executions` counts the starts: a run is executed once per claim
-        run_id,
-        lambda record: True,
+    statuses = ("running", "queued") if unclaimed else ("running",)
+    record = fenced.store.update_run_if(  # `executions` counts the starts: once per claim
+        fenced.run_id,
+        lambda r: r["status"] in statuses and r.get("claims") == fenced.token,
         status="running",
-        started_at=lambda record: record.get("started_at") or started,
+        started_at=lambda r: r.get("started_at") or started,
         finished_at=None,
         error=None,
         pid=os.getpid(),
         host=HOST,
-        executions=lambda record: (record.get("executions") or 0) + 1,
+        executions=lambda r: (r.get("executions") or 0) + 1,
     )
-    status, fields = _train_safely(config, store, run_id, on_step, stop)
+    if record is None:
+        fenced.check()  # raises LostClaim, saying why
+
+
+def _end(
+    config: RunConfig, store: Store, fenced: FencedRun, status: str, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the final status (while the claim holds), then tidy up after a completed run."""
+    run_id = fenced.run_id
     finished = time.time()
     if status == "completed" and config.role == "teacher":  # kept in the manifest for repair
         fields["teacher_key"] = teacher_key(config)
-    record = store.update_run(
-        run_id,
+    record = fenced.update(
         status=status,
         finished_at=finished,
         seconds=finished - store.get_run(run_id)["started_at"],
@@ -84,18 +134,24 @@ def run(
         checkpoints.delete_state(store.home, run_id)  # its final weights are the plain checkpoint
         if config.role == "teacher":
             remember_teacher(store, config, run_id, record.get("owner") or "")  # students reuse it
-    if on_step:
-        end = {"run_id": run_id, "role": config.role, "phase": "end", "status": status}
-        on_step(end | {"error": record.get("error")})
     return record
 
 
 def _train_safely(
-    config: RunConfig, store: Store, run_id: str, on_step: OnStep | None, stop: StopFlag | None
+    config: RunConfig,
+    store: Store,
+    run_id: str,
+    on_step: OnStep | None,
+    stop: StopFlag | None,
+    fenced: FencedRun,
 ) -> tuple[str, dict[str, Any]]:
-    """``_train`` with every way it can end turned into a final status and record fields."""
+    """``_train`` with every way it can end turned into a final status and record fields
+    (``LostClaim`` passes: another executor holds the run now, and nothing may be written)."""
     try:
-        return "completed", _train(config, store, run_id, on_step or (lambda event: None), stop)
+        on_step = on_step or (lambda event: None)
+        return "completed", _train(config, store, run_id, on_step, stop, fenced)
+    except LostClaim:
+        raise  # not an end of the run: its current holder writes that
     except (Stopped, KeyboardInterrupt):
         return "cancelled", {}
     except Diverged as exc:
@@ -111,28 +167,47 @@ def _train_safely(
     except (
         Exception
     ) as exc:  # a bug or an environment problem: keep the message, keep the store sane
+        if is_disk_full(exc, store.home):
+            return "failed", {"error": str(full_disk_error(store.home, f"saving run {run_id}"))}
         return "failed", {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _train(
-    config: RunConfig, store: Store, run_id: str, on_step: OnStep, stop: StopFlag | None
+    config: RunConfig,
+    store: Store,
+    run_id: str,
+    on_step: OnStep,
+    stop: StopFlag | None,
+    fenced: FencedRun,
 ) -> dict[str, Any]:
     """Prepare (or restore) the run, train its remaining epochs, finish it. The teacher is
     lent from the process's warm pool for the whole run (``workbench.training.teacher_pool``) and goes back to
     it when the run ends cleanly."""
     state = checkpoints.load_state(store.home, run_id)
     with contextlib.ExitStack() as leases:
-        t = prepare(config, store, run_id, on_step, stop, leases=leases)
+        t = prepare(config, store, run_id, on_step, stop, leases=leases, fenced=fenced)
         if state is not None:
             restore(t, state)
         else:  # a first start, or a restart of a run that never finished an epoch
-            store.set_history(run_id, [])
-            store.set_epochs(run_id, [])
+            fenced.set_history([])
+            fenced.set_epochs([])
         with FeatureTaps(t.model, t.student_paths) as taps:
             for epoch in range(t.epoch + 1, config.epochs + 1):
                 train_epoch(t, epoch, taps)
                 end_epoch(t, epoch)
         return {"metrics": finish(t)}
+
+
+def _training_split(
+    config: RunConfig, data: Any, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The training images and labels on the device (all, or the recipe's fraction), the
+    batch size and the steps per epoch (the ragged last batch is dropped: BatchNorm needs
+    more than one sample)."""
+    subset = train_subset(data.train_y, config.train_fraction)  # [M]
+    train_x, train_y = data.train_x[subset].to(device), data.train_y[subset].to(device)
+    batch = min(config.batch_size, len(train_y))
+    return train_x, train_y, batch, max(1, len(train_y) // batch)
 
 
 def prepare(
@@ -142,23 +217,22 @@ def prepare(
     on_step: OnStep = lambda event: None,
     stop: StopFlag | None = None,
     leases: contextlib.ExitStack | None = None,
+    fenced: FencedRun | None = None,
 ) -> Training:
-    """Data, teacher (with ``leases``: lent warm until they close), model, loss, optimizer."""
+    """Data, teacher (with ``leases``: lent warm until they close), model, loss, optimizer;
+    ``fenced``: the run's writes (default, outside ``run``: checked against the run as it is)."""
+    fenced = fenced or FencedRun.as_it_is(store, run_id)
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, data_path=config.data_path)
     teacher, teacher_id = teacher_for_run(
         config, store, run_id, data, device, on_step, stop, leases, train=run
     )
-    store.update_run(run_id, teacher_run=teacher_id)
+    fenced.update(teacher_run=teacher_id)
     model, hybrid, generator, model_generator, pairs, s_layers, t_layers = build_model_and_loss(
         config, data, teacher, device
     )
     optimizer = build_optimizer(model, hybrid, lr=config.lr, device=device)
-    subset = train_subset(data.train_y, config.train_fraction)  # [M]: all, or a reduced recipe
-    train_x, train_y = data.train_x[subset].to(device), data.train_y[subset].to(device)
-    n = len(train_y)
-    batch = min(config.batch_size, n)
-    steps_per_epoch = max(1, n // batch)  # drop the ragged last batch (BatchNorm needs > 1 sample)
+    train_x, train_y, batch, steps_per_epoch = _training_split(config, data, device)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=steps_per_epoch * config.epochs
     )
@@ -199,4 +273,5 @@ def prepare(
         steps_per_epoch=steps_per_epoch,
         amp_dtype=amp_dtype,
         use_amp=use_amp,
+        fenced=fenced,
     )

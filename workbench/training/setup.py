@@ -20,6 +20,7 @@ from workbench.distill.model_pair import configured_pairs
 from workbench.distill.taps import build_adapters
 from workbench.errors import ConfigError
 from workbench.models.registry import build_model, feature_layers
+from workbench.storage.fencing import FencedRun
 from workbench.storage.store import Store
 from workbench.training import teacher_pool as warm
 from workbench.training.events import OnStep, StopFlag
@@ -88,6 +89,7 @@ class Training:
     steps_per_epoch: int
     amp_dtype: torch.dtype
     use_amp: bool
+    fenced: FencedRun  # every write of the run, checked against its claim
     started: float = field(default_factory=time.time)
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_rows: list[dict[str, Any]] = field(default_factory=list)

@@ -24,6 +24,8 @@ from workbench.distill.hybrid import HybridLoss
 from workbench.distill.taps import FeatureTaps
 from workbench.errors import CheckpointError
 from workbench.storage import training_state as checkpoints
+from workbench.storage.liveness import beat_fields
+from workbench.storage.weights import write_weights_file
 from workbench.training.events import Diverged, Stopped
 from workbench.training.probe import per_class_accuracy, run_probe
 from workbench.training.setup import Training
@@ -115,7 +117,7 @@ def log_step(
     if shares is not None:
         row.update({SHARE_FIELDS[k]: v for k, v in shares.items()})
     t.history.append(row)
-    t.store.save_history_tail(t.run_id, t.history)
+    t.fenced.history_tail(t.history)
     eta = t.elapsed() / t.step * (t.total_steps - t.step)
     progress = {
         "epoch": epoch,
@@ -124,7 +126,7 @@ def log_step(
         "total_steps": t.total_steps,
         "eta_s": eta,
     }
-    t.store.update_run(t.run_id, progress=progress, heartbeat=time.time())
+    t.fenced.update(progress=progress, **beat_fields())
     t.on_step(
         {
             "run_id": t.run_id,
@@ -158,9 +160,13 @@ def end_epoch(t: Training, epoch: int) -> dict[str, Any]:
     }
     t.epoch_rows.append(row)
     t.epoch = epoch
-    t.store.set_epochs(t.run_id, t.epoch_rows)
-    checkpoints.save_state(t.store.home, t.run_id, training_state(t))
-    t.store.write_manifest(t.run_id)  # what `store repair` rebuilds the index from
+    t.fenced.set_epochs(t.epoch_rows)
+    state = training_state(t)
+    t.fenced.replace_file(
+        lambda tmp: checkpoints.write_state(tmp, state),
+        checkpoints.state_path(t.store.home, t.run_id),
+    )
+    t.fenced.write_manifest()  # what `store repair` rebuilds the index from
     t.on_step(
         {
             "run_id": t.run_id,
@@ -183,7 +189,10 @@ def finish(t: Training) -> dict[str, Any]:
     Validation chose nothing here but is what the weighting saw; the headline numbers
     (``test_acc``, the teacher's accuracy, the agreement, per-class accuracy) are measured on
     the test split, which nothing in training looked at."""
-    t.store.save_weights(t.run_id, t.model.state_dict())
+    weights = t.model.state_dict()
+    t.fenced.replace_file(
+        lambda tmp: write_weights_file(tmp, weights), t.store.weights_path(t.run_id)
+    )
     test_pred = evaluate(t.model, t.test_x)  # [N_test]
     test_y = t.data.test_y
     correct = test_pred == test_y  # [N_test]
@@ -198,7 +207,7 @@ def finish(t: Training) -> dict[str, Any]:
         "final_losses": {k: t.history[-1][k] for k in (*COMPONENTS, "total")} if t.history else {},
         "per_class_acc": per_class_accuracy(test_pred, test_y, t.data.num_classes),
     }
-    t.store.update_run(t.run_id, metrics=metrics)
+    t.fenced.update(metrics=metrics)
     if t.config.role == "student":
         probe = run_probe(
             student=t.model,
@@ -217,7 +226,7 @@ def finish(t: Training) -> dict[str, Any]:
         probe["per_class_acc"] = metrics["per_class_acc"]
         probe["agreement"] = metrics["agreement"]
         probe["test_correct"] = correct.to(torch.uint8).tolist()  # per-image tests (McNemar)
-        t.store.save_probe(t.run_id, probe)
+        t.fenced.save_probe(probe)
     return metrics
 
 
@@ -258,8 +267,8 @@ def restore(t: Training, state: dict[str, Any]) -> None:
     t.started = time.time() - state["elapsed"]
     t.history = [r for r in t.store.history(t.run_id) if r["step"] <= t.step]
     t.epoch_rows = [r for r in t.store.epochs(t.run_id) if r["epoch"] <= t.epoch]
-    t.store.set_history(t.run_id, t.history)
-    t.store.set_epochs(t.run_id, t.epoch_rows)
+    t.fenced.set_history(t.history)
+    t.fenced.set_epochs(t.epoch_rows)
 
 
 def _log_row(
