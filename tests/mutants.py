@@ -323,6 +323,32 @@ MUTANTS = [
         '(0, "unpacks to")',
         ("tests/test_hardening.py::test_a_decompression_bomb_is_refused_before_it_is_loaded",),
     ),
+    # --- issue 18: fencing, one clock, an interrupted repair ---
+    Mutant(
+        "a stale holder's writes are not fenced",
+        "workbench/storage/fencing.py",
+        '    if record.get("claims") != token:',
+        "    if False:",
+        (
+            "tests/test_fencing.py::test_a_stale_holder_writes_nothing_after_the_run_is_claimed_again",
+        ),
+    ),
+    Mutant(
+        "heartbeats aged by the observer's wall clock",
+        "workbench/storage/liveness.py",
+        "        return max(0.0, time.monotonic() - float(mono))",
+        "        return max(0.0, time.time() - float(beat))",
+        ("tests/test_fencing.py::test_a_heartbeat_of_this_machine_is_aged_on_its_monotonic_clock",),
+    ),
+    Mutant(
+        "an interrupted repair left unmarked",
+        "workbench/storage/repair.py",
+        "    _write_marker(marker, moved)",
+        "    pass",
+        (
+            "tests/test_repair_faults.py::test_a_repair_killed_half_way_is_detected_and_finished_by_the_next",
+        ),
+    ),
 ]
 
 
