@@ -554,3 +554,19 @@ def test_another_users_private_teacher_is_never_used_silently(store):
     assert run_as("alice", config.replace(seed=1))["teacher_run"] == alices  # hers, still
     assert run_as("carol")["teacher_run"] == bobs  # the public one is shared
     assert sum(r["role"] == "teacher" for r in store.list_runs()) == 2
+
+
+def test_another_users_private_unfinished_teacher_is_not_resumed_for_a_student(store):
+    """The third path by which a run names another: a teacher a dead process left unfinished
+    is taken back by the next student of its recipe, but never someone else's private one."""
+    from workbench.training.loop import run
+
+    config = RunConfig(
+        teacher="small_cnn", student="mlp", epochs=1, teacher_epochs=1, batch_size=128, device="cpu"
+    )
+    hers = store.create_run(config.teacher_config(), owner="alice", private=True)
+    store.update_run(hers, status="interrupted")
+    bob = run(config, store, run_id=store.create_run(config, owner="bob"))
+    assert bob["status"] == "completed" and bob["teacher_run"] not in (None, hers)
+    record = store.get_run(hers)
+    assert record["status"] == "interrupted" and not record.get("claims")  # never taken
