@@ -194,8 +194,10 @@ def test_a_folder_as_config_is_refused_in_one_line(home, tmp_path, capsys):
 
 
 def test_ablate_checks_the_same_way(home, capsys):
-    _one_line_refusal(home, capsys, ["ablate", *FAST, "--seeds", "1000"], "--seeds must be")
-    _one_line_refusal(home, capsys, ["ablate", *FAST, "--teacher-run", "nope"], "not in the store")
+    two = ["--teacher", "small_cnn", "--student", "mlp", "--weights", "label=0.5,response=0.5"]
+    _one_line_refusal(home, capsys, ["ablate", *two, "--seeds", "1000"], "--seeds must be")
+    _one_line_refusal(home, capsys, ["ablate", *two, "--teacher-run", "nope"], "not in the store")
+    _one_line_refusal(home, capsys, ["ablate", *FAST], "at least two loss components")
     assert Store(home).list_suites() == []
 
 

@@ -11,92 +11,29 @@ import argparse
 import contextlib
 import json
 import sys
+import threading
 import time
 from typing import Any, NoReturn
 
+from workbench.cli_inputs import (
+    add_run_flags,
+    check_slots,
+    config_from_args,
+    first_ctrl_c_sets,
+)
 from workbench.cli_output import (
     Progress,
     one_line,
     print_record,
     print_suite,
+    reader_gone,
     result_json,
     suite_json,
 )
-from workbench.config.run_config import (
-    RunConfig,
-    check_run_name,
-    parse_weights,
-    summary_of,
-)
-from workbench.errors import WorkbenchError
+from workbench.config.run_config import RunConfig, check_run_name, summary_of
+from workbench.errors import WorkbenchError, quoted
 
-__all__ = ["main"]
-
-# RunConfig fields with a flag of their own (--data-path for data_path, ...). Flags are read as
-# text and converted by RunConfig.parse_field, so a bad value gets the same one-line message
-# (field and allowed range) as in a TOML file or the app.
-_FLAGS = (
-    "dataset",
-    "data_path",
-    "teacher",
-    "student",
-    "teacher_run",
-    "epochs",
-    "teacher_epochs",
-    "batch_size",
-    "lr",
-    "temperature",
-    "feature_kind",
-    "relation_kind",
-    "weighting",
-    "seed",
-    "device",
-    "log_every",
-    "train_fraction",
-)
-
-
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="a TOML file of RunConfig fields; flags override it")
-    for field in _FLAGS:
-        parser.add_argument("--" + field.replace("_", "-"), dest=field, default=None)
-    parser.add_argument("--weights", help="e.g. label=0.3,response=0.3,feature=0.2,relation=0.2")
-    parser.add_argument(
-        "--layer-pairs", help="student:teacher module paths, e.g. block2:layer2.1,block3:layer4.1"
-    )
-    parser.add_argument(
-        "--augment", action="store_true", default=None, help="random shifts (and flips for RGB)"
-    )
-    parser.add_argument(
-        "--no-teacher-cache", dest="teacher_cache", action="store_false", default=None
-    )
-    parser.add_argument("--name", default="", help="a name for the run in the store")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """A RunConfig from ``--config`` (if any) overridden by the flags given."""
-    base = RunConfig.from_toml(args.config).to_dict() if args.config else {}
-    for field in _FLAGS:
-        text = getattr(args, field, None)
-        if text is not None:
-            base[field] = RunConfig.parse_field(field, text)
-    for field in ("augment", "teacher_cache"):  # store_true / store_false: real booleans
-        value = getattr(args, field, None)
-        if value is not None:
-            base[field] = value
-    if args.weights:
-        base["weights"] = parse_weights(args.weights).as_dict()
-    if args.layer_pairs:
-        base["layer_pairs"] = [_parse_pair(p) for p in args.layer_pairs.split(",") if p.strip()]
-    return RunConfig.from_dict(base)
-
-
-def _parse_pair(text: str) -> tuple[str, str]:
-    student, sep, teacher = text.strip().partition(":")
-    if not sep or not student or not teacher:
-        raise WorkbenchError(f"a layer pair looks like student_path:teacher_path, got {text!r}")
-    return student, teacher
+__all__ = ["config_from_args", "main"]
 
 
 def _user(args: argparse.Namespace) -> Any:
@@ -107,8 +44,9 @@ def _user(args: argparse.Namespace) -> Any:
     return cli_user(getattr(args, "user", None), settings.current())
 
 
-def _submit_here(store: Any, user: Any, submissions: list[Any]) -> list[str]:
-    """Runs this process trains itself, through the submit gate (claimed by it at creation)."""
+def _submit_here(store: Any, user: Any, submissions: list[Any], executor: Any = None) -> list[str]:
+    """Runs this process trains itself, through the submit gate (claimed at creation by
+    ``executor``, a new ``cli`` one by default)."""
     from workbench.lab import settings
     from workbench.runs import queue as runqueue
     from workbench.runs.submit import submit_runs
@@ -118,7 +56,7 @@ def _submit_here(store: Any, user: Any, submissions: list[Any]) -> list[str]:
         submissions,
         user=user,
         quotas=settings.current().user_quotas(),
-        executor=runqueue.Executor("cli"),
+        executor=executor or runqueue.Executor("cli"),
     )
 
 
@@ -197,8 +135,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workbench.runs.worker import serve
     from workbench.storage.store import Store
 
-    if args.slots < 1:
-        raise WorkbenchError(f"--slots must be >= 1, got {args.slots}")
+    check_slots(args.slots)
     serve(_opened(Store()), device=args.device, slots=args.slots, once=args.once)
     return 0
 
@@ -233,9 +170,14 @@ def _get_run(store: Any, run_id: str, args: argparse.Namespace) -> dict[str, Any
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    """Train a suite here, one run after another. Ctrl-C stops the suite, not just the run in
+    progress: that run is stopped at its next step and the runs still waiting are cancelled
+    (both resumable with ``resume``). SIGTERM, as for any CLI run, leaves them to recovery,
+    which queues them again for a worker."""
     from workbench.ablation.suites import launch_suite, suite_analysis
+    from workbench.ablation.variants import check_ablatable
+    from workbench.runs import queue as runqueue
     from workbench.storage.store import Store
-    from workbench.training.loop import run
     from workbench.ui.form_values import MAX_SEEDS
 
     config = config_from_args(args)
@@ -244,12 +186,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         raise WorkbenchError(
             f"--seeds must be a whole number from 1 to {MAX_SEEDS}, got {args.seeds}"
         )
+    check_ablatable(config)
     user = _user(args)
     store = _opened(Store())
+    executor = runqueue.Executor("cli")
     queued: list[tuple[str, RunConfig, str]] = []
 
     def submit(submissions: list[Any]) -> list[str]:  # held by this process, never queued
-        run_ids = _submit_here(store, user, submissions)
+        run_ids = _submit_here(store, user, submissions, executor)
         queued.extend(
             (i, s.config, s.variant or "") for i, s in zip(run_ids, submissions, strict=True)
         )
@@ -264,10 +208,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         name=args.name,
         owner=user.name,
     )
-    progress = Progress()
-    for i, (run_id, cfg, variant) in enumerate(queued, start=1):
-        print(f"[suite] run {i}/{len(queued)}: {variant}, seed {cfg.seed}", file=sys.stderr)
-        run(cfg, store, on_step=progress, run_id=run_id)
+    stop, started = threading.Event(), []
+    try:
+        with first_ctrl_c_sets(stop):
+            _run_suite(store, queued, stop, started)
+    except KeyboardInterrupt:  # a second Ctrl-C, outside the run's own handling
+        stop.set()
+    if stop.is_set():
+        return _stop_suite(store, suite, [r for r, _, _ in queued], executor, started)
     analysis = suite_analysis(store, suite)
     if args.json:
         print(json.dumps(suite_json(suite, analysis)))
@@ -276,12 +224,58 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0 if all(store.get_run(r)["status"] == "completed" for r, _, _ in queued) else 1
 
 
+def _run_suite(
+    store: Any, queued: list[tuple[str, RunConfig, str]], stop: Any, started: list[str]
+) -> None:
+    from workbench.training.loop import run
+
+    progress = Progress()
+    for i, (run_id, cfg, variant) in enumerate(queued, start=1):
+        if stop.is_set():
+            return
+        print(f"[suite] run {i}/{len(queued)}: {variant}, seed {cfg.seed}", file=sys.stderr)
+        started.append(run_id)
+        run(cfg, store, on_step=progress, stop=stop, run_id=run_id)
+
+
+def _stop_suite(
+    store: Any, suite: dict[str, Any], run_ids: list[str], executor: Any, started: list[str]
+) -> int:
+    """Cancel the suite's runs this process still holds (those waiting their turn, and the one
+    in progress if it did not end itself), say so in one line, and return 130 (interrupted)."""
+    from workbench.storage.store import ACTIVE
+
+    waiting = 0
+    for run_id in run_ids:
+        done = store.update_run_if(
+            run_id,
+            lambda r: r["status"] in ACTIVE and r.get("claimed_by") in (None, executor.id),
+            status="cancelled",
+            finished_at=time.time(),
+            claimed_by=None,
+        )
+        if done is not None and not done.get("executions"):
+            waiting += 1
+    last = started[-1] if started else None
+    stopped = ""
+    if last is not None and store.get_run(last)["status"] == "cancelled":
+        stopped = f" and stopped run {last}"
+    print(
+        f"stopped: cancelled {waiting} queued runs of suite {suite['id']}{stopped}; "
+        "`python -m workbench resume RUN` continues any of them",
+        file=sys.stderr,
+    )
+    return 130
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from workbench.storage.store import STATUSES, Store
     from workbench.ui.tables import queue_text
 
     if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
-        raise WorkbenchError(f"--status must be one of {', '.join(STATUSES)}, got {args.status!r}")
+        raise WorkbenchError(
+            f"--status must be one of {', '.join(STATUSES)}, got {quoted(args.status)}"
+        )
     from workbench.runs import permitted as actions
 
     store = _opened(Store())
@@ -387,12 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m workbench", description="KD Workbench command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="train one run (the teacher first, if needed)")
-    _add_run_flags(p_run)
+    add_run_flags(p_run)
     p_run.set_defaults(func=cmd_run)
     p_ablate = sub.add_parser(
         "ablate", help="an ablation suite: drop one loss term at a time, several seeds"
     )
-    _add_run_flags(p_ablate)
+    add_run_flags(p_ablate)
     p_ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
     p_ablate.add_argument(
         "--factorial", action="store_true", help="all on/off combinations, with Shapley values"
@@ -448,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.time()
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the flush at exit
+        return code
+    except BrokenPipeError:
+        return reader_gone()
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,12 +3,23 @@ JSON objects of ``--json``."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 from typing import Any
 
 from workbench.config.run_config import COMPONENTS, summary_of
 
-__all__ = ["Progress", "one_line", "print_record", "print_suite", "result_json", "suite_json"]
+__all__ = [
+    "Progress",
+    "one_line",
+    "print_record",
+    "print_suite",
+    "reader_gone",
+    "result_json",
+    "suite_json",
+]
 
 
 class Progress:
@@ -118,3 +129,15 @@ def print_record(record: dict[str, Any]) -> None:
             print(f"  final {key} loss: {value:.4f}")
     if record.get("seconds") is not None:
         print(f"  seconds: {record['seconds']:.1f}")
+
+
+def reader_gone() -> int:
+    """The reader of stdout went away (``runs | head -1``): end quietly with 141 (128 +
+    SIGPIPE), what a shell reports for ``cat`` or ``ls`` in the same pipe. As the Python docs
+    advise (signal, "Note on SIGPIPE"), stdout is pointed at devnull so that the flush at exit
+    does not raise again."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: stdout replaced, no fileno
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + signal.SIGPIPE

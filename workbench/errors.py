@@ -7,6 +7,8 @@ shows a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
@@ -15,6 +17,8 @@ __all__ = [
     "StoreError",
     "UnknownNameError",
     "WorkbenchError",
+    "cut",
+    "quoted",
 ]
 
 
@@ -31,7 +35,7 @@ class UnknownNameError(ConfigError, KeyError):
 
     def __init__(self, what: str, name: str, valid: list[str] | tuple[str, ...]):
         self.what, self.name, self.valid = what, name, tuple(valid)
-        super().__init__(f"unknown {what} {name!r}; choose one of: {', '.join(valid)}")
+        super().__init__(f"unknown {what} {quoted(name)}; choose one of: {', '.join(valid)}")
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return self.args[0]
@@ -52,3 +56,23 @@ class CheckpointError(WorkbenchError):
 class StoreError(WorkbenchError):
     """The run store cannot be read or written: a full disk, a damaged or missing database, a
     lost file. The message names the file and the command that repairs it."""
+
+
+QUOTE_MAX = 200  # characters of a value a message may echo
+
+
+def quoted(value: Any, limit: int = QUOTE_MAX) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters: a value given by a
+    user (a flag, a field of a file, a header) is named, never echoed whole (a 5 MiB field would
+    make a 5 MiB error line). A cut value ends with its length: ``'xxx...' (5,242,882
+    characters)``."""
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int = QUOTE_MAX) -> str:
+    """``text`` (already quoted, or a list of names) at most ``limit`` characters, as
+    ``quoted`` cuts it."""
+    if len(text) <= limit:
+        return text
+    suffix = f"... ({len(text):,} characters)"
+    return text[: max(limit - len(suffix), 8)] + suffix

@@ -23,11 +23,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from workbench.config.run_config import COMPONENTS, LossWeights, RunConfig
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, quoted
 
 __all__ = [
     "FULL",
     "LABEL_ONLY",
+    "check_ablatable",
     "without_name",
     "coalition_name",
     "leave_one_out_variants",
@@ -78,6 +79,18 @@ def _check_student(base: RunConfig) -> None:
         )
 
 
+def check_ablatable(base: RunConfig) -> None:
+    """A one-line ``ConfigError`` unless ``base`` is a student with at least two active loss
+    components (what a suite switches off one at a time)."""
+    _check_student(base)
+    active = base.weights.active()
+    if len(active) < 2:
+        raise ConfigError(
+            "an ablation needs at least two loss components with nonzero weight, got only "
+            f"{', '.join(active)}; give another a weight, e.g. label=0.5,response=0.5"
+        )
+
+
 def leave_one_out_variants(base: RunConfig) -> dict[str, LossWeights]:
     """The leave-one-out suite of ``base``: ``{variant name: weights}``.
 
@@ -125,9 +138,14 @@ def factorial_variants(base: RunConfig) -> dict[str, LossWeights]:
 def suite_configs(
     base: RunConfig, seeds: int = 3, factorial: bool = False
 ) -> list[tuple[str, RunConfig]]:
-    """``(variant name, config)`` for every variant and seed ``0 .. seeds-1`` (variant-major)."""
+    """``(variant name, config)`` for every variant and seed ``0 .. seeds-1`` (variant-major).
+
+    A base with one active component is refused: its variants are that component alone and the
+    scratch student (often the same run), so every contribution would be one difference with no
+    spread ("± nan")."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"seeds must be a whole number >= 1, got {seeds!r}")
+        raise ConfigError(f"seeds must be a whole number >= 1, got {quoted(seeds)}")
+    check_ablatable(base)
     variants = factorial_variants(base) if factorial else leave_one_out_variants(base)
     return [
         (name, base.replace(weights=weights, seed=seed))

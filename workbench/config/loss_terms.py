@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.config.bounds import BOUNDS, check_bound, show
-from workbench.errors import ConfigError, UnknownNameError
+from workbench.errors import ConfigError, UnknownNameError, quoted
 
 __all__ = ["COMPONENTS", "LossWeights", "parse_weights", "weights_from_mapping"]
 
@@ -86,18 +86,21 @@ def weights_from_mapping(values: Mapping[str, Any]) -> LossWeights:
 
 
 def parse_weights(text: str) -> LossWeights:
-    """Parse ``label=0.3,response=0.3,feature=0.2,relation=0.2``; missing names are 0."""
+    """Parse ``label=0.3,response=0.3,feature=0.2,relation=0.2``; missing names are 0, a name
+    given twice is refused (the second value would silently win)."""
     values: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, raw = part.partition("=")
         name = name.strip()
         if not sep:
-            raise ConfigError(f"weights must look like label=0.3,response=0.7; got {part!r}")
+            raise ConfigError(f"weights must look like label=0.3,response=0.7; got {quoted(part)}")
         if name not in COMPONENTS:
             raise UnknownNameError("loss component", name, COMPONENTS)
+        if name in values:
+            raise ConfigError(f"weight {name} is given twice in {quoted(text)}; give it once")
         try:
             values[name] = float(raw)
         except ValueError:
             bound = BOUNDS["weight"].describe()
-            raise ConfigError(f"weight {name} must be {bound}, got {raw.strip()!r}") from None
+            raise ConfigError(f"weight {name} must be {bound}, got {quoted(raw.strip())}") from None
     return weights_from_mapping(values)

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from workbench.config.choices import (
     list_datasets,
     list_models,
 )
+from workbench.config.files import read_toml
 from workbench.config.loss_terms import (
     COMPONENTS,
     LossWeights,
@@ -31,7 +31,7 @@ from workbench.config.loss_terms import (
     parse_weights,
     weights_from_mapping,
 )
-from workbench.errors import ConfigError, UnknownNameError
+from workbench.errors import ConfigError, UnknownNameError, cut, quoted
 
 __all__ = [
     "COMPONENTS",
@@ -44,6 +44,7 @@ __all__ = [
     "check_run_name",
     "fingerprint_of",
     "parse_weights",
+    "read_toml",
     "summary_of",
 ]
 
@@ -56,6 +57,7 @@ IDENTITY_EXCLUDED = ("device", "log_every")
 IDENTITY_ADDED_LATER = {"train_fraction": 1.0}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 NAME_MAX = 200
+TEXT_MAX = 4096  # a text field (a path, an id, a name from a registry): PATH_MAX on Linux
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,8 @@ class RunConfig:
         unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise ConfigError(
-                f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
+                f"unknown config field(s) {cut(', '.join(unknown))}; valid fields: "
+                f"{', '.join(sorted(known))}"
             )
         return cls(**data)
 
@@ -222,7 +225,7 @@ class RunConfig:
                 value: Any = int(text) if name in _WHOLES else float(text)
             except ValueError:
                 raise ConfigError(
-                    f"{name} must be {BOUNDS[name].describe()}, got {text!r}"
+                    f"{name} must be {BOUNDS[name].describe()}, got {quoted(text)}"
                 ) from None
             check_bound(name, value)
             return value
@@ -288,28 +291,6 @@ def summary_of(config: Mapping[str, Any]) -> str:
     )
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """The table in the TOML file ``path``; every way of failing is a one-line ``ConfigError``."""
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder; give a TOML file") from None
-    except PermissionError:
-        raise ConfigError(f"config file {path} cannot be read: permission denied") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-            f"offset {exc.start}); TOML files are UTF-8"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-
-
 def check_run_name(name: Any) -> str:
     """A run name as the store keeps it: one line of printable text, at most ``NAME_MAX``
     characters, surrounding blanks stripped. A newline or another control character would break
@@ -329,6 +310,8 @@ def check_run_name(name: Any) -> str:
 def _check_text(name: str, value: Any) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be text, got {show(value)}")
+    if len(value) > TEXT_MAX:
+        raise ConfigError(f"{name} must be at most {TEXT_MAX} characters, got {len(value)}")
     if "\x00" in value:
         raise ConfigError(f"{name} must not contain a NUL character, got {show(value)}")
 

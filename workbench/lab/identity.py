@@ -73,12 +73,31 @@ def check_user_name(name: Any, where: str = "the user name") -> str:
     if not isinstance(name, str) or not name.strip():
         raise IdentityError(f"{where} is empty; a user needs a name")
     name = name.strip()
-    if len(name) > NAME_MAX or not name.isprintable():
+    if len(name) > NAME_MAX:
         raise IdentityError(
             f"{where} must be printable text of at most {NAME_MAX} characters, got "
             f"{len(name)} characters"
         )
+    for i, ch in enumerate(name, start=1):
+        if not ch.isprintable():
+            raise IdentityError(
+                f"{where} has {_unseen(ch)} at character {i}; a user name is printable text "
+                "on one line: retype it without that character"
+            )
     return name
+
+
+_CONTROL_NAMES = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return", "\x00": "a NUL"}
+
+
+def _unseen(ch: str) -> str:
+    """A character that cannot be seen, named: "a tab", "the invisible character U+200B
+    (ZERO WIDTH SPACE)"."""
+    if ch in _CONTROL_NAMES:
+        return _CONTROL_NAMES[ch]
+    if unicodedata.category(ch) == "Cc":
+        return f"the control character U+{ord(ch):04X}"
+    return f"the invisible character U+{ord(ch):04X} ({unicodedata.name(ch, '?')})"
 
 
 def _user(name: str, settings: LabSettings) -> User:

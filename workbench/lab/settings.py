@@ -40,12 +40,13 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from workbench.errors import ConfigError
+from workbench.config.files import read_toml
+from workbench.errors import ConfigError, cut, quoted
 
 __all__ = [
     "IDENTITY_MODES",
@@ -151,6 +152,27 @@ def _names(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)
 
 
+def _folders(v: Any) -> bool:
+    """Absolute folders only: a relative root would follow the working directory of whichever
+    process reads it (the app, a worker), so the same file would allow different folders."""
+    return _names(v) and all(Path(x.strip()).expanduser().is_absolute() for x in v)
+
+
+def _logout_url(v: Any) -> bool:
+    r"""A path on this site (one ``/``, then no second ``/`` or ``\``: browsers read ``//host`` and
+    ``/\host`` as another site) or an absolute ``https://`` URL with a host. No blanks or
+    control characters anywhere: browsers drop tabs and newlines, so ``/<tab>/host`` is
+    ``//host``."""
+    if not isinstance(v, str) or any(ch.isspace() or not ch.isprintable() for ch in v):
+        return False
+    if "\\" in v:
+        return False
+    if v.startswith("/"):
+        return not v.startswith("//")
+    parts = urlsplit(v)
+    return parts.scheme == "https" and bool(parts.hostname) and v.startswith("https://")
+
+
 _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "identity": {
         "mode": ("identity_mode", _choice(IDENTITY_MODES)),
@@ -165,7 +187,11 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         ),
         "logout_url": (
             "logout_url",
-            (lambda v: isinstance(v, str) and v.startswith(("/", "https://")), "a URL path"),
+            (
+                _logout_url,
+                "a path on this site that starts with a single / (e.g. /oauth2/sign_out) or an "
+                "absolute https:// URL",
+            ),
         ),
         "admins": ("admins", (_names, "a list of user names")),
     },
@@ -176,7 +202,10 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "store_mib": ("limits.store_mib", _positive(1, 2**30)),
     },
     "data": {
-        "roots": ("data_roots", (_names, "a list of folders")),
+        "roots": (
+            "data_roots",
+            (_folders, "a list of absolute folders (e.g. /srv/datasets)"),
+        ),
         "any_path": ("any_data_path", (lambda v: isinstance(v, bool), "true or false")),
     },
     "uploads": {"max_mib": ("upload_max_mib", _positive(1, 100_000))},
@@ -192,7 +221,7 @@ def parse(data: dict[str, Any], source: str = "") -> LabSettings:
     for section, values in data.items():
         if section not in _SCHEMA:
             raise SettingsError(
-                f"{where}unknown section [{section}]; the sections are "
+                f"{where}unknown section [{cut(section)}]; the sections are "
                 + ", ".join(f"[{s}]" for s in _SCHEMA)
             )
         if not isinstance(values, dict):
@@ -201,11 +230,11 @@ def parse(data: dict[str, Any], source: str = "") -> LabSettings:
             if key not in _SCHEMA[section]:
                 known = ", ".join(_SCHEMA[section])
                 raise SettingsError(
-                    f"{where}unknown key {section}.{key}; [{section}] takes {known}"
+                    f"{where}unknown key {section}.{cut(key)}; [{section}] takes {known}"
                 )
             name, (check, wanted) = _SCHEMA[section][key]
             if not check(value):
-                raise SettingsError(f"{where}{section}.{key} must be {wanted}, got {value!r}")
+                raise SettingsError(f"{where}{section}.{key} must be {wanted}, got {quoted(value)}")
             if isinstance(value, list):
                 value = tuple(v.strip() for v in value)
             if name.startswith("limits."):
@@ -227,7 +256,7 @@ def settings_path() -> Path | None:
     named = os.environ.get(CONFIG_ENV)
     if named:
         path = Path(named).expanduser()
-        if not path.is_file():
+        if not path.exists():  # a folder or a FIFO is named by the reader, not "no such file"
             raise SettingsError(
                 f"{CONFIG_ENV}={named}: no such file; point it at the instance's workbench.toml "
                 "or unset it"
@@ -246,13 +275,7 @@ def load(path: str | Path | None = None) -> LabSettings:
     path = Path(path) if path is not None else settings_path()
     if path is None:
         return LabSettings()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(f"cannot read the settings file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{path} is not valid TOML: {exc}") from None
-    return parse(data, str(path))
+    return parse(read_toml(path, "settings file", SettingsError), str(path))
 
 
 @functools.lru_cache(maxsize=1)

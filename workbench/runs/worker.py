@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, quoted
 from workbench.runs import queue as runqueue
 from workbench.runs.job_manager import JobManager
 from workbench.runs.submit import check_device
@@ -26,7 +26,7 @@ __all__ = ["serve"]
 def _device_slots(device: str, slots: int) -> dict[str, int]:
     key = runqueue.device_key(device)
     if key != "cpu" and not (key.startswith("cuda:") and key[5:].isdigit()):
-        raise ConfigError(f"--device must be cpu or cuda:N, got {device!r}")
+        raise ConfigError(f"--device must be cpu or cuda:N, got {quoted(device)}")
     check_device(key)  # the same check as a run's device: CUDA present, N below the count
     return {key: slots}
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from workbench.config.run_config import RunConfig
 from workbench.data.datasets import SPLIT_VERSION, DataBundle, load_dataset
-from workbench.errors import CheckpointError, ConfigError, WorkbenchError
+from workbench.errors import CheckpointError, ConfigError, WorkbenchError, quoted
 from workbench.lab.access import can_see
 from workbench.lab.identity import User
 from workbench.lab.settings import current as current_settings
@@ -72,7 +72,7 @@ def check_teacher_run(config: RunConfig, store: Store, user: User | None = None)
         if user is not None and not can_see(user, record):
             raise KeyError(run_id)
     except KeyError:
-        raise ConfigError(f"teacher_run {run_id!r} is not in the store; {hint}") from None
+        raise ConfigError(f"teacher_run {quoted(run_id)} is not in the store; {hint}") from None
     if record.get("role") != "teacher":
         raise ConfigError(
             f"teacher_run {run_id} is a {record.get('role')} run, not a teacher; {hint}"

@@ -1,0 +1,124 @@
+"""What the command line reads: the run flags and ``--config`` as a ``RunConfig``, and the checks
+of the other values a command takes (``--user``, ``--slots``) that name what is wrong; and Ctrl-C, which a suite reads as "stop the suite".
+
+Flags are read as text and converted by ``RunConfig.parse_field``, so a bad value gets the same
+one-line message (field and allowed range) as in a TOML file or the app."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from workbench.config.run_config import RunConfig, parse_weights
+from workbench.errors import WorkbenchError, quoted
+
+__all__ = [
+    "MAX_SLOTS",
+    "RUN_FLAGS",
+    "add_run_flags",
+    "check_slots",
+    "config_from_args",
+    "first_ctrl_c_sets",
+    "parse_pair",
+]
+
+# RunConfig fields with a flag of their own (--data-path for data_path, ...).
+RUN_FLAGS = (
+    "dataset",
+    "data_path",
+    "teacher",
+    "student",
+    "teacher_run",
+    "epochs",
+    "teacher_epochs",
+    "batch_size",
+    "lr",
+    "temperature",
+    "feature_kind",
+    "relation_kind",
+    "weighting",
+    "seed",
+    "device",
+    "log_every",
+    "train_fraction",
+)
+# Runs one worker trains at once: a slot is a training thread with its own model and batches,
+# so past a few per device they only compete; 64 covers a large multi-GPU host.
+MAX_SLOTS = 64
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a TOML file of RunConfig fields; flags override it")
+    for field in RUN_FLAGS:
+        parser.add_argument("--" + field.replace("_", "-"), dest=field, default=None)
+    parser.add_argument("--weights", help="e.g. label=0.3,response=0.3,feature=0.2,relation=0.2")
+    parser.add_argument(
+        "--layer-pairs", help="student:teacher module paths, e.g. block2:layer2.1,block3:layer4.1"
+    )
+    parser.add_argument(
+        "--augment", action="store_true", default=None, help="random shifts (and flips for RGB)"
+    )
+    parser.add_argument(
+        "--no-teacher-cache", dest="teacher_cache", action="store_false", default=None
+    )
+    parser.add_argument("--name", default="", help="a name for the run in the store")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """A RunConfig from ``--config`` (if any) overridden by the flags given."""
+    base = RunConfig.from_toml(args.config).to_dict() if args.config else {}
+    for field in RUN_FLAGS:
+        text = getattr(args, field, None)
+        if text is not None:
+            base[field] = RunConfig.parse_field(field, text)
+    for field in ("augment", "teacher_cache"):  # store_true / store_false: real booleans
+        value = getattr(args, field, None)
+        if value is not None:
+            base[field] = value
+    if args.weights:
+        base["weights"] = parse_weights(args.weights).as_dict()
+    if args.layer_pairs:
+        base["layer_pairs"] = [parse_pair(p) for p in args.layer_pairs.split(",") if p.strip()]
+    return RunConfig.from_dict(base)
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    student, sep, teacher = text.strip().partition(":")
+    if not sep or not student or not teacher:
+        raise WorkbenchError(
+            f"a layer pair looks like student_path:teacher_path, got {quoted(text)}"
+        )
+    return student, teacher
+
+
+def check_slots(slots: int) -> None:
+    if not 1 <= slots <= MAX_SLOTS:
+        raise WorkbenchError(
+            f"--slots must be a whole number from 1 to {MAX_SLOTS} (the runs this worker trains "
+            f"at once), got {slots}"
+        )
+
+
+@contextlib.contextmanager
+def first_ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+    """While inside: the first Ctrl-C (SIGINT) sets ``stop`` (the run in progress ends at its
+    next step, ``cancelled``), a second one raises ``KeyboardInterrupt`` as usual. The handler
+    only sets the event: printing from it could re-enter a write to stderr in progress."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are the main thread's (a test calling main from a thread)
+        return
+
+    def first(signum: int, frame: Any) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
