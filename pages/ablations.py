@@ -1,7 +1,9 @@
 """Ablations: which part of the hybrid loss mattered, with its uncertainty.
 
-Suites are launched from the Distill page (one click) or `python -m workbench ablate`; this page
-lists every stored suite, finished or not, and shows its results as they come in.
+Suites are launched from the Distill page (one click), the demo preset below or
+`python -m workbench ablate`; this page lists every stored suite the user may see, finished or
+not, and shows its results as they come in. A link to a suite that is deleted or private is
+"not found" and shows no other suite.
 """
 
 from __future__ import annotations
@@ -11,17 +13,25 @@ import streamlit as st
 
 from pages._shared import (
     errors_shown,
+    guarded,
     live,
     manager,
     page_entered,
     require_app,
     set_params,
+    show_action_error,
     show_error,
     store,
     url_notes,
     user,
 )
-from workbench.ablation.suites import suite_analysis, suite_progress
+from workbench.ablation.describe import (
+    scratch_sentence,
+    suite_intro,
+    suite_kind,
+    suite_label,
+)
+from workbench.ablation.suites import demo_preset, launch_suite, suite_analysis, suite_progress
 from workbench.config.run_config import RunConfig
 from workbench.runs import permitted as actions
 from workbench.storage.store import ACTIVE, FINISHED
@@ -39,44 +49,99 @@ from workbench.ui.url_state import encode_ids
 
 require_app(__file__)
 ss = st.session_state
-st.title("Ablations")
-st.caption(
-    "Each suite trains the full hybrid loss, the loss with each active component removed "
-    "(weight 0, the others unchanged) and the label-only baseline, for several seeds. "
-    f"A component's contribution is {ACCURACY_LABEL}(full) - {ACCURACY_LABEL}(without it), with "
-    "a 95% t-interval over seeds. Everything below updates as the suite's runs finish."
-)
+DEMO = demo_preset()
 
+
+def launch_demo() -> None:
+    """Queue the demo preset as this session's user and show it (a callback: before the run)."""
+    who = user()
+    record = launch_suite(
+        DEMO.config,
+        store(),
+        lambda submissions: manager().submit_many(submissions, who),
+        seeds=DEMO.seeds,
+        factorial=DEMO.factorial,
+        name=DEMO.name,
+        owner=who.name,
+    )
+    ss["suite_pick"] = ss["last_suite"] = record["id"]
+    ss["suite_missing"] = None
+
+
+def set_suite_private(suite_id: str) -> None:
+    actions.set_suite_private(store(), suite_id, user(), ss[f"suite_private_{suite_id}"])
+
+
+st.title("Ablations")
 suites = actions.list_suites(store(), user())  # others' private suites: absent
-labels = {s["id"]: f"{s['name']} ({s['id']})" for s in suites}
-linked = st.query_params.get("suite") if page_entered() else None
-if linked and linked not in labels:  # deleted, or someone else's private suite
-    shown = linked if len(linked) <= 60 else linked[:59] + "…"
-    url_notes([plain(f"ignored suite={shown} from the link: not found (deleted, or private)")])
+labels = {s["id"]: suite_label(s) for s in suites}  # option text: shown as text, not markdown
+if page_entered():  # a reload or a link: the URL says which suite
+    linked = st.query_params.get("suite")
+    ss["suite_missing"] = linked if linked and linked not in labels else None
+    if linked:
+        ss["suite_pick"] = linked if linked in labels else None  # never another suite
+if ss.get("suite_missing") and ss.get("suite_pick") is None:
+    missing = ss["suite_missing"]
+    shown = missing if len(missing) <= 60 else missing[:59] + "…"
+    url_notes(
+        [plain(f"Suite {shown} not found: it was deleted, or it is private. Pick one below.")]
+    )
 else:
     url_notes()
+show_action_error()
+col_demo, col_shows = st.columns([1, 3], vertical_alignment="center")
+col_demo.button(
+    "Run the demo ablation",
+    key="suite_demo",
+    icon=":material/science:",
+    on_click=guarded(launch_demo),
+    help=f"{DEMO.runs} runs, queued as yours",
+)
+col_shows.caption(plain(DEMO.shows))
 if not suites:
     st.info(
-        "No ablation suite yet. Set up the loss on Distill and press **Launch ablation suite**, "
-        "or run `python -m workbench ablate --seeds 3` in a terminal.",
+        "No ablation suite yet. Run the demo above, or set up the loss on Distill and press "
+        "**Launch ablation suite**, or run `python -m workbench ablate --seeds 3` in a terminal.",
         icon=":material/science:",
     )
     st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
     st.stop()
 
-if linked in labels:  # a reload or a link
-    ss["suite_pick"] = linked
-if ss.get("suite_pick") not in labels:
+picked = ss.get("suite_pick", "")
+if picked is not None and picked not in labels:  # a first visit, or the suite went away
     ss["suite_pick"] = ss.get("last_suite") if ss.get("last_suite") in labels else suites[0]["id"]
-suite_id = st.selectbox("Suite", list(labels), format_func=labels.get, key="suite_pick")
+suite_id = st.selectbox(
+    "Suite", list(labels), format_func=labels.get, key="suite_pick", placeholder="Pick a suite"
+)
+if suite_id is None:
+    st.caption(
+        "An ablation suite trains one loss with parts of it switched off, over several seeds, "
+        "to show which part mattered and by how much."
+    )
+    st.stop()
+ss["suite_missing"] = None
 set_params({"suite": suite_id}, owned=("suite",))
 suite = actions.get_suite(store(), suite_id, user())
 mine = actions.can_change(user(), suite)
+kind = suite_kind(suite)
 base = RunConfig.from_dict(suite["base"])
-st.caption(
-    f"Base: {plain(base.summary())} · {suite['seeds']} seed(s) per variant · "
-    f"{'factorial (all on/off combinations)' if suite['factorial'] else 'leave-one-out'}"
+st.caption(suite_intro(kind, ACCURACY_LABEL))
+col_base, col_private = st.columns([4, 1], vertical_alignment="center")
+col_base.caption(
+    f"Base: {plain(base.summary())} · {base.epochs} epoch(s) · {suite['seeds']} seed(s) per "
+    f"variant · {'factorial (all on/off combinations)' if kind == 'factorial' else kind}"
 )
+if mine:
+    col_private.toggle(
+        "Private",
+        value=bool(suite.get("private")),
+        key=f"suite_private_{suite_id}",
+        on_change=guarded(set_suite_private),
+        args=(suite_id,),
+        help="Only you and the admins see a private suite and its runs.",
+    )
+elif suite.get("private"):
+    col_private.caption("private")
 
 
 def suite_rows() -> list[dict]:
@@ -102,6 +167,29 @@ def suite_rows() -> list[dict]:
     return rows
 
 
+def shapley_view(analysis: dict) -> None:
+    """Shapley values with their seed interval, what they are measured against, and a note for
+    each component whose leave-one-out contribution tells another story."""
+    st.subheader("Shapley values")
+    table = analysis["shapley_ci"]
+    if table.empty:
+        st.caption("Shapley values appear once a seed has run every combination.")
+        return
+    st.caption(plain(analysis["shapley_sentence"]) + " In points, 95% t-interval over seeds.")
+    shown = table[["component", "shapley", "ci_low", "ci_high", "n"]].copy()
+    for column in ("shapley", "ci_low", "ci_high"):
+        shown[column] = shown[column] * 100  # accuracy points, as the contributions
+    signed = st.column_config.NumberColumn(format="%+.2f", width=80)
+    st.dataframe(
+        shown,
+        hide_index=True,
+        key="shapley_table",
+        column_config={c: signed for c in ("shapley", "ci_low", "ci_high")},
+    )
+    for note in analysis["interactions"]:
+        st.info(plain(note["text"]), icon=":material/call_split:")
+
+
 def suite_view(polling: bool) -> None:
     """Progress, contributions, accuracy per variant and the runs: all of it redrawn every
     POLL_S while the suite runs, so the tables fill in as runs finish."""
@@ -117,6 +205,10 @@ def suite_view(polling: bool) -> None:
     summary, contrib = analysis["summary"], analysis["contributions"]
     label = metric_label(analysis.get("metric", ACCURACY_METRIC))  # which split the numbers are
     st.caption(f"Contributions and the variant table use the {label}.")
+    if analysis["scratch"]:
+        st.markdown("**Distillation vs scratch**, " + plain(scratch_sentence(analysis["scratch"])))
+    elif kind != "seeds":
+        st.caption("Distillation vs scratch appears once full and label only have finished runs.")
     percent = st.column_config.NumberColumn(format="percent", width="small")
     col_chart, col_table = st.columns([3, 2])
     with col_chart:
@@ -158,20 +250,8 @@ def suite_view(polling: bool) -> None:
                 column_config={c: percent for c in acc_columns}
                 | {"variant": st.column_config.TextColumn("variant", width="medium")},
             )
-        if analysis["shapley"]:
-            st.subheader("Shapley values")
-            st.dataframe(
-                pd.DataFrame(
-                    {
-                        "component": list(analysis["shapley"]),
-                        "shapley": list(analysis["shapley"].values()),
-                    }
-                ),
-                hide_index=True,
-                column_config={"shapley": st.column_config.NumberColumn(format="%.4f")},
-            )
-        elif suite["factorial"]:
-            st.caption("Shapley values appear once every combination has a finished run.")
+    if kind == "factorial":
+        shapley_view(analysis)
     st.subheader("Runs of this suite")
     st.dataframe(
         pd.DataFrame(suite_rows()),

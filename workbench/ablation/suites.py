@@ -11,18 +11,22 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from workbench.ablation.describe import scratch_variant, suite_kind
+from workbench.ablation.shapley import BASELINE_SENTENCES, interaction_notes, shapley_intervals
 from workbench.ablation.statistics import (
     PerImage,
     contributions,
     noise_floor,
+    paired_comparison,
     shapley_tables,
     variant_summary,
 )
-from workbench.ablation.variants import FULL, suite_configs, suite_results
+from workbench.ablation.variants import FULL, LABEL_ONLY, suite_configs, suite_results
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.data.datasets import load_dataset
 from workbench.runs.submit import Submission
@@ -31,8 +35,12 @@ from workbench.storage.store import ACTIVE, Store, new_id
 __all__ = [
     "SUITE_PRESETS",
     "Submit",
+    "SuitePreset",
+    "demo_preset",
     "launch_suite",
+    "factorial_readout",
     "per_image_results",
+    "scratch_comparison",
     "suite_analysis",
     "suite_metric",
     "suite_progress",
@@ -62,6 +70,42 @@ SUITE_PRESETS: dict[str, tuple[RunConfig, int]] = {
     ),
 }
 
+
+@dataclass(frozen=True)
+class SuitePreset:
+    """A suite to launch as it is: ``launch_suite(preset.config, store, submit,
+    seeds=preset.seeds, factorial=preset.factorial, name=preset.name)``; ``shows``: one line on
+    what it shows, for the button that launches it."""
+
+    name: str
+    config: RunConfig
+    seeds: int
+    factorial: bool
+    shows: str
+
+    @property
+    def kind(self) -> str:
+        return "factorial" if self.factorial else "leave-one-out"
+
+    @property
+    def runs(self) -> int:
+        return len(suite_configs(self.config, seeds=self.seeds, factorial=self.factorial))
+
+
+def demo_preset() -> SuitePreset:
+    """The "demo ablation" of ``SUITE_PRESETS`` (docs/DEMO_ABLATION.md), for the Distill and
+    Ablations pages."""
+    config, seeds = SUITE_PRESETS["demo ablation"]
+    runs = len(suite_configs(config, seeds=seeds))
+    shows = (
+        f"Leave-one-out on digits, {runs} runs ({seeds} seeds, {config.epochs} epochs, a few "
+        f"minutes on a CPU): an {config.student} student that sees 5 % of the training images, "
+        f"taught by a {config.teacher}, beats the scratch student by about 6.6 points, almost "
+        "all of it from the response term."
+    )
+    return SuitePreset("demo ablation", config, seeds, False, shows)
+
+
 # submit([Submission, ...]) -> run ids, all or none (JobManager.submit_many, the submit gate)
 Submit = Callable[[list[Submission]], list[str]]
 
@@ -75,10 +119,12 @@ def launch_suite(
     factorial: bool = False,
     name: str = "",
     owner: str = "",
+    private: bool = False,
 ) -> dict[str, Any]:
     """Submit every variant x seed of a suite for ``base`` at once and store the suite; returns
     the suite record (``owner``: the user it belongs to; ``submit`` queues the runs as that
-    user, all or none, so a refused suite leaves nothing behind).
+    user, all or none, so a refused suite leaves nothing behind; ``private``: the suite and its
+    runs are seen by their owner and admins only, ``workbench.lab.access``).
 
     Leave-one-out: the full loss, each active component removed, and label only. ``factorial``
     runs every on/off combination of the active components instead (and gives Shapley values).
@@ -91,6 +137,8 @@ def launch_suite(
     suite = {
         "id": suite_id,
         "owner": owner,
+        "private": bool(private),
+        "kind": "factorial" if factorial else "leave-one-out",
         "name": name or f"{'factorial' if factorial else 'leave-one-out'}: {base.summary()}",
         "created_at": time.time(),
         "base": base.to_dict(),
@@ -111,6 +159,7 @@ def launch_suite(
             tags=("ablation",),
             suite=suite_id,
             variant=variant,
+            private=bool(private),
         )
         for variant, config in configs
     ]
@@ -182,7 +231,10 @@ def suite_analysis(store: Store, suite: dict[str, Any], confidence: float = 0.95
     Keys: ``results, summary, contributions, shapley`` (chance baseline, as before),
     ``shapley_tables`` (``{"chance": ..., "label only": ...}``), ``noise`` (``noise_floor`` of
     the full variant), ``per_image`` (``{variant: {seed: [0/1]}}`` on the test split, for
-    ``ablation.paired_comparison``), ``metric`` and ``split`` (which accuracy the numbers are).
+    ``ablation.paired_comparison``), ``metric`` and ``split`` (which accuracy the numbers are),
+    ``scratch`` (distillation vs scratch, ``scratch_comparison``), and the Shapley readout of
+    ``factorial_readout`` (``shapley_ci``, ``shapley_baseline``, ``shapley_sentence``,
+    ``interactions``).
     """
     records = _records(store, suite)
     metric, split = suite_metric(records)
@@ -202,17 +254,71 @@ def suite_analysis(store: Store, suite: dict[str, Any], confidence: float = 0.95
     if per_image.get(FULL):
         n_test = len(next(iter(per_image[FULL].values())))
     noise = noise_floor(results.get(FULL, {}), n_test)
-    tables: dict[str, Any] = {}
-    if suite.get("factorial"):
-        tables = shapley_tables(results, suite["players"], suite["num_classes"])
     return {
         "results": results,
         "summary": summary,
         "contributions": contrib,
-        "shapley": tables.get("chance"),
-        "shapley_tables": tables,
         "noise": noise,
         "per_image": per_image,
         "metric": metric,
         "split": split,
+        "scratch": scratch_comparison(suite, results, per_image, confidence),
+        **factorial_readout(suite, results, contrib, confidence),
     }
+
+
+def scratch_comparison(
+    suite: dict[str, Any],
+    results: dict[str, dict[int, float]],
+    per_image: dict[str, PerImage],
+    confidence: float = 0.95,
+) -> dict[str, Any] | None:
+    """Distillation vs scratch: ``paired_comparison`` of the full variant against the suite's
+    scratch student (``describe.scratch_variant``) with ``variant`` naming it; None until both
+    have a finished run (or when the suite has no scratch student)."""
+    scratch = scratch_variant(suite)
+    if scratch is None or FULL not in results or scratch not in results or scratch == FULL:
+        return None
+    row = paired_comparison(results, FULL, scratch, confidence=confidence, per_image=per_image)
+    return {"variant": scratch, **row}
+
+
+def factorial_readout(
+    suite: dict[str, Any],
+    results: dict[str, dict[int, float]],
+    contrib: pd.DataFrame,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """The Shapley part of ``suite_analysis`` (empty values for a suite that is not
+    factorial): ``shapley`` (chance baseline), ``shapley_tables`` (both baselines),
+    ``shapley_ci`` (``shapley.shapley_intervals`` under the label only baseline, or chance when
+    the suite has no scratch student), ``shapley_baseline`` and ``shapley_sentence`` (what the
+    values are measured against), ``interactions`` (``shapley.interaction_notes`` against the
+    leave-one-out contributions)."""
+    out: dict[str, Any] = {
+        "shapley": None,
+        "shapley_tables": {},
+        "shapley_ci": pd.DataFrame(),
+        "shapley_baseline": None,
+        "shapley_sentence": "",
+        "interactions": [],
+    }
+    if suite_kind(suite) != "factorial":
+        return out
+    players, classes = suite["players"], suite["num_classes"]
+    tables = shapley_tables(results, players, classes)
+    baseline = LABEL_ONLY if tables.get(LABEL_ONLY) else "chance"
+    ci = shapley_intervals(results, players, classes, baseline=baseline, confidence=confidence)
+    loo = {}
+    if not contrib.empty:
+        loo = dict(zip(contrib["component"], contrib["contribution"], strict=True))
+    shown = dict(zip(ci["component"], ci["shapley"], strict=True)) if not ci.empty else {}
+    out.update(
+        shapley=tables.get("chance"),
+        shapley_tables=tables,
+        shapley_ci=ci,
+        shapley_baseline=baseline,
+        shapley_sentence=BASELINE_SENTENCES[baseline],
+        interactions=interaction_notes(shown, loo),
+    )
+    return out

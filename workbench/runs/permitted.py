@@ -31,6 +31,7 @@ __all__ = [
     "rename",
     "resume",
     "set_private",
+    "set_suite_private",
     "shown",
 ]
 
@@ -120,3 +121,16 @@ def delete_suite(store: Store, suite_id: str, user: User) -> None:
     """Delete a suite's record (its runs stay, each deletable on its own)."""
     check_change(user, get_suite(store, suite_id, user), "delete", "suite")
     store.delete_suite(suite_id)
+
+
+def set_suite_private(store: Store, suite_id: str, user: User, private: bool) -> dict[str, Any]:
+    """Make a suite private (its owner and admins see it) or visible to the lab again; its runs
+    follow (those ``user`` may change: a suite's runs are its owner's). Returns the suite."""
+    suite = get_suite(store, suite_id, user)
+    check_change(user, suite, "change the visibility of", "suite")
+    for entry in suite.get("runs", []):
+        if store.has_run(entry["run_id"]) and can_change(user, store.get_run(entry["run_id"])):
+            store.update_run(entry["run_id"], private=bool(private))
+    suite = {**suite, "private": bool(private)}
+    store.save_suite(suite)
+    return suite
