@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from workbench.config.bounds import BOUNDS
 from workbench.config.choices import (
@@ -201,16 +202,43 @@ def url_notes(notes: Sequence[str] = ()) -> None:
         st.info("  \n".join(shown), icon=":material/link_off:")
 
 
-def sync_draft_url() -> None:
-    """Put the draft's changed fields in the URL (of every page: ``require_app`` calls this), so a
-    reload anywhere keeps them; layer pairs only when they are not the ones suggested."""
+# The draft's fields each page holds in its URL: Distill the whole draft, Models its own choices
+# (``require_app`` calls ``sync_draft_url``). Other pages' URLs hold only their own state.
+DRAFT_IN_URL = {
+    "distill": None,  # every field of the draft
+    "models": (
+        "dataset", "data_path", "teacher", "student", "teacher_mode", "teacher_epochs",
+        "teacher_run", "layer_pairs",
+    ),
+}  # fmt: skip
+
+
+def sync_draft_url(page: str) -> None:
+    """Put the draft's changed fields in the URL of the pages that show them (``DRAFT_IN_URL``),
+    so a reload there keeps them; layer pairs only when they are not the ones suggested. The
+    draft lives in the session: another page's URL carries none of it."""
+    if page not in DRAFT_IN_URL:
+        return
     ss = st.session_state
     defaults = draft_defaults() | {"layer_pairs": ss.get("pairs_suggested")}
+    fields = DRAFT_IN_URL[page] or tuple(defaults)
+    defaults = {k: v for k, v in defaults.items() if k in fields}
     set_params(to_params({k: ss.get(k) for k in defaults}, defaults), owned=defaults)
 
 
 def set_params(values: dict[str, str], owned: object = ()) -> None:
-    """Set query parameters; those of ``owned`` that are not in ``values`` are removed."""
+    """Set query parameters; those of ``owned`` that are not in ``values`` are removed.
+
+    Every change of the URL adds an entry to the browser's history (Streamlit pushes it), so
+    the URL is written only when the page's state changes: not on the run that enters the page
+    (what a page derives from its URL as it opens, such as the newest run, is no new state, and
+    Back must not land on the same page), and not when the values are those written last."""
+    written = st.session_state.setdefault(URL_WRITTEN, {})
+    slot = tuple(sorted({*owned, *values}))
+    if written.get(slot) == values or slot not in written:
+        written[slot] = dict(values)
+        return
+    written[slot] = dict(values)
     params = st.query_params
     for key in owned:
         if key not in values and key in params:
@@ -378,14 +406,25 @@ def require_app(page_file: str) -> None:
         st.switch_page("app.py", query_params=params)
     # A page reads its state from the URL when it is entered (a reload, a link, a page switch)
     # and writes it back as it changes (``page_entered``).
+    # Back and Forward enter the page again: it reads the state of the URL it went back to.
     name = Path(page_file).stem
-    st.session_state[PAGE_ENTERED] = st.session_state.get(PAGE) != name
+    entered = st.session_state.get(PAGE) != name or _history_navigation()
+    st.session_state[PAGE_ENTERED] = entered
     st.session_state[PAGE] = name
-    sync_draft_url()  # the Distill draft rides along in every page's URL: a reload keeps it
+    if entered:
+        st.session_state[URL_WRITTEN] = {}  # the URL as the page opens is its state
+    sync_draft_url(name)
+
+
+def _history_navigation() -> bool:
+    """Whether this run is the browser's Back or Forward (Streamlit reruns the page then)."""
+    ctx = get_script_run_ctx()
+    return bool(ctx is not None and getattr(ctx, "is_history_navigation", False))
 
 
 URL_READ = "_kdwb_url_read"
 URL_NOTES = "_kdwb_url_notes"
+URL_WRITTEN = "_kdwb_url_written"  # {the page's parameters: their values as last written}
 USER = "_kdwb_user"
 PAGE = "_kdwb_page"
 PAGE_ENTERED = "_kdwb_page_entered"

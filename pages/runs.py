@@ -1,6 +1,7 @@
 """Runs: every run in the store, live while something trains; one run's curves and actions.
 
-The selected run and the chart options live in the URL (``/runs?run=ID&smooth=0.6``)."""
+The selected run, the suite filter and the chart options live in the URL
+(``/runs?run=ID&suite=ID&smooth=0.6``)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,16 @@ from workbench.ui.naming import (
 from workbench.ui.plots import curves
 from workbench.ui.plots.style import PlotDataError
 from workbench.ui.tables import (
+    MISSING,
+    RUNS_PAGE_COLUMNS,
     format_percent,
     history_csv,
     latest_accuracy,
     progress_fraction,
     progress_text,
     run_table,
+    suite_column,
+    suite_names,
 )
 from workbench.ui.url_state import Steps, dropped_notes, encode_ids, encode_value, read_params
 
@@ -58,9 +63,11 @@ VIEW = {
     "runs_smooth": ("smooth", 0.0),
     "runs_log": ("log", False),
     "runs_mine": ("mine", False),
+    "runs_suite": ("suite", ""),  # "": every run, a suite id: that suite's runs
 }
 SMOOTHING = Steps(0.0, 0.95, 0.05)  # the slider's range: a link's value outside it is dropped
 notes: list[str] = []
+SUITES = suite_names(actions.list_suites(store(), user()))  # the suites this user may see
 if page_entered():
     params = st.query_params.to_dict()
     ss["runs_linked"] = params.get("run")  # "not found" when this user may not see it
@@ -69,7 +76,7 @@ if page_entered():
     read, dropped = read_params(
         params,
         {param: default for param, default in VIEW.values()},
-        {"x": tuple(curves.X_AXES), "smooth": SMOOTHING},
+        {"x": tuple(curves.X_AXES), "smooth": SMOOTHING, "suite": ("", *SUITES)},
     )
     for key, (param, default) in VIEW.items():
         ss[key] = read.get(param, default)
@@ -224,10 +231,10 @@ def run_detail(record: dict, name: str) -> None:
         label = f"{EPOCH_LABEL} (last epoch)"
         cols[0].metric(label, format_percent(latest_accuracy(record, epochs)))
     teacher_acc = metrics.get("teacher_acc")
-    cols[1].metric(f"teacher {ACCURACY_LABEL}", format_percent(teacher_acc))
+    cols[1].metric(f"teacher {ACCURACY_LABEL}", format_percent(teacher_acc).replace("-", MISSING))
     agreement = metrics.get("agreement")
-    cols[2].metric("Agreement with teacher", format_percent(agreement))
-    cols[3].metric("Teacher outputs", record.get("teacher_source") or "-")
+    cols[2].metric("Agreement with teacher", format_percent(agreement).replace("-", MISSING))
+    cols[3].metric("Teacher outputs", record.get("teacher_source") or MISSING)
     st.caption(plain(RunConfig.from_dict(record["config"]).summary()))
     if record.get("teacher_note"):
         st.caption(plain(record["teacher_note"]))
@@ -319,82 +326,98 @@ def look_alike_owners(records: list[dict]) -> None:
         )
 
 
+def runs_filtered(seen: list[dict]) -> list[dict]:
+    """The filters over the table (mine only, one suite) and the runs they keep."""
+    mine_col, suite_col = st.columns([1, 3], vertical_alignment="bottom")
+    mine_col.toggle("Mine only", key="runs_mine", help="Only the runs you own")
+    if ss.get("runs_suite") not in ("", *SUITES):  # a suite deleted meanwhile
+        ss["runs_suite"] = ""
+    suite_col.selectbox(
+        "Suite",
+        ("", *SUITES),
+        key="runs_suite",
+        format_func=lambda s: plain(SUITES[s]) if s else "every run",
+        help="Only the runs of one ablation suite",
+    )
+    records = actions.shown(seen, user(), mine=ss["runs_mine"])
+    if ss["runs_suite"]:
+        records = [r for r in records if r.get("suite") == ss["runs_suite"]]
+    return records
+
+
+# Pixel widths: the key columns (name, status, test and val acc) fit a 1440 px window whole.
+RUNS_COLUMN_CONFIG = {
+    "shown as": st.column_config.TextColumn("name", width=220),
+    "status": st.column_config.TextColumn("status", width=84),
+    ACCURACY_METRIC: st.column_config.NumberColumn(
+        ACCURACY_LABEL,
+        format="percent",
+        width=76,
+        help="A finished run's accuracy on the test split (nothing in training saw it)",
+    ),
+    EPOCH_METRIC: st.column_config.NumberColumn(
+        EPOCH_LABEL,
+        format="percent",
+        width=76,
+        help="The validation accuracy of the last finished epoch (live while a run "
+        "trains; kept by a cancelled run)",
+    ),
+    "progress": st.column_config.ProgressColumn(
+        "progress", min_value=0.0, max_value=1.0, width="small"
+    ),
+    "suite": st.column_config.TextColumn("suite", width="medium"),
+    "id": st.column_config.TextColumn("id", width=180),  # 22 characters, whole
+    "queue": st.column_config.TextColumn(
+        "queue",
+        width=150,
+        help="A queued run's place in the fair order (round-robin across users) and "
+        "when it is expected to start",
+    ),
+    # pixel widths that fit "59 min 59 s" whole (the issue saw "1 min 1")
+    "eta": st.column_config.TextColumn("ETA", width=96),
+    "duration": st.column_config.TextColumn("duration", width=96),
+    "config": st.column_config.TextColumn("config", width="large"),
+    "teacher_source": st.column_config.TextColumn(
+        "teacher outputs", help="cache: precomputed teacher outputs; live: teacher forward"
+    ),
+}
+
+
+def runs_table(records: list[dict], names: dict[str, str], plan: dict) -> None:
+    """The table of runs, its key columns first (name, status, test and val accuracy)."""
+    table = run_table(records, epochs=store().epochs, plan=plan)
+    table.insert(1, "shown as", [names[i] for i in table["id"]])
+    table["suite"] = suite_column(records, SUITES)
+    st.dataframe(
+        table,
+        key="runs_table",
+        hide_index=True,
+        width="stretch",
+        placeholder=MISSING,  # a queued run's accuracy: "—", not "None"
+        column_order=RUNS_PAGE_COLUMNS,
+        column_config=RUNS_COLUMN_CONFIG,
+    )
+
+
 def runs_view(polling: bool) -> None:
     """The table and the selected run; while ``polling`` it refreshes itself every POLL_S."""
     everything = store().list_runs()
     if polling != manager().busy(everything):
         st.rerun()  # a full rerun redraws this view polling (or not) as the runs need
     show_action_error()
-    st.toggle("Mine only", key="runs_mine", help="Only the runs you own")
     seen = actions.shown(everything, user())
-    records = actions.shown(seen, user(), mine=ss["runs_mine"])
+    records = runs_filtered(seen)
     not_found_notice({r["id"] for r in seen})
     look_alike_owners(seen)
     if not records:
+        if seen:
+            st.info("No runs match these filters.")
+            return
         st.info("No runs yet: launch one on the Distill page.")
         st.page_link("pages/distill.py", label="Go to Distill", icon=":material/tune:")
         return
-    names = short_names(records)
-    plan = manager().queue_plan(everything)
-    table = run_table(records, epochs=store().epochs, plan=plan)
-    table.insert(1, "shown as", [names[i] for i in table["id"]])
-    st.dataframe(
-        table,
-        key="runs_table",
-        hide_index=True,
-        width="stretch",
-        column_order=(
-            "shown as",
-            "id",
-            "owner",
-            "visibility",
-            "role",
-            "status",
-            "queue",
-            "progress",
-            "eta",
-            ACCURACY_METRIC,
-            EPOCH_METRIC,
-            "duration",
-            "config",
-            "teacher_source",
-            "tags",
-            "error",
-        ),
-        column_config={
-            "shown as": st.column_config.TextColumn("name", width="medium"),
-            "id": st.column_config.TextColumn("id", width=180),  # 22 characters, whole
-            "queue": st.column_config.TextColumn(
-                "queue",
-                width=150,
-                help="A queued run's place in the fair order (round-robin across users) and "
-                "when it is expected to start",
-            ),
-            "progress": st.column_config.ProgressColumn(
-                "progress", min_value=0.0, max_value=1.0, width="small"
-            ),
-            ACCURACY_METRIC: st.column_config.NumberColumn(
-                ACCURACY_LABEL,
-                format="percent",
-                width="small",
-                help="A finished run's accuracy on the test split (nothing in training saw it)",
-            ),
-            EPOCH_METRIC: st.column_config.NumberColumn(
-                EPOCH_LABEL,
-                format="percent",
-                width="small",
-                help="The validation accuracy of the last finished epoch (live while a run "
-                "trains; kept by a cancelled run)",
-            ),
-            # pixel widths that fit "59 min 59 s" whole (the issue saw "1 min 1")
-            "eta": st.column_config.TextColumn("ETA", width=96),
-            "duration": st.column_config.TextColumn("duration", width=96),
-            "config": st.column_config.TextColumn("config", width="large"),
-            "teacher_source": st.column_config.TextColumn(
-                "teacher outputs", help="cache: precomputed teacher outputs; live: teacher forward"
-            ),
-        },
-    )
+    names = short_names(records, among=seen)  # a filter does not rename a run
+    runs_table(records, names, manager().queue_plan(everything))
     by_id = {r["id"]: r for r in records}
     ids = list(by_id)
     if ss.get("runs_select_next") in by_id:  # set by an action, a link or Distill's Open Runs

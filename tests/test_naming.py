@@ -61,9 +61,10 @@ def test_device_and_log_interval_never_name_a_run():
     assert names == {"a": "student · a", "b": "student · b"}
 
 
-def test_option_label_keeps_the_id():
-    assert option_label("at · 5 ep", "r1") == "at · 5 ep · r1"
+def test_option_label_is_the_name_cut_to_forty_characters():
+    assert option_label("at · 5 ep", "r1") == "at · 5 ep"
     assert option_label("KD · r1", "r1") == "KD · r1"
+    assert len(option_label("x" * 90, "r1")) == naming.MAX_NAME
 
 
 def test_the_accuracy_label_comes_from_one_place():
@@ -75,3 +76,38 @@ def test_the_accuracy_label_comes_from_one_place():
 def test_metric_labels_name_the_split():
     assert naming.metric_label("val_acc") == "val acc"
     assert naming.metric_label("test_acc") == "test acc"
+
+
+LONG_PAIRS = (("block1", "layer2.0"), ("block2", "layer3.0"), ("block3", "layer4.1"))
+
+
+def test_a_chip_is_the_table_name_and_at_most_40_characters():
+    runs = [
+        run("a", layer_pairs=LONG_PAIRS, weights=LossWeights(0.3, 0.3, 0.4, 0), lr=0.01),
+        run("b", layer_pairs=LONG_PAIRS[:2], weights=LossWeights(0.3, 0.3, 0.4, 0), lr=0.1),
+        run("c", name="a name a user gave this run, far longer than forty characters"),
+        run("20261127-181501-3f9a2c", feature_kind="cosine"),
+        run("20261127-181502-77aa01", feature_kind="cosine"),
+    ]
+    names = short_names(runs)
+    for run_id, name in names.items():
+        assert len(name) <= naming.MAX_NAME, name
+        assert option_label(name, run_id) == name  # one name in table, legend and chip
+    assert len(set(names.values())) == len(runs)
+    # identical configs: the id tells them apart, shortened to its random part, last
+    assert names["20261127-181501-3f9a2c"].endswith(" · 3f9a2c")
+    assert "block1>layer2.0,block2>layer3.0,block3>layer4.1" not in " ".join(names.values())
+
+
+def test_automatic_pairs_are_named_as_the_pairs_they_resolved_to():
+    auto = run("a", seed=0) | {"pairs": [list(p) for p in LONG_PAIRS]}  # recorded by the engine
+    explicit = run("b", seed=1, layer_pairs=LONG_PAIRS)
+    assert short_names([auto, explicit]) == {"a": "seed 0", "b": "seed 1"}
+    unknown = run("c", seed=1)  # auto, and nothing says what it resolved to: told apart
+    assert "pairs auto" in short_names([unknown, explicit])["c"]
+
+
+def test_a_subset_is_named_as_among_the_page_runs():
+    runs = [run("a", seed=0, epochs=2), run("b", seed=1, epochs=2), run("c", seed=0, epochs=5)]
+    page = short_names(runs)
+    assert short_names(runs[:2], among=runs) == {"a": page["a"], "b": page["b"]}

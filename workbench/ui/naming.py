@@ -3,7 +3,15 @@
 As in W&B and Aim, a run shown among others is named by the config fields whose values differ
 between the runs shown (``"at · bs 32 · 5 ep"``), or by the name a user gave it. Every legend,
 subplot title, table header and selector of the app takes its names from ``short_names``, so a
-run is called the same everywhere on a page.
+run is called the same everywhere on a page: a selector's chip (``option_label``) is the table's
+name, at most ``MAX_NAME`` characters, and the run id appears (its random part, last) only when
+nothing else tells two runs apart. Name a subset of the runs a page lists with ``among=`` the
+page's runs, and the subset gets the names the page's table gives them.
+
+Layer pairs are compared as the pairs a run distilled through: a config that paired the layers
+automatically (``layer_pairs = []``) counts as the explicit pairs it resolved to when the record
+says so (its ``pairs`` field, ``RESOLVED_PAIRS``), so a CLI suite and the app's identical suite
+get the same names.
 
 The accuracies the app shows are named here too: ``ACCURACY_METRIC`` / ``ACCURACY_LABEL`` for a
 finished run's headline number (the test split, which nothing in training looked at), and
@@ -21,6 +29,8 @@ from typing import Any
 __all__ = [
     "ACCURACY_LABEL",
     "ACCURACY_METRIC",
+    "MAX_NAME",
+    "RESOLVED_PAIRS",
     "EPOCH_LABEL",
     "EPOCH_METRIC",
     "field_text",
@@ -35,6 +45,9 @@ ACCURACY_METRIC = "test_acc"  # a finished run's headline accuracy: the test spl
 ACCURACY_LABEL = "test acc"  # ... and what it is called on screen
 EPOCH_METRIC = "val_acc"  # the accuracy of every epoch (and of a running run): validation
 EPOCH_LABEL = "val acc"
+MAX_NAME = 40  # characters of a run's name on screen (a chip, a legend entry, a table cell)
+RESOLVED_PAIRS = "pairs"  # a record's field: the layer pairs its run distilled through
+PAIRS_SHOWN = 20  # characters of layer pairs written out; more are counted ("3 pairs")
 
 # Fields that never tell runs apart on screen (where a run ran, how often it logged).
 _HIDDEN = ("device", "log_every", "data_path")
@@ -83,14 +96,26 @@ def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def flat_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat_config`` of a run's config, automatic layer pairs replaced by the pairs the
+    record says they resolved to (``RESOLVED_PAIRS``): how a run is compared for its name."""
+    flat = flat_config(record.get("config") or {})
+    resolved = record.get(RESOLVED_PAIRS)
+    if flat.get("layer_pairs") == "[]" and resolved:
+        flat["layer_pairs"] = json.dumps([list(p) for p in resolved])
+    return flat
+
+
 def field_text(field: str, value: Any) -> str:
     """One field of a short name: ``bs 32``, ``5 ep``, ``T 4``, ``at``."""
     if isinstance(value, float):
         value = f"{value:g}"
     elif field == "layer_pairs":
         pairs = json.loads(value) if isinstance(value, str) else value
-        value = ",".join(f"{s}>{t}" for s, t in pairs) if pairs else "auto"
-        return f"pairs {value}"
+        written = ",".join(f"{s}>{t}" for s, t in pairs) if pairs else "auto"
+        if len(written) > PAIRS_SHOWN:  # "block1>layer2.0,block2>..." would fill a chip
+            return f"{len(pairs)} pairs {pairs[0][0]}>{pairs[0][1]}…"
+        return f"pairs {written}"
     elif value is None or value == "":
         value = "-"
     return _FORMATS.get(field, field.replace("_", " ") + " {}").format(value)
@@ -129,18 +154,33 @@ def _differing(flats: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted(differing, key=lambda k: rank.get(k, len(rank)))[:MAX_FIELDS]
 
 
-def short_names(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """``{run id: short unique name}`` for the runs shown together.
+def short_names(
+    records: Iterable[Mapping[str, Any]], *, among: Iterable[Mapping[str, Any]] | None = None
+) -> dict[str, str]:
+    """``{run id: short unique name}`` for the runs shown together (named as they are among the
+    runs ``among``, when given: a page's chart of a few runs then calls them what its table of
+    all its runs does).
 
     A run's name is the name a user gave it, else the fields whose values differ between these
     runs (``"at · bs 32 · 5 ep"``; at most ``MAX_FIELDS``, the loss first), else its role
     (``"student"``, ``"teacher"``). A name that repeats gets what differs among the runs that
-    share it (``"KD · seed 1"``), and the run id if even that repeats (``"full · r3"``). So one
-    run alone is named by its name or role, and two runs that differ only by seed are
-    ``"seed 0"`` and ``"seed 1"``.
+    share it (``"KD · seed 1"``), and the run id if even that repeats (``"full · 3f9a2c"``: the
+    id's random part, or the whole id when that part repeats). Names are at most ``MAX_NAME``
+    characters (cut with "…"). So one run alone is named by its name or role, and two runs that
+    differ only by seed are ``"seed 0"`` and ``"seed 1"``.
     """
     records = list(records)
-    flats = [flat_config(r.get("config") or {}) for r in records]
+    context = records
+    if among is not None:
+        context = list(among)
+        known = {r["id"] for r in context}
+        context += [r for r in records if r["id"] not in known]
+    names = _unique_names(context)
+    return {r["id"]: names[r["id"]] for r in records}
+
+
+def _unique_names(records: list[Mapping[str, Any]]) -> dict[str, str]:
+    flats = [flat_record(r) for r in records]
     differing = _differing(flats)
     names = []
     for record, flat in zip(records, flats, strict=True):
@@ -160,17 +200,37 @@ def short_names(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
         for i in same:
             extra = " · ".join(field_text(k, flats[i].get(k)) for k in among)
             names[i] = f"{name} · {extra}" if extra else name
+    names = [_cut(name, MAX_NAME) for name in names]
     counts = Counter(names)
+    tags = _short_ids([r["id"] for r in records])
     out: dict[str, str] = {}
     taken: set[str] = set()
     for record, name in zip(records, names, strict=True):
-        if counts[name] > 1 or name in taken:
-            name = f"{name} · {record['id']}"
+        if counts[name] > 1 or name in taken:  # only the id tells it apart: last, short
+            tag = tags[record["id"]]
+            room = MAX_NAME - len(tag) - 3
+            name = f"{_cut(name, room)} · {tag}" if room > 1 else tag
         out[record["id"]] = name
         taken.add(name)
     return out
 
 
+def _short_ids(ids: Sequence[str]) -> dict[str, str]:
+    """Each id's random part (``20261127-181501-3f9a2c`` -> ``3f9a2c``), the whole id where
+    that part repeats."""
+    parts = {run_id: str(run_id).rsplit("-", 1)[-1] for run_id in ids}
+    counts = Counter(parts.values())
+    return {run_id: part if counts[part] == 1 else str(run_id) for run_id, part in parts.items()}
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def option_label(name: str, run_id: str) -> str:
-    """A run in a selector: its short name and its id, which stays when names change."""
-    return name if name.endswith(run_id) else f"{name} · {run_id}"
+    """A run in a selector (a chip): its ``short_names`` name, which is what the table and the
+    legends call it, cut to ``MAX_NAME``. The name is unique among the runs it was made for (the
+    id is in it when nothing else tells runs apart), and a selector's values are run ids, so a
+    rename never moves a selection. ``run_id`` is kept for callers written before."""
+    del run_id
+    return _cut(name, MAX_NAME)
