@@ -22,7 +22,7 @@ from pages._shared import (
     user,
 )
 from workbench.runs import permitted as actions
-from workbench.ui import compare
+from workbench.ui import compare, report
 from workbench.ui.escape import plain
 from workbench.ui.naming import (
     ACCURACY_LABEL,
@@ -33,7 +33,6 @@ from workbench.ui.naming import (
 )
 from workbench.ui.plots import curves, heatmaps, summaries
 from workbench.ui.plots.style import PlotDataError
-from workbench.ui.report import comparison_report
 from workbench.ui.url_state import (
     Steps,
     decode_ids,
@@ -55,6 +54,8 @@ VIEW = {
     "compare_smooth": ("smooth", 0.0),
     "compare_log": ("log", False),
 }
+CKA_PARAMS = ("cka_base", "cka_run")  # the CKA difference's two runs (unit labels)
+CKA_KEYS = ("compare_baseline", "compare_diff_run")
 SMOOTHING = Steps(0.0, 0.95, 0.05)  # the slider's range: a link's value outside it is dropped
 figures: list[tuple[str, go.Figure]] = []  # what the page shows, for the HTML report
 tables: list[tuple[str, pd.DataFrame]] = []
@@ -132,6 +133,9 @@ if page_entered():  # a reload, a link, or Open in Compare: the URL says what to
     )
     for key, (param, default) in VIEW.items():
         ss[key] = read.get(param, default)
+    for key, param in zip(CKA_KEYS, CKA_PARAMS, strict=True):  # checked against the runs below
+        if isinstance(params.get(param), str):
+            ss[key] = params[param][:500]
     notes = dropped_notes(params, dropped)
 url_notes(notes)
 if not records:
@@ -194,15 +198,26 @@ st.dataframe(
     },
 )
 shown_ids = [r["id"] for r in shown]
-col_csv, col_pick, _ = st.columns([1, 1, 2])
+col_csv, col_epochs, col_pick, _ = st.columns([1, 1.2, 1, 1])
 col_csv.download_button(
     "Download table (CSV)",
-    data=table.to_csv(index=False),
+    data=lambda: report.runs_export(shown, store().epochs, names_all).to_csv(index=False),
     file_name="kd-runs.csv",
     mime="text/csv",
     key="compare_table_csv",
     on_click="ignore",
     icon=":material/table:",
+    help="One row per run of the table, with every config field as a column.",
+)
+col_epochs.download_button(
+    "Download metrics per epoch (CSV)",
+    data=lambda: report.epochs_export(shown, store().epochs, names_all).to_csv(index=False),
+    file_name="kd-epochs.csv",
+    mime="text/csv",
+    key="compare_epochs_csv",
+    on_click="ignore",
+    icon=":material/timeline:",
+    help="One row per run and epoch of the table's runs (a long table), with each run's config.",
 )
 col_pick.button(
     f"Compare these {len(shown_ids)} runs",
@@ -308,12 +323,11 @@ if chosen:
                         colours=colours,
                     ),
                 )
-        if histories:
+        if histories and not compare.adaptive_weighting(chosen):
+            st.caption("Loss weights over time: not drawn, every selected run has fixed weights.")
+        elif histories:
             st.markdown("**Loss weights over time**")
-            st.caption(
-                "Constant under fixed weighting; adaptive schemes move them. "
-                "For 'total', every non-zero weight."
-            )
+            st.caption("How the adaptive schemes moved them. For 'total', every non-zero weight.")
             weight = None if component == "total" else component
             chart(
                 "Loss weights",
@@ -334,6 +348,7 @@ if chosen:
             tables.append(("Config fields that differ", diff))
 
 # ------------------------------------------------------------------------- layers
+cka_params: dict[str, str] = {}  # the CKA difference's runs, for the URL (when it is drawn)
 if chosen:
     st.subheader("What the students learned")
     with errors_shown():
@@ -355,11 +370,16 @@ if chosen:
         if len(names) >= 2:
             st.markdown("**CKA difference** against a baseline")
             col_base, col_run = st.columns(2)
-            keep_valid("compare_baseline", names, compare.default_baseline(with_cka))
+            # by default the two comparable runs that differ most (two alike show only zeros)
+            pair = compare.most_different_pair(with_cka)
+            keep_valid(
+                "compare_baseline", names, pair[0] if pair else compare.default_baseline(with_cka)
+            )
             baseline = col_base.selectbox("Baseline", names, key="compare_baseline")
             others = compare.comparable_first(with_cka, baseline)
-            keep_valid("compare_diff_run", others)
+            keep_valid("compare_diff_run", others, pair[1] if pair and pair[1] in others else None)
             other = col_run.selectbox("Run", others, key="compare_diff_run")
+            cka_params = {CKA_PARAMS[0]: baseline, CKA_PARAMS[1]: other}
             chart(
                 f"CKA({other}) - CKA({baseline})",
                 "compare_cka_diff",
@@ -397,38 +417,40 @@ if chosen:
                 lambda: heatmaps.gram_heatmaps(data[gram_run]["probe"], pair),
             )
 
-        col_cos, col_class = st.columns(2)
-        with col_cos:
-            st.markdown("**Cosine of adapted features** per layer pair")
-            cosines = compare.pair_cosine_table(probes)
-            if cosines.empty:
-                st.caption("Recorded for runs that trained with a feature loss.")
-            else:
-                fmt = {
-                    c: st.column_config.NumberColumn(
-                        heatmaps.fit_text(c, 24), format="%.3f", width="small"
-                    )
-                    for c in cosines.columns
-                }
-                st.dataframe(cosines, key="compare_pair_cosine", column_config=fmt)
-                tables.append(("Cosine of adapted features per layer pair", cosines))
-        with col_class:
-            st.markdown(
-                f"**{ACCURACY_LABEL.capitalize()} per class** and agreement with the teacher"
-            )
-            per_class = compare.per_class_table(probes)
-            if per_class.empty:
-                st.caption("Recorded when a student run finishes.")
-            else:
-                fmt = {"_index": st.column_config.TextColumn(width="medium")}
-                fmt |= {
-                    c: st.column_config.NumberColumn(
-                        heatmaps.fit_text(c, 24), format="percent", width="small"
-                    )
-                    for c in per_class.columns
-                }
-                st.dataframe(per_class, key="compare_per_class", column_config=fmt)
-                tables.append(("Accuracy per class", per_class))
+        # One under the other, each as wide as the page: beside each other, a table of many
+        # runs was cut off at 1440 px.
+        st.markdown("**Cosine of adapted features** per layer pair")
+        cosines = compare.pair_cosine_table(probes)
+        if cosines.empty:
+            st.caption("Recorded for runs that trained with a feature loss.")
+        else:
+            fmt = {
+                c: st.column_config.NumberColumn(
+                    heatmaps.fit_text(c, 24), format="%.3f", width="small"
+                )
+                for c in cosines.columns
+            }
+            st.dataframe(cosines, key="compare_pair_cosine", column_config=fmt)
+            tables.append(("Cosine of adapted features per layer pair", cosines))
+        st.markdown(f"**{ACCURACY_LABEL.capitalize()} per class** and agreement with the teacher")
+        per_class = compare.per_class_table(probes)
+        if per_class.empty:
+            st.caption("Recorded when a student run finishes.")
+        else:
+            fitted, flipped = compare.fit_columns(per_class)  # a row per run when that fits
+            if flipped:
+                st.caption("One row per run: a column per run would not fit the page.")
+            fmt = {"_index": st.column_config.TextColumn(width="medium")}
+            fmt |= {
+                c: st.column_config.NumberColumn(
+                    heatmaps.fit_text(c, 24), format="percent", width="small"
+                )
+                for c in fitted.columns
+            }
+            st.dataframe(fitted, key="compare_per_class", column_config=fmt)
+            tables.append(("Accuracy per class", per_class))
+
+set_params(cka_params, owned=CKA_PARAMS)
 
 # ------------------------------------------------------------------------- sweeps
 st.subheader(f"Loss weights and temperature vs {ACCURACY_LABEL}")
@@ -446,15 +468,16 @@ with errors_shown():
 # ------------------------------------------------------------------------- export
 st.subheader("Export")
 report_tables = (
-    [("Runs", compare.selection_table(chosen, store().epochs)), *tables] if chosen else tables
+    [("Runs", report.report_run_table(chosen, names_all)), *tables] if chosen else tables
 )
 st.download_button(
     "Download this comparison (HTML)",
-    data=lambda: comparison_report("KD Workbench comparison", figures, report_tables),
+    data=lambda: report.comparison_report("KD Workbench comparison", figures, report_tables),
     file_name="kd-comparison.html",
     mime="text/html",
     key="compare_report",
     on_click="ignore",
     icon=":material/download:",
-    help="One standalone file with the figures and tables above; it opens offline.",
+    help="One standalone file with the figures and tables above; it opens offline. The CSV "
+    "downloads above have every config field.",
 )

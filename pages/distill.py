@@ -26,7 +26,7 @@ from pages._shared import (
     url_notes,
     user,
 )
-from workbench.ablation.suites import launch_suite
+from workbench.ablation.suites import demo_preset, launch_suite
 from workbench.config.run_config import COMPONENTS, PRESETS
 from workbench.distill.feature import FEATURE_LOSSES
 from workbench.distill.relation import RELATION_LOSSES
@@ -36,6 +36,7 @@ from workbench.ui.draft import (
     check_draft,
     draft_key,
     launch_errors,
+    launch_message,
     launch_runs,
     reset_pairs,
     route_errors,
@@ -66,14 +67,18 @@ def active_preset() -> str | None:
     return None
 
 
-def launch(suite: bool) -> None:
+MESSAGE = "launch_message"  # the one message slot of the Launch buttons: the latest replaces it
+
+
+def launch(suite: bool, demo: bool = False) -> None:
     """The Launch buttons' callback: queue through the submit gate (or keep its errors for
-    their widgets). A callback runs before the next script run, so no click after it is lost."""
+    their widgets); ``demo``: the demo ablation preset instead of the draft. A callback runs
+    before the next script run, so no click after it is lost."""
     ss.pop("launched", None)
     ss.pop("launched_suite", None)
-    ss["launch_errors"], ss["launch_problem"] = {}, None
-    ss["launch_errors_for"] = draft_key(ss)
-    configs, errors = check_draft(ss)
+    ss[MESSAGE], ss["launch_errors"], ss["launch_problem"] = None, {}, None
+    ss["launch_errors_for"] = key = draft_key(ss)
+    configs, errors = ([], {}) if demo else check_draft(ss)
     if errors:
         ss["launch_errors"] = errors
         return
@@ -83,21 +88,28 @@ def launch(suite: bool) -> None:
         return manager().submit_many(submissions, who)
 
     def queue() -> None:
-        if suite:
-            record = launch_suite(
-                configs[0].replace(seed=0),
-                store(),
-                submit_many,
-                seeds=int(ss["ablation_seeds"]),
-                factorial=bool(ss["ablation_factorial"]),
-                name=ss["run_name"].strip(),
-                owner=who.name,
-            )
-            ss["launched_suite"] = ss["last_suite"] = record["id"]
-        else:
+        if not suite:
             ss["launched"] = launch_runs(
                 configs, submit_many, name=ss["run_name"], tags=ss["run_tags"]
             )
+            ss[MESSAGE] = {"kind": "runs", "ids": ss["launched"], "for": key}
+            return
+        if demo:
+            preset = demo_preset()
+            base, seeds, factorial, name = (
+                preset.config,
+                preset.seeds,
+                preset.factorial,
+                preset.name,
+            )
+        else:
+            base, seeds = configs[0].replace(seed=0), int(ss["ablation_seeds"])
+            factorial, name = bool(ss["ablation_factorial"]), ss["run_name"].strip()
+        record = launch_suite(
+            base, store(), submit_many, seeds=seeds, factorial=factorial, name=name, owner=who.name
+        )
+        ss["launched_suite"] = ss["last_suite"] = record["id"]
+        ss[MESSAGE] = {"kind": "suite", "id": record["id"], "for": key}
 
     _, ss["launch_errors"], ss["launch_problem"] = launch_errors(queue)
 
@@ -120,7 +132,7 @@ for column, name in zip(st.columns(len(PRESETS)), PRESETS, strict=True):
 weight_columns = st.columns(len(COMPONENTS))
 for column, component in zip(weight_columns, COMPONENTS, strict=True):
     column.number_input(
-        f"{component} weight",
+        f"{component.capitalize()} weight",
         step=0.05,
         format="%.2f",
         key=f"w_{component}",
@@ -271,13 +283,26 @@ col_ab_kind.checkbox(
     key="ablation_factorial",
     help="A factorial suite: 2^k - 1 variants for k active components instead of k + 2.",
 )
+demo = demo_preset()
+col_demo, col_demo_text = st.columns([1, 3.5], vertical_alignment="center")
+col_demo.button(
+    "Launch the demo ablation",
+    key="launch_demo",
+    icon=":material/play_circle:",
+    on_click=launch,
+    args=(True, True),
+    help="Queues the preset suite as it is: the fields above are not used.",
+)
+col_demo_text.caption(plain(demo.shows))
 slots["launch"] = st.container()
+refused = bool(clicked) or ss.get("launch_problem") is not None
+shown = launch_message(ss.get(MESSAGE), draft_key(ss), blocked=bool(draft_errors), refused=refused)
 with slots["launch"]:
     for message in routed.get("launch", []):
         st.error(plain(message), icon=":material/error:")
     if ss.get("launch_problem") is not None:
         show_error(ss["launch_problem"])
-    if draft_errors or clicked or ss.get("launch_problem") is not None:
+    if shown and shown["kind"] == "nothing":
         st.caption("Nothing was queued.")
 
 
@@ -294,9 +319,9 @@ def open_runs(run_id: str) -> None:
     ss["runs_select_next"] = run_id  # the run just launched, not the one selected before
 
 
-if ss.get("launched"):
+if shown and shown["kind"] == "runs":
     with slots["launch"], errors_shown():
-        ids = ss["launched"]
+        ids = shown["ids"]
         st.success(f"Queued {len(ids)} run{'s' if len(ids) > 1 else ''}.")
         active = any(store().has_run(r) and store().get_run(r)["status"] in ACTIVE for r in ids)
         live(launched_status, polling=active)(ids, active)
@@ -309,9 +334,9 @@ if ss.get("launched"):
         ):
             st.switch_page("pages/runs.py", query_params={"run": ids[0]})
 
-if ss.get("launched_suite"):
+if shown and shown["kind"] == "suite":
     with slots["launch"], errors_shown():
-        suite = store().get_suite(ss["launched_suite"])
+        suite = store().get_suite(shown["id"])
         st.success(
             f"Queued an ablation suite: {len(suite['variants'])} variants x {suite['seeds']} "
             f"seed(s) = {len(suite['runs'])} runs."

@@ -217,6 +217,45 @@ def test_baseline_defaults_to_a_comparable_run():
     assert compare.default_baseline({"only": probes["KD"]}) == "only"
 
 
+def test_the_cka_difference_defaults_to_the_most_different_comparable_pair():
+    """Two runs of one config and seed are identical: their difference is all zeros."""
+    same = [[0.5, 0.6, 0.7], [0.2, 0.3, 0.4]]
+    probes = {
+        "KD": probe(same),
+        "KD again": probe(same),
+        "hybrid": probe([[0.9, 0.6, 0.7], [0.2, 0.3, 0.1]]),
+        "mlp": probe([[0.0, 0.0, 0.0]], layers=("b1",)),  # other layers: never paired
+        "scratch": probe(None),
+    }
+    assert compare.most_different_pair(probes) == ("KD", "hybrid")
+    probes["far"] = probe([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    assert compare.most_different_pair(probes) == ("hybrid", "far")  # mean |delta| 0.77 > 0.65
+    assert compare.most_different_pair({"KD": probes["KD"], "mlp": probes["mlp"]}) is None
+    assert compare.most_different_pair({"KD": probes["KD"]}) is None
+
+
+def test_weights_over_time_only_for_adaptive_weighting():
+    fixed = [record("a"), record("b", weighting="fixed")]
+    assert not compare.adaptive_weighting(fixed)
+    assert compare.adaptive_weighting([*fixed, record("c", weighting="uncertainty")])
+    assert not compare.adaptive_weighting([])
+
+
+def test_a_table_of_many_runs_is_turned_to_fit_the_page():
+    classes = pd.Index(["agreement", *map(str, range(10))], name="class")
+    few = pd.DataFrame({f"run {i}": [0.9] * 11 for i in range(4)}, index=classes)
+    assert compare.fit_columns(few) == (few, False)
+    many = pd.DataFrame({f"run {i}": [0.9] * 11 for i in range(20)}, index=classes)
+    fitted, flipped = compare.fit_columns(many)
+    assert flipped and list(fitted.columns) == list(classes) and len(fitted) == 20
+    assert fitted.index.name == "run"
+    # key columns first: agreement, then the classes; and now it fits 1440 px
+    assert compare.MEDIUM_PX + compare.SMALL_PX * len(fitted.columns) <= compare.CONTENT_PX
+    # many classes and many runs: the narrower of the two
+    huge = pd.DataFrame(0.5, index=range(100), columns=[f"r{i}" for i in range(30)])
+    assert compare.fit_columns(huge)[1] is False
+
+
 # ---------------------------------------------------------------------- tables
 def test_pair_cosine_table_one_column_per_unit_with_cosines():
     table = compare.pair_cosine_table(

@@ -288,7 +288,7 @@ def test_cka_difference_against_a_baseline(runs, store):
     assert "same student layers" in texts(at, "warning")
 
 
-def test_choices_follow_the_grouping(runs):
+def test_choices_follow_the_grouping(runs, store):
     at = open_compare([runs["kd0"], runs["kd1"], runs["hy0"], runs["hy1"]])
     assert at.selectbox(key="compare_baseline").value == "KD (2 seeds)"
     at.selectbox(key="compare_group").set_value("none").run()
@@ -296,8 +296,18 @@ def test_choices_follow_the_grouping(runs):
     # the group labels are gone: the choices are set anew (so the browser shows them too)
     for key in ("compare_baseline", "compare_diff_run"):
         assert at.session_state[key] in at.selectbox(key=key).options
-    assert at.session_state["compare_baseline"] == "KD · seed 0"
-    assert "CKA(KD · seed 0);" in charts(at)["compare_cka_diff"]["layout"]["title"]["text"]
+    # the default is the pair whose CKA differs most, the earlier one as the baseline
+    labels = {"KD · seed 0": "kd0", "KD · seed 1": "kd1", "hybrid · seed 0": "hy0"}
+    labels["hybrid · seed 1"] = "hy1"
+    cka = {k: np.asarray(store.probe(runs[v])["cka"], dtype=float) for k, v in labels.items()}
+    names = list(cka)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    base, other = max(pairs, key=lambda p: np.abs(cka[p[0]] - cka[p[1]]).mean())
+    assert (at.session_state["compare_baseline"], at.session_state["compare_diff_run"]) == (
+        base,
+        other,
+    )
+    assert f"CKA({base});" in charts(at)["compare_cka_diff"]["layout"]["title"]["text"]
 
 
 def test_gram_view_for_a_chosen_run_and_pair(runs):
@@ -371,7 +381,7 @@ def test_report_holds_the_page_figures_and_tables(runs, monkeypatch):
     for heading in ("Runs", "Config fields that differ", "Accuracy per class", "Linear CKA"):
         assert f"<h2>{heading}</h2>" in html
     assert (
-        captured["compare_table_csv"]
+        captured["compare_table_csv"]()
         .splitlines()[0]
         .startswith("id,shown as,name,owner,role,group,status")
     )
@@ -542,3 +552,59 @@ def test_runs_table_shows_a_running_runs_latest_accuracy(store):
     table = at.dataframe[0].value.set_index("id")
     assert table.loc[run_id, "val_acc"] == pytest.approx(store.epochs(run_id)[-1]["val_acc"])
     assert any(m.label == "val acc (last epoch)" for m in at.metric)
+
+
+# ---------------------------------------------------------------------------------- issue 19
+def test_the_cka_difference_defaults_to_the_most_different_pair_and_lives_in_the_url(runs, store):
+    """Two runs of one config and seed have equal CKA: as a default pair they showed zeros."""
+    twin = fabricate_run(store, "KD", seed=0, tags=("kd",))  # kd0's config, seed and data
+    at = open_compare([runs["kd0"], twin, runs["hy0"]])
+    at.selectbox(key="compare_group").set_value("none").run()
+    assert_clean(at)
+    base, other = at.session_state["compare_baseline"], at.session_state["compare_diff_run"]
+    assert "hybrid" in (base, other), (base, other)
+    assert not (base.startswith("KD") and other.startswith("KD"))  # not the twins' zeros
+    assert at.query_params["cka_base"] in (base, [base])
+    assert at.query_params["cka_run"] in (other, [other])
+    # the reader's choice goes into the URL, and a link restores it
+    twins = [n for n in at.selectbox(key="compare_baseline").options if n.startswith("KD")]
+    at.selectbox(key="compare_baseline").set_value(twins[0]).run()
+    at.selectbox(key="compare_diff_run").set_value(twins[1]).run()
+    params = {k: at.query_params[k] for k in ("runs", "group", "cka_base", "cka_run")}
+    assert params["cka_run"] in (twins[1], [twins[1]])
+    fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    fresh.query_params.update({k: v if isinstance(v, str) else v[0] for k, v in params.items()})
+    fresh.run()
+    fresh.switch_page("pages/compare.py").run()
+    assert_clean(fresh)
+    assert fresh.selectbox(key="compare_baseline").value == twins[0]
+    assert fresh.selectbox(key="compare_diff_run").value == twins[1]
+    # a link's run that is not among the selection falls back to the default, quietly
+    bad = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    bad.query_params.update({"runs": params["runs"], "group": "none", "cka_base": "<b>gone"})
+    bad.run()
+    bad.switch_page("pages/compare.py").run()
+    assert_clean(bad)
+    assert bad.selectbox(key="compare_baseline").value == base
+
+
+def test_weights_over_time_are_drawn_only_for_adaptive_weighting(runs):
+    at = open_compare([runs["kd0"], runs["kd1"]])  # fixed weights: flat lines said nothing
+    assert "compare_weights" not in charts(at)
+    assert "every selected run has fixed weights" in texts(at, "caption")
+    at.multiselect(key="compare_runs").set_value([runs["kd0"], runs["hy0"]]).run()
+    assert_clean(at)
+    assert "compare_weights" in charts(at)  # hybrid adapts its weights (uncertainty)
+
+
+def test_the_per_class_table_has_the_page_width_and_narrow_columns(runs):
+    at = open_compare([runs["kd0"], runs["kd1"], runs["hy0"], runs["hy1"], runs["mlp"]])
+    at.selectbox(key="compare_group").set_value("none").run()
+    assert_clean(at)
+    for column in at.columns:  # not squeezed into half of the page beside the cosines
+        assert [d for d in column.get("dataframe") if d.value.index.name == "class"] == []
+    (table,) = [d for d in at.dataframe if d.value.index.name == "class"]
+    assert table.value.index[0] == "agreement"  # the key row first
+    widths = {name: c.get("width") for name, c in json.loads(table.proto.columns).items()}
+    assert widths.pop("_index") == "medium"
+    assert set(widths) == set(table.value.columns) and set(widths.values()) == {"small"}

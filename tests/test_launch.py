@@ -158,3 +158,98 @@ def test_a_run_name_of_two_lines_blocks_launch_like_on_the_command_line():
     assert errors["run_name"].startswith("name must be one line of printable text")
     assert launch.route_errors(errors) == {"name": [errors["run_name"]]}  # under the name field
     assert launch.check_draft(draft(run_name="  my run  "))[1] == {}
+
+
+# ---------------------------------------------------------------------------------- issue 19
+def test_messages_name_the_fields_as_the_form_does():
+    """The form says Learning rate, Batch size, Label weight: so do its messages."""
+    _, errors = launch.check_draft(draft(lr=-1.0, batch_size=0, w_label=-1.0, epochs=None))
+    assert errors["lr"] == "Learning rate (lr) must be a number from 1e-06 to 1, got -1"
+    assert errors["batch_size"].startswith("Batch size (batch_size) must be a whole number")
+    assert errors["weights"].startswith("Label weight (weights.label) must be a number")
+    assert errors["epochs"] == "Epochs must be a whole number from 1 to 500; the field is empty"
+    for message in errors.values():
+        assert not message.startswith(("lr ", "batch_size ", "weight label", "epochs "))
+    assert launch.form_message("unknown feature kind 'x'") == "unknown feature kind 'x'"
+
+
+def test_the_launch_slot_shows_only_the_latest_outcome():
+    queued = {"kind": "runs", "ids": ["r1"], "for": "draft A"}
+    shown = launch.launch_message
+    assert shown(queued, "draft A", blocked=False, refused=False) == queued
+    assert shown(queued, "draft B", blocked=False, refused=False) == queued  # still the latest
+    # a refused click, or a draft changed into one that cannot launch, replaces it
+    assert shown(queued, "draft A", blocked=False, refused=True) == launch.NOTHING_QUEUED
+    assert shown(queued, "draft B", blocked=True, refused=False) == launch.NOTHING_QUEUED
+    assert shown(None, "draft A", blocked=True, refused=False) == launch.NOTHING_QUEUED
+    assert shown(None, "draft A", blocked=False, refused=False) is None
+    # launched (the demo preset) while the draft had errors: what was queued is said
+    assert shown(queued, "draft A", blocked=True, refused=False) == queued
+
+
+@pytest.fixture
+def distill(home, monkeypatch):
+    """The Distill page in AppTest, on a store whose app queues runs but runs none of them."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import APP, ROOT, TIMEOUT, tiny_models
+    from workbench.storage.store import Store
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    settings = home.parent / "workbench.toml"
+    settings.write_text('[workers]\napp_executes = "none"\n')
+    monkeypatch.setenv("KDWB_CONFIG", str(settings))
+    store = Store(home)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    tiny_models(at)
+    at.switch_page("pages/distill.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    yield at, store
+    st.cache_resource.clear()
+    store.close()
+
+
+def launch_slot(at) -> tuple[list[str], list[str]]:
+    return [s.value for s in at.success], [c.value for c in at.caption if "queued" in c.value]
+
+
+def test_a_failing_launch_replaces_the_queued_message(distill):
+    at, store = distill
+    at.number_input(key="epochs").set_value(1).run()
+    at.button(key="launch").click().run()
+    assert launch_slot(at) == (["Queued 1 run."], [])
+    at.selectbox(key="feature_kind").set_value("at").run()  # mlp has no 4-D layers
+    at.button(key="launch").click().run()
+    assert not at.exception
+    assert any("attention transfer needs 4-D" in e.value for e in at.error)
+    assert launch_slot(at) == ([], ["Nothing was queued."])  # not above an old "Queued"
+    assert len(store.list_runs(role="student")) == 1
+
+
+def test_a_draft_made_invalid_after_a_launch_shows_one_message(distill):
+    at, _ = distill
+    at.number_input(key="epochs").set_value(1).run()
+    at.button(key="launch").click().run()
+    assert launch_slot(at)[0] == ["Queued 1 run."]
+    at.number_input(key="lr").set_value(-1.0).run()
+    assert [e.value for e in at.error] == [
+        "Learning rate (lr) must be a number from 1e-06 to 1, got -1"
+    ]
+    assert launch_slot(at) == ([], ["Nothing was queued."])
+
+
+def test_the_demo_ablation_is_one_click_away(distill):
+    from workbench.ablation.suites import demo_preset
+
+    at, store = distill
+    preset = demo_preset()
+    assert any(preset.shows in c.value for c in at.caption)  # what it shows, beside it
+    at.button(key="launch_demo").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (suite,) = store.list_suites()
+    assert suite["base"] == preset.config.to_dict() and suite["seeds"] == preset.seeds
+    assert len(suite["runs"]) == preset.runs
+    (message,) = launch_slot(at)[0]
+    assert message.startswith("Queued an ablation suite") and str(preset.runs) in message
+    assert at.session_state["last_suite"] == suite["id"]  # Ablations opens on it

@@ -20,6 +20,7 @@ from workbench.ui.plots.heatmaps import (
     difference_range,
     fit_text,
     gram_heatmaps,
+    tick_labels,
     wrap_name,
 )
 from workbench.ui.plots.style import NOT_SIGNIFICANT, PlotDataError
@@ -286,6 +287,44 @@ def test_cka_grid_of_20_runs_has_titles_that_fit_and_one_colour_bar():
     assert fit_text("abcdef", 4) == "abc…" and fit_text("abc", 4) == "abc"
     assert wrap_name("a · b · c", 5) == "a · b<br>c"
     assert wrap_name("aaaa · bbbb · cccc", 4) == "aaaa<br>bbb…"
+
+
+def _cka_probe(n_student, n_teacher, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "student_layers": [f"features.{i}.conv" for i in range(n_student)],
+        "teacher_layers": [f"layer{i // 2 + 1}.{i % 2}.conv2" for i in range(n_teacher)],
+        "cka": rng.uniform(size=(n_student, n_teacher)),
+    }
+
+
+@pytest.mark.parametrize("runs", [1, 4, 8])
+@pytest.mark.parametrize("layers", [4, 17, 40])
+def test_cka_tick_labels_never_overlap(runs, layers):
+    """Each named tick gets at least TICK_PX along its axis, on a 1100 px wide figure."""
+    from workbench.ui.plots.heatmaps import FIGURE_PX, TICK_PX
+
+    fig = cka_heatmaps({f"run {i}": _cka_probe(layers, layers, i) for i in range(runs)}, per_row=4)
+    layout = fig.layout
+    plot_px = layout.height - layout.margin.t - layout.margin.b
+    for name in layout.to_plotly_json():
+        axis = layout[name] if name.startswith(("xaxis", "yaxis")) else None
+        if axis is None:
+            continue
+        span = axis.domain[1] - axis.domain[0]
+        px = span * (FIGURE_PX if name.startswith("x") else plot_px)
+        assert len(axis.tickvals) * TICK_PX <= px + 1e-6, (name, len(axis.tickvals), px)
+        assert len(axis.tickvals) >= min(layers, 4)  # still named, if not every one
+        assert axis.tickfont.size <= 11
+    diff = cka_difference(_cka_probe(layers, layers, 1), _cka_probe(layers, layers, 2))
+    assert len(diff.layout.xaxis.tickvals) * TICK_PX <= FIGURE_PX
+
+
+def test_tick_labels_keep_every_kth():
+    labels = [str(i) for i in range(10)]
+    assert tick_labels(labels, 1000) == labels
+    assert tick_labels(labels, 90) == ["0", "2", "4", "6", "8"]
+    assert tick_labels(labels, 1) == ["0"]
 
 
 def test_smoothing_is_a_debiased_exponential_moving_average():

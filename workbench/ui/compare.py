@@ -25,7 +25,9 @@ from workbench.ui.tables import run_table
 
 __all__ = [
     "FILTERS",
+    "adaptive_weighting",
     "comparable_first",
+    "fit_columns",
     "LOSS_CHOICES",
     "curve_runs",
     "data_version",
@@ -35,6 +37,7 @@ __all__ = [
     "filter_runs",
     "filter_values",
     "has_probe_data",
+    "most_different_pair",
     "pair_cosine_table",
     "parcoords_records",
     "per_class_table",
@@ -240,6 +243,27 @@ def default_baseline(probes: Mapping[str, Probe]) -> str:
     )
 
 
+def most_different_pair(probes: Mapping[str, Probe]) -> tuple[str, str] | None:
+    """``(baseline, run)``: of the units with comparable CKA matrices (``same_layers``, same
+    shape), the two whose CKA differs most (mean ``|CKA(run) - CKA(baseline)|`` over the cells),
+    the earlier label first; the first such pair on ties; None when no two are comparable.
+
+    The default of the CKA difference: two runs of one config and seed are identical, and a
+    difference of zeros shows nothing."""
+    labels = [label for label in probes if has_probe_data(probes[label], "cka")]
+    best: tuple[float, tuple[str, str]] | None = None
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            x, y = (np.asarray(probes[k]["cka"], dtype=float) for k in (a, b))
+            if x.shape != y.shape or not same_layers(probes[a], probes[b]):
+                continue
+            gap = np.abs(x - y)
+            score = float(np.nanmean(gap)) if np.isfinite(gap).any() else 0.0
+            if best is None or score > best[0]:
+                best = (score, (a, b))
+    return None if best is None else best[1]
+
+
 def comparable_first(probes: Mapping[str, Probe], baseline: str) -> list[str]:
     """The labels other than ``baseline``, those with the baseline's layers first (in order),
     so a CKA difference against the baseline picks a comparable run by default."""
@@ -247,7 +271,33 @@ def comparable_first(probes: Mapping[str, Probe], baseline: str) -> list[str]:
     return sorted(others, key=lambda label: not same_layers(probes[label], probes[baseline]))
 
 
+def adaptive_weighting(records: Iterable[Record]) -> bool:
+    """Whether one of ``records`` adapts its loss weights while it trains (a weighting scheme
+    other than ``fixed``): only then do its weights over time say anything."""
+    return any((r.get("config") or {}).get("weighting", "fixed") != "fixed" for r in records)
+
+
 # ---------------------------------------------------------------------- tables
+# What a table's columns take on screen (Streamlit's "small" and "medium" widths), and what a
+# 1440 px window leaves the page's content in the wide layout, beside the sidebar.
+SMALL_PX, MEDIUM_PX, CONTENT_PX = 75, 200, 1100
+
+
+def fit_columns(frame: pd.DataFrame, width_px: int = CONTENT_PX) -> tuple[pd.DataFrame, bool]:
+    """``(frame, False)`` when its columns (``SMALL_PX`` each, beside a ``MEDIUM_PX`` index)
+    fit ``width_px``; else ``(frame.T, True)`` when the transpose fits or is narrower, so a
+    table of many units and few rows (per-class accuracy) is read without scrolling sideways."""
+
+    def width(f: pd.DataFrame) -> int:
+        return MEDIUM_PX + SMALL_PX * len(f.columns)
+
+    if width(frame) <= width_px or width(frame.T) >= width(frame):
+        return frame, False
+    flipped = frame.T
+    flipped.index.name, flipped.columns.name = frame.columns.name or "run", None
+    return flipped, True
+
+
 def pair_cosine_table(probes: Mapping[str, Probe]) -> pd.DataFrame:
     """Mean cosine of adapted student feature and teacher feature per distilled layer pair:
     one row per pair ``"student -> teacher"``, one column per unit (NaN where a unit lacks the

@@ -22,13 +22,17 @@ from workbench.errors import ConfigError, IncompatibleModelsError
 from workbench.ui.form_values import FormError, build_configs, parse_seeds
 
 __all__ = [
+    "FORM_LABELS",
     "MODEL_FIELDS",
+    "NOTHING_QUEUED",
     "SLOTS",
     "TEACHER_MODES",
     "check_draft",
     "draft_key",
     "draft_values",
+    "form_message",
     "launch_errors",
+    "launch_message",
     "launch_runs",
     "parse_tags",
     "reset_pairs",
@@ -54,6 +58,30 @@ SLOTS = {
 }
 # Fields set on the Models page: their messages say to go there.
 MODEL_FIELDS = ("dataset", "data_path", "teacher", "student", "teacher_run")
+
+
+# The Distill and Models pages' labels of the fields whose names differ from them: a message
+# names the field as the form does, its setting's name in brackets (what the CLI and a config
+# file call it).
+FORM_LABELS = {  # the start of a config message -> (the form's label, the setting's name)
+    "teacher_epochs": ("Teacher epochs", "teacher_epochs"),
+    "batch_size": ("Batch size", "batch_size"),
+    "lr": ("Learning rate", "lr"),
+    "epochs": ("Epochs", ""),
+    **{f"weight {c}": (f"{c.capitalize()} weight", f"weights.{c}") for c in COMPONENTS},
+}
+_EMPTY = re.compile(r", got None \(NoneType\)$")
+
+
+def form_message(message: str) -> str:
+    """A config message as the form says it: ``lr must be ... got -1`` -> ``Learning rate (lr)
+    must be ... got -1``; an empty number field (``got None``) -> ``...; the field is empty``.
+    Other messages are kept as they are."""
+    for start, (label, name) in FORM_LABELS.items():
+        if message.startswith(f"{start} "):
+            message = f"{label}{f' ({name})' if name else ''}{message[len(start) :]}"
+            break
+    return _EMPTY.sub("; the field is empty", message)
 
 
 def teacher_source_error(draft: Mapping[str, Any]) -> str | None:
@@ -141,7 +169,7 @@ def check_draft(draft: Mapping[str, Any]) -> tuple[list[RunConfig], dict[str, st
     try:
         configs = build_configs(draft_values(draft), seeds)
     except FormError as exc:
-        errors.update(exc.errors)
+        errors.update({field: form_message(text) for field, text in exc.errors.items()})
     if draft.get("layer_pairs_error"):
         errors["layer_pairs"] = draft["layer_pairs_error"]
     if problem := teacher_source_error(draft):
@@ -165,6 +193,23 @@ def launch_errors(launch: Callable[[], T]) -> tuple[T | None, dict[str, str], Ex
         return None, {"layer_pairs": str(exc)}, None
     except Exception as exc:  # shown as it is: the library's errors carry the fix
         return None, {}, exc
+
+
+NOTHING_QUEUED = {"kind": "nothing"}  # what the Launch buttons' message slot says instead
+
+
+def launch_message(
+    message: Mapping[str, Any] | None, key: str, *, blocked: bool, refused: bool
+) -> Mapping[str, Any] | None:
+    """What the one message slot under the Launch buttons shows: the latest outcome only.
+
+    ``message``: the last launch's ``{"kind": "runs" | "suite", ..., "for": draft key}``;
+    ``key``: the draft's key now; ``blocked``: the draft has errors; ``refused``: the last click
+    queued nothing. A refused click, or a draft that has errors and changed since the last
+    launch, shows ``NOTHING_QUEUED`` in place of an older "Queued ..." (never both)."""
+    if refused or (blocked and (message is None or message.get("for") != key)):
+        return NOTHING_QUEUED
+    return message
 
 
 def route_errors(errors: Mapping[str, str]) -> dict[str, list[str]]:

@@ -29,21 +29,44 @@ __all__ = [
     "difference_range",
     "fit_text",
     "gram_heatmaps",
+    "tick_labels",
     "wrap_name",
 ]
 
 
 # ---------------------------------------------------------------------- layer comparison
+FIGURE_PX = 1100  # the width a figure gets on the wide page at 1440 px (beside the sidebar)
+TICK_PX = 18  # what one tick label needs along its axis: 12 px text, rotated 45 degrees, a gap
+TICK_FONT = 11
+
+
+def tick_labels(labels: Sequence[str], axis_px: float) -> list[str]:
+    """The labels an axis of ``axis_px`` can name without overlap (``TICK_PX`` each): all of
+    them, or every second, third, ... one; the hover still names every cell."""
+    labels = list(labels)
+    step = max(1, math.ceil(len(labels) * TICK_PX / max(axis_px, 1.0)))
+    return labels[::step]
+
+
 def _layer_axes(
-    fig: go.Figure, col: int, teacher: Sequence[str], student: Sequence[str], row: int = 1
+    fig: go.Figure,
+    col: int,
+    teacher: Sequence[str],
+    student: Sequence[str],
+    row: int = 1,
+    *,
+    size_px: tuple[float, float] = (FIGURE_PX, 400),
 ) -> None:
     # Category axes with explicit ticks: a path such as "0" must not become the number 0.
+    # ``size_px``: the panel's (width, height), which decides how many labels fit.
+    shown_t, shown_s = tick_labels(teacher, size_px[0]), tick_labels(student, size_px[1])
     fig.update_xaxes(
         type="category",
         tickmode="array",
-        tickvals=list(teacher),
-        ticktext=list(teacher),
+        tickvals=shown_t,
+        ticktext=shown_t,
         tickangle=-45,
+        tickfont=dict(size=TICK_FONT),
         title_text="teacher layer",
         row=row,
         col=col,
@@ -51,8 +74,9 @@ def _layer_axes(
     fig.update_yaxes(
         type="category",
         tickmode="array",
-        tickvals=list(student),
-        ticktext=list(student),
+        tickvals=shown_s,
+        ticktext=shown_s,
+        tickfont=dict(size=TICK_FONT),
         autorange="reversed",  # forward order from the top
         title_text="student layer" if col == 1 else None,
         row=row,
@@ -100,11 +124,13 @@ def cka_heatmaps(
     # names wrap onto two lines between their parts, the rest is cut with an ellipsis; the
     # hover names the run in full.
     fit = max(12, int(1100 / cols / 7))
+    spacing = min(0.12, 1.0 / (cols - 1) - 1e-3) if cols > 1 else 0.0
+    panel_px = FIGURE_PX * (1.0 - spacing * (cols - 1)) / cols
     fig = make_subplots(
         rows=grid_rows,
         cols=cols,
         subplot_titles=[wrap_name(label, fit) for label in drawable],
-        horizontal_spacing=min(0.12, 1.0 / (cols - 1) - 1e-3) if cols > 1 else 0.0,
+        horizontal_spacing=spacing,
         vertical_spacing=min(gap_px / (height - 200), 1.0 / (grid_rows - 1) - 1e-3)
         if grid_rows > 1
         else 0.0,
@@ -129,7 +155,7 @@ def cka_heatmaps(
             row=row,
             col=col,
         )
-        _layer_axes(fig, col, teacher, student, row=row)
+        _layer_axes(fig, col, teacher, student, row=row, size_px=(panel_px, row_px))
     title = "linear CKA, student layer vs teacher layer"
     if skipped:
         title += f" (no CKA: {plain_label(', '.join(map(str, skipped)))})"
@@ -186,12 +212,13 @@ def cka_difference(
         row=1,
         col=1,
     )
-    _layer_axes(fig, 1, teacher, student)
+    height = max(380, 160 + 26 * len(student))
+    _layer_axes(fig, 1, teacher, student, size_px=(FIGURE_PX, height - 180))
     fig.update_layout(
         title=f"CKA({plain_label(fit_text(label, 40))}) - "
         f"CKA({plain_label(fit_text(baseline_label, 40))}); "
         f"colour range fixed at ±{limit:.2f}",
-        height=max(380, 160 + 26 * len(student)),
+        height=height,
         margin=dict(t=60, b=120),
     )
     return fig
