@@ -34,10 +34,18 @@ def test_run_json_then_runs_and_show(home, capsys):
     assert set(result) >= {"run_id", "val_acc", "teacher_acc", "losses", "seconds"}
     assert set(result["losses"]) == {"label", "response", "feature", "relation", "total"}
     assert "[teacher] epoch 1/1" in err and "[student]" in err and "ETA" in err
+    # every accuracy named with its split (issue 19): the headline is the test split's
+    metrics = Store(home).get_run(result["run_id"])["metrics"]
+    (epoch,) = Store(home).epochs(result["run_id"])
+    assert result["test_acc"] == metrics["test_acc"] and result["val_acc"] == epoch["val_acc"]
+    assert result["teacher_test_acc"] == result["teacher_acc"] == metrics["teacher_acc"]
+    assert result["agreement_test"] == result["agreement"] == metrics["agreement"]
+    assert result["agreement_val"] == epoch["agreement"]
+    assert "val acc" in err and "val agreement" in err and "val_acc" not in err
     assert main(["runs"]) == 0
     assert result["run_id"] in capsys.readouterr().out
     assert main(["show", result["run_id"]]) == 0
-    assert "val_acc" in capsys.readouterr().out
+    assert f"test accuracy {result['test_acc']:.4f}" in capsys.readouterr().out
 
 
 def test_config_file_and_flag_override(home, tmp_path, capsys):
@@ -53,10 +61,16 @@ def test_config_file_and_flag_override(home, tmp_path, capsys):
 BAD_INPUT = [
     (["run", "--teacher", "resnet999"], "unknown teacher model 'resnet999'; choose one of:"),
     (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["run", "--weights", "label=-1"], "weight label must be a number from 0 to 100"),
+    (
+        ["run", "--weights", "label=-1"],
+        "Label weight (weights.label) must be a number from 0 to 100",
+    ),
     (["run", "--weights", "label=0,response=0"], "all loss weights are zero"),
-    (["run", "--temperature", "0"], "temperature must be a number from 0.05 to 100"),
-    (["run", "--epochs", "0"], "epochs must be a whole number from 1 to 500"),
+    (
+        ["run", "--temperature", "0"],
+        "Temperature T (temperature) must be a number from 0.05 to 100",
+    ),
+    (["run", "--epochs", "0"], "Epochs (epochs) must be a whole number from 1 to 500"),
     (["show", "nope"], "no run 'nope'"),
     (["run", "--dataset", "mnist", "--weights", "label=1"], "download"),
     (["run", "--teacher", "small_cnn", "--student", "mlp", "--feature-kind", "at"], "attention"),
@@ -104,6 +118,7 @@ def test_ablate_json(home, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out)
+    assert (result["metric"], result["split"]) == ("test_acc", "test")  # what "mean" is of
     assert [v["variant"] for v in result["variants"]] == [
         "full",
         "without label",
@@ -134,14 +149,18 @@ def test_ablate_json(home, capsys):
 
 
 # ---------------------------------------------------------------------- bad inputs (issue 8, item 8)
-# Each one: exit code 2, exactly one line on stderr naming the field and what it may be, no
-# traceback, and no run record left in the store (the refusal comes before anything is created).
+# Each one: exit code 2, exactly one line on stderr naming the field (as the app's form labels it,
+# the field name in brackets) and what it may be, no traceback, and no run record left in the
+# store (the refusal comes before anything is created).
 FAST = ["--teacher", "small_cnn", "--student", "mlp", "--weights", "label=1", "--epochs", "1"]
 NO_CUDA_DEVICE = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
 TOML_CASES = {
-    "weights_label_x": ('[weights]\nlabel = "x"\n', "weight label must be a number from 0 to 100"),
-    "device_5": ("device = 5\n", "device must be text, got 5"),
-    "data_path_7": ("data_path = 7\n", "data_path must be text, got 7"),
+    "weights_label_x": (
+        '[weights]\nlabel = "x"\n',
+        "Label weight (weights.label) must be a number from 0 to 100",
+    ),
+    "device_5": ("device = 5\n", "Device (device) must be text, got 5"),
+    "data_path_7": ("data_path = 7\n", "Image folder (data_path) must be text, got 7"),
     "not_utf8": (b'name = "\xff\xfe"\n', "is not UTF-8 text"),
     "augment_no": ('augment = "no"\n', "augment must be true or false, got 'no'"),
     "teacher_cache_false": (
@@ -151,17 +170,23 @@ TOML_CASES = {
     "layer_pairs_5": ("layer_pairs = 5\n", "layer_pairs must be a list"),
 }
 FLAG_CASES = [
-    (["--lr", "1e308"], "lr must be a number from 1e-06 to 1, got 1e+308"),
-    (["--lr", "nan"], "lr must be a number from 1e-06 to 1, got nan"),
-    (["--seed", str(2**70)], f"seed must be a whole number from 0 to 4294967295, got {2**70}"),
-    (["--seed", "2**70"], "seed must be a whole number from 0 to 4294967295, got '2**70'"),
-    (["--epochs", "10000"], "epochs must be a whole number from 1 to 500, got 10000"),
-    (["--epochs", "abc"], "epochs must be a whole number from 1 to 500, got 'abc'"),
-    (["--batch-size", "1"], "batch_size must be a whole number from 2 to 4096, got 1"),
-    (["--batch-size", "4000"], "batch_size must be at most the "),  # digits: ~1400 to train on
-    (["--name", "two\nlines"], "name must be one line of printable text"),
+    (["--lr", "1e308"], "Learning rate (lr) must be a number from 1e-06 to 1, got 1e+308"),
+    (["--lr", "nan"], "Learning rate (lr) must be a number from 1e-06 to 1, got nan"),
+    (
+        ["--seed", str(2**70)],
+        f"Seed (seed) must be a whole number from 0 to 4294967295, got {2**70}",
+    ),
+    (["--seed", "2**70"], "Seed (seed) must be a whole number from 0 to 4294967295, got '2**70'"),
+    (["--epochs", "10000"], "Epochs (epochs) must be a whole number from 1 to 500, got 10000"),
+    (["--epochs", "abc"], "Epochs (epochs) must be a whole number from 1 to 500, got 'abc'"),
+    (["--batch-size", "1"], "Batch size (batch_size) must be a whole number from 2 to 4096, got 1"),
+    (
+        ["--batch-size", "4000"],
+        "Batch size (batch_size) must be at most the ",
+    ),  # digits: ~1400 to train on
+    (["--name", "two\nlines"], "Run name (name) must be one line of printable text"),
     (["--device", NO_CUDA_DEVICE], f"device {NO_CUDA_DEVICE}: "),
-    (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    (["--device", "tpu"], "Device (device) must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     (["--teacher-run", "nope"], "teacher_run 'nope' is not in the store"),
     (["--layer-pairs", "a"], "a layer pair looks like student_path:teacher_path"),
 ]
@@ -236,7 +261,8 @@ def test_runs_lists_one_line_per_run_whatever_was_stored(home, capsys):
     old = store.create_run(config, name="old")
     store.update_run(old, config={**config.to_dict(), "epochs": 10000, "lr": 5.0})  # old bounds
     assert main(["runs"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["id", "status", "test", "acc"]
     assert len(lines) == 2
     assert any("two\\nlines" in line for line in lines)
     assert main(["show", old]) == 0

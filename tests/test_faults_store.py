@@ -343,7 +343,7 @@ def test_full_disk_clear_error_and_store_readable(small_disk, monkeypatch):
     assert runs.returncode == 0 and all(i in runs.stdout for i in ids), runs.stderr
     assert "Traceback" not in runs.stderr
     show = cli(home, "show", ids[1])
-    assert show.returncode == 0 and "epoch 1: val_acc 0.5000" in show.stdout, show.stderr
+    assert show.returncode == 0 and "epoch 1: val acc 0.5000" in show.stdout, show.stderr
     run = cli(home, "run", "--teacher", "small_cnn", "--student", "mlp", "--epochs", "1")
     assert_one_line_error(run, "is full", str(home))
 

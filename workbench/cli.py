@@ -20,18 +20,21 @@ from workbench.cli_inputs import (
     check_slots,
     config_from_args,
     first_ctrl_c_sets,
+    in_form_words,
 )
 from workbench.cli_output import (
     Progress,
-    one_line,
+    accuracies,
+    print_epochs,
     print_record,
+    print_runs,
     print_suite,
     reader_gone,
     result_json,
     suite_json,
 )
 from workbench.config.run_config import RunConfig, check_run_name, summary_of
-from workbench.errors import WorkbenchError, quoted
+from workbench.errors import ConfigError, WorkbenchError, quoted
 
 __all__ = ["config_from_args", "main"]
 
@@ -79,9 +82,9 @@ def _run_here(config: RunConfig, store: Any, run_id: str, as_json: bool) -> int:
 
     record = run(config, store, on_step=Progress(), run_id=run_id)
     if as_json:
-        print(json.dumps(result_json(record)))
+        print(json.dumps(result_json(record, store.epochs(run_id))))
     else:
-        print_record(record)
+        print_record(record, store.epochs(run_id))
     return 0 if record["status"] == "completed" else 1
 
 
@@ -270,7 +273,6 @@ def _stop_suite(
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from workbench.storage.store import STATUSES, Store
-    from workbench.ui.tables import queue_text
 
     if args.status is not None and args.status not in STATUSES:  # else silently "no runs yet"
         raise WorkbenchError(
@@ -288,7 +290,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 [
-                    result_json(r)
+                    result_json(r, store.epochs(r["id"]))
                     | {
                         "name": r.get("name") or "",
                         "owner": r.get("owner") or "",
@@ -301,16 +303,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 ]
             )
         )
-        return 0
-    if not records:
+    elif not records:
         print("no runs yet: start one with `python -m workbench run`")
-    for r in records:
-        acc = (r.get("metrics") or {}).get("val_acc")
-        acc_text = f"{acc:.4f}" if acc is not None else "  -   "
-        name, summary = one_line(r.get("name") or ""), one_line(summary_of(r["config"]))
-        owner = one_line(r.get("owner") or "-") + (" (private)" if r.get("private") else "")
-        place = f"  [{queue_text(places[r['id']])}]" if r["id"] in places else ""
-        print(f"{r['id']}  {r['status']:<11} {acc_text}  {owner}  {name}  {summary}{place}")
+    else:
+        print_runs(records, places, store.epochs)
     return 0
 
 
@@ -330,12 +326,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     store = _opened(Store())
     _recover(store)
     record = _get_run(store, args.run_id, args)
-    if args.json:
-        print(json.dumps(record | {"epochs": store.epochs(args.run_id)}, default=str))
+    epochs = store.epochs(args.run_id)
+    if args.json:  # the record, with its accuracies named on top (``accuracies``)
+        print(json.dumps(record | accuracies(record, epochs) | {"epochs": epochs}, default=str))
     else:
-        print_record(record)
-        for row in store.epochs(args.run_id):
-            print(f"  epoch {row['epoch']}: val_acc {row['val_acc']:.4f}")
+        print_record(record, epochs)
+        print_epochs(epochs)
         if store.probe_state(args.run_id) == "missing":
             print(
                 "  probe: missing (it was saved, but its file is gone; "
@@ -447,8 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return reader_gone()
-    except WorkbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except WorkbenchError as exc:  # a config field's error in the form's words, field in brackets
+        print(
+            f"error: {in_form_words(str(exc)) if isinstance(exc, ConfigError) else exc}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"interrupted after {time.time() - started:.0f}s", file=sys.stderr)

@@ -2,27 +2,33 @@
 of the other values a command takes (``--user``, ``--slots``) that name what is wrong; and Ctrl-C, which a suite reads as "stop the suite".
 
 Flags are read as text and converted by ``RunConfig.parse_field``, so a bad value gets the same
-one-line message (field and allowed range) as in a TOML file or the app."""
+one-line message (field and allowed range) as in a TOML file or the app; ``in_form_words`` then
+names the field as the app's form does, the field name in brackets (``Learning rate (lr) must
+be ...``)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-from workbench.config.run_config import RunConfig, parse_weights
+from workbench.config.choices import FIELD_LABELS
+from workbench.config.run_config import COMPONENTS, RunConfig, parse_weights
 from workbench.errors import WorkbenchError, quoted
 
 __all__ = [
+    "FORM_LABELS",
     "MAX_SLOTS",
     "RUN_FLAGS",
     "add_run_flags",
     "check_slots",
     "config_from_args",
     "first_ctrl_c_sets",
+    "in_form_words",
     "parse_pair",
 ]
 
@@ -46,6 +52,12 @@ RUN_FLAGS = (
     "log_every",
     "train_fraction",
 )
+# What the app's forms (Models, Distill) call a RunConfig field; a field without a widget there
+# (log_every, train_fraction, ...) is named by its field name alone.
+FORM_LABELS = FIELD_LABELS  # the form's words (config.choices), one list for app and CLI
+# "lr must ...", "config file run.toml: lr must ...", "weight label must ...": the field a
+# config check names at the start of its message (or after the file it names).
+_FIELD_FIRST = re.compile(r"(^|: )(weight (?:" + "|".join(COMPONENTS) + r")|\w+) must ")
 # Runs one worker trains at once: a slot is a training thread with its own model and batches,
 # so past a few per device they only compete; 64 covers a large multi-GPU host.
 MAX_SLOTS = 64
@@ -85,6 +97,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.layer_pairs:
         base["layer_pairs"] = [parse_pair(p) for p in args.layer_pairs.split(",") if p.strip()]
     return RunConfig.from_dict(base)
+
+
+def in_form_words(message: str) -> str:
+    """A config error as the form says it, with the field in brackets for the CLI and TOML:
+    ``lr must be ...`` -> ``Learning rate (lr) must be ...``. A message that names no field the
+    forms have is returned as it is."""
+
+    def labelled(match: re.Match[str]) -> str:
+        field = match.group(2).replace("weight ", "weights.")
+        label = FORM_LABELS.get(field)
+        if label is None:
+            return match.group(0)
+        return f"{match.group(1)}{label} ({field}) must "
+
+    return _FIELD_FIRST.sub(labelled, message, count=1)
 
 
 def parse_pair(text: str) -> tuple[str, str]:

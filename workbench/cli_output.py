@@ -1,5 +1,10 @@
-"""What the command line prints: progress events on stderr, one run or suite as text, and the
-JSON objects of ``--json``."""
+"""What the command line prints: progress events on stderr, one run, a list of runs or a suite
+as text, and the JSON objects of ``--json``.
+
+One accuracy vocabulary, the app's (``workbench.ui.naming``): ``test_acc`` (the test split, that
+nothing in training saw) is a finished run's headline and is always named; ``val_acc`` is named
+as validation (what every epoch measured); agreement with the teacher says its split
+(``agreement_test``, ``agreement_val``). A metric that does not exist yet is "—"."""
 
 from __future__ import annotations
 
@@ -12,14 +17,26 @@ from typing import Any
 from workbench.config.run_config import COMPONENTS, summary_of
 
 __all__ = [
+    "DASH",
     "Progress",
+    "accuracies",
+    "number",
     "one_line",
+    "print_epochs",
     "print_record",
+    "print_runs",
     "print_suite",
     "reader_gone",
     "result_json",
     "suite_json",
 ]
+
+DASH = "—"  # a metric that does not exist yet (a queued run's accuracy)
+
+
+def number(value: Any) -> str:
+    """``0.9583``, or "—" for a metric that does not exist (yet): None, or NaN."""
+    return DASH if value is None or value != value else f"{value:.4f}"
 
 
 class Progress:
@@ -44,11 +61,9 @@ class Progress:
                 file=self.stream,
             )
         elif phase == "epoch":
-            line = (
-                f"[{who}] epoch {event['epoch']}/{event['epochs']} val_acc {event['val_acc']:.4f}"
-            )
-            if event.get("agreement") is not None:
-                line += f" agreement {event['agreement']:.4f}"
+            line = f"[{who}] epoch {event['epoch']}/{event['epochs']} val acc {number(event['val_acc'])}"
+            if event.get("agreement") is not None:  # measured on the validation split
+                line += f" val agreement {number(event['agreement'])}"
             print(line, file=self.stream)
         elif phase == "wait":
             print(f"[{who}] {event['message']}", file=self.stream)
@@ -60,14 +75,36 @@ class Progress:
             )
 
 
-def result_json(record: dict[str, Any]) -> dict[str, Any]:
+def accuracies(
+    record: dict[str, Any], epochs: list[dict[str, Any]] | None = None
+) -> dict[str, float | None]:
+    """A run's accuracies, each named with its split (None until the run has finished):
+    ``test_acc`` (the headline), ``val_acc`` (the last epoch's validation accuracy),
+    ``teacher_test_acc``, ``agreement_test`` and ``agreement_val`` (the last epoch's, from
+    ``epochs``, the run's epoch rows). ``teacher_acc`` and ``agreement`` are kept, as ever the
+    test split's (the same values as ``teacher_test_acc`` and ``agreement_test``)."""
+    metrics = record.get("metrics") or {}
+    finished = metrics.get("val_acc") is not None
+    return {
+        "test_acc": metrics.get("test_acc"),
+        "val_acc": metrics.get("val_acc"),
+        "teacher_test_acc": metrics.get("teacher_acc"),
+        "teacher_acc": metrics.get("teacher_acc"),
+        "agreement_test": metrics.get("agreement"),
+        "agreement": metrics.get("agreement"),
+        "agreement_val": epochs[-1].get("agreement") if finished and epochs else None,
+    }
+
+
+def result_json(
+    record: dict[str, Any], epochs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One run for ``run --json``, ``resume --json`` and ``runs --json`` (``accuracies``)."""
     metrics = record.get("metrics") or {}
     return {
         "run_id": record["id"],
         "status": record["status"],
-        "val_acc": metrics.get("val_acc"),
-        "teacher_acc": metrics.get("teacher_acc"),
-        "agreement": metrics.get("agreement"),
+        **accuracies(record, epochs),
         "losses": metrics.get("final_losses", {}),
         "seconds": record.get("seconds"),
         "teacher_source": record.get("teacher_source"),
@@ -80,6 +117,8 @@ def suite_json(suite: dict[str, Any], analysis: dict[str, Any]) -> dict[str, Any
     return {
         "suite_id": suite["id"],
         "seeds": suite["seeds"],
+        "metric": analysis.get("metric", "test_acc"),  # what "mean" and "contribution" are of
+        "split": analysis.get("split", "test"),
         "factorial": suite["factorial"],
         "variants": analysis["summary"].to_dict(orient="records"),
         "contributions": [
@@ -95,8 +134,12 @@ def suite_json(suite: dict[str, Any], analysis: dict[str, Any]) -> dict[str, Any
 
 def print_suite(suite: dict[str, Any], analysis: dict[str, Any]) -> None:
     print(f"suite {suite['id']}: {suite['name']}")
+    acc = "val acc" if analysis.get("split") == "validation" else "test acc"  # old runs: val
     for row in analysis["summary"].to_dict(orient="records"):
-        print(f"  {row['variant']:<22} acc {row['mean']:.4f} +- {row['std']:.4f} (n={row['n']})")
+        print(
+            f"  {row['variant']:<22} {acc} {number(row['mean'])} +- {number(row['std'])} "
+            f"(n={row['n']})"
+        )
     for row in analysis["contributions"].to_dict(orient="records"):
         verdict = "" if row["distinguishable"] else "  (not distinguishable from noise)"
         print(
@@ -114,21 +157,68 @@ def one_line(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
 
 
-def print_record(record: dict[str, Any]) -> None:
+def print_record(record: dict[str, Any], epochs: list[dict[str, Any]] | None = None) -> None:
+    """One run: its headline test accuracy with the validation one beside it (an unfinished run's
+    validation accuracy is that of its last epoch, from ``epochs``, as on the Runs page), the
+    teacher's and the agreement for a student, the final losses."""
+    from workbench.ui.tables import latest_accuracy
+
     metrics = record.get("metrics") or {}
     config = record["config"]  # as stored: not validated again against today's bounds
     print(f"run {record['id']} ({record['status']}): {one_line(summary_of(config))}")
     if record.get("error"):
         print(f"  error: {record['error']}")
-    for key in ("val_acc", "teacher_acc", "agreement"):
-        if metrics.get(key) is not None:
-            print(f"  {key}: {metrics[key]:.4f}")
+    val = number(latest_accuracy(record, epochs))
+    print(f"  test accuracy {number(metrics.get('test_acc'))} (validation {val})")
+    if config.get("role") != "teacher":
+        print(f"  teacher test accuracy {number(metrics.get('teacher_acc'))}")
+        test, val = metrics.get("agreement"), (epochs or [{}])[-1].get("agreement")
+        both = f" (test; validation {number(val)})" if test is not None or val is not None else ""
+        print(f"  agreement with teacher {number(test)}{both}")
     for key in COMPONENTS:
         value = metrics.get("final_losses", {}).get(key)
         if value is not None and (config.get("weights") or {}).get(key, 0) > 0:
             print(f"  final {key} loss: {value:.4f}")
     if record.get("seconds") is not None:
         print(f"  seconds: {record['seconds']:.1f}")
+
+
+def print_epochs(epochs: list[dict[str, Any]]) -> None:
+    """Each epoch's validation accuracy and agreement (what ``show`` lists under the run)."""
+    for row in epochs:
+        agreement = row.get("agreement")
+        line = f"  epoch {row['epoch']}: val acc {number(row.get('val_acc'))}"
+        print(line + (f", val agreement {number(agreement)}" if agreement is not None else ""))
+
+
+RUN_COLUMNS = ("id", "status", "test acc", "val acc", "owner", "name", "config", "queue")
+
+
+def print_runs(records: list[dict[str, Any]], places: dict[str, Any], epochs_of: Any) -> None:
+    """The runs one per line under a header naming the columns, each padded to its widest cell
+    (the last, ``queue``, only for queued runs: their place and expected start). ``val acc`` of
+    an unfinished run is its last epoch's (``epochs_of(run_id)``), as on the Runs page."""
+    from workbench.ui.tables import latest_accuracy, queue_text
+
+    rows = []
+    for r in records:
+        metrics = r.get("metrics") or {}
+        final = metrics.get("val_acc") is not None
+        rows.append(
+            (
+                r["id"],
+                r["status"],
+                number(metrics.get("test_acc")),
+                number(latest_accuracy(r, None if final else epochs_of(r["id"]))),
+                one_line(r.get("owner") or "-") + (" (private)" if r.get("private") else ""),
+                one_line(r.get("name") or "") or "-",
+                one_line(summary_of(r["config"])),
+                f"[{queue_text(places[r['id']])}]" if r["id"] in places else "",
+            )
+        )
+    widths = [max(len(c) for c in column) for column in zip(RUN_COLUMNS, *rows, strict=True)]
+    for row in (RUN_COLUMNS, *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def reader_gone() -> int:
