@@ -198,7 +198,7 @@ def test_main_journey(server, browser):
     page.reload()
     _h1(page, "Runs")
     assert "journey" in _shown(page, "runs_selected")
-    assert "teacher=small_cnn" in page.url  # the Distill draft rides along: a reload keeps it
+    assert "teacher=small_cnn" not in page.url  # each page's URL holds only its own state
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "journey-4-runs.png"), full_page=True)
 

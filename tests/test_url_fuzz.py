@@ -38,8 +38,19 @@ DRAFT_KEYS = (
 PAGES = {  # page -> its own URL keys
     "app.py": (),
     "pages/distill.py": (),
-    "pages/runs.py": ("run", "x", "smooth", "log", "mine"),
-    "pages/compare.py": ("runs", "group", "colour", "loss", "x", "smooth", "log", "mine"),
+    "pages/runs.py": ("run", "x", "smooth", "log", "mine", "suite"),
+    "pages/compare.py": (
+        "runs",
+        "group",
+        "colour",
+        "loss",
+        "x",
+        "smooth",
+        "log",
+        "mine",
+        "cka_base",
+        "cka_run",
+    ),
     "pages/ablations.py": ("suite",),
 }
 JUNK_KEYS = ("", "zzz", "runs[]", "<img src=x>", "k" * 300, "smooth ", "RUN", "\u0430dmin")

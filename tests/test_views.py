@@ -69,7 +69,7 @@ def test_format_duration(seconds, text):
 
 def test_format_percent():
     assert format_percent(0.8722) == "87.2%"
-    assert format_percent(None) == format_percent(float("nan")) == "-"
+    assert format_percent(None) == format_percent(float("nan")) == "—"
 
 
 def test_progress_of_a_running_run():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 __all__ = [
     "DATASETS",
     "FEATURE_KINDS",
+    "FIELD_LABELS",
     "MODEL_INFO",
     "RELATION_KINDS",
     "WEIGHTING_SCHEMES",
@@ -94,3 +95,28 @@ def list_datasets() -> list[str]:
 def list_models() -> list[str]:
     """Registered model names, in registry order (teachers first, small students last)."""
     return list(MODEL_INFO)
+
+
+# The form's word for each RunConfig field (Distill's labels), for messages that name a field:
+# "Learning rate (lr) must be ...", in the app and on the command line alike.
+FIELD_LABELS = {
+    "dataset": "Dataset",
+    "data_path": "Image folder",
+    "teacher": "Teacher architecture",
+    "student": "Student architecture",
+    "teacher_epochs": "Teacher epochs",
+    "epochs": "Epochs",
+    "batch_size": "Batch size",
+    "lr": "Learning rate",
+    "temperature": "Temperature T",
+    "feature_kind": "Feature kind",
+    "relation_kind": "Relation kind",
+    "weighting": "Weighting scheme",
+    "seed": "Seed",
+    "device": "Device",
+    "name": "Run name",
+    **{
+        f"weights.{c}": f"{c.capitalize()} weight"
+        for c in ("label", "response", "feature", "relation")
+    },
+}

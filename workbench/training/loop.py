@@ -227,10 +227,10 @@ def prepare(
     teacher, teacher_id = teacher_for_run(
         config, store, run_id, data, device, on_step, stop, leases, train=run
     )
-    fenced.update(teacher_run=teacher_id)
     model, hybrid, generator, model_generator, pairs, s_layers, t_layers = build_model_and_loss(
         config, data, teacher, device
-    )
+    )  # `pairs`: the layer pairs used, automatic ones resolved (the record names runs by them)
+    fenced.update(teacher_run=teacher_id, pairs=[list(pair) for pair in pairs])
     optimizer = build_optimizer(model, hybrid, lr=config.lr, device=device)
     train_x, train_y, batch, steps_per_epoch = _training_split(config, data, device)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(

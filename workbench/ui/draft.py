@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, TypeVar
 
+from workbench.config.choices import FIELD_LABELS
 from workbench.config.run_config import COMPONENTS, RunConfig, check_run_name
 from workbench.errors import ConfigError, IncompatibleModelsError
 from workbench.ui.form_values import FormError, build_configs, parse_seeds
@@ -64,12 +65,10 @@ MODEL_FIELDS = ("dataset", "data_path", "teacher", "student", "teacher_run")
 # names the field as the form does, its setting's name in brackets (what the CLI and a config
 # file call it).
 FORM_LABELS = {  # the start of a config message -> (the form's label, the setting's name)
-    "teacher_epochs": ("Teacher epochs", "teacher_epochs"),
-    "batch_size": ("Batch size", "batch_size"),
-    "lr": ("Learning rate", "lr"),
-    "epochs": ("Epochs", ""),
-    **{f"weight {c}": (f"{c.capitalize()} weight", f"weights.{c}") for c in COMPONENTS},
-}
+    **{f: (FIELD_LABELS[f], f) for f in ("teacher_epochs", "batch_size", "lr")},
+    "epochs": (FIELD_LABELS["epochs"], ""),
+    **{f"weight {c}": (FIELD_LABELS[f"weights.{c}"], f"weights.{c}") for c in COMPONENTS},
+}  # labels: config.choices.FIELD_LABELS, the words the command line uses too
 _EMPTY = re.compile(r", got None \(NoneType\)$")
 
 

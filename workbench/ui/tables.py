@@ -56,8 +56,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 def format_percent(value: float | None) -> str:
-    """``87.2%``, or ``-`` when there is no value (yet)."""
-    return "-" if value is None or value != value else f"{value:.1%}"
+    """``87.2%``, or ``—`` (``MISSING``) when there is no value (yet)."""
+    return MISSING if value is None or value != value else f"{value:.1%}"
 
 
 def progress_fraction(record: Mapping[str, Any]) -> float:
