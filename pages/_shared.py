@@ -59,7 +59,12 @@ def _manager_for(home: str) -> JobManager:
     from workbench.runs.job_manager import JobManager
 
     settings = lab_settings.current()
-    return JobManager(Store(home), execute=settings.app_executes, settings=settings)
+    return JobManager(
+        Store(home),
+        device_slots={"cpu": settings.cpu_slots()},
+        execute=settings.app_executes,
+        settings=settings,
+    )
 
 
 def settings() -> LabSettings:

@@ -570,3 +570,13 @@ def test_another_users_private_unfinished_teacher_is_not_resumed_for_a_student(s
     assert bob["status"] == "completed" and bob["teacher_run"] not in (None, hers)
     record = store.get_run(hers)
     assert record["status"] == "interrupted" and not record.get("claims")  # never taken
+
+
+def test_the_app_trains_one_cpu_run_per_core_unless_told_otherwise():
+    """issue 19 item 13: a suite in the app ran one run at a time on a 2-core machine."""
+    import os
+
+    assert parse({}).cpu_slots() == max(1, os.cpu_count() or 1)
+    assert parse({"workers": {"app_cpu_slots": 3}}).cpu_slots() == 3
+    with pytest.raises(SettingsError, match="app_cpu_slots"):
+        parse({"workers": {"app_cpu_slots": 0}})
