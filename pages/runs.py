@@ -224,17 +224,16 @@ def run_detail(record: dict, name: str) -> None:
     st.progress(progress_fraction(record), text=progress_text(record))
     metrics = record.get("metrics") or {}
     history, epochs = store().history(run_id), store().epochs(run_id)
-    cols = st.columns(4)
+    cols = st.columns(5)
     if metrics.get(ACCURACY_METRIC) is not None:
         cols[0].metric(ACCURACY_LABEL, format_percent(metrics[ACCURACY_METRIC]))
     else:  # running, cancelled, failed: where it got to
         label = f"{EPOCH_LABEL} (last epoch)"
         cols[0].metric(label, format_percent(latest_accuracy(record, epochs)))
-    teacher_acc = metrics.get("teacher_acc")
-    cols[1].metric(f"teacher {ACCURACY_LABEL}", format_percent(teacher_acc).replace("-", MISSING))
-    agreement = metrics.get("agreement")
-    cols[2].metric("Agreement with teacher", format_percent(agreement).replace("-", MISSING))
-    cols[3].metric("Teacher outputs", record.get("teacher_source") or MISSING)
+    cols[1].metric("val acc", format_percent(metrics.get("val_acc")))  # what training saw
+    cols[2].metric(f"teacher {ACCURACY_LABEL}", format_percent(metrics.get("teacher_acc")))
+    cols[3].metric("Agreement with teacher (test)", format_percent(metrics.get("agreement")))
+    cols[4].metric("Teacher outputs", record.get("teacher_source") or MISSING)
     st.caption(plain(RunConfig.from_dict(record["config"]).summary()))
     if record.get("teacher_note"):
         st.caption(plain(record["teacher_note"]))

@@ -188,7 +188,8 @@ def test_show_json_and_the_runs_page_give_the_same_accuracies(lab, capsys):
     detail = {m.label: m.value for m in at.metric}  # the selected run's headline numbers
     assert detail["test acc"] == format_percent(shown["test_acc"]) == "95.8%"
     assert detail["teacher test acc"] == format_percent(shown["teacher_test_acc"])
-    assert detail["Agreement with teacher"] == format_percent(shown["agreement_test"])
+    assert detail["Agreement with teacher (test)"] == format_percent(shown["agreement_test"])
+    assert detail["val acc"] == format_percent(shown["val_acc"])
 
 
 def test_suite_text_names_the_split_of_its_accuracy(capsys):
