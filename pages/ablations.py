@@ -210,8 +210,9 @@ def suite_view(polling: bool) -> None:
     elif kind != "seeds":
         st.caption("Distillation vs scratch appears once full and label only have finished runs.")
     percent = st.column_config.NumberColumn(format="percent", width="small")
-    col_chart, col_table = st.columns([3, 2])
-    with col_chart:
+    # Stacked, each table at the page's width: side by side, the tables lost their std and
+    # verdict columns at 1440 px.
+    with st.container():
         st.subheader("Contribution of each component")
         if contrib.empty:
             st.info("Contributions appear once the full loss and a variant have finished runs.")
@@ -237,7 +238,7 @@ def suite_view(polling: bool) -> None:
                 column_config={c: signed for c in ("contribution", "ci_low", "ci_high")}
                 | {"verdict": st.column_config.TextColumn("verdict", width="medium")},
             )
-    with col_table:
+    with st.container():
         st.subheader(f"{label.capitalize()} per variant")
         if summary.empty:
             st.info("No finished runs yet.")

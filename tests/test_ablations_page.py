@@ -204,3 +204,17 @@ def test_the_demo_preset_is_offered_before_any_suite(home, monkeypatch):
     assert any("No ablation suite yet" in i.value for i in at.info)
     assert "suite_demo" in {b.key for b in at.button}
     st.cache_resource.clear()
+
+
+def _dataframes_in_columns(at: AppTest) -> int:
+    """How many tables sit inside an ``st.columns`` cell (a narrow one cuts them off)."""
+    return sum(len(column.dataframe) for column in at.columns)
+
+
+def test_the_result_tables_span_the_page(lab):
+    """issue 19 item 6: at 1440 px the contribution table (beside the chart) lost its std and
+    verdict columns, and the variant table its std: each table now spans the page."""
+    store, suites = lab
+    at = open_ablations({"suite": suites["loo"]["id"]})
+    assert len(at.dataframe) >= 3  # contributions, variants, the suite's runs
+    assert _dataframes_in_columns(at) == 0

@@ -8,7 +8,7 @@ from workbench.ui.naming import field_text, option_label, short_names
 
 
 def run(run_id, name="", **fields):
-    config = RunConfig(teacher="small_cnn", student="mlp", **fields)
+    config = RunConfig(**({"teacher": "small_cnn", "student": "mlp"} | fields))
     return {"id": run_id, "name": name, "role": config.role, "config": config.to_dict()}
 
 
@@ -111,3 +111,39 @@ def test_a_subset_is_named_as_among_the_page_runs():
     runs = [run("a", seed=0, epochs=2), run("b", seed=1, epochs=2), run("c", seed=0, epochs=5)]
     page = short_names(runs)
     assert short_names(runs[:2], among=runs) == {"a": page["a"], "b": page["b"]}
+
+
+def test_a_long_shared_name_is_cut_before_what_tells_the_runs_apart():
+    """20 runs over many fields and 4 seeds (the browser's legibility case): the cut falls on
+    what the runs sharing a name have in common, never on their seed."""
+    runs = [
+        run(
+            f"20261202-0700{i:02d}-{i:06x}",
+            student="small_cnn",
+            teacher="resnet18",
+            weights=LossWeights(1, 1 + i // 4, 0.5 * (i // 4), 0),
+            temperature=2.0 + i // 4,
+            epochs=3 + i // 8,
+            seed=i % 4,
+        )
+        for i in range(20)
+    ]
+    names = short_names(runs)
+    assert len(set(names.values())) == 20
+    for i, r in enumerate(runs):
+        assert len(names[r["id"]]) <= naming.MAX_NAME and f"seed {i % 4}" in names[r["id"]]
+
+
+def test_a_name_of_many_fields_keeps_its_last_one_whole():
+    runs = [
+        run(f"20261202-0710{i:02d}-{i:06x}", weights=LossWeights(*w), seed=seed)
+        for i, (w, seed) in enumerate(
+            ((w, s) for w in ((0.5, 0.5, 0, 0), (0.3, 0.3, 0.2, 0.2)) for s in range(4))
+        )
+    ]
+    names = short_names(runs)
+    assert len(set(names.values())) == 8
+    assert all(
+        len(n) <= naming.MAX_NAME and n.endswith(f"seed {i % 4}")
+        for i, n in enumerate(names.values())
+    )

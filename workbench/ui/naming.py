@@ -188,19 +188,22 @@ def _unique_names(records: list[Mapping[str, Any]]) -> dict[str, str]:
             names.append(str(record["name"]))
             continue
         parts = [field_text(k, flat.get(k)) for k in differing]
-        names.append(" · ".join(parts) or str(record.get("role") or "run"))
+        if len(" · ".join(parts)) > MAX_NAME:  # the last field (the seed, often) stays whole
+            names.append(_joined(" · ".join(parts[:-1]), parts[-1]))
+        else:
+            names.append(" · ".join(parts) or str(record.get("role") or "run"))
     # A name that repeats: what differs among the runs that share it ("KD · seed 1").
     sharing: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         sharing.setdefault(name, []).append(i)
-    for name, same in sharing.items():
+    extras = [""] * len(names)
+    for same in sharing.values():
         if len(same) < 2:
             continue
         among = _differing([flats[i] for i in same])
         for i in same:
-            extra = " · ".join(field_text(k, flats[i].get(k)) for k in among)
-            names[i] = f"{name} · {extra}" if extra else name
-    names = [_cut(name, MAX_NAME) for name in names]
+            extras[i] = " · ".join(field_text(k, flats[i].get(k)) for k in among)
+    names = [_joined(name, extra) for name, extra in zip(names, extras, strict=True)]
     counts = Counter(names)
     tags = _short_ids([r["id"] for r in records])
     out: dict[str, str] = {}
@@ -213,6 +216,16 @@ def _unique_names(records: list[Mapping[str, Any]]) -> dict[str, str]:
         out[record["id"]] = name
         taken.add(name)
     return out
+
+
+def _joined(name: str, extra: str) -> str:
+    """``name · extra`` in at most ``MAX_NAME`` characters, cutting ``name`` (what the runs
+    sharing it have in common) before ``extra`` (what tells them apart: "seed 3")."""
+    if not extra:
+        return _cut(name, MAX_NAME)
+    extra = _cut(extra, MAX_NAME // 2)
+    room = MAX_NAME - len(extra) - 3
+    return f"{_cut(name, room)} · {extra}" if room > 1 else _cut(extra, MAX_NAME)
 
 
 def _short_ids(ids: Sequence[str]) -> dict[str, str]:
