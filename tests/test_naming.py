@@ -138,7 +138,7 @@ def test_a_name_of_many_fields_keeps_its_last_one_whole():
     runs = [
         run(f"20261202-0710{i:02d}-{i:06x}", weights=LossWeights(*w), seed=seed)
         for i, (w, seed) in enumerate(
-            ((w, s) for w in ((0.5, 0.5, 0, 0), (0.3, 0.3, 0.2, 0.2)) for s in range(4))
+            (w, s) for w in ((0.5, 0.5, 0, 0), (0.3, 0.3, 0.2, 0.2)) for s in range(4)
         )
     ]
     names = short_names(runs)
