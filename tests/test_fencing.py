@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -56,9 +57,15 @@ def _worker(home: Path, name: str, skew_s: float = 0.0) -> subprocess.Popen:
         "runpy.run_module('workbench', run_name='__main__')\n"
     )
     log = open(home / f"worker-{name}.log", "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-c", code], env=_env(home), cwd=ROOT, stdout=log, stderr=log
     )
+    proc.log_path = home / f"worker-{name}.log"  # shown when it exits early
+    return proc
+
+
+def _proc_log(proc: subprocess.Popen) -> str:
+    return proc.log_path.read_text()[-3000:]
 
 
 def _log(home: Path, name: str) -> str:
@@ -72,9 +79,27 @@ def _wait(predicate, what: str, procs=()) -> None:
             return
         for proc in procs:
             if proc.poll() is not None:
-                raise AssertionError(f"{what}: a worker exited {proc.returncode}")
+                log = _proc_log(proc)
+                raise AssertionError(f"{what}: a worker exited {proc.returncode}:\n{log}")
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _freeze_outside_a_write(proc: subprocess.Popen, db: Path) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no write transaction on the index. A process
+    frozen inside one blocks every writer until it is thawed (SQLite's lock is the file's):
+    a different fault, which workers sit out by retrying (``test_worker_retries...``)."""
+    for _ in range(1000):
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            with sqlite3.connect(db, timeout=1.0) as con:
+                con.execute("BEGIN IMMEDIATE")  # free now, and the frozen process holds nothing
+                con.rollback()
+            return
+        except sqlite3.OperationalError:
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.05)
+    raise AssertionError("the first worker never left its write transactions")
 
 
 def _stop(*procs: subprocess.Popen) -> None:
@@ -116,7 +141,8 @@ def test_a_frozen_worker_that_comes_back_cannot_write_to_the_run_it_lost(home):
     second = None
     try:
         _wait(lambda: store.epochs(run_id), "the first worker to finish an epoch", [first])
-        os.kill(first.pid, signal.SIGSTOP)  # alive, silent: past the limit it is taken over
+        # Alive and silent: past the silence limit it is taken over.
+        _freeze_outside_a_write(first, store.db_path)
         second = _worker(home, "second")
         _wait(
             lambda: (r := store.get_run(run_id))["claims"] == 2 and r["status"] == "running",
@@ -253,3 +279,27 @@ def test_a_lock_holder_whose_wall_clock_is_behind_is_waited_for_not_taken_over(t
     waiter.join(timeout=DEADLINE)
     assert not waiter.is_alive()
     assert messages and all("took over" not in m for m in messages), messages
+
+
+def test_worker_retries_when_the_index_is_locked_and_does_not_exit(tmp_path, monkeypatch, capsys):
+    """A writer frozen inside a transaction makes every other write time out ("database is
+    locked"). The worker says so and tries again on its next beat; it used to exit 2."""
+    from workbench.errors import StoreError
+    from workbench.runs import worker
+
+    store = Store(tmp_path)
+    run_id = store.create_run(CONFIG.replace(epochs=1))
+    real, failures = runqueue.register_worker, []
+
+    def locked_twice(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise StoreError("the store's transaction failed: the run index is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runqueue, "register_worker", locked_twice)
+    monkeypatch.setattr(runqueue, "HEARTBEAT_S", 0.2)
+    worker.serve(store, once=True)
+    assert len(failures) == 2
+    assert store.get_run(run_id)["status"] == "completed"
+    assert capsys.readouterr().err.count("is locked; retrying") == 2

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from workbench.errors import ConfigError, quoted
+from workbench.errors import ConfigError, StoreError, quoted
 from workbench.runs import queue as runqueue
 from workbench.runs.job_manager import JobManager
 from workbench.runs.submit import check_device
@@ -29,6 +29,16 @@ def _device_slots(device: str, slots: int) -> dict[str, int]:
         raise ConfigError(f"--device must be cpu or cuda:N, got {quoted(device)}")
     check_device(key)  # the same check as a run's device: CUDA present, N below the count
     return {key: slots}
+
+
+def _announce(manager: JobManager, device_slots: dict[str, int]) -> None:
+    """Refresh this worker's entry in the registry. A store that is locked (another process
+    frozen inside a write: SIGSTOP, a suspended machine) or briefly unavailable is said and
+    retried on the next beat; the worker does not exit over it."""
+    try:
+        runqueue.register_worker(manager.store, manager.executor, device_slots)
+    except StoreError as exc:
+        print(f"[worker {manager.executor.id}] {exc}; retrying", file=sys.stderr)
 
 
 def serve(
@@ -53,7 +63,7 @@ def serve(
     )
     try:
         while not stop.is_set():
-            runqueue.register_worker(manager.store, manager.executor, device_slots)
+            _announce(manager, device_slots)
             if once and manager.wait(timeout=runqueue.HEARTBEAT_S):
                 break
             stop.wait(runqueue.HEARTBEAT_S)
