@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # the pyproject ranges admit them, so pip installs nothing newer.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint bench bench-smoke mutants clean
+.PHONY: run test lint bench bench-smoke mutants fuzz clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-smoke: $(VENV)/.installed
 # Plausible bugs applied one at a time to a copy of the tree; fails if a test misses one.
 mutants: $(VENV)/.installed-test
 	$(PY) tests/mutants.py
+
+# Every page from 400 random and hostile URLs (make test tries 80 per page).
+fuzz: $(VENV)/.installed-test
+	KDWB_FUZZ_QUERIES=400 $(PY) -m pytest -q tests/test_url_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
