@@ -19,7 +19,10 @@ __all__ = [
     "FEATURE_KINDS",
     "FIELD_LABELS",
     "MODEL_INFO",
+    "OPTIMIZERS",
     "RELATION_KINDS",
+    "RESPONSE_KINDS",
+    "SCHEDULES",
     "WEIGHTING_SCHEMES",
     "DatasetSpec",
     "ModelInfo",
@@ -78,13 +81,28 @@ MODEL_INFO: dict[str, ModelInfo] = _by_name(
     ModelInfo("resnet32x4", "cifar", "CIFAR ResNet-32x4, CRD teacher (7.4M)"),
     ModelInfo("wrn_16_2", "cifar", "Wide ResNet-16-2, CRD student (0.7M)"),
     ModelInfo("wrn_40_2", "cifar", "Wide ResNet-40-2, CRD teacher (2.2M)"),
+    ModelInfo("resnet20", "cifar", "CIFAR ResNet-20, He et al. 2016, CRD student (0.28M)"),
+    ModelInfo("resnet32", "cifar", "CIFAR ResNet-32, He et al. 2016, CRD student (0.47M)"),
+    ModelInfo("resnet56", "cifar", "CIFAR ResNet-56, He et al. 2016, CRD teacher (0.86M)"),
+    ModelInfo("resnet110", "cifar", "CIFAR ResNet-110, He et al. 2016, CRD teacher (1.7M)"),
+    ModelInfo("wrn_40_1", "cifar", "Wide ResNet-40-1, Zagoruyko 2016, CRD student (0.57M)"),
+    ModelInfo("vgg8", "cifar", "CIFAR VGG-8 with BN, CRD student (4.0M)"),
+    ModelInfo("vgg13", "cifar", "CIFAR VGG-13 with BN, CRD teacher (9.5M)"),
+    ModelInfo("mobilenet_v2_cifar", "cifar", "MobileNetV2 x0.5, Sandler 2018, CRD student (0.81M)"),
+    ModelInfo("shufflenet_v1_cifar", "cifar", "ShuffleNetV1 g=3, Zhang 2018, CRD student (0.95M)"),
+    ModelInfo("shufflenet_v2_cifar", "cifar", "ShuffleNetV2 1x, Ma 2018, CRD student (1.4M)"),
     ModelInfo("small_cnn", "small", "3 conv-BN-ReLU blocks (16/32/64) + Linear (~24k)"),
     ModelInfo("mlp", "small", "Flatten, 2 hidden layers (256, 128), Linear"),
 )
 
-# The keys of feature.FEATURE_LOSSES, relation.RELATION_LOSSES and weighting.WEIGHTINGS, in order.
-FEATURE_KINDS = ("cosine", "mse", "at", "fitnet", "at_paper")
-RELATION_KINDS = ("sp", "rkd", "sp_paper", "rkd_paper")
+# The keys of response.RESPONSE_LOSSES, feature.FEATURE_LOSSES, relation.RELATION_LOSSES and
+# weighting.WEIGHTINGS, in order.
+RESPONSE_KINDS = ("kd", "dkd", "dist")
+FEATURE_KINDS = ("cosine", "mse", "at", "fitnet", "at_paper", "nst", "vid")
+RELATION_KINDS = ("sp", "rkd", "sp_paper", "rkd_paper", "pkt", "cc")
+# The training recipe: optimizers and learning-rate schedules (workbench.training.setup).
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "multistep", "constant")
 WEIGHTING_SCHEMES = ("fixed", "uncertainty", "normalized", "validation")
 
 
@@ -109,6 +127,19 @@ FIELD_LABELS = {
     "batch_size": "Batch size",
     "lr": "Learning rate",
     "temperature": "Temperature T",
+    "response_kind": "Response kind",
+    "dkd_alpha": "DKD alpha",
+    "dkd_beta": "DKD beta",
+    "dkd_warmup": "DKD warm-up epochs",
+    "dist_beta": "DIST beta",
+    "dist_gamma": "DIST gamma",
+    "optimizer": "Optimizer",
+    "momentum": "Momentum",
+    "weight_decay": "Weight decay",
+    "schedule": "LR schedule",
+    "milestones": "Milestones",
+    "lr_decay": "LR decay",
+    "warmup_epochs": "Warm-up epochs",
     "feature_kind": "Feature kind",
     "relation_kind": "Relation kind",
     "weighting": "Weighting scheme",

@@ -13,6 +13,13 @@ reused by mdistiller (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022
 Two changes from those repos: the stem takes any channel count (MNIST is grey), and the final
 ``AvgPool2d(8)`` is an ``AdaptiveAvgPool2d(1)`` so that 8x8 and 28x28 inputs work too. Blocks
 return one tensor (no ``preact`` tuple): features are read with forward hooks, not returned.
+
+Pre-activation taps: a ResNet block's residual sum before its last ReLU (the reference's
+``preact`` features, ``is_feat=True, preact=True``) is the output of the block's ``preact``
+module (an ``nn.Identity``), e.g. ``layer3.1.preact``; the block itself (``layer3.1``) gives the
+post-ReLU output. A WRN block has no ReLU after its sum: the reference's ``preact`` features of
+stages 1-3 are the BatchNorm that opens the next stage, ``block2.0.bn1``, ``block3.0.bn1`` and the
+final ``bn1``; their post-ReLU twins are ``block2.0.relu1``, ``block3.0.relu1`` and ``relu``.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU()
+        self.preact = nn.Identity()  # a hook target: the sum before the last ReLU
         self.downsample: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(
@@ -53,7 +61,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))  # (B, P, H/s, W/s)
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.downsample(x))
+        return self.relu(self.preact(out + self.downsample(x)))  # (B, P, H/s, W/s)
 
 
 class CifarResNet(nn.Module):

@@ -12,7 +12,9 @@ Families:
   max-pool; MobileNets, ShuffleNet and EfficientNet a stride-1 first conv; VGG drops the
   max-pools that would shrink the map below 1x1 and ends in global pooling and one Linear, as the
   CIFAR VGG of the CRD repo (Tian et al., ICLR 2020).
-- ``cifar``: the ResNet/WRN pairs of the KD literature, in ``workbench.models.cifar``.
+- ``cifar``: the CIFAR zoo of the KD literature (the CRD benchmark's definitions): the ResNet/WRN
+  pairs in ``workbench.models.cifar``, the plain ResNets, WRN-40-1 and VGGs in
+  ``workbench.models.cifar_zoo``, MobileNetV2 and the ShuffleNets in ``workbench.models.cifar_mobile``.
 - ``small``: ``small_cnn`` and ``mlp``, quick students for CPU runs.
 
 ``feature_layers`` runs one dry forward pass with hooks and returns the block-level candidates for
@@ -31,6 +33,7 @@ from torchvision import models as tvm
 from workbench.config.choices import MODEL_INFO
 from workbench.errors import ConfigError, UnknownNameError
 from workbench.models import cifar as cifar_nets
+from workbench.models import cifar_mobile, cifar_zoo
 
 __all__ = [
     "MLP",
@@ -236,6 +239,16 @@ MODELS: dict[str, ModelSpec] = _registry(
     resnet32x4=_cifar(cifar_nets.resnet32x4),
     wrn_16_2=_cifar(cifar_nets.wrn_16_2),
     wrn_40_2=_cifar(cifar_nets.wrn_40_2),
+    resnet20=_cifar(cifar_zoo.resnet20),
+    resnet32=_cifar(cifar_zoo.resnet32),
+    resnet56=_cifar(cifar_zoo.resnet56),
+    resnet110=_cifar(cifar_zoo.resnet110),
+    wrn_40_1=_cifar(cifar_zoo.wrn_40_1),
+    vgg8=cifar_zoo.vgg8,
+    vgg13=cifar_zoo.vgg13,
+    mobilenet_v2_cifar=_cifar(cifar_mobile.mobilenet_v2_cifar),
+    shufflenet_v1_cifar=_cifar(cifar_mobile.shufflenet_v1_cifar),
+    shufflenet_v2_cifar=_cifar(cifar_mobile.shufflenet_v2_cifar),
     small_cnn=_small_cnn,
     mlp=_mlp,
 )
@@ -271,6 +284,13 @@ def _children(model: nn.Module, *containers: str) -> list[str]:
     return [f"{c}.{name}" for c in containers for name, _ in getattr(model, c).named_children()]
 
 
+def _mobilenet_cifar_blocks(model: nn.Module) -> list[str]:
+    """Every inverted residual block of the seven stages, ``blocks.0.0 ... blocks.6.0``, then
+    ``conv2``."""
+    stages = model.blocks.named_children()
+    return [f"blocks.{s}.{i}" for s, stage in stages for i, _ in stage.named_children()] + ["conv2"]
+
+
 def _features_after_stem(model: nn.Module) -> list[str]:
     return [f"features.{name}" for name, _ in list(model.features.named_children())[1:]]
 
@@ -292,6 +312,13 @@ _RULES: tuple[tuple[type, Callable[[nn.Module], list[str]]], ...] = (
     (tvm.ResNet, lambda m: _children(m, "layer1", "layer2", "layer3", "layer4")),
     (cifar_nets.CifarResNet, lambda m: _children(m, "layer1", "layer2", "layer3")),
     (cifar_nets.WideResNet, lambda m: _children(m, "block1", "block2", "block3")),
+    (cifar_zoo.CifarVGG, lambda m: [f"block{s}" for s in range(5)]),
+    (cifar_mobile.CifarMobileNetV2, _mobilenet_cifar_blocks),
+    (cifar_mobile.CifarShuffleNetV1, lambda m: _children(m, "layer1", "layer2", "layer3")),
+    (
+        cifar_mobile.CifarShuffleNetV2,
+        lambda m: [*_children(m, "layer1", "layer2", "layer3"), "relu2"],
+    ),
     (tvm.MobileNetV2, _features_after_stem),
     (tvm.MobileNetV3, _features_after_stem),
     (tvm.EfficientNet, _features_after_stem),
@@ -331,6 +358,9 @@ def feature_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[
 
     - torchvision ResNet: every block of ``layer1..layer4`` (resnet18: 8, resnet50: 16).
     - CIFAR ResNet: every block of ``layer1..layer3``; WRN: every block of ``block1..block3``.
+    - CIFAR VGG: the five stages ``block0..block4`` (each ends in its ReLU).
+    - CIFAR MobileNetV2: every block ``blocks.s.i`` of the seven stages, and ``conv2``.
+    - CIFAR ShuffleNet V1: every block of ``layer1..layer3``; V2: the same, and ``relu2``.
     - MobileNetV2/V3, EfficientNet: every child of ``features`` after the stem (inverted residual
       blocks / EfficientNet stages, and the final 1x1 conv).
     - ShuffleNetV2: every block of ``stage2..stage4``, and ``conv5``.
