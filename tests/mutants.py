@@ -36,6 +36,7 @@ class Mutant:
 STEPS = "tests/test_engine_steps.py"
 JOBS = "tests/test_jobs.py"
 SHARING = "tests/test_sharing.py"
+METHODS = "tests/test_methods.py"
 
 MUTANTS = [
     # --- from issue 13's review (the engine) ---
@@ -348,6 +349,105 @@ MUTANTS = [
         (
             "tests/test_repair_faults.py::test_a_repair_killed_half_way_is_detected_and_finished_by_the_next",
         ),
+    ),
+    # --- issue 20: the new distillation methods ---
+    Mutant(
+        "dkd beta default 1 instead of 8",
+        "workbench/distill/response.py",
+        "DKD_BETA = 8.0",
+        "DKD_BETA = 1.0",
+        (METHODS + "::test_dkd_matches_the_papers_formula_with_its_defaults",),
+    ),
+    Mutant(
+        "dkd target mask from the teacher's argmax",
+        "workbench/distill/response.py",
+        "y = labels.long().view(b, 1)  # [B, 1], the target class",
+        "y = teacher_logits.argmax(dim=1).view(b, 1)",
+        (METHODS + "::test_dkd_matches_the_papers_formula_with_its_defaults",),
+    ),
+    Mutant(
+        "dkd target mask rolled by one class",
+        "workbench/distill/response.py",
+        "y = labels.long().view(b, 1)  # [B, 1], the target class",
+        "y = (labels.long().view(b, 1) + 1) % k",
+        (METHODS + "::test_dkd_terms_match_numpy_and_dkd_needs_labels",),
+    ),
+    Mutant(
+        "dkd without T^2",
+        "workbench/distill/response.py",
+        "return (alpha * tckd + beta * nckd).mean() * (t * t)",
+        "return (alpha * tckd + beta * nckd).mean()",
+        (METHODS + "::test_dkd_matches_the_papers_formula_with_its_defaults",),
+    ),
+    Mutant(
+        "dkd warm-up counted from epoch 0",
+        "workbench/distill/hybrid.py",
+        "return ((done + 1.0) / self.warmup_epochs).clamp(max=1.0)",
+        "return (done / self.warmup_epochs).clamp(max=1.0)",
+        (METHODS + "::test_dkd_warmup_ramps_the_response_term_linearly_over_the_epochs",),
+    ),
+    Mutant(
+        "dkd warm-up counter left out of the state dict",
+        "workbench/distill/hybrid.py",
+        'self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))',
+        'self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long), persistent=False)',
+        (METHODS + "::test_state_dict_round_trip_keeps_the_warmup_counter_and_the_vid_variances",),
+    ),
+    Mutant(
+        "dist without tau^2",
+        "workbench/distill/response.py",
+        "return (beta * inter + gamma * intra) * (tau * tau)",
+        "return beta * inter + gamma * intra",
+        (METHODS + "::test_dist_matches_the_papers_formula",),
+    ),
+    Mutant(
+        "dist intra-class relation over the samples again",
+        "workbench/distill/response.py",
+        "intra = 1.0 - pearson_rows(p_s.T, p_t.T).mean()",
+        "intra = 1.0 - pearson_rows(p_s, p_t).mean()",
+        (METHODS + "::test_dist_matches_the_papers_formula",),
+    ),
+    Mutant(
+        "pkt KL direction swapped",
+        "workbench/distill/relation.py",
+        "return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()",
+        "return (p_s * torch.log((p_s + eps) / (p_t + eps))).mean()",
+        (METHODS + "::test_pkt_matches_the_kl_of_the_conditional_probabilities",),
+    ),
+    Mutant(
+        "nst kernel degree 1",
+        "workbench/distill/feature.py",
+        "teacher_maps: Tensor, degree: int = 2,",
+        "teacher_maps: Tensor, degree: int = 1,",
+        (METHODS + "::test_nst_matches_the_polynomial_kernel_mmd",),
+    ),
+    Mutant(
+        "vid initial variance 1",
+        "workbench/distill/feature.py",
+        "VID_INITIAL_VARIANCE = 5.0",
+        "VID_INITIAL_VARIANCE = 1.0",
+        (METHODS + "::test_vid_variance_starts_at_five_and_the_nll_matches_the_gaussian",),
+    ),
+    Mutant(
+        "vid variance as exp instead of softplus",
+        "workbench/distill/feature.py",
+        "return F.softplus(self.alpha) + self.eps  # [C]",
+        "return self.alpha.exp() + self.eps  # [C]",
+        (METHODS + "::test_vid_variance_starts_at_five_and_the_nll_matches_the_gaussian",),
+    ),
+    Mutant(
+        "vid variances built but not passed to the loss",
+        "workbench/distill/hybrid.py",
+        'wired = [{"variance": v()} for v in self.vid_variances]',
+        "wired = [{} for v in self.vid_variances]",
+        (METHODS + "::test_vid_variances_are_parameters_and_the_term_is_the_sum_of_the_nlls",),
+    ),
+    Mutant(
+        "cc Taylor terms without 1/p!",
+        "workbench/distill/relation.py",
+        "c = c + (2.0 * gamma) ** p / math.factorial(p) * g.pow(p)",
+        "c = c + (2.0 * gamma) ** p * g.pow(p)",
+        (METHODS + "::test_cc_matches_the_taylor_expanded_rbf_correlation",),
     ),
 ]
 

@@ -208,7 +208,7 @@ def test_feature_loss_rejects_mismatched_shapes_and_unknown_kinds():
         feature_loss(torch.randn(2, 3, 4, 4), torch.randn(2, 6, 4, 4), "cosine")
     with pytest.raises(UnknownNameError) as info:
         feature_loss(torch.randn(2, 3), torch.randn(2, 3), "l7")
-    assert info.value.valid == ("cosine", "mse", "at", "fitnet", "at_paper")
+    assert info.value.valid == ("cosine", "mse", "at", "fitnet", "at_paper", "nst", "vid")
     with pytest.raises(
         UnknownNameError, match="unknown relation kind 'xx'; choose one of: sp, rkd, sp_paper"
     ):

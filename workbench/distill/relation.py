@@ -1,15 +1,17 @@
 """The relation slot: how the samples of a batch relate to each other, student against teacher.
 
 Computed on the raw features, whose widths may differ: similarity-preserving KD (Tung and Mori,
-"Similarity-Preserving Knowledge Distillation", ICCV 2019) and relational KD (Park et al.,
-"Relational Knowledge Distillation", CVPR 2019). ``sp`` and ``rkd`` are unit-free means;
-``sp_paper`` (gamma = 3000) and ``rkd_paper`` (25 : 50) are the papers' scales. They run with
-autocast off, since a bf16 Gram matrix loses the small differences they compare (RKD's geometry
-even runs in float64).
+"Similarity-Preserving Knowledge Distillation", ICCV 2019), relational KD (Park et al.,
+"Relational Knowledge Distillation", CVPR 2019), probabilistic knowledge transfer (Passalis and
+Tefas, ECCV 2018) and correlation congruence (Peng et al., ICCV 2019). ``sp`` and ``rkd`` are
+unit-free means; ``sp_paper`` (gamma = 3000) and ``rkd_paper`` (25 : 50) are the papers' scales.
+They run with autocast off, since a bf16 Gram matrix loses the small differences they compare
+(RKD's geometry even runs in float64). All are stateless: no embedding head is learned here.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -19,7 +21,17 @@ from torch import Tensor
 from workbench.distill.precision import full_precision
 from workbench.errors import UnknownNameError
 
-__all__ = ["RELATION_LOSSES", "RKD_DISTANCE_WEIGHT", "SP_GAMMA", "relation_loss"]
+__all__ = [
+    "CC_GAMMA",
+    "CC_ORDER",
+    "PKT_EPS",
+    "RELATION_LOSSES",
+    "RKD_DISTANCE_WEIGHT",
+    "SP_GAMMA",
+    "cc_correlation",
+    "pkt_probabilities",
+    "relation_loss",
+]
 
 
 def _sp_gram(f: Tensor) -> Tensor:
@@ -106,18 +118,86 @@ def _relational_paper(student_flat: Tensor, teacher_flat: Tensor) -> Tensor:
     return RKD_DISTANCE_WEIGHT * _relational(student_flat, teacher_flat)
 
 
-RELATION_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+# ----------------------------------------------------------------------------------- PKT
+PKT_EPS = 1e-7  # RepDistiller's PKT.cosine_similarity_loss: eps = 0.0000001
+
+
+def pkt_probabilities(f: Tensor, eps: float = PKT_EPS) -> Tensor:
+    """PKT's conditional probabilities of the flattened features f [B, D] -> [B, B]: the cosine
+    kernel K_ij = <f_i, f_j> / (|f_i| |f_j|) (each norm plus ``eps``) mapped to [0, 1] as
+    (K + 1) / 2, each row divided by its sum: p_{j|i}."""
+    f = f / (f.norm(dim=1, keepdim=True) + eps)  # [B, D]
+    k = (f @ f.T + 1.0) / 2.0  # [B, B]
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def _probabilistic(student_flat: Tensor, teacher_flat: Tensor, *, eps: float = PKT_EPS) -> Tensor:
+    """Probabilistic knowledge transfer (Passalis and Tefas, "Learning Deep Representations with
+    Probabilistic Knowledge Transfer", ECCV 2018), as the authors' code (RepDistiller's PKT):
+
+        L = mean_{i,j} p^t_{j|i} log((p^t_{j|i} + eps) / (p^s_{j|i} + eps))
+
+    the KL divergence KL(P_t || P_s) of each row of ``pkt_probabilities`` (the diagonal
+    included), summed over j and averaged over all B^2 entries, i.e. sum_i KL_i / B^2; eps = 1e-7.
+    Features [B, D_s] and [B, D_t]."""
+    p_s = pkt_probabilities(student_flat, eps)  # [B, B]
+    p_t = pkt_probabilities(teacher_flat, eps)  # [B, B]
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+# ------------------------------------------------------------------------------------ CC
+CC_GAMMA = 0.4  # Peng et al. 2019 (and torchdistill's CCKDLoss config): gamma = 0.4
+CC_ORDER = 2  # P = 2: the Taylor expansion's order
+
+
+def cc_correlation(f: Tensor, gamma: float = CC_GAMMA, order: int = CC_ORDER) -> Tensor:
+    """Correlation matrix [B, B] of the l2-normalised features f [B, D] under the Gaussian RBF
+    kernel exp(-gamma ||f_i - f_j||^2) = exp(-2 gamma) exp(2 gamma f_i.f_j) (unit vectors),
+    the second exponential replaced by its order-P Taylor expansion:
+
+        C_ij = exp(-2 gamma) * sum_{p=0}^{P} (2 gamma)^p / p! * (f_i . f_j)^p
+    """
+    f = F.normalize(f, p=2, dim=1)  # [B, D]
+    g = f @ f.T  # [B, B]
+    c = torch.ones_like(g)
+    for p in range(1, int(order) + 1):
+        c = c + (2.0 * gamma) ** p / math.factorial(p) * g.pow(p)
+    return math.exp(-2.0 * gamma) * c
+
+
+def _correlation_congruence(
+    student_flat: Tensor, teacher_flat: Tensor, *, gamma: float = CC_GAMMA, order: int = CC_ORDER
+) -> Tensor:
+    """Correlation congruence (Peng et al., "Correlation Congruence for Knowledge
+    Distillation", ICCV 2019):
+
+        L = ||C_s - C_t||_F^2 / B^2,   C = ``cc_correlation`` (gamma = 0.4, P = 2)
+
+    The reference (the paper, torchdistill's ``CCKDLoss``) applies it to l2-normalised linear
+    embeddings of the penultimate features, learned with the student; here it runs on the
+    slot's flattened features themselves, normalised, so the loss stays stateless and the widths
+    may differ. torchdistill returns the unsquared norm ``torch.dist`` / B^2; this is the paper's
+    squared norm. Features [B, D_s] and [B, D_t]."""
+    b = student_flat.shape[0]
+    diff = cc_correlation(student_flat, gamma, order) - cc_correlation(teacher_flat, gamma, order)
+    return diff.pow(2).sum() / (b * b)
+
+
+RELATION_LOSSES: dict[str, Callable[..., Tensor]] = {
     "sp": _similarity_preserving,
     "rkd": _relational,
     "sp_paper": _similarity_preserving_paper,
     "rkd_paper": _relational_paper,
+    "pkt": _probabilistic,
+    "cc": _correlation_congruence,
 }
 
 
-def relation_loss(student_feat: Tensor, teacher_feat: Tensor, kind: str) -> Tensor:
+def relation_loss(student_feat: Tensor, teacher_feat: Tensor, kind: str, **params: float) -> Tensor:
     """Relation loss ``kind`` (a key of ``RELATION_LOSSES``) between raw student and teacher
     features [B, ...], each flattened per sample to [B, D_s] and [B, D_t] (widths may differ).
-    A batch of one sample has no relations: the loss is then 0."""
+    A batch of one sample has no relations: the loss is then 0. ``params``: ``eps`` for ``pkt``;
+    ``gamma``, ``order`` for ``cc``."""
     if kind not in RELATION_LOSSES:
         raise UnknownNameError("relation kind", kind, list(RELATION_LOSSES))
     b = student_feat.shape[0]
@@ -130,4 +210,4 @@ def relation_loss(student_feat: Tensor, teacher_feat: Tensor, kind: str) -> Tens
     if b < 2:
         return full_precision(s).sum().float() * 0.0
     with torch.autocast(s.device.type, enabled=False):
-        return RELATION_LOSSES[kind](full_precision(s), full_precision(t))
+        return RELATION_LOSSES[kind](full_precision(s), full_precision(t), **params)

@@ -184,8 +184,9 @@ def check_pairs(
                 )
             shape = layers[path].shape
             if feature_kind in UNADAPTED_FEATURE_KINDS and len(shape) != 3:
+                method = "attention transfer" if feature_kind.startswith("at") else feature_kind
                 raise IncompatibleModelsError(
-                    f"attention transfer needs 4-D feature maps [B, C, H, W], but the {side} layer "
+                    f"{method} needs 4-D feature maps [B, C, H, W], but the {side} layer "
                     f"{path!r} gives a vector of shape {list(shape)}: choose feature kind cosine or "
                     "mse, or pick convolutional layers on both sides"
                 )
