@@ -20,7 +20,10 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from workbench.config.bounds import BOUNDS
 from workbench.config.choices import (
     FEATURE_KINDS,
+    OPTIMIZERS,
     RELATION_KINDS,
+    RESPONSE_KINDS,
+    SCHEDULES,
     WEIGHTING_SCHEMES,
     list_datasets,
     list_models,
@@ -148,6 +151,18 @@ def draft_defaults() -> dict[str, object]:
         "teacher_run": "",
         "layer_pairs": None,  # None: not set yet; () means pair automatically
         "temperature": defaults.temperature,
+        "response_kind": defaults.response_kind,
+        **{
+            name: getattr(defaults, name)
+            for name in ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma")
+        },
+        **{
+            name: getattr(defaults, name)
+            for name in ("optimizer", "momentum", "weight_decay", "schedule", "lr_decay")
+        },
+        "milestones": "",
+        "warmup_epochs": defaults.warmup_epochs,
+        "augment": defaults.augment,
         "feature_kind": defaults.feature_kind,
         "relation_kind": defaults.relation_kind,
         "weighting": defaults.weighting,
@@ -169,8 +184,16 @@ DRAFT_ALLOWED = {
     "teacher": list_models(),
     "student": list_models(),
     "teacher_mode": TEACHER_MODES,
+    "response_kind": RESPONSE_KINDS,
     "feature_kind": FEATURE_KINDS,
     "relation_kind": RELATION_KINDS,
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
+    **{
+        name: BOUNDS[name]
+        for name in ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma")
+    },
+    **{name: BOUNDS[name] for name in ("momentum", "weight_decay", "lr_decay", "warmup_epochs")},
     "weighting": WEIGHTING_SCHEMES,
     "device": ("auto", "cpu", "cuda"),
     **{name: BOUNDS[name] for name in ("teacher_epochs", "epochs", "batch_size", "lr")},

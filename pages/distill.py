@@ -27,6 +27,8 @@ from pages._shared import (
     user,
 )
 from workbench.ablation.suites import demo_preset, launch_suite
+from workbench.config.choices import OPTIMIZERS, RESPONSE_KINDS, SCHEDULES
+from workbench.config.recipes import METHODS, RECIPES
 from workbench.config.run_config import COMPONENTS, PRESETS
 from workbench.distill.feature import FEATURE_LOSSES
 from workbench.distill.relation import RELATION_LOSSES
@@ -38,6 +40,7 @@ from workbench.ui.draft import (
     launch_errors,
     launch_message,
     launch_runs,
+    preset_draft,
     reset_pairs,
     route_errors,
 )
@@ -57,6 +60,11 @@ st.page_link("pages/models.py", label="Change the models", icon=":material/accou
 def apply_preset(name: str) -> None:
     for component, value in PRESETS[name].as_dict().items():
         ss[f"w_{component}"] = value
+
+
+def apply_fields(method: str | None, recipe: str | None) -> None:
+    """A method or recipe preset's fields into the draft (its widgets show them)."""
+    ss.update(preset_draft(method=method, recipe=recipe, student=ss["student"]))
 
 
 def active_preset() -> str | None:
@@ -145,16 +153,31 @@ st.latex(
         ss["temperature"],
         feature_kind=ss["feature_kind"],
         relation_kind=ss["relation_kind"],
+        response_kind=ss["response_kind"],
     )
 )
+st.caption("Method presets set the loss as its paper does:")
+for column, name in zip(st.columns(len(METHODS)), METHODS, strict=True):
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    column.button(
+        name, key=f"method_{slug}", on_click=apply_fields, args=(name, None), width="stretch"
+    )
 
-col_t, col_f, col_r, col_w = st.columns(4)
+col_t, col_k, col_f, col_r, col_w = st.columns(5)
 col_t.number_input(
     "Temperature T",
     step=0.5,
     key="temperature",
     persist_state="session",
     help="Softens both softmaxes of the response term (Hinton et al., 2015).",
+)
+col_k.selectbox(
+    "Response kind",
+    list(RESPONSE_KINDS),
+    key="response_kind",
+    persist_state="session",
+    help="kd: Hinton et al. 2015; dkd: decoupled KD (Zhao et al. 2022); dist: Pearson "
+    "relations of the class distributions (Huang et al. 2022).",
 )
 col_f.selectbox(
     "Feature kind",
@@ -178,6 +201,46 @@ col_w.selectbox(
     help="fixed uses the weights above; the others adapt them during training.",
 )
 slots["kinds"] = st.container()
+if ss["response_kind"] == "dkd":
+    col_a, col_be, col_wu = st.columns(3)
+    col_a.number_input(
+        "DKD alpha",
+        step=0.5,
+        key="dkd_alpha",
+        persist_state="session",
+        help="Weight of the target-class term TCKD.",
+    )
+    col_be.number_input(
+        "DKD beta",
+        step=0.5,
+        key="dkd_beta",
+        persist_state="session",
+        help="Weight of the non-target-class term NCKD (8 in the paper).",
+    )
+    col_wu.number_input(
+        "DKD warm-up epochs",
+        step=1,
+        key="dkd_warmup",
+        persist_state="session",
+        help="At 240 epochs; a shorter run scales it down (20 -> 2 for 24).",
+    )
+elif ss["response_kind"] == "dist":
+    col_be, col_ga = st.columns(2)
+    col_be.number_input(
+        "DIST beta",
+        step=0.5,
+        key="dist_beta",
+        persist_state="session",
+        help="Weight of the inter-class relation (per sample).",
+    )
+    col_ga.number_input(
+        "DIST gamma",
+        step=0.5,
+        key="dist_gamma",
+        persist_state="session",
+        help="Weight of the intra-class relation (per class).",
+    )
+slots["method"] = st.container()
 
 # ---------------------------------------------------------------------------------- layer pairs
 st.subheader("Layer pairs")
@@ -211,6 +274,54 @@ col_lr.number_input(
     persist_state="session",
 )
 slots["training"] = st.container()
+st.caption("Recipe presets set the optimizer, schedule and length:")
+for column, name in zip(st.columns(len(RECIPES)), RECIPES, strict=True):
+    column.button(
+        name, key=f"recipe_{name}", on_click=apply_fields, args=(None, name), width="stretch"
+    )
+col_o, col_wd, col_m, col_sc, col_ms, col_wu = st.columns(6)
+col_o.selectbox("Optimizer", list(OPTIMIZERS), key="optimizer", persist_state="session")
+col_wd.number_input(
+    "Weight decay", step=1e-4, format="%.4f", key="weight_decay", persist_state="session"
+)
+col_m.number_input(
+    "Momentum",
+    step=0.05,
+    key="momentum",
+    persist_state="session",
+    disabled=ss["optimizer"] != "sgd",
+    help="SGD's; AdamW has none.",
+)
+col_sc.selectbox("LR schedule", list(SCHEDULES), key="schedule", persist_state="session")
+multistep = ss["schedule"] == "multistep"
+col_ms.text_input(
+    "Milestones",
+    key="milestones",
+    persist_state="session",
+    disabled=not multistep,
+    placeholder="e.g. 150, 180, 210",
+    help="Epochs after which multistep multiplies the learning rate by the decay.",
+)
+col_wu.number_input(
+    "Warm-up epochs",
+    step=1,
+    key="warmup_epochs",
+    persist_state="session",
+    help="A linear learning-rate warm-up before the schedule.",
+)
+col_aug, col_decay = st.columns(2)
+col_aug.checkbox(
+    "Random crops and flips",
+    key="augment",
+    persist_state="session",
+    help="Shifts by up to 1/8 of the side (4 pixels on 32x32) and, for RGB, horizontal flips, "
+    "as the papers' CIFAR recipe.",
+)
+if multistep:
+    col_decay.number_input(
+        "LR decay at each milestone", step=0.05, key="lr_decay", persist_state="session"
+    )
+slots["recipe"] = st.container()
 col_s, col_d = st.columns(2)
 col_s.text_input(
     "Seeds",

@@ -8,6 +8,7 @@ import pytest
 
 from workbench.config.run_config import (
     BOUNDS,
+    IDENTITY_ADDED_LATER,
     PRESETS,
     Bound,
     LossWeights,
@@ -168,6 +169,19 @@ WRONG_TYPES = {
     "train_fraction": ["0.5", True, None, 0, 1.5, float("nan")],
     "teacher_cache": ["false", "no", 0, 1, None],
     "log_every": ["10", 10.0, True, None],
+    "response_kind": [5, None, "KD", "crd"],
+    "dkd_alpha": ["1", True, None, -1.0, float("nan")],
+    "dkd_beta": ["8", True, None, -0.5, 101.0],
+    "dkd_warmup": ["20", 20.0, True, None, -1],
+    "dist_beta": ["1", True, None, -1.0],
+    "dist_gamma": ["1", True, None, float("inf")],
+    "optimizer": [5, None, "adam", "SGD"],
+    "momentum": ["0.9", True, None, 1.0, -0.1],
+    "weight_decay": ["0", True, None, -1e-4, 2.0],
+    "schedule": [5, None, "step", "cos"],
+    "milestones": [5, "150", [1.5], [True], [2, 1], [0], [3], [1, 1]],
+    "lr_decay": ["0.1", True, None, 0, 1.5],
+    "warmup_epochs": ["1", 1.0, True, None, -1, 3],
 }
 # How the message names each field (the loss terms are "weight label" etc.).
 NAMED = {
@@ -178,6 +192,8 @@ NAMED = {
     "feature_kind": ("feature_kind", "feature kind"),
     "relation_kind": ("relation_kind", "relation kind"),
     "weighting": ("weighting",),
+    "response_kind": ("response kind", "response_kind"),
+    "milestones": ("milestone", "schedule"),
 }
 
 
@@ -206,7 +222,7 @@ def test_each_field_kind_is_checked_once():
         config_module._WHOLES,
         config_module._FLOATS,
         config_module._SWITCHES,
-        ("weights", "layer_pairs"),
+        ("weights", "layer_pairs", "milestones"),
     )
     listed = [name for kind in kinds for name in kind]
     assert sorted(listed) == sorted(f.name for f in dataclasses.fields(RunConfig))
@@ -214,19 +230,60 @@ def test_each_field_kind_is_checked_once():
     assert set(BOUNDS) == {*config_module._WHOLES, *config_module._FLOATS, "weight"}
 
 
+def test_milestones_fit_the_schedule_and_the_run():
+    config = RunConfig(schedule="multistep", milestones=[150, 180, 210], epochs=240)
+    assert config.milestones == (150, 180, 210)
+    assert RunConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="needs milestones"):
+        RunConfig(schedule="multistep")
+    with pytest.raises(ConfigError, match="multistep only"):
+        RunConfig(milestones=[1])
+    with pytest.raises(ConfigError, match="milestone 240 is not before the last epoch"):
+        RunConfig(schedule="multistep", milestones=[150, 240], epochs=240)
+
+
+def test_the_new_fields_at_their_defaults_keep_every_fingerprint():
+    """Stores made before the recipe and response fields existed keep their teachers: a config
+    that leaves them at their defaults hashes as it did (the value pinned from before)."""
+    assert RunConfig().fingerprint() == "905720687e31c95d"
+    assert RunConfig().teacher_config().fingerprint() == "54ab2bcb2d3b2be0"
+    assert RunConfig(response_kind="dkd").fingerprint() != RunConfig().fingerprint()
+    assert RunConfig(optimizer="sgd").fingerprint() != RunConfig().fingerprint()
+
+
+def test_a_teacher_trains_with_the_students_recipe_at_its_own_length():
+    student = RunConfig(
+        optimizer="sgd",
+        lr=0.01,
+        weight_decay=5e-4,
+        schedule="multistep",
+        milestones=[150, 180, 210],
+        epochs=240,
+        teacher_epochs=24,
+    )
+    teacher = student.teacher_config()
+    assert (teacher.optimizer, teacher.lr, teacher.weight_decay) == ("sgd", 0.05, 5e-4)
+    assert teacher.milestones == (15, 18, 21) and teacher.epochs == 24
+    # students that differ only in lr share their teacher
+    assert student.replace(lr=0.05).teacher_config() == teacher
+    short = student.replace(teacher_epochs=1).teacher_config()
+    assert short.schedule == "constant" and short.milestones == ()
+
+
 @pytest.mark.parametrize("name", [n for n in BOUNDS if n != "weight"])
 def test_limits_are_inclusive_and_enforced(name):
     bound = BOUNDS[name]
     step = 1 if bound.whole else bound.high * 1e-6
-    RunConfig(**{name: bound.low + step if bound.low_open else bound.low})
-    RunConfig(**{name: bound.high})
+    others = {"epochs": 500} if name == "warmup_epochs" else {}  # a warm-up shorter than the run
+    RunConfig(**{name: bound.low + step if bound.low_open else bound.low}, **others)
+    RunConfig(**{name: bound.high}, **others)
     if bound.low_open:
         below = bound.low
     else:
         below = bound.low - (1 if bound.whole else bound.low / 2 or 1e-9)
     for outside in (below, bound.high + step):
         with pytest.raises(ConfigError) as info:
-            RunConfig(**{name: outside})
+            RunConfig(**{name: outside}, **others)
         assert str(info.value).startswith(f"{name} must be {bound.describe()}, got ")
 
 
@@ -422,7 +479,8 @@ def test_fingerprints_of_existing_configs_do_not_move(case):
     # and by hand: sha256 of the sorted JSON without device and log_every (nor train_fraction,
     # which came later, at its default)
     data = {k: v for k, v in config.to_dict().items() if k not in ("device", "log_every")}
-    assert data.pop("train_fraction") == 1.0
+    for name, default in IDENTITY_ADDED_LATER.items():
+        assert data.pop(name) == default
     by_hand = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     assert by_hand == GOLDEN[case]
     # a stored record's config dict gives the same fingerprint, without being validated again
@@ -439,12 +497,12 @@ def test_seed_groups_share_a_key_that_only_the_seed_leaves_out():
     assert base.replace(epochs=4).fingerprint(exclude_seed=True) != key
     assert base.replace(train_fraction=0.5).fingerprint(exclude_seed=True) != key
     # a record stored before train_fraction existed groups with one stored after, at 1.0
-    older = {k: v for k, v in base.to_dict().items() if k != "train_fraction"}
+    older = {k: v for k, v in base.to_dict().items() if k not in IDENTITY_ADDED_LATER}
     assert fingerprint_of(older, exclude_seed=True) == key
     data = {
         k: v
         for k, v in base.to_dict().items()
-        if k not in ("seed", "device", "log_every", "train_fraction")
+        if k not in ("seed", "device", "log_every", *IDENTITY_ADDED_LATER)
     }
     assert key == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -225,16 +225,32 @@ def test_cuda_out_of_memory_inside_the_engine_is_reported(store, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- resume
+# Issue 20: VID's learned variances, DKD's warm-up counter (a warm-up of 6 epochs for this
+# 3-epoch run) and an SGD step schedule with a learning-rate warm-up are training state too.
+PAPER_STATE = {
+    "feature_kind": "vid",
+    "response_kind": "dkd",
+    "dkd_warmup": 500,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "schedule": "multistep",
+    "milestones": (2,),
+    "warmup_epochs": 1,
+}
+
+
 @pytest.mark.parametrize(
-    "weights, weighting",
+    "weights, weighting, extra",
     [
-        (LossWeights(0.3, 0.3, 0.2, 0.2), "fixed"),
-        (LossWeights(0.5, 0.5, 0, 0), "uncertainty"),
-        (LossWeights(0.5, 0.5, 0, 0), "validation"),
+        (LossWeights(0.3, 0.3, 0.2, 0.2), "fixed", {}),
+        (LossWeights(0.5, 0.5, 0, 0), "uncertainty", {}),
+        (LossWeights(0.5, 0.5, 0, 0), "validation", {}),
+        (LossWeights(0.4, 0.3, 0.3, 0), "fixed", PAPER_STATE),
+        (LossWeights(0.4, 0.3, 0, 0.3), "fixed", {"response_kind": "dist", "relation_kind": "cc"}),
     ],
 )
-def test_a_resumed_run_equals_an_uninterrupted_one(store, weights, weighting):
-    config = TINY.replace(weights=weights, weighting=weighting, epochs=3, augment=True)
+def test_a_resumed_run_equals_an_uninterrupted_one(store, weights, weighting, extra):
+    config = TINY.replace(weights=weights, weighting=weighting, epochs=3, augment=True, **extra)
     whole = run(config, store)
     assert whole["status"] == "completed", whole["error"]
 

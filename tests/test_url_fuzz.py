@@ -1,4 +1,4 @@
-"""Every page loads from any URL (issue 18 item 14): 200 random and hostile query strings per
+"""Every page loads from any URL (issue 18 item 14): 80 random and hostile query strings per
 page, through AppTest, on one store of fabricated runs and a suite.
 
 A query string mixes the page's own keys, the Distill draft's (every page carries it) and junk
@@ -28,12 +28,15 @@ from workbench.storage.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 TIMEOUT = 60
-QUERIES = int(os.environ.get("KDWB_FUZZ_QUERIES", "200"))  # per page
+QUERIES = int(os.environ.get("KDWB_FUZZ_QUERIES", "80"))  # per page; `make fuzz`: 400
 DRAFT_KEYS = (
     "dataset", "data_path", "teacher", "student", "teacher_mode", "teacher_epochs",
     "teacher_run", "layer_pairs", "temperature", "feature_kind", "relation_kind", "weighting",
     "epochs", "batch_size", "lr", "seeds", "device", "run_name", "run_tags",
     "w_label", "w_response", "w_feature", "w_relation",
+    "response_kind", "dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma",
+    "optimizer", "momentum", "weight_decay", "schedule", "milestones", "lr_decay",
+    "warmup_epochs",
 )  # fmt: skip
 PAGES = {  # page -> its own URL keys
     "app.py": (),

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from workbench.config.choices import FIELD_LABELS
+from workbench.config.recipes import METHODS, RECIPES, apply_presets
 from workbench.config.run_config import COMPONENTS, RunConfig, parse_weights
 from workbench.errors import WorkbenchError, quoted
 
@@ -44,14 +45,28 @@ RUN_FLAGS = (
     "batch_size",
     "lr",
     "temperature",
+    "response_kind",
+    "dkd_alpha",
+    "dkd_beta",
+    "dkd_warmup",
+    "dist_beta",
+    "dist_gamma",
     "feature_kind",
     "relation_kind",
     "weighting",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "lr_decay",
+    "warmup_epochs",
     "seed",
     "device",
     "log_every",
     "train_fraction",
 )
+# --method's words: "dkd" for "DKD (Zhao et al. 2022)".
+METHOD_FLAGS = {name.split()[0].lower(): name for name in METHODS}
 # What the app's forms (Models, Distill) call a RunConfig field; a field without a widget there
 # (log_every, train_fraction, ...) is named by its field name alone.
 FORM_LABELS = FIELD_LABELS  # the form's words (config.choices), one list for app and CLI
@@ -67,6 +82,17 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a TOML file of RunConfig fields; flags override it")
     for field in RUN_FLAGS:
         parser.add_argument("--" + field.replace("_", "-"), dest=field, default=None)
+    parser.add_argument(
+        "--recipe", choices=list(RECIPES), help="a training recipe's fields (flags override them)"
+    )
+    parser.add_argument(
+        "--method",
+        choices=list(METHOD_FLAGS),
+        help="a method preset with its paper's settings (flags override them)",
+    )
+    parser.add_argument(
+        "--milestones", help="epochs after which multistep decays, e.g. 150,180,210"
+    )
     parser.add_argument("--weights", help="e.g. label=0.3,response=0.3,feature=0.2,relation=0.2")
     parser.add_argument(
         "--layer-pairs", help="student:teacher module paths, e.g. block2:layer2.1,block3:layer4.1"
@@ -84,6 +110,10 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """A RunConfig from ``--config`` (if any) overridden by the flags given."""
     base = RunConfig.from_toml(args.config).to_dict() if args.config else {}
+    if getattr(args, "student", None) is not None:  # the recipe's lr may depend on it
+        base["student"] = args.student
+    method = METHOD_FLAGS.get(getattr(args, "method", None) or "")
+    base = apply_presets(base, recipe=getattr(args, "recipe", None), method=method)
     for field in RUN_FLAGS:
         text = getattr(args, field, None)
         if text is not None:
@@ -94,6 +124,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             base[field] = value
     if args.weights:
         base["weights"] = parse_weights(args.weights).as_dict()
+    if getattr(args, "milestones", None) is not None:
+        base["milestones"] = parse_milestones(args.milestones)
     if args.layer_pairs:
         base["layer_pairs"] = [parse_pair(p) for p in args.layer_pairs.split(",") if p.strip()]
     return RunConfig.from_dict(base)
@@ -112,6 +144,17 @@ def in_form_words(message: str) -> str:
         return f"{match.group(1)}{label} ({field}) must "
 
     return _FIELD_FIRST.sub(labelled, message, count=1)
+
+
+def parse_milestones(text: str) -> list[int]:
+    """``150,180,210`` -> ``[150, 180, 210]``; RunConfig checks that they rise and fit."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise WorkbenchError(
+            f"milestones must be whole epochs separated by commas, e.g. 150,180,210; got "
+            f"{quoted(text)}"
+        ) from None
 
 
 def parse_pair(text: str) -> tuple[str, str]:

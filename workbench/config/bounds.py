@@ -64,6 +64,15 @@ BOUNDS: dict[str, Bound] = {
     "temperature": Bound(0.05, 100.0),
     "train_fraction": Bound(0.0, 1.0, low_open=True),  # the share of the training split used
     "weight": Bound(0.0, 100.0),  # each of the four loss weights
+    "dkd_alpha": Bound(0.0, 100.0),
+    "dkd_beta": Bound(0.0, 100.0),
+    "dkd_warmup": Bound(0, 500, whole=True),
+    "dist_beta": Bound(0.0, 100.0),
+    "dist_gamma": Bound(0.0, 100.0),
+    "momentum": Bound(0.0, 0.999),  # 1 would never forget a gradient
+    "weight_decay": Bound(0.0, 1.0),
+    "lr_decay": Bound(0.0, 1.0, low_open=True),
+    "warmup_epochs": Bound(0, 499, whole=True),
 }
 
 

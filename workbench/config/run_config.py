@@ -18,7 +18,10 @@ from typing import Any
 from workbench.config.bounds import BOUNDS, Bound, check_bound, show
 from workbench.config.choices import (
     FEATURE_KINDS,
+    OPTIMIZERS,
     RELATION_KINDS,
+    RESPONSE_KINDS,
+    SCHEDULES,
     WEIGHTING_SCHEMES,
     list_datasets,
     list_models,
@@ -31,10 +34,12 @@ from workbench.config.loss_terms import (
     parse_weights,
     weights_from_mapping,
 )
+from workbench.config.recipes import teacher_recipe
 from workbench.errors import ConfigError, UnknownNameError, cut, quoted
 
 __all__ = [
     "COMPONENTS",
+    "IDENTITY_ADDED_LATER",
     "IDENTITY_EXCLUDED",
     "BOUNDS",
     "PRESETS",
@@ -54,7 +59,23 @@ ROLES = ("student", "teacher")
 IDENTITY_EXCLUDED = ("device", "log_every")
 # Fields added after stores existed, left out of the fingerprint at their default value, so that
 # the fingerprints of older configs (and the teachers found by them) stay the same.
-IDENTITY_ADDED_LATER = {"train_fraction": 1.0}
+IDENTITY_ADDED_LATER = {
+    "train_fraction": 1.0,
+    # issue 20: the response methods and the training recipe
+    "response_kind": "kd",
+    "dkd_alpha": 1.0,
+    "dkd_beta": 8.0,
+    "dkd_warmup": 20,
+    "dist_beta": 1.0,
+    "dist_gamma": 1.0,
+    "optimizer": "adamw",
+    "momentum": 0.9,
+    "weight_decay": 0.01,
+    "schedule": "cosine",
+    "milestones": [],
+    "lr_decay": 0.1,
+    "warmup_epochs": 0,
+}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 NAME_MAX = 200
 TEXT_MAX = 4096  # a text field (a path, an id, a name from a registry): PATH_MAX on Linux
@@ -83,6 +104,12 @@ class RunConfig:
     teacher_run: str = ""
     weights: LossWeights = field(default_factory=LossWeights)
     temperature: float = 4.0
+    response_kind: str = "kd"
+    dkd_alpha: float = 1.0  # DKD (Zhao et al. 2022): weight of the target-class term
+    dkd_beta: float = 8.0  # ... of the non-target-class term
+    dkd_warmup: int = 20  # epochs of DKD's linear warm-up at 240 epochs, scaled for shorter runs
+    dist_beta: float = 1.0  # DIST (Huang et al. 2022): weight of the inter-class relation
+    dist_gamma: float = 1.0  # ... of the intra-class relation
     feature_kind: str = "cosine"
     relation_kind: str = "sp"
     layer_pairs: tuple[tuple[str, str], ...] = ()
@@ -91,6 +118,13 @@ class RunConfig:
     teacher_epochs: int = 5
     batch_size: int = 64
     lr: float = 2e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # SGD's (AdamW ignores it)
+    weight_decay: float = 0.01  # AdamW's default; the papers' SGD recipe uses 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()  # epochs after which multistep multiplies lr by lr_decay
+    lr_decay: float = 0.1
+    warmup_epochs: int = 0  # linear learning-rate warm-up before the schedule
     seed: int = 0
     device: str = "auto"
     augment: bool = False
@@ -106,6 +140,8 @@ class RunConfig:
         pairs = self.layer_pairs
         if isinstance(pairs, list | tuple) and all(isinstance(p, list | tuple) for p in pairs):
             object.__setattr__(self, "layer_pairs", tuple(tuple(p) for p in pairs))
+        if isinstance(self.milestones, list):
+            object.__setattr__(self, "milestones", tuple(self.milestones))
         for name in _FLOATS:
             object.__setattr__(self, name, as_float(getattr(self, name)))
         self.validate()
@@ -134,12 +170,20 @@ class RunConfig:
         self.weights.validate()
         if self.role == "teacher" and self.weights.active() != ("label",):
             raise ConfigError("a teacher run trains on the labels alone: set only the label weight")
+        _check_choice("response kind", self.response_kind, list(RESPONSE_KINDS))
         _check_choice("feature kind", self.feature_kind, list(FEATURE_KINDS))
         _check_choice("relation kind", self.relation_kind, list(RELATION_KINDS))
         _check_choice("weighting scheme", self.weighting, list(WEIGHTING_SCHEMES))
         if not _DEVICE.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {show(self.device)}")
         _check_pairs(self.layer_pairs)
+        _check_choice("optimizer", self.optimizer, list(OPTIMIZERS))
+        _check_choice("schedule", self.schedule, list(SCHEDULES))
+        check_milestones(self.milestones, self.epochs, self.schedule)
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"warmup_epochs must be below epochs ({self.epochs}), got {self.warmup_epochs}"
+            )
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -157,9 +201,11 @@ class RunConfig:
     def teacher_config(self) -> RunConfig:
         """The config that trains this run's teacher.
 
-        The teacher recipe is the default one (batch size, learning rate, seed 0) with
-        ``teacher_epochs`` epochs, so that every student variant and every seed of an ablation
-        suite shares one teacher; change ``teacher_epochs`` (or pick a teacher run) for another.
+        The teacher recipe is the default one (batch size, seed 0, the optimizer's default
+        learning rate) with ``teacher_epochs`` epochs and the student's optimizer and schedule
+        (``workbench.config.recipes.teacher_recipe``), so that every student variant and every
+        seed of an ablation suite shares one teacher; change ``teacher_epochs`` (or pick a
+        teacher run) for another.
         """
         return RunConfig(
             role="teacher",
@@ -174,6 +220,7 @@ class RunConfig:
             device=self.device,
             augment=self.augment,
             log_every=self.log_every,
+            **teacher_recipe(self.to_dict()),
         )
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -187,6 +234,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["layer_pairs"] = [list(p) for p in self.layer_pairs]
+        data["milestones"] = list(self.milestones)
         return data
 
     @classmethod
@@ -244,13 +292,18 @@ _TEXTS = (
     "teacher",
     "student",
     "teacher_run",
+    "response_kind",
     "feature_kind",
     "relation_kind",
     "weighting",
     "device",
+    "optimizer",
+    "schedule",
 )
-_WHOLES = ("epochs", "teacher_epochs", "batch_size", "seed", "log_every")
-_FLOATS = ("temperature", "lr", "train_fraction")
+_WHOLES = ("epochs", "teacher_epochs", "batch_size", "seed", "log_every", "dkd_warmup")
+_WHOLES += ("warmup_epochs",)
+_FLOATS = ("temperature", "lr", "train_fraction", "dkd_alpha", "dkd_beta", "dist_beta")
+_FLOATS += ("dist_gamma", "momentum", "weight_decay", "lr_decay")
 _SWITCHES = ("augment", "teacher_cache")
 
 
@@ -319,6 +372,27 @@ def _check_text(name: str, value: Any) -> None:
 def _check_choice(what: str, value: str, valid: list[str] | tuple[str, ...]) -> None:
     if value not in valid:
         raise UnknownNameError(what, value, list(valid))
+
+
+def check_milestones(milestones: Any, epochs: int, schedule: str) -> None:
+    """Milestones are rising whole epochs, each before the last one (a decay after the last
+    epoch never happens); ``multistep`` needs at least one, other schedules none."""
+    how = "rising whole epochs, e.g. 150,180,210"
+    if not isinstance(milestones, tuple) or not all(
+        isinstance(m, int) and not isinstance(m, bool) for m in milestones
+    ):
+        raise ConfigError(f"milestones must be {how}, got {show(milestones)}")
+    if schedule == "multistep" and not milestones:
+        raise ConfigError("schedule multistep needs milestones, e.g. 150,180,210")
+    if schedule != "multistep" and milestones:
+        raise ConfigError(f"milestones apply to schedule multistep only, not {schedule}")
+    if list(milestones) != sorted(set(milestones)) or (milestones and milestones[0] < 1):
+        raise ConfigError(f"milestones must be {how}, got {show(list(milestones))}")
+    if milestones and milestones[-1] >= epochs:
+        raise ConfigError(
+            f"milestone {milestones[-1]} is not before the last epoch: epochs is {epochs}; "
+            "lower the milestone or raise epochs"
+        )
 
 
 def _check_pairs(pairs: Any) -> None:

@@ -29,6 +29,7 @@ from workbench.storage.fencing import FencedRun, LostClaim
 from workbench.storage.locks import HOST
 from workbench.storage.store import Store
 from workbench.training.events import Diverged, OnStep, StopFlag, Stopped
+from workbench.training.schedule import build_scheduler
 from workbench.training.setup import (
     Training,
     build_model_and_loss,
@@ -210,6 +211,22 @@ def _training_split(
     return train_x, train_y, batch, max(1, len(train_y) // batch)
 
 
+def _optimizer_and_schedule(
+    config: RunConfig, model: Any, hybrid: Any, device: torch.device, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The run's recipe: its optimizer over the model and the loss's modules, and its schedule."""
+    optimizer = build_optimizer(
+        model,
+        hybrid,
+        lr=config.lr,
+        device=device,
+        optimizer=config.optimizer,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    return optimizer, build_scheduler(optimizer, config, steps_per_epoch)
+
+
 def prepare(
     config: RunConfig,
     store: Store,
@@ -231,11 +248,8 @@ def prepare(
         config, data, teacher, device
     )  # `pairs`: the layer pairs used, automatic ones resolved (the record names runs by them)
     fenced.update(teacher_run=teacher_id, pairs=[list(pair) for pair in pairs])
-    optimizer = build_optimizer(model, hybrid, lr=config.lr, device=device)
     train_x, train_y, batch, steps_per_epoch = _training_split(config, data, device)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=steps_per_epoch * config.epochs
-    )
+    optimizer, scheduler = _optimizer_and_schedule(config, model, hybrid, device, steps_per_epoch)
     val_x, test_x = data.val_x.to(device), data.test_x.to(device)
     source, teacher_pred, teacher_test_pred = teacher_outputs(
         config, store, run_id, hybrid, pairs, teacher, teacher_id, (train_x, val_x, test_x), device

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from workbench.config.recipes import dkd_warmup_epochs
 from workbench.config.run_config import RunConfig
 from workbench.data.datasets import DataBundle
-from workbench.distill.feature import uses_adapter
+from workbench.distill.feature import feature_channels, uses_adapter
 from workbench.distill.hybrid import HybridLoss
 from workbench.distill.model_pair import configured_pairs
 from workbench.distill.taps import build_adapters
@@ -136,14 +137,7 @@ def build_model_and_loss(
         pairs = configured_pairs(config, s_layers, t_layers) if teacher is not None else ()
         adapted = config.weights.feature > 0 and uses_adapter(config.feature_kind)
         adapters = build_adapters(pairs, s_layers, t_layers) if adapted else None
-        hybrid = HybridLoss(
-            config.weights,
-            temperature=config.temperature,
-            feature_kind=config.feature_kind,
-            relation_kind=config.relation_kind,
-            adapters=adapters,
-            weighting=config.weighting,
-        )
+        hybrid = build_hybrid(config, pairs, t_layers, adapters)
     model_generator = torch.Generator(device=device).manual_seed(config.seed)
     use_run_generator(model, model_generator)
     return (
@@ -157,20 +151,59 @@ def build_model_and_loss(
     )
 
 
-def build_optimizer(
-    model: nn.Module, hybrid: HybridLoss, *, lr: float, device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW over the model, the loss's adapters (so they train, unlike the course sketch's
-    lazily created projection) and the weighting scheme's parameters. Weight decay would pull
-    learned loss weights (log-variances) towards 1, so that group gets none."""
-    return torch.optim.AdamW(
-        [
-            {"params": [*model.parameters(), *_loss_parameters(hybrid, weighting=False)]},
-            {"params": _loss_parameters(hybrid, weighting=True), "weight_decay": 0.0},
-        ],
-        lr=lr,
-        fused=device.type == "cuda",
+def build_hybrid(
+    config: RunConfig,
+    pairs: tuple[tuple[str, str], ...],
+    teacher_layers: list[Any],
+    adapters: nn.ModuleList | None,
+) -> HybridLoss:
+    """The run's hybrid loss: its kinds, the response method's settings (DKD's warm-up scaled
+    to the run, ``workbench.config.recipes.dkd_warmup_epochs``) and, for VID, the channel count
+    of each paired teacher layer."""
+    params = {
+        "dkd": {"alpha": config.dkd_alpha, "beta": config.dkd_beta},
+        "dist": {"beta": config.dist_beta, "gamma": config.dist_gamma},
+    }.get(config.response_kind, {})
+    warmup = (
+        dkd_warmup_epochs(config.dkd_warmup, config.epochs) if config.response_kind == "dkd" else 0
     )
+    shapes = {layer.path: layer.shape for layer in teacher_layers}
+    channels = [feature_channels(shapes[t]) for _, t in pairs]  # pairs are checked already
+    return HybridLoss(
+        config.weights,
+        temperature=config.temperature,
+        feature_kind=config.feature_kind,
+        relation_kind=config.relation_kind,
+        adapters=adapters,
+        weighting=config.weighting,
+        response_kind=config.response_kind,
+        response_params=params,
+        teacher_channels=channels if config.feature_kind == "vid" else None,
+        warmup_epochs=warmup,
+    )
+
+
+def build_optimizer(
+    model: nn.Module,
+    hybrid: HybridLoss,
+    *,
+    lr: float,
+    device: torch.device,
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
+    weight_decay: float = 0.01,
+) -> torch.optim.Optimizer:
+    """AdamW (default) or SGD with momentum (the papers' recipe) over the model, the loss's
+    adapters and other modules (so they train, unlike the course sketch's lazily created
+    projection) and the weighting scheme's parameters. Weight decay would pull learned loss
+    weights (log-variances) towards 1, so that group gets none."""
+    groups = [
+        {"params": [*model.parameters(), *_loss_parameters(hybrid, weighting=False)]},
+        {"params": _loss_parameters(hybrid, weighting=True), "weight_decay": 0.0},
+    ]
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
 
 
 def _loss_parameters(hybrid: HybridLoss, *, weighting: bool) -> list[nn.Parameter]:

@@ -35,7 +35,9 @@ __all__ = [
     "launch_errors",
     "launch_message",
     "launch_runs",
+    "parse_milestones_text",
     "parse_tags",
+    "preset_draft",
     "reset_pairs",
     "route_errors",
     "run_names",
@@ -49,9 +51,20 @@ TEACHER_MODES = ("train one now", "pick a trained teacher", "upload a checkpoint
 # Where each field's message is shown on the Distill page: the slot under its widgets.
 SLOTS = {
     "weights": ("weights",),
-    "kinds": ("temperature", "feature_kind", "relation_kind", "weighting"),  # the row under T
+    "kinds": ("temperature", "response_kind", "feature_kind", "relation_kind", "weighting"),
+    "method": ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma"),
     "pairs": ("layer_pairs",),
     "training": ("epochs", "batch_size", "lr", "teacher_epochs"),
+    "recipe": (
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "schedule",
+        "milestones",
+        "lr_decay",
+        "warmup_epochs",
+        "augment",
+    ),
     "seeds": ("seeds",),
     "device": ("device",),
     "name": ("run_name",),
@@ -133,7 +146,63 @@ def draft_values(draft: Mapping[str, Any]) -> dict[str, Any]:
         "batch_size": _number(draft["batch_size"], int),
         "lr": _number(draft["lr"], float),
         "device": draft.get("device", "auto"),
+        **_method_values(draft),
+        **_recipe_values(draft),
     }
+
+
+def _method_values(draft: Mapping[str, Any]) -> dict[str, Any]:
+    """The response method and its settings (a draft from before they existed: the defaults)."""
+    kind = draft.get("response_kind", "kd")
+    values: dict[str, Any] = {"response_kind": kind}
+    fields = {"dkd": ("dkd_alpha", "dkd_beta", "dkd_warmup"), "dist": ("dist_beta", "dist_gamma")}
+    for name in fields.get(kind, ()):  # another method's settings stay at their defaults
+        if name in draft:
+            values[name] = _number(draft[name], int if name == "dkd_warmup" else float)
+    return values
+
+
+def _recipe_values(draft: Mapping[str, Any]) -> dict[str, Any]:
+    """The training recipe; milestones typed as ``150, 180, 210`` (used by multistep only)."""
+    values: dict[str, Any] = {}
+    for name, kind in (("momentum", float), ("weight_decay", float), ("warmup_epochs", int)):
+        if name in draft:
+            values[name] = _number(draft[name], kind)
+    for name in ("optimizer", "schedule", "augment"):
+        if name in draft:
+            values[name] = draft[name]
+    if draft.get("schedule") == "multistep":
+        values["milestones"] = parse_milestones_text(draft.get("milestones", ""))
+        if "lr_decay" in draft:
+            values["lr_decay"] = _number(draft["lr_decay"], float)
+    return values
+
+
+def preset_draft(
+    *, recipe: str | None = None, method: str | None = None, student: str = ""
+) -> dict[str, Any]:
+    """The draft keys a recipe or method preset sets (``workbench.config.recipes``): weights as
+    ``w_label`` ..., milestones as text; the CRD recipe's lr follows the ``student``."""
+    from workbench.config.recipes import apply_presets
+
+    fields = apply_presets({"student": student}, recipe=recipe, method=method)
+    fields.pop("student")
+    weights = fields.pop("weights", None)
+    if weights is not None:
+        fields.update({f"w_{c}": float(weights.get(c, 0.0)) for c in COMPONENTS})
+    if "milestones" in fields:
+        fields["milestones"] = ", ".join(str(m) for m in fields["milestones"])
+    return fields
+
+
+def parse_milestones_text(text: Any) -> Any:
+    """``"150, 180, 210"`` -> ``(150, 180, 210)``; text that is not whole numbers is returned as
+    it is, for the config check to name."""
+    parts = [p.strip() for p in str(text or "").split(",") if p.strip()]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        return str(text)
 
 
 def _number(value: Any, kind: type) -> Any:
@@ -216,7 +285,7 @@ def route_errors(errors: Mapping[str, str]) -> dict[str, list[str]]:
     Models-page fields in one line under Launch that says to change them there."""
     routed: dict[str, list[str]] = {}
     for slot, fields in SLOTS.items():
-        found = [errors[f] for f in fields if f in errors]
+        found = list(dict.fromkeys(errors[f] for f in fields if f in errors))
         if found:
             routed[slot] = found
     model = [errors[f] for f in MODEL_FIELDS if f in errors]

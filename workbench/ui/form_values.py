@@ -37,7 +37,13 @@ _CHECKED_WITH = {
     "data_path": ("dataset",),
     "weights": ("role",),
     "role": ("weights",),
+    "warmup_epochs": ("epochs",),
+    "milestones": ("epochs",),
+    "schedule": ("epochs",),
 }
+# Fields that are only meaningful together: each is always checked with the others (a multistep
+# schedule needs milestones, milestones need that schedule), whether or not they are valid alone.
+_CHECKED_TOGETHER = {"schedule": ("milestones",), "milestones": ("schedule",)}
 
 
 class FormError(ConfigError):
@@ -123,6 +129,7 @@ def field_errors(values: Mapping[str, Any]) -> dict[str, str]:
         with_fields = {
             k: values[k] for k in _CHECKED_WITH.get(name, ()) if k in values and not alone[k]
         }
+        with_fields.update({k: values[k] for k in _CHECKED_TOGETHER.get(name, ()) if k in values})
         message = _error({name: value, **with_fields}) if with_fields else alone[name]
         if message:
             errors[name] = message
@@ -155,8 +162,10 @@ def hybrid_formula(
     *,
     feature_kind: str = "cosine",
     relation_kind: str = "sp",
+    response_kind: str = "kd",
 ) -> str:
-    """The hybrid loss with the current numbers, as LaTeX (Hinton's T^2 KL for the response)."""
+    """The hybrid loss with the current numbers, as LaTeX (Hinton's T^2 KL for the response,
+    the method's name for another response kind)."""
     w = weights.as_dict() if isinstance(weights, LossWeights) else dict(weights)
     t = f"{temperature:g}"
     terms = {
@@ -165,6 +174,8 @@ def hybrid_formula(
         "feature": rf"\mathcal{{L}}_{{\mathrm{{feat}}}}^{{\mathrm{{{feature_kind}}}}}",
         "relation": rf"\mathcal{{L}}_{{\mathrm{{rel}}}}^{{\mathrm{{{relation_kind}}}}}",
     }
+    if response_kind != "kd":
+        terms["response"] = rf"\mathcal{{L}}_{{\mathrm{{resp}}}}^{{\mathrm{{{response_kind}}}}}"
     parts = []
     for name in COMPONENTS:
         value = float(w.get(name, 0.0))

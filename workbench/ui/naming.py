@@ -60,10 +60,15 @@ _FORMATS = {
     "student": "{}",
     "teacher_run": "teacher run {}",
     "teacher_epochs": "teacher {} ep",
+    "response_kind": "{}",
     "feature_kind": "{}",
     "relation_kind": "{}",
     "weighting": "{}",
     "temperature": "T {}",
+    "optimizer": "{}",
+    "schedule": "{}",
+    "milestones": "milestones {}",
+    "weight_decay": "wd {}",
     "epochs": "{} ep",
     "batch_size": "bs {}",
     "lr": "lr {}",
@@ -132,8 +137,9 @@ def group_fields(records: Iterable[Mapping[str, Any]]) -> list[str]:
 # The order of the fields in a short name: what a distillation run is about first.
 _PRIORITY = (
     "role", "student", "teacher", "dataset", "weights.label", "weights.response",
-    "weights.feature", "weights.relation", "feature_kind", "relation_kind", "weighting",
-    "temperature", "epochs", "batch_size", "lr", "teacher_epochs", "layer_pairs", "teacher_run",
+    "weights.feature", "weights.relation", "response_kind", "feature_kind", "relation_kind",
+    "weighting", "temperature", "dkd_beta", "dkd_alpha", "dist_beta", "dist_gamma", "optimizer",
+    "schedule", "epochs", "batch_size", "lr", "teacher_epochs", "layer_pairs", "teacher_run",
     "seed",
 )  # fmt: skip
 MAX_FIELDS = 5  # more than this many differing fields: the first ones, then the id

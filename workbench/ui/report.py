@@ -176,6 +176,10 @@ def setup_text(config: Mapping[str, Any]) -> str:
     weights = config.get("weights") or {}
     parts = [summary_of(config)]
     parts.append(f"{config.get('epochs')} ep, bs {config.get('batch_size')}, lr {config.get('lr')}")
+    if config.get("optimizer", "adamw") != "adamw" or config.get("schedule", "cosine") != "cosine":
+        parts.append(_recipe_text(config))
+    if (weights.get("response") or 0) > 0 and config.get("response_kind", "kd") != "kd":
+        parts.append(f"response {config['response_kind']}")
     if (weights.get("feature") or 0) > 0:
         parts.append(f"feature {config.get('feature_kind')}")
     if (weights.get("relation") or 0) > 0:
@@ -184,6 +188,21 @@ def setup_text(config: Mapping[str, Any]) -> str:
     if pairs := config.get("layer_pairs"):
         parts.append("pairs " + ", ".join(f"{s}>{t}" for s, t in pairs))
     return "; ".join(parts)
+
+
+def _recipe_text(config: Mapping[str, Any]) -> str:
+    """``sgd, momentum 0.9, wd 0.0005, multistep 150/180/210 x0.1``: a recipe other than the
+    default AdamW with a cosine schedule."""
+    text = str(config.get("optimizer", "adamw"))
+    if text == "sgd":
+        text += f", momentum {config.get('momentum')}"
+    text += f", wd {config.get('weight_decay')}, {config.get('schedule', 'cosine')}"
+    if config.get("schedule") == "multistep":
+        milestones = "/".join(str(m) for m in config.get("milestones") or ())
+        text += f" {milestones} x{config.get('lr_decay')}"
+    if config.get("warmup_epochs"):
+        text += f", warm-up {config['warmup_epochs']} ep"
+    return text
 
 
 REPORT_RUN_COLUMNS = ("run", "status", ACCURACY_LABEL, EPOCH_LABEL, "agreement", "setup")
