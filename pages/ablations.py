@@ -31,6 +31,7 @@ from workbench.ablation.describe import (
     suite_kind,
     suite_label,
 )
+from workbench.ablation.published import CAPTION, published_rows
 from workbench.ablation.suites import demo_preset, launch_suite, suite_analysis, suite_progress
 from workbench.config.run_config import RunConfig
 from workbench.runs import permitted as actions
@@ -251,6 +252,19 @@ def suite_view(polling: bool) -> None:
                 column_config={c: percent for c in acc_columns}
                 | {"variant": st.column_config.TextColumn("variant", width="medium")},
             )
+    beside = published_rows(
+        store().get_run(e["run_id"]) for e in suite["runs"] if store().has_run(e["run_id"])
+    )
+    if beside:  # nothing at all when no run of the suite matches a paper's
+        st.subheader("Published numbers beside yours")
+        st.caption(CAPTION)
+        number = st.column_config.NumberColumn(format="%.2f", width="small")
+        st.dataframe(
+            pd.DataFrame(beside),
+            hide_index=True,
+            key="published_table",
+            column_config={c: number for c in beside[0] if "percent" in c},
+        )
     if kind == "factorial":
         shapley_view(analysis)
     st.subheader("Runs of this suite")

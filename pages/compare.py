@@ -21,6 +21,7 @@ from pages._shared import (
     url_notes,
     user,
 )
+from workbench.ablation.published import CAPTION, published_rows
 from workbench.runs import permitted as actions
 from workbench.ui import compare, report
 from workbench.ui.escape import plain
@@ -464,6 +465,16 @@ with errors_shown():
         (tuple(compare.data_version(r) for r in shown), seed_groups),
         lambda: summaries.parallel_coordinates(sweep),
     )
+
+# ------------------------------------------------------------------------- published numbers
+if beside := published_rows(shown):  # no run of the table matches a paper's: nothing at all
+    st.subheader("Published numbers beside yours")
+    st.caption(CAPTION)
+    beside_table = pd.DataFrame(beside)
+    number = st.column_config.NumberColumn(format="%.2f", width="small")
+    fmt = {c: number for c in beside_table.columns if "percent" in c}
+    st.dataframe(beside_table, key="compare_published", hide_index=True, column_config=fmt)
+    tables.append(("Published numbers beside yours", beside_table))
 
 # ------------------------------------------------------------------------- export
 st.subheader("Export")
