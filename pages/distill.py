@@ -157,11 +157,14 @@ st.latex(
     )
 )
 st.caption("Method presets set the loss as its paper does:")
-for column, name in zip(st.columns(len(METHODS)), METHODS, strict=True):
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    column.button(
-        name, key=f"method_{slug}", on_click=apply_fields, args=(name, None), width="stretch"
-    )
+METHOD_ROW = 3  # buttons per row: the papers' names stay on one line
+for start in range(0, len(METHODS), METHOD_ROW):
+    row = list(METHODS)[start : start + METHOD_ROW]
+    for column, name in zip(st.columns(METHOD_ROW), row, strict=False):
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        column.button(
+            name, key=f"method_{slug}", on_click=apply_fields, args=(name, None), width="stretch"
+        )
 
 col_t, col_k, col_f, col_r, col_w = st.columns(5)
 col_t.number_input(
@@ -184,7 +187,12 @@ col_f.selectbox(
     list(FEATURE_LOSSES),
     key="feature_kind",
     persist_state="session",
-    help="cosine, mse (FitNets) or at (attention transfer; needs conv layers on both sides).",
+    help=(
+        "cosine, mse (FitNets) or at (attention transfer; needs conv layers on both sides); "
+        "reviewkd (knowledge review: fuses the student's stages, uses every layer pair); ofd "
+        "(overhaul of feature distillation: needs pre-activation teacher layers such as "
+        "layer3.2.preact)."
+    ),
 )
 col_r.selectbox(
     "Relation kind",

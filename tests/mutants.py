@@ -449,6 +449,147 @@ MUTANTS = [
         "c = c + (2.0 * gamma) ** p * g.pow(p)",
         (METHODS + "::test_cc_matches_the_taylor_expanded_rbf_correlation",),
     ),
+    # --- issue 20 item 3: CRD (workbench/distill/contrastive.py) ---
+    Mutant(
+        "crd memory momentum 0.9",
+        "workbench/distill/contrastive.py",
+        "CRD_MOMENTUM = 0.5",
+        "CRD_MOMENTUM = 0.9",
+        ("tests/test_crd.py::test_the_module_is_the_papers_loss_and_updates_its_memory",),
+    ),
+    Mutant(
+        "crd memory update without renormalising",
+        "workbench/distill/contrastive.py",
+        "return rows / rows.norm(dim=1, keepdim=True)",
+        "return rows",
+        ("tests/test_crd.py::test_momentum_update_follows_the_rule_by_hand",),
+    ),
+    Mutant(
+        "crd temperature 0.7",
+        "workbench/distill/contrastive.py",
+        "CRD_TEMPERATURE = 0.07",
+        "CRD_TEMPERATURE = 0.7",
+        ("tests/test_crd.py::test_the_module_is_the_papers_loss_and_updates_its_memory",),
+    ),
+    Mutant(
+        "crd K not capped to N - 1",
+        "workbench/distill/contrastive.py",
+        "self.nce_k = min(int(nce_k), n - 1)",
+        "self.nce_k = int(nce_k)",
+        ("tests/test_crd.py::test_k_is_capped_and_the_positive_is_never_a_negative",),
+    ),
+    Mutant(
+        "crd Z recomputed every batch",
+        "workbench/distill/contrastive.py",
+        "        self.z_student.copy_(torch.where(self.z_student < 0, z_s, self.z_student))\n"
+        "        self.z_teacher.copy_(torch.where(self.z_teacher < 0, z_t, self.z_teacher))\n"
+        "        self._z_checked = True\n",
+        "        self.z_student.copy_(z_s)\n        self.z_teacher.copy_(z_t)\n",
+        ("tests/test_crd.py::test_the_module_is_the_papers_loss_and_updates_its_memory",),
+    ),
+    Mutant(
+        "crd positive among its negatives",
+        "workbench/distill/contrastive.py",
+        "return others + (others >= idx[:, None]).long()",
+        "return others",
+        ("tests/test_crd.py::test_negatives_are_distinct_others_uniformly",),
+    ),
+    Mutant(
+        "crd noise weight 1/N instead of K/N",
+        "workbench/distill/contrastive.py",
+        "noise = k / float(num_samples)",
+        "noise = 1 / float(num_samples)",
+        ("tests/test_crd.py::test_nce_matches_the_papers_formula_in_a_loop",),
+    ),
+    Mutant(
+        "crd directions crossed (student anchor on its own memory)",
+        "workbench/distill/contrastive.py",
+        "s_probs = crd_scores(student_embed, teacher_rows, temperature)",
+        "s_probs = crd_scores(student_embed, student_rows, temperature)",
+        ("tests/test_crd.py::test_nce_matches_the_papers_formula_in_a_loop",),
+    ),
+    Mutant(
+        "crd student memory never written",
+        "workbench/distill/contrastive.py",
+        "self.memory_student.index_copy_(0, idx, new_s)",
+        "pass",
+        ("tests/test_crd.py::test_the_module_is_the_papers_loss_and_updates_its_memory",),
+    ),
+    Mutant(
+        "crd negatives' generator state not checkpointed",
+        "workbench/distill/contrastive.py",
+        '"state": None if g is None else g.get_state(),',
+        '"state": None,',
+        ("tests/test_crd.py::test_state_dict_holds_memory_z_and_the_negatives_generator",),
+    ),
+    # --- issue 20 item 2: ReviewKD and OFD (review-ofd) ---
+    Mutant(
+        "review-ofd: hcl level weights not halved",
+        "workbench/distill/review.py",
+        "        weight /= 2.0\n",
+        "        weight /= 1.0\n",
+        ("tests/test_review_ofd.py::test_hcl_matches_a_loop_over_the_pyramid",),
+    ),
+    Mutant(
+        "review-ofd: abf attention maps swapped",
+        "workbench/distill/review.py",
+        "x = x * a[:, 0].view(b, 1, h, w) + y * a[:, 1].view(b, 1, h, w)",
+        "x = x * a[:, 1].view(b, 1, h, w) + y * a[:, 0].view(b, 1, h, w)",
+        ("tests/test_review_ofd.py::test_abf_fusion_matches_a_hand_computation",),
+    ),
+    Mutant(
+        "review-ofd: ofd mask keeps s <= t <= 0",
+        "workbench/distill/overhaul.py",
+        "kept = (s > t) | (t > 0)",
+        "kept = (s > t) | (t <= 0)",
+        ("tests/test_review_ofd.py::test_ofd_partial_l2_leaves_out_exactly_s_below_t_below_zero",),
+    ),
+    Mutant(
+        "review-ofd: ofd target without the margin",
+        "workbench/distill/overhaul.py",
+        "t = torch.maximum(t, full_precision(margin).view(1, -1, 1, 1))",
+        "t = t + 0 * full_precision(margin).view(1, -1, 1, 1)",
+        ("tests/test_review_ofd.py::test_ofd_partial_l2_leaves_out_exactly_s_below_t_below_zero",),
+    ),
+    Mutant(
+        "review-ofd: ofd margin sign flipped",
+        "workbench/distill/overhaul.py",
+        "margin = mu - sigma * density / mass.clamp_min(1e-300)",
+        "margin = mu + sigma * density / mass.clamp_min(1e-300)",
+        ("tests/test_review_ofd.py::test_ofd_margin_is_the_mean_of_the_negative_part",),
+    ),
+    Mutant(
+        "review-ofd: ofd pairs not weighted by depth",
+        "workbench/distill/overhaul.py",
+        "ofd_partial_l2(connector(s), t, margin) / 2 ** (n - 1 - i)",
+        "ofd_partial_l2(connector(s), t, margin)",
+        (
+            "tests/test_review_ofd.py::test_ofd_term_weights_the_pairs_by_depth_and_reads_the_teachers_bns",
+        ),
+    ),
+    Mutant(
+        "review-ofd: residual block's bn from the shortcut",
+        "workbench/distill/overhaul.py",
+        "norms = [m for m in block.children() if isinstance(m, nn.BatchNorm2d)]",
+        "norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]",
+        ("tests/test_review_ofd.py::test_pre_activation_bn_is_the_last_bn_of_the_residual_branch",),
+    ),
+    Mutant(
+        "review-ofd: pre-activation taps suggested",
+        "workbench/distill/taps.py",
+        "    student_layers = [li for li in student_layers if not li.preact]\n",
+        "",
+        ("tests/test_review_ofd.py::test_pre_activation_taps_are_listed_but_never_suggested",),
+    ),
+    Mutant(
+        "review-ofd: ofd accepts a post-activation teacher layer",
+        "workbench/distill/taps.py",
+        'if feature_kind == "ofd" and side == "teacher" and not layers[path].preact:',
+        "if False:",
+        (
+            "tests/test_review_ofd.py::test_ofd_and_reviewkd_train_from_the_cli_with_their_terms_non_zero",
+        ),
+    ),
 ]
 
 

@@ -10,10 +10,14 @@ from torch import nn
 from workbench.config.run_config import COMPONENTS, LossWeights
 from workbench.distill import feature, hybrid
 from workbench.distill.feature import FEATURE_LOSSES, feature_loss
-from workbench.distill.hybrid import HybridLoss
+from workbench.distill.hybrid import RELATION_MODULES, HybridLoss
 from workbench.distill.relation import RELATION_LOSSES, relation_loss
 from workbench.distill.response import label_loss, response_loss
 from workbench.errors import ConfigError, IncompatibleModelsError, UnknownNameError
+
+# Relation kinds computed pair by pair; CRD keeps memory banks of the training set and is
+# tested as the module it is (tests/test_crd.py).
+PAIRWISE_RELATIONS = [k for k in RELATION_LOSSES if k not in RELATION_MODULES]
 
 
 @pytest.fixture(autouse=True)
@@ -208,7 +212,9 @@ def test_feature_loss_rejects_mismatched_shapes_and_unknown_kinds():
         feature_loss(torch.randn(2, 3, 4, 4), torch.randn(2, 6, 4, 4), "cosine")
     with pytest.raises(UnknownNameError) as info:
         feature_loss(torch.randn(2, 3), torch.randn(2, 3), "l7")
-    assert info.value.valid == ("cosine", "mse", "at", "fitnet", "at_paper", "nst", "vid")
+    assert info.value.valid == (
+        "cosine", "mse", "at", "fitnet", "at_paper", "nst", "vid", "reviewkd", "ofd"
+    )  # fmt: skip
     with pytest.raises(
         UnknownNameError, match="unknown relation kind 'xx'; choose one of: sp, rkd, sp_paper"
     ):
@@ -294,7 +300,7 @@ def test_rkd_with_coincident_samples_stays_finite(case):
     assert loss.item() == pytest.approx(_np_rkd(_np(s), _np(t)), rel=1e-6)
 
 
-@pytest.mark.parametrize("kind", list(RELATION_LOSSES))
+@pytest.mark.parametrize("kind", PAIRWISE_RELATIONS)
 def test_relation_losses_ignore_scale_and_rotation(kind):
     g = torch.Generator().manual_seed(5)
     t = torch.randn(6, 8, generator=g)
@@ -305,7 +311,7 @@ def test_relation_losses_ignore_scale_and_rotation(kind):
         assert relation_loss(s + 7.0, t, kind).item() == pytest.approx(0.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("kind", list(RELATION_LOSSES))
+@pytest.mark.parametrize("kind", PAIRWISE_RELATIONS)
 def test_relation_losses_run_in_float32_under_autocast(kind):
     s, t = torch.randn(6, 4, 3, 3).bfloat16(), torch.randn(6, 10).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -315,7 +321,7 @@ def test_relation_losses_run_in_float32_under_autocast(kind):
     assert value.item() == pytest.approx(reference.item(), rel=1e-6, abs=1e-7)
 
 
-@pytest.mark.parametrize("kind", list(RELATION_LOSSES))
+@pytest.mark.parametrize("kind", PAIRWISE_RELATIONS)
 def test_relation_loss_of_one_sample_is_zero(kind):
     s = torch.randn(1, 5, requires_grad=True)
     value = relation_loss(s, torch.randn(1, 3), kind)
@@ -325,17 +331,19 @@ def test_relation_loss_of_one_sample_is_zero(kind):
 
 @pytest.mark.parametrize(
     ("registry", "kind"),
-    [(FEATURE_LOSSES, k) for k in FEATURE_LOSSES] + [(RELATION_LOSSES, k) for k in RELATION_LOSSES],
+    [(FEATURE_LOSSES, k) for k in FEATURE_LOSSES]
+    + [(RELATION_LOSSES, k) for k in PAIRWISE_RELATIONS],
 )
 def test_every_loss_is_a_finite_nonnegative_differentiable_scalar(registry, kind):
     s = torch.randn(4, 3, 5, 5, requires_grad=True)
     t = torch.randn(4, 3, 5, 5)
     fn = feature_loss if registry is FEATURE_LOSSES else relation_loss
-    value = fn(s, t, kind)
+    extra = {"margin": torch.full((3,), -0.5)} if kind == "ofd" else {}  # OFDTerm passes it
+    value = fn(s, t, kind, **extra)
     value.backward()
     assert value.ndim == 0 and torch.isfinite(value) and value.item() >= 0
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
-    assert fn(t, t.clone(), kind).item() == pytest.approx(0.0, abs=1e-5)
+    assert fn(t, t.clone(), kind, **extra).item() == pytest.approx(0.0, abs=1e-5)
 
 
 # ----------------------------------------------------------------------------------- the hybrid
@@ -478,7 +486,7 @@ def test_teacher_tensors_from_inference_mode_are_left_unchanged():
     # The engine clones inference tensors (they cannot be saved for backward).
     t_logits, t_feats = t_logits.clone(), [f.clone() for f in t_feats]
     before = [t_logits.clone(), *(f.clone() for f in t_feats)]
-    for relation in RELATION_LOSSES:
+    for relation in PAIRWISE_RELATIONS:
         hybrid = HybridLoss(
             LossWeights(), temperature=2.0, relation_kind=relation, adapters=_adapters()
         )
@@ -489,7 +497,7 @@ def test_teacher_tensors_from_inference_mode_are_left_unchanged():
 
 def test_forward_never_syncs_with_the_device(monkeypatch):
     logits, targets, t_logits, s_feats, t_feats = _batch()
-    for relation in RELATION_LOSSES:
+    for relation in PAIRWISE_RELATIONS:
         for weighting in ("fixed", "uncertainty", "validation"):
             hybrid = HybridLoss(
                 LossWeights(),

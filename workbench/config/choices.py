@@ -98,8 +98,8 @@ MODEL_INFO: dict[str, ModelInfo] = _by_name(
 # The keys of response.RESPONSE_LOSSES, feature.FEATURE_LOSSES, relation.RELATION_LOSSES and
 # weighting.WEIGHTINGS, in order.
 RESPONSE_KINDS = ("kd", "dkd", "dist")
-FEATURE_KINDS = ("cosine", "mse", "at", "fitnet", "at_paper", "nst", "vid")
-RELATION_KINDS = ("sp", "rkd", "sp_paper", "rkd_paper", "pkt", "cc")
+FEATURE_KINDS = ("cosine", "mse", "at", "fitnet", "at_paper", "nst", "vid", "reviewkd", "ofd")
+RELATION_KINDS = ("sp", "rkd", "sp_paper", "rkd_paper", "pkt", "cc", "crd")
 # The training recipe: optimizers and learning-rate schedules (workbench.training.setup).
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "multistep", "constant")

@@ -13,6 +13,13 @@ CVPR 2019). ``mse`` and ``at`` are unit-free means; ``fitnet`` (1/2 ||.||^2 per 
 
 VID's learned variances are the one state of this slot: ``VIDVariance`` holds them (one module
 per layer pair, built by ``HybridLoss``) and ``feature_loss(..., "vid", variance=...)`` takes them.
+
+Two kinds are stateful modules over all the pairs at once, their math in modules of their own:
+``reviewkd`` (Chen, Liu, Zhao and Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021;
+``workbench.distill.review``: its per-pair math is the hierarchical context loss ``hcl``) and
+``ofd`` (Heo et al., "A Comprehensive Overhaul of Feature Distillation", ICCV 2019;
+``workbench.distill.overhaul``: the partial L2 against the teacher's pre-ReLU map, with a margin
+from the teacher's BatchNorm). Both bring their own connectors, so the engine builds no adapters.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.distill.overhaul import ofd_partial_l2
 from workbench.distill.precision import full_precision
+from workbench.distill.review import hcl
 from workbench.errors import IncompatibleModelsError, UnknownNameError
 
 __all__ = [
@@ -278,10 +287,13 @@ FEATURE_LOSSES: dict[str, Callable[..., Tensor]] = {
     "at_paper": _attention_paper,
     "nst": _neuron_selectivity,
     "vid": _variational,
+    "reviewkd": hcl,  # one (fused, teacher) pair; the ABFs are ReviewKDTerm's
+    "ofd": ofd_partial_l2,  # one (connected, teacher) pair; margin from OFDTerm
 }
 
-# Feature kinds that compare the student's own features (no adapter in front of them).
-UNADAPTED_FEATURE_KINDS = ("at", "at_paper", "nst")
+# Feature kinds that compare the student's own features (no adapter in front of them), or that
+# bring their own connectors (ReviewKD's ABFs, OFD's conv + BN): the engine builds no adapters.
+UNADAPTED_FEATURE_KINDS = ("at", "at_paper", "nst", "reviewkd", "ofd")
 
 
 def uses_adapter(kind: str) -> bool:
@@ -295,7 +307,9 @@ def feature_loss(student_feat: Tensor, teacher_feat: Tensor, kind: str, **params
     teacher feature, both [B, ...]. For ``cosine``, ``mse``, ``fitnet`` and ``vid`` the student
     feature must already be adapted to the teacher's shape; ``at``, ``at_paper`` and ``nst`` take
     the student's own map [B, C_s, H, W] (channels may differ, the spatial size is matched).
-    ``params``: ``variance`` [C] for ``vid`` (see ``VIDVariance``)."""
+    ``params``: ``variance`` [C] for ``vid`` (see ``VIDVariance``); ``margin`` [C] for ``ofd``
+    (``overhaul.ofd_margin``; required). ``reviewkd`` is the HCL of one fused student feature
+    and the teacher's, of one shape."""
     if kind not in FEATURE_LOSSES:
         raise UnknownNameError("feature kind", kind, list(FEATURE_LOSSES))
     if uses_adapter(kind):

@@ -17,13 +17,25 @@ import torch
 from torch import Tensor, nn
 
 from workbench.config.loss_terms import COMPONENTS, LossWeights
+from workbench.distill.contrastive import ContrastiveRepresentation
 from workbench.distill.feature import FEATURE_LOSSES, VIDVariance, feature_loss, uses_adapter
+from workbench.distill.overhaul import OFDTerm
 from workbench.distill.relation import RELATION_LOSSES, relation_loss
 from workbench.distill.response import RESPONSE_LOSSES, label_loss, response_loss
+from workbench.distill.review import ReviewKDTerm
+from workbench.distill.stateful import MethodInputs, TermModule
 from workbench.distill.weighting import WEIGHTINGS
 from workbench.errors import ConfigError, UnknownNameError
 
-__all__ = ["HybridLoss"]
+__all__ = ["FEATURE_MODULES", "RELATION_MODULES", "HybridLoss"]
+
+# The kinds whose term is a module (``workbench.distill.stateful``): kind -> builder(inputs,
+# **params). Each kind is also a key of its slot's pure-loss registry (its math, per pair).
+FEATURE_MODULES: dict[str, Callable[..., TermModule]] = {
+    "reviewkd": ReviewKDTerm,
+    "ofd": OFDTerm,
+}
+RELATION_MODULES: dict[str, Callable[..., TermModule]] = {"crd": ContrastiveRepresentation}
 
 
 def _same(x: Tensor) -> Tensor:
@@ -100,6 +112,7 @@ class HybridLoss(nn.Module):
         relation_params: Mapping[str, float] | None = None,
         teacher_channels: Sequence[int] | None = None,
         warmup_epochs: int = 0,
+        inputs: MethodInputs | None = None,
     ) -> None:
         super().__init__()
         weights.validate()
@@ -137,11 +150,35 @@ class HybridLoss(nn.Module):
         # let a learned map fit the teacher's maps while the student stays as it is.
         self.adapters = adapters if uses_adapter(feature_kind) else None
         self.vid_variances = self._vid_variances(feature_kind, teacher_channels)
+        # ReviewKD, OFD, CRD: the term is a module that sees every pair (workbench.distill.stateful)
+        self.feature_module = self._term_module("feature", feature_kind, FEATURE_MODULES, inputs)
+        self.relation_module = self._term_module(
+            "relation", relation_kind, RELATION_MODULES, inputs
+        )
         self.warmup_epochs = int(warmup_epochs)
         if self.warmup_epochs > 0:  # only then, so checkpoints without a warm-up load as before
             self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
         self.scheme_name = weighting
         self.scheme = WEIGHTINGS[weighting](self.configured)  # the weighting module
+
+    def _term_module(
+        self,
+        slot: str,
+        kind: str,
+        registry: Mapping[str, Callable[..., nn.Module]],
+        inputs: MethodInputs | None,
+    ) -> nn.Module | None:
+        """The stateful module of ``slot``'s kind, built from ``inputs``; none unless the term
+        is computed (its weight > 0) and the kind is a module."""
+        if kind not in registry or self.configured[slot] <= 0:
+            return None
+        if inputs is None:
+            raise ValueError(
+                f"{slot} kind {kind} is built from the run's layer shapes: pass inputs "
+                "(workbench.distill.stateful.MethodInputs)"
+            )
+        params = self.feature_params if slot == "feature" else self.relation_params
+        return registry[kind](inputs, **params)
 
     def _vid_variances(
         self, feature_kind: str, teacher_channels: Sequence[int] | None
@@ -184,8 +221,10 @@ class HybridLoss(nn.Module):
         teacher_logits: Tensor | None = None,
         student_feats: Sequence[Tensor] = (),
         teacher_feats: Sequence[Tensor] = (),
+        indices: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Terms and total for one batch: logits [B, K], targets [B], features [B, ...] per pair.
+        """Terms and total for one batch: logits [B, K], targets [B], features [B, ...] per pair,
+        ``indices`` [B] the samples' positions in the training set (CRD's memory reads them).
 
         Teacher tensors are read only (they may be inference tensors or cached constants).
         """
@@ -206,9 +245,15 @@ class HybridLoss(nn.Module):
                 **self.response_params,
             )
             terms["response"] = self.warmup_factor() * response
-        if "feature" in needed:
+        if "feature" in needed and self.feature_module is not None:
+            self._pairs(student_feats, teacher_feats, "feature")
+            terms["feature"] = self.feature_module(student_feats, teacher_feats, indices)
+        elif "feature" in needed:
             terms["feature"] = self._feature_term(student_feats, teacher_feats)
-        if "relation" in needed:
+        if "relation" in needed and self.relation_module is not None:
+            self._pairs(student_feats, teacher_feats, "relation")
+            terms["relation"] = self.relation_module(student_feats, teacher_feats, indices)
+        elif "relation" in needed:
             pairs = self._pairs(student_feats, teacher_feats, "relation")
             terms["relation"] = torch.stack(
                 [relation_loss(s, t, self.relation_kind, **self.relation_params) for s, t in pairs]

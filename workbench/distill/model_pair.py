@@ -81,7 +81,9 @@ def inspect_pair(
     data = load_dataset(dataset, data_path=data_path)
     shape, k = tuple(data.input_shape), int(data.num_classes)
     t_model, s_model = build_model(teacher, shape, k), build_model(student, shape, k)
-    t_layers, s_layers = feature_layers(t_model, shape), feature_layers(s_model, shape)
+    # With the pre-activation taps (LayerInfo.preact): pairable by hand, never suggested.
+    t_layers = feature_layers(t_model, shape, preact=True)
+    s_layers = feature_layers(s_model, shape, preact=True)
     suggested: Pairs = ()
     error = ""
     try:

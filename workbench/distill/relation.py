@@ -6,7 +6,10 @@ Computed on the raw features, whose widths may differ: similarity-preserving KD 
 Tefas, ECCV 2018) and correlation congruence (Peng et al., ICCV 2019). ``sp`` and ``rkd`` are
 unit-free means; ``sp_paper`` (gamma = 3000) and ``rkd_paper`` (25 : 50) are the papers' scales.
 They run with autocast off, since a bf16 Gram matrix loses the small differences they compare
-(RKD's geometry even runs in float64). All are stateless: no embedding head is learned here.
+(RKD's geometry even runs in float64). All are stateless (no embedding head is learned here)
+except contrastive representation distillation (Tian, Krishnan and Isola, ICLR 2020): ``crd``
+keeps memory banks of the training set and learned heads, so ``HybridLoss`` builds it as a
+module (``workbench.distill.contrastive``); its entry here is its pure math, ``crd_loss``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from workbench.distill.contrastive import crd_loss
 from workbench.distill.precision import full_precision
 from workbench.errors import UnknownNameError
 
@@ -190,6 +194,7 @@ RELATION_LOSSES: dict[str, Callable[..., Tensor]] = {
     "rkd_paper": _relational_paper,
     "pkt": _probabilistic,
     "cc": _correlation_congruence,
+    "crd": crd_loss,  # on embeddings and memory rows: the module ContrastiveRepresentation
 }
 
 
@@ -200,6 +205,14 @@ def relation_loss(student_feat: Tensor, teacher_feat: Tensor, kind: str, **param
     ``gamma``, ``order`` for ``cc``."""
     if kind not in RELATION_LOSSES:
         raise UnknownNameError("relation kind", kind, list(RELATION_LOSSES))
+    if kind == "crd":
+        raise ValueError(
+            "relation kind crd keeps memory banks of the training set (one row per sample) and "
+            "learned embedding heads, so it is no function of one batch: HybridLoss "
+            "(workbench.distill.hybrid) builds it as a module from the run's MethodInputs "
+            "(workbench.distill.contrastive.ContrastiveRepresentation); its math on embeddings "
+            "and memory rows is workbench.distill.contrastive.crd_loss"
+        )
     b = student_feat.shape[0]
     if teacher_feat.shape[0] != b:
         raise ValueError(

@@ -126,7 +126,12 @@ def pair_layers(
 
     Example: 3 student vs 8 teacher candidates, ``n = 3``: student 0, 1, 2 (depths 1/3, 2/3, 1)
     pair with teacher 2, 4, 7 (depths 3/8, 5/8, 1).
+
+    Pre-activation taps (``LayerInfo.preact``) are left out: they may be paired by hand only,
+    so the suggested pairs are those of the block-level candidates. The pairs run shallow to deep.
     """
+    student_layers = [li for li in student_layers if not li.preact]
+    teacher_layers = [li for li in teacher_layers if not li.preact]
     s_count, t_count = len(student_layers), len(teacher_layers)
     if s_count == 0 or t_count == 0:
         side = "student" if s_count == 0 else "teacher"
@@ -158,9 +163,12 @@ def check_pairs(
     """Raise ``IncompatibleModelsError`` (saying what to change) unless every pair can be used.
 
     Each pair must be ``(student_path, teacher_path)`` with both paths among the candidate layers
-    of their model; attention transfer (``at``, ``at_paper``) needs 4-D maps on both sides (their
-    channels and spatial sizes may differ: the loss compares the student's own attention map,
-    resized to the teacher's, without an adapter).
+    of their model (pre-activation taps included, where the lists have them); attention transfer
+    (``at``, ``at_paper``), NST, ReviewKD and OFD need 4-D maps on both sides (their channels and
+    spatial sizes may differ: the loss compares the student's own attention map, resized to the
+    teacher's, without an adapter; ReviewKD and OFD bring their own connectors). OFD needs a
+    pre-activation teacher layer (``LayerInfo.preact``): its margin is the statistics of the
+    BatchNorm before that ReLU.
     """
     if not pairs:
         raise IncompatibleModelsError(
@@ -190,6 +198,22 @@ def check_pairs(
                     f"{path!r} gives a vector of shape {list(shape)}: choose feature kind cosine or "
                     "mse, or pick convolutional layers on both sides"
                 )
+            if feature_kind == "ofd" and side == "teacher" and not layers[path].preact:
+                raise IncompatibleModelsError(_ofd_needs_preact(path, list(layers.values())))
+
+
+def _ofd_needs_preact(path: str, teacher_layers: list[LayerInfo]) -> str:
+    pre = [li.path for li in teacher_layers if li.preact]
+    if not pre:
+        return (
+            f"ofd needs a pre-activation teacher layer, and this teacher has none ({path!r} is "
+            "after its ReLU): pick a CIFAR ResNet, WRN, VGG or ShuffleNet teacher, or another "
+            "feature kind"
+        )
+    return (
+        f"ofd needs a pre-activation teacher layer such as {pre[-1]}, got {path!r} (after its "
+        "ReLU); pick one on the Models page"
+    )
 
 
 # -------------------------------------------------------------------------------- adapters

@@ -18,7 +18,10 @@ Families:
 - ``small``: ``small_cnn`` and ``mlp``, quick students for CPU runs.
 
 ``feature_layers`` runs one dry forward pass with hooks and returns the block-level candidates for
-feature distillation, by a rule per family (see ``_RULES``) with a generic fallback.
+feature distillation, by a rule per family (see ``_RULES``) with a generic fallback; with
+``preact=True`` also the pre-activation taps of the CIFAR families (``_PREACT_RULES``: the
+tensor before a block's last ReLU, which OFD distils), flagged ``LayerInfo.preact``: they may be
+paired by hand but are never suggested (``workbench.distill.taps.pair_layers`` skips them).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "count_params",
     "feature_layers",
     "list_models",
+    "preactivation_paths",
 ]
 
 InputShape = tuple[int, int, int]
@@ -63,11 +67,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A candidate layer: module path, output shape without the batch dim, its parameter count."""
+    """A candidate layer: module path, output shape without the batch dim, its parameter count;
+    ``preact`` marks a pre-activation tap (the tensor before a ReLU, see ``preactivation_paths``)."""
 
     path: str
     shape: tuple[int, ...]
     params: int
+    preact: bool = False
 
 
 # ---------------------------------------------------------------------------------- small nets
@@ -329,6 +335,51 @@ _RULES: tuple[tuple[type, Callable[[nn.Module], list[str]]], ...] = (
 )
 
 
+def _preact_identities(model: nn.Module) -> list[str]:
+    """Every ``<block>.preact`` hook target (an ``nn.Identity`` on the sum before a block's last
+    ReLU: the CIFAR ResNets' and ShuffleNets' blocks)."""
+    return [p for p, m in model.named_modules() if p.endswith(".preact")]
+
+
+def _wrn_preact(model: nn.Module) -> list[str]:
+    """The BatchNorm that opens each block after the first, and the final ``bn1``: each is the
+    pre-activation of the block output before it (a WRN block ends in its residual sum)."""
+    opening = [f"{p}.bn1" for p in _children(model, "block1", "block2", "block3")]
+    return [*opening[1:], "bn1"]
+
+
+def _vgg_preact(model: nn.Module) -> list[str]:
+    """The last BatchNorm of each stage ``block0..block4`` (before the stage's closing ReLU)."""
+    paths = []
+    for s in range(5):
+        stage = getattr(model, f"block{s}")
+        last = max(i for i, m in enumerate(stage) if isinstance(m, nn.BatchNorm2d))
+        paths.append(f"block{s}.{last}")
+    return paths
+
+
+# Pre-activation taps per family (the reference code's ``preact=True`` / ``preReLU=True``
+# features, at every block); families not listed have none (torchvision blocks end in a ReLU
+# with no hook target before it; MobileNetV2 blocks end linear, their outputs are the features).
+_PREACT_RULES: tuple[tuple[type, Callable[[nn.Module], list[str]]], ...] = (
+    (cifar_nets.CifarResNet, _preact_identities),
+    (cifar_nets.WideResNet, _wrn_preact),
+    (cifar_zoo.CifarVGG, _vgg_preact),
+    (cifar_mobile.CifarShuffleNetV1, _preact_identities),
+    (cifar_mobile.CifarShuffleNetV2, _preact_identities),
+)
+
+
+def preactivation_paths(model: nn.Module) -> list[str]:
+    """Module paths whose output is a pre-activation (before a ReLU): ``layer3.2.preact`` of a
+    CIFAR ResNet or ShuffleNet block, ``block2.0.bn1`` / ``bn1`` of a WRN, a VGG stage's last
+    BatchNorm (``block2.1`` of vgg8); none for other families."""
+    for cls, rule in _PREACT_RULES:
+        if isinstance(model, cls):
+            return rule(model)
+    return []
+
+
 def candidate_paths(model: nn.Module) -> list[str]:
     """Module paths that may be feature candidates, from the structure alone (no forward pass).
 
@@ -349,8 +400,12 @@ def candidate_paths(model: nn.Module) -> list[str]:
     return paths
 
 
-def feature_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerInfo]:
-    """Candidate layers for feature distillation, in forward order, from one dry forward pass.
+def feature_layers(
+    model: nn.Module, input_shape: tuple[int, int, int], *, preact: bool = False
+) -> list[LayerInfo]:
+    """Candidate layers for feature distillation, in forward order, from one dry forward pass;
+    with ``preact=True`` the pre-activation taps too (``preactivation_paths``, flagged
+    ``LayerInfo.preact``), in forward order among them (``layer1.0.preact`` before ``layer1.0``).
 
     The pass runs on a batch of 2 zeros in eval mode under ``torch.no_grad`` and restores every
     module's train/eval flag afterwards. A candidate is kept when its output is a tensor of ndim
@@ -372,7 +427,8 @@ def feature_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[
     """
     known = any(isinstance(model, cls) for cls, _ in _RULES)
     modules = dict(model.named_modules())
-    paths = [p for p in candidate_paths(model) if p in modules]
+    pre = [p for p in preactivation_paths(model) if p in modules] if preact else []
+    paths = [p for p in candidate_paths(model) if p in modules] + pre
     outputs: dict[str, torch.Tensor] = {}
 
     def hook(path: str):
@@ -405,4 +461,7 @@ def feature_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[
             for i, (p, out) in enumerate(found)
             if i == len(found) - 1 or found[i + 1][1].shape != out.shape
         ]
-    return [LayerInfo(p, tuple(out.shape[1:]), count_params(modules[p])) for p, out in found]
+    return [
+        LayerInfo(p, tuple(out.shape[1:]), count_params(modules[p]), preact=p in pre)
+        for p, out in found
+    ]

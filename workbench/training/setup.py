@@ -14,10 +14,11 @@ from torch import nn
 
 from workbench.config.recipes import dkd_warmup_epochs
 from workbench.config.run_config import RunConfig
-from workbench.data.datasets import DataBundle
+from workbench.data.datasets import DataBundle, train_subset
 from workbench.distill.feature import feature_channels, uses_adapter
 from workbench.distill.hybrid import HybridLoss
 from workbench.distill.model_pair import configured_pairs
+from workbench.distill.stateful import MethodInputs
 from workbench.distill.taps import build_adapters
 from workbench.errors import ConfigError
 from workbench.models.registry import build_model, feature_layers
@@ -129,15 +130,17 @@ def build_model_and_loss(
     (on the device) drives dropout; nothing of the run draws from the global generator."""
     with seeded_construction(config.seed):
         model = build_model(config.trained_model, data.input_shape, data.num_classes)
-        s_layers = feature_layers(model, data.input_shape)
+        # Pre-activation taps (OFD's) can be paired by hand; pair_layers never suggests them.
+        s_layers = feature_layers(model, data.input_shape, preact=True)
         # The teacher is frozen and often lent warm (``workbench.training.teacher_pool``): its layers once.
         t_layers = []
         if teacher is not None:
-            t_layers = warm.layers_of(teacher, data.input_shape, feature_layers)
+            t_layers = warm.layers_of(teacher, data.input_shape, _with_preact)
         pairs = configured_pairs(config, s_layers, t_layers) if teacher is not None else ()
         adapted = config.weights.feature > 0 and uses_adapter(config.feature_kind)
         adapters = build_adapters(pairs, s_layers, t_layers) if adapted else None
-        hybrid = build_hybrid(config, pairs, t_layers, adapters)
+        inputs = method_inputs(pairs, s_layers, t_layers, teacher, data, config)
+        hybrid = build_hybrid(config, pairs, t_layers, adapters, inputs)
     model_generator = torch.Generator(device=device).manual_seed(config.seed)
     use_run_generator(model, model_generator)
     return (
@@ -146,9 +149,19 @@ def build_model_and_loss(
         torch.Generator().manual_seed(config.seed),
         model_generator,
         pairs,
-        s_layers,
-        t_layers,
+        _probed(s_layers, {s for s, _ in pairs}),
+        _probed(t_layers, {t for _, t in pairs}),
     )
+
+
+def _with_preact(model: nn.Module, input_shape: tuple) -> list:
+    return feature_layers(model, input_shape, preact=True)
+
+
+def _probed(layers: list, paired: set[str]) -> list:
+    """The layers the probe compares: the block-level candidates, and a pre-activation tap only
+    where a pair uses it."""
+    return [li for li in layers if not li.preact or li.path in paired]
 
 
 def build_hybrid(
@@ -156,6 +169,7 @@ def build_hybrid(
     pairs: tuple[tuple[str, str], ...],
     teacher_layers: list[Any],
     adapters: nn.ModuleList | None,
+    inputs: MethodInputs | None = None,
 ) -> HybridLoss:
     """The run's hybrid loss: its kinds, the response method's settings (DKD's warm-up scaled
     to the run, ``workbench.config.recipes.dkd_warmup_epochs``) and, for VID, the channel count
@@ -180,6 +194,29 @@ def build_hybrid(
         response_params=params,
         teacher_channels=channels if config.feature_kind == "vid" else None,
         warmup_epochs=warmup,
+        inputs=inputs,
+    )
+
+
+def method_inputs(
+    pairs: tuple[tuple[str, str], ...],
+    student_layers: list[Any],
+    teacher_layers: list[Any],
+    teacher: nn.Module | None,
+    data: DataBundle,
+    config: RunConfig,
+) -> MethodInputs:
+    """What the stateful methods (ReviewKD, OFD, CRD) are built from: the paired layers' shapes
+    and paths, the training set's size (the run's fraction of it) and the frozen teacher."""
+    s_shapes = {layer.path: tuple(layer.shape) for layer in student_layers}
+    t_shapes = {layer.path: tuple(layer.shape) for layer in teacher_layers}
+    return MethodInputs(
+        student_shapes=tuple(s_shapes[s] for s, _ in pairs),
+        teacher_shapes=tuple(t_shapes[t] for _, t in pairs),
+        student_paths=tuple(s for s, _ in pairs),
+        teacher_paths=tuple(t for _, t in pairs),
+        num_samples=len(train_subset(data.train_y, config.train_fraction)),
+        teacher=teacher,
     )
 
 

@@ -92,7 +92,7 @@ def train_step(
     with torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.use_amp):
         logits = t.model(x)  # [B, K]
         t_logits, t_feats = t.source(idx, x) if t.source is not None else (None, [])
-        terms = t.hybrid(logits, y, t_logits, taps.features, t_feats)
+        terms = t.hybrid(logits, y, t_logits, taps.features, t_feats, indices=idx)
     measured = (
         gradient_shares(terms, t.hybrid.current_weights(), t.model.parameters()) if shares else None
     )

@@ -1,0 +1,47 @@
+"""Methods whose term is a module: it learns or remembers across steps, and sees every layer pair
+at once (ReviewKD fuses the student's stages, CRD keeps memory banks of the training set).
+
+``HybridLoss`` builds one for the feature or relation slot when the run's kind is registered in
+its ``FEATURE_MODULES`` or ``RELATION_MODULES`` (``workbench.distill.hybrid``): the builder takes the run's ``MethodInputs`` (what
+the engine knows before the first step) and the kind's parameters, and the module's ``forward``
+takes the student's and the teacher's features of every layer pair and the batch's sample
+indices into the training set, and returns the term (a scalar). Its parameters train with the
+student; its parameters, buffers and extra state are in the loss's ``state_dict``, so a resumed
+run continues exactly. The pure math of each method lives in a function of its own module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+__all__ = ["MethodInputs", "TermModule"]
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """What a stateful method is built from: per layer pair, the student's and the teacher's
+    feature shapes per sample (``(C, H, W)``, ``(D,)``, as ``LayerInfo.shape``) and module
+    paths; the number of training samples (the indices a batch carries run from 0 to it); the
+    frozen teacher (OFD reads its batch-norm statistics), None where a test has none."""
+
+    student_shapes: tuple[tuple[int, ...], ...]
+    teacher_shapes: tuple[tuple[int, ...], ...]
+    student_paths: tuple[str, ...] = ()
+    teacher_paths: tuple[str, ...] = ()
+    num_samples: int = 0
+    teacher: nn.Module | None = field(default=None, compare=False, repr=False)
+
+
+class TermModule(nn.Module):
+    """The interface of a stateful term (subclasses implement ``forward``)."""
+
+    def forward(
+        self,
+        student_feats: Sequence[Tensor],
+        teacher_feats: Sequence[Tensor],
+        indices: Tensor | None = None,
+    ) -> Tensor:  # pragma: no cover - the interface
+        raise NotImplementedError
