@@ -63,3 +63,31 @@ def test_nst_on_a_vector_layer_is_one_line_naming_nst(home, capsys):
     assert code == 2
     (line,) = err.strip().splitlines()
     assert line.startswith("error: nst needs 4-D feature maps"), line
+
+
+def test_an_ablation_over_dkd_reviewkd_and_crd_is_one_command(home, capsys):
+    """The issue's example suite: one preset, every variant trains, and the full run logs each
+    term's share of the gradient."""
+    code = main(
+        [
+            "ablate", "--method", "dkd+reviewkd+crd", "--teacher", "small_cnn", "--student",
+            "small_cnn", "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "128",
+            "--seeds", "1", "--device", "cpu", "--json",
+        ]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    suite = json.loads(out)
+    assert [c["component"] for c in suite["contributions"]] == [
+        "label", "response", "feature", "relation"
+    ]  # fmt: skip
+    store = Store(home)
+    (record,) = [r for r in store.list_runs(role="student") if r.get("variant") == "full"]
+    config = record["config"]
+    assert (config["response_kind"], config["feature_kind"], config["relation_kind"]) == (
+        "dkd",
+        "reviewkd",
+        "crd",
+    )
+    logged = [row for row in store.history(record["id"]) if "g_relation" in row]
+    assert logged and all(logged[-1][f"g_{c}"] > 0 for c in ("response", "feature", "relation"))

@@ -66,7 +66,9 @@ RUN_FLAGS = (
     "train_fraction",
 )
 # --method's words: "dkd" for "DKD (Zhao et al. 2022)".
-METHOD_FLAGS = {name.split()[0].lower(): name for name in METHODS}
+METHOD_FLAGS = {
+    name.split(" (")[0].lower().replace(" + ", "+"): name for name in METHODS
+}  # kd, dkd, dist, crd, reviewkd, dkd+reviewkd+crd
 # What the app's forms (Models, Distill) call a RunConfig field; a field without a widget there
 # (log_every, train_fraction, ...) is named by its field name alone.
 FORM_LABELS = FIELD_LABELS  # the form's words (config.choices), one list for app and CLI

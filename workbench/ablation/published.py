@@ -162,6 +162,8 @@ _FEATURE_METHODS = {
     "at_paper": "AT",
     "nst": "NST",
     "vid": "VID",
+    "reviewkd": "ReviewKD",
+    "ofd": "OFD",
 }
 _RELATION_METHODS = {
     "sp": "SP",
@@ -170,6 +172,7 @@ _RELATION_METHODS = {
     "rkd_paper": "RKD",
     "pkt": "PKT",
     "cc": "CC",
+    "crd": "CRD",
 }
 _KINDS = {
     "response": ("response_kind", _RESPONSE_METHODS),
