@@ -211,3 +211,35 @@ def test_a_short_distillation_on_digits(store, tmp_path, teacher, student, train
         li.path for li in feature_layers(build_model(student, (1, 8, 8), 10), (1, 8, 8))
     }
     assert pairs and all(tuple(p)[0] in student_taps for p in pairs)
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    """One store for the zoo's students: their one small teacher is trained once."""
+    from workbench.storage.store import Store
+
+    store = Store(tmp_path_factory.mktemp("zoo"))
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_every_zoo_model_trains_one_epoch_as_a_distilled_student(shared_store, name):
+    """Each new model, as the student of a small teacher with every loss term on: built,
+    tapped, paired, adapted and trained for one epoch on a tenth of digits."""
+    store = shared_store
+    config = RunConfig(
+        teacher="small_cnn",
+        student=name,
+        epochs=1,
+        teacher_epochs=1,
+        batch_size=32,
+        train_fraction=0.1,
+        device="cpu",
+        log_every=2,
+    )
+    record = run(config, store)
+    assert record["status"] == "completed", record.get("error")
+    assert record["progress"]["epoch"] == 1
+    losses = record["metrics"]["final_losses"]
+    assert all(math.isfinite(v) and v > 0 for v in losses.values()), losses
