@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages._quality import quality_section
 from pages._shared import (
     errors_shown,
     page_entered,
@@ -452,6 +453,9 @@ if chosen:
             tables.append(("Accuracy per class", per_class))
 
 set_params(cka_params, owned=CKA_PARAMS)
+if chosen:
+    probes_by_id = {i: d["probe"] for i, d in data.items()}
+    quality_section(chosen, probes_by_id, names_all, key, chart)
 
 # ------------------------------------------------------------------------- sweeps
 st.subheader(f"Loss weights and temperature vs {ACCURACY_LABEL}")

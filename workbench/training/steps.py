@@ -26,6 +26,7 @@ from workbench.errors import CheckpointError
 from workbench.storage import training_state as checkpoints
 from workbench.storage.liveness import beat_fields
 from workbench.storage.weights import write_weights_file
+from workbench.training.calibration import logits_of, quality_on_test
 from workbench.training.events import Diverged, Stopped
 from workbench.training.probe import per_class_accuracy, run_probe
 from workbench.training.setup import Training
@@ -193,8 +194,10 @@ def finish(t: Training) -> dict[str, Any]:
     t.fenced.replace_file(
         lambda tmp: write_weights_file(tmp, weights), t.store.weights_path(t.run_id)
     )
-    test_pred = evaluate(t.model, t.test_x)  # [N_test]
+    logits = logits_of(t.model, t.test_x)  # [N_test, K], CPU
+    test_pred = logits.argmax(dim=1)  # [N_test]
     test_y = t.data.test_y
+    quality, quality_probe = _test_quality(t, logits)
     correct = test_pred == test_y  # [N_test]
     teacher = t.teacher_test_pred
     metrics = {
@@ -206,6 +209,7 @@ def finish(t: Training) -> dict[str, Any]:
         "agreement": float((test_pred == teacher).float().mean()) if teacher is not None else None,
         "final_losses": {k: t.history[-1][k] for k in (*COMPONENTS, "total")} if t.history else {},
         "per_class_acc": per_class_accuracy(test_pred, test_y, t.data.num_classes),
+        **quality,
     }
     t.fenced.update(metrics=metrics)
     if t.config.role == "student":
@@ -226,8 +230,18 @@ def finish(t: Training) -> dict[str, Any]:
         probe["per_class_acc"] = metrics["per_class_acc"]
         probe["agreement"] = metrics["agreement"]
         probe["test_correct"] = correct.to(torch.uint8).tolist()  # per-image tests (McNemar)
+        probe.update(quality_probe)
         t.fenced.save_probe(probe)
     return metrics
+
+
+def _test_quality(t: Training, logits: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Calibration and the class-similarity gap on test (``workbench.training.calibration``);
+    the teacher's test logits come from one forward pass of the frozen teacher."""
+    teacher_logits = None
+    if t.config.role == "student" and t.teacher is not None:
+        teacher_logits = logits_of(t.teacher, t.test_x)
+    return quality_on_test(logits, teacher_logits, t.data.test_y.cpu(), t.data.num_classes)
 
 
 def training_state(t: Training) -> dict[str, Any]:

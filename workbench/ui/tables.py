@@ -118,7 +118,8 @@ def _summary_of_text(text: str) -> str:
 
 RUN_COLUMNS = [
     "id", "name", "owner", "visibility", "role", "status", "queue", "progress", "eta",
-    ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc", "agreement", "duration", "seconds", "dataset",
+    ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc", "agreement", "ece", "nll", "logit_gap",
+    "duration", "seconds", "dataset",
     "teacher", "student", "weights", "temperature", "seed", "config", "teacher_source", "tags",
     "error", "created",
 ]  # fmt: skip
@@ -206,6 +207,7 @@ def run_table(
                 ),
                 "teacher_acc": metrics.get("teacher_acc"),
                 "agreement": metrics.get("agreement"),
+                **{name: metrics.get(name) for name in ("ece", "nll", "logit_gap")},
                 "duration": format_duration(seconds),
                 "seconds": seconds,
                 "dataset": config.get("dataset"),
@@ -223,7 +225,7 @@ def run_table(
         )
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
     numeric = (ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc", "agreement", "seconds")
-    numeric += ("temperature", "progress")
+    numeric += ("temperature", "progress", "ece", "nll", "logit_gap")
     for column in numeric:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["created"] = pd.to_datetime(frame["created"])
