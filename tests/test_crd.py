@@ -8,12 +8,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-import threading
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.test_engine_steps import resume_is_exact
 from workbench.cli import main
 from workbench.config.loss_terms import LossWeights
 from workbench.config.run_config import RunConfig
@@ -29,10 +29,7 @@ from workbench.distill.hybrid import HybridLoss
 from workbench.distill.relation import relation_loss
 from workbench.distill.stateful import MethodInputs
 from workbench.errors import ConfigError
-from workbench.runs import queue as runqueue
-from workbench.storage import training_state as checkpoints
 from workbench.storage.store import Store
-from workbench.training.loop import run
 
 
 @pytest.fixture(autouse=True)
@@ -275,10 +272,6 @@ def test_crd_trains_from_the_cli_served_by_the_teacher_cache(home, capsys):
     assert cached["losses"]["relation"] == pytest.approx(live["losses"]["relation"], rel=1e-3)
 
 
-def _history(store, run_id):
-    return [{k: v for k, v in row.items() if k != "time"} for row in store.history(run_id)]
-
-
 def test_a_resumed_crd_run_equals_an_uninterrupted_one(store, monkeypatch):
     # K = 64 of the ~1,000 digits: the negatives are a random draw, so only the checkpointed
     # generator gives the resumed run the whole run's negatives (K = N - 1 takes them all).
@@ -296,24 +289,6 @@ def test_a_resumed_crd_run_equals_an_uninterrupted_one(store, monkeypatch):
         weights=LossWeights(0.5, 0, 0, 0.5),
         relation_kind="crd",
     )
-    whole = run(config, store)
-    assert whole["status"] == "completed", whole["error"]
-    run_id = store.create_run(config)
-    stop = threading.Event()
-
-    def stop_in_epoch_2(event):
-        if event["phase"] == "step" and event["epoch"] == 2:
-            stop.set()
-
-    assert run(config, store, on_step=stop_in_epoch_2, stop=stop, run_id=run_id)["status"] == (
-        "cancelled"
-    )
-    state = checkpoints.load_state(store.home, run_id)
-    assert state["epoch"] == 1
+    _, run_id, state = resume_is_exact(config, store)
     assert state["hybrid"]["relation_module.z_student"] > 0  # Z and the memory are checkpointed
-    runqueue.requeue(store, run_id)
-    resumed = run(config, store, run_id=run_id)
-    assert resumed["status"] == "completed", resumed["error"]
-    assert _history(store, run_id) == _history(store, whole["id"])
     assert all(row["relation"] > 0 for row in store.history(run_id))
-    assert resumed["metrics"] == whole["metrics"]

@@ -251,6 +251,16 @@ PAPER_STATE = {
 )
 def test_a_resumed_run_equals_an_uninterrupted_one(store, weights, weighting, extra):
     config = TINY.replace(weights=weights, weighting=weighting, epochs=3, augment=True, **extra)
+    whole, run_id, _ = resume_is_exact(config, store)
+    a, b = store.probe(run_id), store.probe(whole["id"])
+    assert torch.equal(torch.as_tensor(a["cka"]), torch.as_tensor(b["cka"]))
+    assert not checkpoints.state_path(store.home, run_id).exists()  # completed: state removed
+
+
+def resume_is_exact(config: RunConfig, store) -> tuple[dict, str, dict]:
+    """Train ``config`` whole, then again stopped in epoch 2 and resumed from its checkpoint;
+    asserts both end with the same history, epochs and metrics. Returns the whole run's record,
+    the resumed run's id and the checkpoint the stopped run left (what it holds is the test's)."""
     whole = run(config, store)
     assert whole["status"] == "completed", whole["error"]
 
@@ -264,16 +274,15 @@ def test_a_resumed_run_equals_an_uninterrupted_one(store, weights, weighting, ex
     assert run(config, store, on_step=stop_in_epoch_2, stop=stop, run_id=run_id)["status"] == (
         "cancelled"
     )
-    assert checkpoints.load_state(store.home, run_id)["epoch"] == 1
+    state = checkpoints.load_state(store.home, run_id)
+    assert state["epoch"] == 1
     runqueue.requeue(store, run_id)
     resumed = run(config, store, run_id=run_id)
     assert resumed["status"] == "completed", resumed["error"]
     assert _history(store, run_id) == _history(store, whole["id"])
     assert _epochs(store, run_id) == _epochs(store, whole["id"])
     assert resumed["metrics"] == whole["metrics"]
-    a, b = store.probe(run_id), store.probe(whole["id"])
-    assert torch.equal(torch.as_tensor(a["cka"]), torch.as_tensor(b["cka"]))
-    assert not checkpoints.state_path(store.home, run_id).exists()  # completed: state removed
+    return whole, run_id, state
 
 
 def test_a_run_that_never_finished_an_epoch_restarts_clean(store):

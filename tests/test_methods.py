@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import workbench.distill as distill
+from tests.test_losses import _adapters, _batch  # the hybrid loss's batch and adapters
 from workbench.config.loss_terms import LossWeights
 from workbench.distill.feature import (
     VIDVariance,
@@ -309,24 +309,6 @@ def test_gradchecks_in_float64():
 
 
 # --------------------------------------------------------------------------------- the hybrid
-B, K = 6, 5
-
-
-def _batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(B, K, generator=g, requires_grad=True)
-    targets = torch.randint(0, K, (B,), generator=g)
-    t_logits = torch.randn(B, K, generator=g)
-    s_feats = [torch.randn(B, 4, 6, 6, generator=g), torch.randn(B, 8, generator=g)]
-    t_feats = [torch.randn(B, 6, 3, 3, generator=g), torch.randn(B, 5, generator=g)]
-    return logits, targets, t_logits, s_feats, t_feats
-
-
-def _adapters() -> nn.ModuleList:
-    torch.manual_seed(0)
-    return nn.ModuleList(
-        [nn.Sequential(nn.Conv2d(4, 6, 1), nn.AdaptiveAvgPool2d(3)), nn.Linear(8, 5)]
-    )
 
 
 def test_dkd_warmup_ramps_the_response_term_linearly_over_the_epochs():

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.test_engine_steps import resume_is_exact
 from workbench.cli import main
 from workbench.config.run_config import LossWeights, RunConfig
 from workbench.distill.feature import feature_loss, uses_adapter
@@ -23,9 +23,6 @@ from workbench.distill.stateful import MethodInputs
 from workbench.distill.taps import check_pairs, pair_layers
 from workbench.errors import IncompatibleModelsError
 from workbench.models.registry import build_model, feature_layers
-from workbench.runs import queue as runqueue
-from workbench.storage import training_state as checkpoints
-from workbench.training.loop import run
 
 
 def _inputs(student, teacher, s_paths, t_paths, shape=(1, 8, 8)) -> MethodInputs:
@@ -352,14 +349,6 @@ def test_either_on_vector_layers_is_one_line_naming_it(home, capsys, kind):
 
 
 # ------------------------------------------------------------------------------ resume exactness
-def _history(store, run_id):
-    return [{k: v for k, v in row.items() if k != "time"} for row in store.history(run_id)]
-
-
-def _epochs(store, run_id):
-    return [{k: v for k, v in row.items() if k != "time"} for row in store.epochs(run_id)]
-
-
 def test_a_resumed_reviewkd_run_equals_an_uninterrupted_one(store):
     config = RunConfig(
         teacher="small_cnn",
@@ -374,24 +363,5 @@ def test_a_resumed_reviewkd_run_equals_an_uninterrupted_one(store):
         feature_kind="reviewkd",
         augment=True,
     )
-    whole = run(config, store)
-    assert whole["status"] == "completed", whole["error"]
-
-    run_id = store.create_run(config)
-    stop = threading.Event()
-
-    def stop_in_epoch_2(event):
-        if event["phase"] == "step" and event["epoch"] == 2:
-            stop.set()
-
-    assert run(config, store, on_step=stop_in_epoch_2, stop=stop, run_id=run_id)["status"] == (
-        "cancelled"
-    )
-    assert checkpoints.load_state(store.home, run_id)["epoch"] == 1
-    runqueue.requeue(store, run_id)
-    resumed = run(config, store, run_id=run_id)
-    assert resumed["status"] == "completed", resumed["error"]
-    assert _history(store, run_id) == _history(store, whole["id"])
-    assert _epochs(store, run_id) == _epochs(store, whole["id"])
-    assert resumed["metrics"] == whole["metrics"]
+    whole, _, _ = resume_is_exact(config, store)
     assert whole["metrics"]["final_losses"]["feature"] > 0

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_LR",
     "METHODS",
     "RECIPES",
+    "RECIPE_FIELDS",
     "apply_presets",
     "dkd_warmup_epochs",
     "teacher_recipe",

@@ -134,13 +134,7 @@ class OFDTerm(TermModule):
 
     def __init__(self, inputs: MethodInputs):
         super().__init__()
-        pairs = list(zip(inputs.student_shapes, inputs.teacher_shapes, strict=True))
-        if not pairs or any(len(s) != 3 or len(t) != 3 for s, t in pairs):
-            raise IncompatibleModelsError(
-                "ofd needs 4-D feature maps [B, C, H, W] on both sides of every layer pair, got "
-                f"student {list(inputs.student_shapes)}, teacher {list(inputs.teacher_shapes)}: "
-                "pick convolutional layers"
-            )
+        pairs = inputs.map_pairs("ofd")
         if inputs.teacher is None or len(inputs.teacher_paths) != len(pairs):
             raise ValueError(
                 "ofd reads its margins from the teacher's batch norms: pass MethodInputs.teacher "

@@ -122,13 +122,7 @@ class ReviewKDTerm(TermModule):
 
     def __init__(self, inputs: MethodInputs):
         super().__init__()
-        pairs = list(zip(inputs.student_shapes, inputs.teacher_shapes, strict=True))
-        if not pairs or any(len(s) != 3 or len(t) != 3 for s, t in pairs):
-            raise IncompatibleModelsError(
-                "reviewkd needs 4-D feature maps [B, C, H, W] on both sides of every layer pair, "
-                f"got student {list(inputs.student_shapes)}, teacher "
-                f"{list(inputs.teacher_shapes)}: pick convolutional layers"
-            )
+        pairs = inputs.map_pairs("reviewkd")
         mid = min(REVIEWKD_MAX_MID_CHANNELS, pairs[-1][0][0])
         self.abfs = nn.ModuleList(
             ABF(s[0], mid, t[0], fuse=i < len(pairs) - 1) for i, (s, t) in enumerate(pairs)

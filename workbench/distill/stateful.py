@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from workbench.errors import IncompatibleModelsError
+
 __all__ = ["MethodInputs", "TermModule"]
 
 
@@ -33,6 +35,19 @@ class MethodInputs:
     teacher_paths: tuple[str, ...] = ()
     num_samples: int = 0
     teacher: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    def map_pairs(self, method: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``[(student shape, teacher shape)]`` per pair, each ``(C, H, W)``; at least one pair
+        and 4-D maps on both sides of every pair, else an IncompatibleModelsError naming
+        ``method``."""
+        pairs = list(zip(self.student_shapes, self.teacher_shapes, strict=True))
+        if not pairs or any(len(s) != 3 or len(t) != 3 for s, t in pairs):
+            raise IncompatibleModelsError(
+                f"{method} needs 4-D feature maps [B, C, H, W] on both sides of every layer "
+                f"pair, got student {list(self.student_shapes)}, teacher "
+                f"{list(self.teacher_shapes)}: pick convolutional layers"
+            )
+        return pairs
 
 
 class TermModule(nn.Module):

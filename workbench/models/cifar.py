@@ -27,17 +27,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["CifarResNet", "WideResNet", "resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_2"]
+__all__ = [
+    "CifarResNet",
+    "WideResNet",
+    "fan_out_init",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_2",
+    "wrn_40_2",
+]
 
 
-def _init_weights(model: nn.Module) -> None:
+def fan_out_init(model: nn.Module, *, linear_std: float | None = None) -> None:
+    """The reference codes' initialisation (RepDistiller, torchvision's VGG): Kaiming normal
+    with fan-out for convolutions (N(0, 2 / (k^2 out))), biases 0, BatchNorm at (1, 0); linear
+    weights from N(0, ``linear_std``) when given, else PyTorch's default."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(m.weight, 0, linear_std)
             nn.init.zeros_(m.bias)
 
 
@@ -82,7 +97,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._stage(num_filters[2], num_filters[3], n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(num_filters[3], num_classes)
-        _init_weights(self)
+        fan_out_init(self)
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -138,7 +153,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
-        _init_weights(self)
+        fan_out_init(self)
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:

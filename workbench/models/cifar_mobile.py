@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.models.cifar import fan_out_init
+
 __all__ = [
     "CifarMobileNetV2",
     "CifarShuffleNetV1",
@@ -129,15 +131,7 @@ class CifarMobileNetV2(nn.Module):
         self.conv2 = _conv_bn_relu(c, last, 1, stride=1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(last, num_classes)
-        for m in self.modules():  # the reference's: N(0, 2 / (k^2 out)) is Kaiming fan-out
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        fan_out_init(self, linear_std=0.01)  # the reference's initialisation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (B, 16, H/2, W/2)

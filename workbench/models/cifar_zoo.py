@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.models.cifar import CifarResNet, WideResNet
+from workbench.models.cifar import CifarResNet, WideResNet, fan_out_init
 
 __all__ = [
     "VGG_CFGS",
@@ -120,16 +120,7 @@ class CifarVGG(nn.Module):
         self.pool0, self.pool1, self.pool2, self.pool3 = pools
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cfg[-1][-1], num_classes)
-        for m in self.modules():  # the reference's initialisation: N(0, 2 / (k^2 out)) = fan-out
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        fan_out_init(self, linear_std=0.01)  # the reference's initialisation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool0(self.block0(x))  # (B, 64, H/2, W/2)

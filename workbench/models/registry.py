@@ -185,16 +185,7 @@ class SmallVGG(tvm.VGG):
                     self.features[i] = nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cfg[-2], num_classes)
-        for m in self.modules():  # torchvision's VGG initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        cifar_nets.fan_out_init(self, linear_std=0.01)  # torchvision's VGG initialisation
 
 
 def _vgg11_bn(*, input_shape: InputShape, num_classes: int) -> nn.Module:

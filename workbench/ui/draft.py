@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from typing import Any, TypeVar
 
 from workbench.config.choices import FIELD_LABELS
+from workbench.config.recipes import RECIPE_FIELDS, apply_presets
 from workbench.config.run_config import COMPONENTS, RunConfig, check_run_name
 from workbench.errors import ConfigError, IncompatibleModelsError
 from workbench.ui.form_values import FormError, build_configs, parse_seeds
@@ -55,16 +56,7 @@ SLOTS = {
     "method": ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma"),
     "pairs": ("layer_pairs",),
     "training": ("epochs", "batch_size", "lr", "teacher_epochs"),
-    "recipe": (
-        "optimizer",
-        "momentum",
-        "weight_decay",
-        "schedule",
-        "milestones",
-        "lr_decay",
-        "warmup_epochs",
-        "augment",
-    ),
+    "recipe": (*RECIPE_FIELDS, "augment"),
     "seeds": ("seeds",),
     "device": ("device",),
     "name": ("run_name",),
@@ -183,8 +175,6 @@ def preset_draft(
 ) -> dict[str, Any]:
     """The draft keys a recipe or method preset sets (``workbench.config.recipes``): weights as
     ``w_label`` ..., milestones as text; the CRD recipe's lr follows the ``student``."""
-    from workbench.config.recipes import apply_presets
-
     fields = apply_presets({"student": student}, recipe=recipe, method=method)
     fields.pop("student")
     weights = fields.pop("weights", None)
