@@ -113,8 +113,8 @@ MUTANTS = [
     Mutant(
         "headline accuracy on the validation split",
         "workbench/training/steps.py",
-        "test_pred = evaluate(t.model, t.test_x)  # [N_test]",
-        "test_pred = evaluate(t.model, t.val_x)  # [N_test]",
+        "logits = logits_of(t.model, t.test_x)  # [N_test, K], CPU",
+        "logits = logits_of(t.model, t.val_x)  # [N_test, K], CPU",
         (STEPS + "::test_headline_metrics_are_measured_on_the_test_split",),
     ),
     # --- the ablation statistics ---
