@@ -23,6 +23,7 @@ from workbench.distill.gradient_shares import SHARE_FIELDS, gradient_shares
 from workbench.distill.hybrid import HybridLoss
 from workbench.distill.taps import FeatureTaps
 from workbench.errors import CheckpointError
+from workbench.insight.probe_view import run_view
 from workbench.storage import training_state as checkpoints
 from workbench.storage.liveness import beat_fields
 from workbench.storage.weights import write_weights_file
@@ -198,6 +199,7 @@ def finish(t: Training) -> dict[str, Any]:
     test_pred = logits.argmax(dim=1)  # [N_test]
     test_y = t.data.test_y
     quality, quality_probe = _test_quality(t, logits)
+    view_probe, view_metrics = _test_view(t)
     correct = test_pred == test_y  # [N_test]
     teacher = t.teacher_test_pred
     metrics = {
@@ -210,6 +212,7 @@ def finish(t: Training) -> dict[str, Any]:
         "final_losses": {k: t.history[-1][k] for k in (*COMPONENTS, "total")} if t.history else {},
         "per_class_acc": per_class_accuracy(test_pred, test_y, t.data.num_classes),
         **quality,
+        **view_metrics,
     }
     t.fenced.update(metrics=metrics)
     if t.config.role == "student":
@@ -231,6 +234,7 @@ def finish(t: Training) -> dict[str, Any]:
         probe["agreement"] = metrics["agreement"]
         probe["test_correct"] = correct.to(torch.uint8).tolist()  # per-image tests (McNemar)
         probe.update(quality_probe)
+        probe.update(view_probe)
         t.fenced.save_probe(probe)
     return metrics
 
@@ -242,6 +246,23 @@ def _test_quality(t: Training, logits: torch.Tensor) -> tuple[dict[str, Any], di
     if t.config.role == "student" and t.teacher is not None:
         teacher_logits = logits_of(t.teacher, t.test_x)
     return quality_on_test(logits, teacher_logits, t.data.test_y.cpu(), t.data.num_classes)
+
+
+def _test_view(t: Training) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A student's embeddings and logits on the fixed test subset, the teacher's beside them
+    (``workbench.insight.probe_view``), and their k-NN accuracy and silhouette; nothing for a
+    teacher run."""
+    if t.config.role != "student":
+        return {}, {}
+    return run_view(
+        student=t.model,
+        teacher=t.teacher,
+        test_x=t.test_x,
+        test_y=t.data.test_y,
+        device=t.device,
+        store=t.store if t.config.teacher_cache else None,
+        teacher_id=t.teacher_id,
+    )
 
 
 def training_state(t: Training) -> dict[str, Any]:

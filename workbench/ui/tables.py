@@ -119,12 +119,15 @@ def _summary_of_text(text: str) -> str:
 RUN_COLUMNS = [
     "id", "name", "owner", "visibility", "role", "status", "queue", "progress", "eta",
     ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc", "agreement", "ece", "nll", "logit_gap",
-    "duration", "seconds", "dataset",
+    "knn_acc", "silhouette", "duration", "seconds", "dataset",
     "teacher", "student", "weights", "temperature", "seed", "config", "teacher_source", "tags",
     "error", "created",
 ]  # fmt: skip
 
 
+# What the test logits and the test view's embeddings say (calibration, class similarities,
+# separability: workbench.training.calibration, workbench.insight.probe_view).
+QUALITY_COLUMNS = ("ece", "nll", "logit_gap", "knn_acc", "silhouette")
 MISSING = "—"  # a table cell of a metric that does not exist yet (a queued run's accuracy)
 # The Runs page's columns, key ones first: what tells runs apart and how they did fits 1440 px
 # (the issue saw test and val accuracy hidden on the right); the long ones follow.
@@ -207,7 +210,7 @@ def run_table(
                 ),
                 "teacher_acc": metrics.get("teacher_acc"),
                 "agreement": metrics.get("agreement"),
-                **{name: metrics.get(name) for name in ("ece", "nll", "logit_gap")},
+                **{name: metrics.get(name) for name in QUALITY_COLUMNS},
                 "duration": format_duration(seconds),
                 "seconds": seconds,
                 "dataset": config.get("dataset"),
@@ -225,7 +228,7 @@ def run_table(
         )
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
     numeric = (ACCURACY_METRIC, EPOCH_METRIC, "teacher_acc", "agreement", "seconds")
-    numeric += ("temperature", "progress", "ece", "nll", "logit_gap")
+    numeric += ("temperature", "progress", *QUALITY_COLUMNS)
     for column in numeric:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["created"] = pd.to_datetime(frame["created"])
