@@ -15,11 +15,11 @@ $(VENV)/bin/activate:
 
 $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[cam]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PIP) install -q -e ".[test,dev,oidc]"
+	$(PIP) install -q -e ".[test,dev,oidc,cam]"
 	touch $@
 
 run: $(VENV)/.installed
