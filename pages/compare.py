@@ -12,6 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages._cka import CKA_KEYS, CKA_PARAMS, cka_section
+from pages._embeddings import embedding_section
+from pages._gallery import gallery_section
 from pages._quality import quality_section
 from pages._shared import (
     errors_shown,
@@ -55,9 +58,8 @@ VIEW = {
     "compare_x": ("x", "step"),
     "compare_smooth": ("smooth", 0.0),
     "compare_log": ("log", False),
+    "compare_cka_per_run": ("cka_per_run", False),
 }
-CKA_PARAMS = ("cka_base", "cka_run")  # the CKA difference's two runs (unit labels)
-CKA_KEYS = ("compare_baseline", "compare_diff_run")
 SMOOTHING = Steps(0.0, 0.95, 0.05)  # the slider's range: a link's value outside it is dropped
 figures: list[tuple[str, go.Figure]] = []  # what the page shows, for the HTML report
 tables: list[tuple[str, pd.DataFrame]] = []
@@ -80,15 +82,27 @@ def cached_figure(name: str, key: Hashable, _build: Callable[[], go.Figure]) -> 
     return _build()  # ``key`` names everything the figure depends on; ``_build`` is not hashed
 
 
-def chart(caption: str, name: str, key: Hashable, build: Callable[[], go.Figure]) -> None:
-    """Draw a figure (built once per ``key``) and keep it for the report."""
+def chart(
+    caption: str,
+    name: str,
+    key: Hashable,
+    build: Callable[[], go.Figure],
+    *,
+    on_select: str = "ignore",
+) -> object:
+    """Draw a figure (built once per ``key``) and keep it for the report; returns the chart's
+    selection state when ``on_select`` is "rerun" (clickable bars)."""
     try:
         fig = cached_figure(name, key, build)
     except PlotDataError as exc:  # the data cannot be drawn as asked: say why
         st.warning(plain(exc), icon=":material/info:")
-        return
-    st.plotly_chart(fig, key=name, width="stretch")
+        return None
     figures.append((caption, fig))
+    if on_select == "ignore":
+        return st.plotly_chart(fig, key=name, width="stretch")
+    return st.plotly_chart(
+        fig, key=name, width="stretch", on_select=on_select, selection_mode="points"
+    )
 
 
 def keep_valid(key: str, options: Sequence[object], default: object = None) -> None:
@@ -279,7 +293,11 @@ key = (
 set_params(
     {"runs": encode_ids(selected)}
     | ({"mine": "1"} if mine_only else {})
-    | {param: encode_value(ss[k]) for k, (param, default) in VIEW.items() if ss[k] != default},
+    | {  # a widget drawn only sometimes (the per-run CKA toggle) may have no value yet
+        param: encode_value(ss[k])
+        for k, (param, default) in VIEW.items()
+        if ss.get(k, default) != default
+    },
     owned=("runs", "mine", *(param for param, _ in VIEW.values())),
 )
 if not chosen:
@@ -360,36 +378,9 @@ if chosen:
                 f"No probe for {plain(', '.join(unprobed))}: teacher runs and runs that did not finish "
                 "are not probed."
             )
-        with_cka = {label: p for label, p in probes.items() if compare.has_probe_data(p, "cka")}
-        if with_cka:
-            chart(
-                "Linear CKA", "compare_cka", key, lambda: heatmaps.cka_heatmaps(with_cka, per_row=4)
-            )
-        elif probes:
-            st.caption("No CKA: the probed runs had no teacher.")
-
-        names = list(with_cka)
-        if len(names) >= 2:
-            st.markdown("**CKA difference** against a baseline")
-            col_base, col_run = st.columns(2)
-            # by default the two comparable runs that differ most (two alike show only zeros)
-            pair = compare.most_different_pair(with_cka)
-            keep_valid(
-                "compare_baseline", names, pair[0] if pair else compare.default_baseline(with_cka)
-            )
-            baseline = col_base.selectbox("Baseline", names, key="compare_baseline")
-            others = compare.comparable_first(with_cka, baseline)
-            keep_valid("compare_diff_run", others, pair[1] if pair and pair[1] in others else None)
-            other = col_run.selectbox("Run", others, key="compare_diff_run")
-            cka_params = {CKA_PARAMS[0]: baseline, CKA_PARAMS[1]: other}
-            chart(
-                f"CKA({other}) - CKA({baseline})",
-                "compare_cka_diff",
-                (key, other, baseline),
-                lambda: heatmaps.cka_difference(
-                    with_cka[other], with_cka[baseline], label=other, baseline_label=baseline
-                ),
-            )
+        cka_params = cka_section(
+            chosen, units, probes, {i: d["probe"] for i, d in data.items()}, key, chart, keep_valid
+        )
 
         gram_runs = [
             r["id"]
@@ -456,6 +447,9 @@ set_params(cka_params, owned=CKA_PARAMS)
 if chosen:
     probes_by_id = {i: d["probe"] for i, d in data.items()}
     quality_section(chosen, probes_by_id, names_all, key, chart)
+    with errors_shown():
+        tables += embedding_section(chosen, probes_by_id, names_all, key, chart)
+    gallery_section(chosen, probes_by_id, names_all, key, chart, user(), store())
 
 # ------------------------------------------------------------------------- sweeps
 st.subheader(f"Loss weights and temperature vs {ACCURACY_LABEL}")

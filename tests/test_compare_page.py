@@ -211,6 +211,7 @@ def test_selection_draws_every_figure(runs):
         "compare_weights",
         "compare_cka",
         "compare_cka_diff",
+        "compare_same_layer_cka",
         "compare_gram",
         "compare_parcoords",
     }
@@ -377,7 +378,7 @@ def test_report_holds_the_page_figures_and_tables(runs, monkeypatch):
     open_compare([runs["kd0"], runs["hy0"]])
     html = captured["compare_report"]()
     assert html.startswith("<!DOCTYPE html>") and 'id="figure-0"' in html
-    assert html.count('class="figure"') == 7
+    assert html.count('class="figure"') == 8  # the same-layer CKA bars among them
     for heading in ("Runs", "Config fields that differ", "Accuracy per class", "Linear CKA"):
         assert f"<h2>{heading}</h2>" in html
     assert (

@@ -44,6 +44,8 @@ __all__ = [
     "probe_units",
     "colours",
     "group_choices",
+    "same_layer_indices",
+    "same_layer_table",
     "same_layers",
     "selection_options",
     "selection_table",
@@ -204,8 +206,60 @@ def _group_probe(probes: Sequence[Probe]) -> dict[str, Any]:
         values = [p[key] for p in probes if p.get(key) is not None]
         comparable = len({np.shape(v) for v in values}) == 1 and (key != "cka" or layers_agree)
         first[key] = _mean(values) if values and comparable else None
+        if key == "cka" and first[key] is not None:  # the seeds' spread, for mean ± sd views
+            first["cka_sd"], first["cka_seeds"] = _sd(values), len(values)
     first["seeds"] = len(probes)
     return first
+
+
+def _sd(values: Sequence[Any]) -> np.ndarray:
+    """Element-wise sample standard deviation (ddof 1) of equally shaped arrays, ignoring NaN;
+    NaN where fewer than two values are finite."""
+    stacked = np.asarray([np.asarray(v, dtype=float) for v in values])  # [seeds, ...]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # fewer than two: NaN
+        return np.nanstd(stacked, axis=0, ddof=1)
+
+
+def same_layer_indices(probe: Probe) -> list[tuple[int, int]]:
+    """``(student row, teacher column)`` of the probe's CKA matrix at corresponding layers: the
+    run's distilled pairs when it has them, else the teacher layer at the same relative depth
+    (student layer i of S against teacher layer round(i (T - 1) / (S - 1)) of T)."""
+    s_layers = list(probe.get("student_layers") or [])
+    t_layers = list(probe.get("teacher_layers") or [])
+    if not s_layers or not t_layers:
+        return []
+    pairs = [tuple(p) for p in probe.get("pairs") or []]
+    if pairs and all(s in s_layers and t in t_layers for s, t in pairs):
+        return [(s_layers.index(s), t_layers.index(t)) for s, t in pairs]
+    if len(s_layers) == 1:
+        return [(0, len(t_layers) - 1)]
+    step = (len(t_layers) - 1) / (len(s_layers) - 1)
+    return [(i, round(i * step)) for i in range(len(s_layers))]
+
+
+def same_layer_table(probes: Mapping[str, Probe]) -> pd.DataFrame:
+    """One row per unit and corresponding layer pair (``same_layer_indices``): ``run``,
+    ``pair`` ("student layer → teacher layer"), ``cka`` (the seeds' mean for a group), ``sd``
+    (NaN for a single run) and ``seeds``."""
+    rows = []
+    for label, probe in probes.items():
+        cka = probe.get("cka")
+        if cka is None:
+            continue
+        cka, sd = np.asarray(cka, dtype=float), probe.get("cka_sd")
+        s_layers, t_layers = list(probe["student_layers"]), list(probe["teacher_layers"])
+        for i, j in same_layer_indices(probe):
+            rows.append(
+                {
+                    "run": label,
+                    "pair": f"{s_layers[i]} → {t_layers[j]}",
+                    "cka": float(cka[i, j]),
+                    "sd": float(np.asarray(sd)[i, j]) if sd is not None else math.nan,
+                    "seeds": int(probe.get("cka_seeds") or 1),
+                }
+            )
+    return pd.DataFrame(rows, columns=["run", "pair", "cka", "sd", "seeds"])
 
 
 def probe_units(

@@ -140,6 +140,10 @@ def cka_heatmaps(
         row, col = i // cols + 1, i % cols + 1
         teacher, student = list(probe["teacher_layers"]), list(probe["student_layers"])
         name = plain_label(label).replace("%", "%%")
+        spread, seeds = probe.get("cka_sd"), int(probe.get("cka_seeds") or 1)
+        value = "CKA %{z:.3f}"
+        if spread is not None and seeds > 1:  # a seed group: its mean, and the seeds' sd
+            value = f"CKA %{{z:.3f}} ± %{{customdata:.3f}} (mean ± sd of {seeds} seeds)"
         fig.add_trace(
             go.Heatmap(
                 z=_cka(probe),
@@ -147,9 +151,10 @@ def cka_heatmaps(
                 y=student,
                 zmin=zmin,
                 zmax=zmax,
+                customdata=np.asarray(spread, dtype=float) if spread is not None else None,
                 coloraxis="coloraxis",
                 name=plain_label(label),
-                hovertemplate=f"{name}<br>student %{{y}}<br>teacher %{{x}}<br>CKA %{{z:.3f}}"
+                hovertemplate=f"{name}<br>student %{{y}}<br>teacher %{{x}}<br>{value}"
                 "<extra></extra>",
             ),
             row=row,
