@@ -180,9 +180,8 @@ def _layer_choices(run_ids, names, user, store) -> dict[str, str]:
     out: dict[str, str] = {}
     with st.expander("Layers"):
         models = [("teacher", None), *((r, r) for r in run_ids)]
-        teacher = next(
-            (rec.get("teacher_run") for rec in [store.get_run(run_ids[0])] if run_ids), None
-        )
+        first = (store.get_run(run_ids[0]) if run_ids else None) or {}  # None: deleted meanwhile
+        teacher = first.get("teacher_run")
         for key, run_id in models:
             target_run = teacher if run_id is None else run_id
             if not target_run:

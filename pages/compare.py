@@ -79,7 +79,10 @@ def run_data(home: str, version: tuple) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_figure(name: str, key: Hashable, _build: Callable[[], go.Figure]) -> go.Figure:
-    return _build()  # ``key`` names everything the figure depends on; ``_build`` is not hashed
+    # ``key`` names everything the figure depends on; ``_build`` is not hashed. Rebuilt from
+    # its dict, the new figure orders its layout as a cached copy does, so a clickable chart's
+    # spec, hence its widget id and its selection, stays the same on the click's rerun.
+    return go.Figure(_build().to_dict())
 
 
 def chart(
