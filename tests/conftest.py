@@ -45,3 +45,23 @@ def browser():
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """The data of every download button a page draws, by its key, caught on its way in
+    (AppTest has no download endpoint). Both ``st.download_button`` and a container's
+    ``.download_button`` are caught."""
+    import streamlit as st
+    from streamlit.delta_generator import DeltaGenerator
+
+    captured = {}
+    method = DeltaGenerator.download_button
+
+    def spy(self, label, data, *args, **kwargs):
+        captured[kwargs.get("key")] = data
+        return method(self, label, data, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
+    monkeypatch.setattr(st, "download_button", lambda *a, **kw: spy(st._main, *a, **kw))
+    return captured

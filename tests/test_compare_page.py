@@ -362,27 +362,16 @@ def test_only_runs_without_probes(runs):
     assert "No probe for" in texts(at, "caption")
 
 
-def test_report_holds_the_page_figures_and_tables(runs, monkeypatch):
+def test_report_holds_the_page_figures_and_tables(runs, downloads):
     """The download buttons' data, caught on its way in (AppTest has no download endpoint)."""
-    from streamlit.delta_generator import DeltaGenerator
-
-    captured = {}
-    method = DeltaGenerator.download_button
-
-    def spy(self, label, data, *args, **kwargs):
-        captured[kwargs.get("key")] = data
-        return method(self, label, data, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
-    monkeypatch.setattr(st, "download_button", lambda *a, **kw: spy(st._main, *a, **kw))
     open_compare([runs["kd0"], runs["hy0"]])
-    html = captured["compare_report"]()
+    html = downloads["compare_report"]()
     assert html.startswith("<!DOCTYPE html>") and 'id="figure-0"' in html
     assert html.count('class="figure"') == 8  # the same-layer CKA bars among them
     for heading in ("Runs", "Config fields that differ", "Accuracy per class", "Linear CKA"):
         assert f"<h2>{heading}</h2>" in html
     assert (
-        captured["compare_table_csv"]()
+        downloads["compare_table_csv"]()
         .splitlines()[0]
         .startswith("id,shown as,name,owner,role,group,status")
     )

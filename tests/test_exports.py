@@ -118,39 +118,28 @@ def test_the_reports_run_table_has_a_few_columns_and_wraps():
     assert '<div class="table-wrap">' in html
 
 
-def test_the_compare_pages_downloads_keep_the_setup(home, monkeypatch):
+def test_the_compare_pages_downloads_keep_the_setup(home, monkeypatch, downloads):
     """The Compare page's CSVs and report, caught on their way into the download buttons."""
-    from streamlit.delta_generator import DeltaGenerator
-
     from tests.test_compare_page import ROOT, fabricate_store
     from workbench.storage.store import Store
 
     monkeypatch.syspath_prepend(str(ROOT))
     store = Store(home)
     runs = fabricate_store(store)
-    captured = {}
-    method = DeltaGenerator.download_button
-
-    def spy(self, label, data, *args, **kwargs):
-        captured[kwargs.get("key")] = data
-        return method(self, label, data, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
-    monkeypatch.setattr(st, "download_button", lambda *a, **kw: spy(st._main, *a, **kw))
     try:
         open_compare([runs["kd0"], runs["hy0"]])
-        table = pd.read_csv(io.StringIO(captured["compare_table_csv"]())).set_index("id")
+        table = pd.read_csv(io.StringIO(downloads["compare_table_csv"]())).set_index("id")
         assert len(table) == len(runs)
         assert {"epochs", "lr", "batch_size", "weighting", "feature_kind", "layer_pairs"} <= set(
             table.columns
         )
         assert table.loc[runs["hy0"], "weighting"] == "uncertainty"
-        epochs = pd.read_csv(io.StringIO(captured["compare_epochs_csv"]()))
+        epochs = pd.read_csv(io.StringIO(downloads["compare_epochs_csv"]()))
         assert set(epochs["id"]) == set(runs.values())  # many runs in one long table
         assert len(epochs) == sum(len(store.epochs(r)) for r in runs.values())
         assert {"epoch", "val_acc", "epochs", "lr"} <= set(epochs.columns)
         parser = Tables()
-        parser.feed(captured["compare_report"]())
+        parser.feed(downloads["compare_report"]())
         assert parser.tables[0] == list(report.REPORT_RUN_COLUMNS)  # the Runs table
     finally:
         st.cache_resource.clear()

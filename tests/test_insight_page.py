@@ -175,22 +175,11 @@ def test_show_json_prints_the_embedding_scores(trained, store, capsys):
     assert {"knn_acc", "silhouette", "teacher_knn_acc", "ece", "logit_gap"} <= set(metrics)
 
 
-def test_the_csv_export_and_the_html_report_carry_the_new_views(trained, store, monkeypatch):
-    from streamlit.delta_generator import DeltaGenerator
-
-    captured = {}
-    method = DeltaGenerator.download_button
-
-    def spy(self, label, data, *args, **kwargs):
-        captured[kwargs.get("key")] = data
-        return method(self, label, data, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
-    monkeypatch.setattr(st, "download_button", lambda *a, **kw: spy(st._main, *a, **kw))
+def test_the_csv_export_and_the_html_report_carry_the_new_views(trained, store, downloads):
     _open(_all(trained))
-    html = captured["compare_report"]()
+    html = downloads["compare_report"]()
     for heading in ("Embeddings (PCA)", "Same-layer CKA", "Embedding scores (PCA map)"):
         assert f"<h2>{heading}</h2>" in html
     assert "<h2>Disagreements of " in html and "<h2>Accuracy per class on the test subset" in html
-    header = captured["compare_table_csv"]().splitlines()[0].split(",")
+    header = downloads["compare_table_csv"]().splitlines()[0].split(",")
     assert {"knn_acc", "silhouette", "ece", "logit_gap"} <= set(header)

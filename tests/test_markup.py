@@ -195,22 +195,11 @@ def test_no_page_renders_markup_from_user_text(planted):
     assert any("not found" in i.value for i in pages["pages/ablations.py#link"].info)
 
 
-def test_the_report_holds_no_markup_from_user_text(planted, monkeypatch):
+def test_the_report_holds_no_markup_from_user_text(planted, downloads):
     store, ids, _ = planted
-    from streamlit.delta_generator import DeltaGenerator
-
-    captured = {}
-    method = DeltaGenerator.download_button
-
-    def spy(self, label, data, *args, **kwargs):
-        captured[kwargs.get("key")] = data
-        return method(self, label, data, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
-    monkeypatch.setattr(st, "download_button", lambda *a, **kw: spy(st._main, *a, **kw))
     at = render("pages/compare.py", {"group": "none"}, compare_runs=ids)
     assert_no_markup(at)
-    html = captured["compare_report"]()
+    html = downloads["compare_report"]()
     assert 'class="figure"' in html
     for payload in (ANCHOR, IMG):
         assert payload not in html
