@@ -30,6 +30,7 @@ MARKERS = {
     "cold_start.py": "cold first page (median of 1): paint ",
     "demo_ablation.py": "Wall time: ",
     "engine_overhead.py": "engine/hand step-time ratio: wall ",
+    "insight.py": "insight: view/probe time ",
     "sharing.py": "sharing: Runs page ",
     "suite.py": "cached 5-run suite / 5 student-only runs: warm ",
     "teacher_cache.py": "cached/student-only: wall ",
