@@ -11,7 +11,9 @@ student, 5 seeds. Everything runs on the CPU, offline.
 
 Prints Markdown: the accuracy of every variant, the contributions (paired t interval, Holm,
 McNemar per image, seeds needed), the noise floor, the gradient shares of the full loss and the
-terms that barely act, and the wall time. It refuses to report when the engine does not apply
+terms that barely act, what the student learned (calibration, logit correlation and embedding
+scores of the full hybrid against the scratch student, with paired intervals), and the wall
+time. It refuses to report when the engine does not apply
 ``train_fraction`` (the run record's ``metrics.train_size`` must be the subset's size).
 
 ``--smoke``: 2 seeds, the students 2 epochs and the teacher 1 (a check that the script runs, e.g.
@@ -30,7 +32,7 @@ from typing import Any
 
 from workbench.ablation.statistics import paired_comparison
 from workbench.ablation.suites import SUITE_PRESETS, launch_suite, suite_analysis
-from workbench.ablation.variants import FULL, LABEL_ONLY
+from workbench.ablation.variants import FULL, LABEL_ONLY, suite_results
 from workbench.data.datasets import load_dataset, train_subset
 from workbench.distill.gradient_shares import SHARE_FIELDS, weak_terms
 from workbench.distill.model_pair import inspect_pair
@@ -38,6 +40,14 @@ from workbench.storage.store import Store
 from workbench.training.loop import run
 
 SMOKE = {"seeds": 2, "epochs": 2, "teacher_epochs": 1}  # --smoke
+# What the student learned (issue 21), on the test split: metric -> (shown name, scale, unit).
+LEARNED = {
+    "ece": ("ECE (15 bins)", 100, "points"),
+    "nll": ("NLL", 1, "nats"),
+    "logit_gap": ("logit gap: mean off-diagonal |M_s - M_t| of class-mean logits", 1, ""),
+    "knn_acc": ("k-NN accuracy of the embeddings", 100, "points"),
+    "silhouette": ("silhouette of the embeddings", 1, ""),
+}
 
 
 def _pct(x: float, digits: int = 2) -> str:
@@ -46,6 +56,30 @@ def _pct(x: float, digits: int = 2) -> str:
 
 def _p(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.2g}"
+
+
+def learned_table(records: list[dict[str, Any]]) -> None:
+    """Full hybrid against the scratch student on each of ``LEARNED``'s metrics: the means,
+    the paired difference over seeds and its t interval (``paired_comparison``)."""
+    print(
+        "\nWhat the student learned, full hybrid against the scratch student (label only), on "
+        "the test split; difference = full - scratch, paired t interval over seeds\n"
+    )
+    print("| metric | full | scratch | difference | 95% CI | p |\n|---|---:|---:|---:|---|---:|")
+    for metric, (shown, scale, unit) in LEARNED.items():
+        results = suite_results(records, metric=metric)
+        if FULL not in results or LABEL_ONLY not in results:
+            print(f"| {shown} | n/a | n/a | | | |")
+            continue
+        row = paired_comparison(results, FULL, LABEL_ONLY)
+        full, scratch = (sum(results[v].values()) / len(results[v]) for v in (FULL, LABEL_ONLY))
+        d = 2 if scale == 100 else 3
+        print(
+            f"| {shown}{f' ({unit})' if unit else ''} | {scale * full:.{d}f} | "
+            f"{scale * scratch:.{d}f} | {scale * row['contribution']:+.{d}f} | "
+            f"[{scale * row['ci_low']:+.{d}f}, {scale * row['ci_high']:+.{d}f}] | "
+            f"{_p(row['p_value'])} |"
+        )
 
 
 def main() -> int:
@@ -155,6 +189,7 @@ def main() -> int:
         for h in histories[:1]:
             for weak in weak_terms(h, config.weights.as_dict()):
                 print(f"- seed 0: {weak['message']}")
+    learned_table([store.get_run(rid) for rid, _ in queued])
     print(f"\nWall time: {elapsed:.0f} s for {len(queued)} runs (teacher included)")
     if args.figures:
         from workbench.ui.plots.summaries import contribution_bars
