@@ -168,6 +168,7 @@ WRONG_TYPES = {
     "augment": ["no", "false", "yes", 0, 1, None],
     "train_fraction": ["0.5", True, None, 0, 1.5, float("nan")],
     "teacher_cache": ["false", "no", 0, 1, None],
+    "evaluate_test": ["false", "no", 0, 1, None],
     "log_every": ["10", 10.0, True, None],
     "response_kind": [5, None, "KD", "crd"],
     "dkd_alpha": ["1", True, None, -1.0, float("nan")],
@@ -476,9 +477,10 @@ def _golden_configs() -> dict[str, RunConfig]:
 def test_fingerprints_of_existing_configs_do_not_move(case):
     config = _golden_configs()[case]
     assert config.fingerprint() == GOLDEN[case]
-    # and by hand: sha256 of the sorted JSON without device and log_every (nor train_fraction,
-    # which came later, at its default)
-    data = {k: v for k, v in config.to_dict().items() if k not in ("device", "log_every")}
+    # and by hand: sha256 of the sorted JSON without device, log_every and evaluate_test (nor
+    # train_fraction, which came later, at its default)
+    skipped = ("device", "log_every", "evaluate_test")
+    data = {k: v for k, v in config.to_dict().items() if k not in skipped}
     for name, default in IDENTITY_ADDED_LATER.items():
         assert data.pop(name) == default
     by_hand = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -502,7 +504,7 @@ def test_seed_groups_share_a_key_that_only_the_seed_leaves_out():
     data = {
         k: v
         for k, v in base.to_dict().items()
-        if k not in ("seed", "device", "log_every", *IDENTITY_ADDED_LATER)
+        if k not in ("seed", "device", "log_every", "evaluate_test", *IDENTITY_ADDED_LATER)
     }
     assert key == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

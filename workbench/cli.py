@@ -1,5 +1,5 @@
-"""Command line: ``python -m workbench run|ablate|resume|cancel|delete|worker|runs|show|store|
-download``, the same engine and the same queue as the app.
+"""Command line: ``python -m workbench run|ablate|search|resume|cancel|delete|worker|runs|show|
+store|download``, the same engine and the same queue as the app.
 
 Every command acts as a user: ``--user NAME``, else ``$KDWB_USER``, else the OS user, under the
 same access rules as the app (``workbench.lab.access``): ``cancel RUN --user bob`` on alice's run is
@@ -35,6 +35,7 @@ from workbench.cli_output import (
 )
 from workbench.config.run_config import RunConfig, check_run_name, summary_of
 from workbench.errors import ConfigError, WorkbenchError, quoted
+from workbench.search.command import add_search_flags
 
 __all__ = ["config_from_args", "main"]
 
@@ -227,6 +228,17 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0 if all(store.get_run(r)["status"] == "completed" for r, _, _ in queued) else 1
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """A search over the loss (``workbench.search``): trials as queued runs, a worker beside."""
+    from workbench.lab import settings
+    from workbench.search.command import run_search
+    from workbench.storage.store import Store
+
+    store = _opened(Store())
+    _recover(store)
+    return run_search(args, store, _user(args), settings.current().user_quotas())
+
+
 def _run_suite(
     store: Any, queued: list[tuple[str, RunConfig, str]], stop: Any, started: list[str]
 ) -> None:
@@ -388,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--factorial", action="store_true", help="all on/off combinations, with Shapley values"
     )
     p_ablate.set_defaults(func=cmd_ablate)
+    p_search = sub.add_parser(
+        "search", help="search the loss weights and temperature (Optuna), trials as queued runs"
+    )
+    add_run_flags(p_search)
+    add_search_flags(p_search)
+    p_search.set_defaults(func=cmd_search)
     p_resume = sub.add_parser(
         "resume", help="continue an interrupted, failed or cancelled run from its last checkpoint"
     )
@@ -424,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_store.add_argument("action", choices=["check", "repair"])
     p_store.set_defaults(func=cmd_store)
-    for p in (p_run, p_ablate, p_resume, p_cancel, p_delete, p_runs, p_show):
+    for p in (p_run, p_ablate, p_search, p_resume, p_cancel, p_delete, p_runs, p_show):
         _add_user(p)
     p_dl = sub.add_parser(
         "download", help="download a torchvision dataset into the store (needs internet)"

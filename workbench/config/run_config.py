@@ -56,7 +56,7 @@ __all__ = [
 ROLES = ("student", "teacher")
 # Fields that do not change what a run computes: left out of its fingerprint, the one
 # definition of a run's identity (a teacher is found in the store by its fingerprint).
-IDENTITY_EXCLUDED = ("device", "log_every")
+IDENTITY_EXCLUDED = ("device", "log_every", "evaluate_test")
 # Fields added after stores existed, left out of the fingerprint at their default value, so that
 # the fingerprints of older configs (and the teachers found by them) stay the same.
 IDENTITY_ADDED_LATER = {
@@ -131,6 +131,9 @@ class RunConfig:
     train_fraction: float = 1.0
     teacher_cache: bool = True
     log_every: int = 10
+    # False: the run never reads the test split (a search's trials, chosen on validation only);
+    # its record then has no test metrics and its probe no per-image test results.
+    evaluate_test: bool = True
 
     def __post_init__(self) -> None:
         # Accept lists/dicts (from TOML, JSON or a form) and store hashable tuples; a value of
@@ -304,7 +307,7 @@ _WHOLES = ("epochs", "teacher_epochs", "batch_size", "seed", "log_every", "dkd_w
 _WHOLES += ("warmup_epochs",)
 _FLOATS = ("temperature", "lr", "train_fraction", "dkd_alpha", "dkd_beta", "dist_beta")
 _FLOATS += ("dist_gamma", "momentum", "weight_decay", "lr_decay")
-_SWITCHES = ("augment", "teacher_cache")
+_SWITCHES = ("augment", "teacher_cache", "evaluate_test")
 
 
 def fingerprint_of(config: Mapping[str, Any], *, exclude_seed: bool = False) -> str:

@@ -51,6 +51,8 @@ class Submission:
     suite: str | None = None
     variant: str | None = None
     private: bool = False
+    search: str | None = None  # the search (``workbench.search``) whose trial this run is
+    trial: int | None = None  # its trial number; None for the search's final retraining
 
 
 def submit_runs(
@@ -85,6 +87,8 @@ def _create(store: Store, s: Submission, user: User, executor: runqueue.Executor
         "variant": s.variant,
         "owner": user.name,
         "private": s.private,
+        "search": s.search,
+        "trial": s.trial,
     }
     if executor is not None:
         return runqueue.claim_new(store, s.config, executor, **fields)

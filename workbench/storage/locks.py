@@ -33,7 +33,7 @@ from typing import Any
 from workbench.errors import StoreError
 from workbench.storage.liveness import beat_age, beat_fields
 
-__all__ = ["HOST", "LockHandle", "acquire", "describe_holder", "process_alive"]
+__all__ = ["HOST", "LockHandle", "acquire", "describe_holder", "live_holder", "process_alive"]
 
 log = logging.getLogger("kdwb.store")
 HOST = socket.gethostname()  # the one host name of the store: locks, run records, the queue
@@ -113,6 +113,15 @@ def _why_stale(holder: Any, stale_after: float) -> str | None:
     if silent_for > limit:
         return f"its heartbeat stopped {silent_for:.0f} s ago (limit {limit:.0f} s)"
     return None
+
+
+def live_holder(get: Callable[[str], Any], name: str, stale_after: float = STALE_AFTER_S) -> Any:
+    """The holder of lock ``name`` read with ``get`` (``Store.get``) while it holds it; None
+    when the lock is free or its holder is dead or silent (the next ``acquire`` takes it)."""
+    holder = get(f"lock:{name}")
+    if holder is None or _why_stale(holder, stale_after):
+        return None
+    return holder
 
 
 class LockHandle:

@@ -146,9 +146,12 @@ class Store:
         status: str = "queued",
         owner: str = "",
         private: bool = False,
+        search: str | None = None,
+        trial: int | None = None,
     ) -> str:
         """Record a new run (``owner``: the user it belongs to; ``private``: seen by its owner
-        and admins only, see ``workbench.lab.access``); returns its id."""
+        and admins only, see ``workbench.lab.access``; ``search``, ``trial``: the search and
+        trial it belongs to, ``workbench.search``); returns its id."""
         run_id = new_id()
         record = {
             "id": run_id,
@@ -181,6 +184,8 @@ class Store:
             "teacher_note": None,
             "suite": suite,
             "variant": variant,
+            "search": search,
+            "trial": trial,
         }
         with self._db.transact():
             self._db.set(f"run:{run_id}", record)

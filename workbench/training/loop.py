@@ -250,7 +250,8 @@ def prepare(
     fenced.update(teacher_run=teacher_id, pairs=[list(pair) for pair in pairs])
     train_x, train_y, batch, steps_per_epoch = _training_split(config, data, device)
     optimizer, scheduler = _optimizer_and_schedule(config, model, hybrid, device, steps_per_epoch)
-    val_x, test_x = data.val_x.to(device), data.test_x.to(device)
+    val_x = data.val_x.to(device)
+    test_x = data.test_x.to(device) if config.evaluate_test else None  # None: a search's trial
     source, teacher_pred, teacher_test_pred = teacher_outputs(
         config, store, run_id, hybrid, pairs, teacher, teacher_id, (train_x, val_x, test_x), device
     )

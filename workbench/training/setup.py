@@ -86,7 +86,7 @@ class Training:
     train_x: torch.Tensor  # [N, C, H, W] on the device
     train_y: torch.Tensor  # [N]
     val_x: torch.Tensor  # [N_val, C, H, W] on the device
-    test_x: torch.Tensor  # [N_test, C, H, W] on the device
+    test_x: torch.Tensor | None  # [N_test, C, H, W] on the device
     batch: int
     steps_per_epoch: int
     amp_dtype: torch.dtype
@@ -257,12 +257,13 @@ def teacher_outputs(
     pairs: tuple[tuple[str, str], ...],
     teacher: nn.Module | None,
     teacher_id: str | None,
-    splits: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    splits: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     device: torch.device,
 ) -> tuple[LiveTeacher | CachedTeacher | None, torch.Tensor | None, torch.Tensor | None]:
     """Where the loss gets the teacher's outputs (live or cached; None when no term needs
     them), and the teacher's predicted classes on validation and test (once per teacher and
-    split, unless the cache is off; None without a teacher)."""
+    split, unless the cache is off; None without a teacher, and for test when ``test_x`` is None:
+    a run that never reads the test split)."""
     train_x, val_x, test_x = splits
     source = None
     if hybrid.needs_teacher:
@@ -274,7 +275,9 @@ def teacher_outputs(
     return (
         source,
         teacher_predictions(config, teacher, teacher_id, val_x, store),
-        teacher_predictions(config, teacher, teacher_id, test_x, store),
+        teacher_predictions(config, teacher, teacher_id, test_x, store)
+        if test_x is not None
+        else None,
     )
 
 

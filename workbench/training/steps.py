@@ -190,30 +190,20 @@ def finish(t: Training) -> dict[str, Any]:
 
     Validation chose nothing here but is what the weighting saw; the headline numbers
     (``test_acc``, the teacher's accuracy, the agreement, per-class accuracy) are measured on
-    the test split, which nothing in training looked at."""
+    the test split, which nothing in training looked at. A run with ``evaluate_test`` off (a
+    search's trial) never reads the test split: its metrics and probe have no test numbers."""
     weights = t.model.state_dict()
     t.fenced.replace_file(
         lambda tmp: write_weights_file(tmp, weights), t.store.weights_path(t.run_id)
     )
-    logits = logits_of(t.model, t.test_x)  # [N_test, K], CPU
-    test_pred = logits.argmax(dim=1)  # [N_test]
-    test_y = t.data.test_y
-    quality, quality_probe = _test_quality(t, logits)
-    view_probe, view_metrics = _test_view(t)
-    correct = test_pred == test_y  # [N_test]
-    teacher = t.teacher_test_pred
     metrics = {
         "val_acc": t.epoch_rows[-1]["val_acc"],
         "best_val_acc": max(r["val_acc"] for r in t.epoch_rows),
-        "test_acc": float(correct.float().mean()),
         "train_size": len(t.train_y),
-        "teacher_acc": float((teacher == test_y).float().mean()) if teacher is not None else None,
-        "agreement": float((test_pred == teacher).float().mean()) if teacher is not None else None,
         "final_losses": {k: t.history[-1][k] for k in (*COMPONENTS, "total")} if t.history else {},
-        "per_class_acc": per_class_accuracy(test_pred, test_y, t.data.num_classes),
-        **quality,
-        **view_metrics,
     }
+    test_metrics, test_probe = _on_test(t) if t.test_x is not None else ({}, {})
+    metrics.update(test_metrics)
     t.fenced.update(metrics=metrics)
     if t.config.role == "student":
         probe = run_probe(
@@ -230,13 +220,38 @@ def finish(t: Training) -> dict[str, Any]:
             store=t.store if t.config.teacher_cache else None,  # the cache off: live features
             teacher_id=t.teacher_id,
         )
-        probe["per_class_acc"] = metrics["per_class_acc"]
-        probe["agreement"] = metrics["agreement"]
-        probe["test_correct"] = correct.to(torch.uint8).tolist()  # per-image tests (McNemar)
-        probe.update(quality_probe)
-        probe.update(view_probe)
+        probe.update(test_probe)
         t.fenced.save_probe(probe)
     return metrics
+
+
+def _on_test(t: Training) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's test metrics and what its probe keeps of the test split: accuracy, the
+    teacher's accuracy and the agreement, per-class accuracy, calibration, the test view, and
+    each image's correctness (``test_correct``, for McNemar's test)."""
+    logits = logits_of(t.model, t.test_x)  # [N_test, K], CPU
+    test_pred = logits.argmax(dim=1)  # [N_test]
+    test_y = t.data.test_y
+    quality, quality_probe = _test_quality(t, logits)
+    view_probe, view_metrics = _test_view(t)
+    correct = test_pred == test_y  # [N_test]
+    teacher = t.teacher_test_pred
+    metrics = {
+        "test_acc": float(correct.float().mean()),
+        "teacher_acc": float((teacher == test_y).float().mean()) if teacher is not None else None,
+        "agreement": float((test_pred == teacher).float().mean()) if teacher is not None else None,
+        "per_class_acc": per_class_accuracy(test_pred, test_y, t.data.num_classes),
+        **quality,
+        **view_metrics,
+    }
+    probe = {
+        "per_class_acc": metrics["per_class_acc"],
+        "agreement": metrics["agreement"],
+        "test_correct": correct.to(torch.uint8).tolist(),
+        **quality_probe,
+        **view_probe,
+    }
+    return metrics, probe
 
 
 def _test_quality(t: Training, logits: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
