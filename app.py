@@ -35,6 +35,7 @@ page = st.navigation(
         st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
         st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("pages/ablations.py", title="Ablations", icon=":material/science:"),
+        st.Page("pages/search.py", title="Search", icon=":material/travel_explore:"),
     ]
 )
 st.set_page_config(page_title="KD Workbench")  # st.navigation sets the page's own title

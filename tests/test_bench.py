@@ -31,6 +31,7 @@ MARKERS = {
     "demo_ablation.py": "Wall time: ",
     "engine_overhead.py": "engine/hand step-time ratio: wall ",
     "insight.py": "insight: view/probe time ",
+    "search.py": "search/plain runs: wall ",
     "sharing.py": "sharing: Runs page ",
     "suite.py": "cached 5-run suite / 5 student-only runs: warm ",
     "teacher_cache.py": "cached/student-only: wall ",

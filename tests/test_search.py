@@ -109,13 +109,13 @@ def test_hyperparameters_are_asked_only_of_the_method_that_uses_them():
     ("over", "base", "words"),
     [
         ("", BASE, "the search space is empty"),
-        ("weights,bogus", BASE, "unknown parameter 'bogus'"),
+        ("weights,bogus", BASE, "unknown search parameter 'bogus'"),
         ("weights,weights", BASE, "twice"),
         ("temperature=0:3", BASE, "must be a number from 0.05 to 100"),
         ("temperature=5:2", BASE, "LOW must be below HIGH"),
         ("temperature=a:b", BASE, "LOW:HIGH"),
         ("weights=0:200", BASE, "must be a number from 0 to 100"),
-        ("dkd_beta", BASE, "set --response-kind dkd or add response_kind"),
+        ("dkd_beta", BASE, "set the response method to dkd, or search response_kind"),
         ("feature_kind", BASE, "the feature weight of the base config is 0"),
         ("response_kind=1:2", BASE, "takes no range"),
         ("temperature", BASE.replace(weights=LossWeights(1, 0, 0, 0)), "response weight is 0"),
@@ -132,8 +132,8 @@ def test_bad_searches_are_refused_in_one_line_and_store_nothing(store, capsys):
     cases = [
         (dict(name="taken", over="weights", trials=2), "exists already"),
         (dict(name="", over="weights", trials=2), "needs a name"),
-        (dict(name="x", over="weights", trials=0), "--trials must be"),
-        (dict(name="x", over="weights", trials=2, seeds=11), "--seeds must be"),
+        (dict(name="x", over="weights", trials=0), "trials must be"),
+        (dict(name="x", over="weights", trials=2, seeds=11), "seeds per trial must be"),
     ]
     for kwargs, words in cases:
         with pytest.raises(ConfigError, match=words):
@@ -141,7 +141,7 @@ def test_bad_searches_are_refused_in_one_line_and_store_nothing(store, capsys):
     assert len(store.values("search:")) == 1
     assert main(["search", *TINY, "--name", "y", "--over", "weights,nope", "--slots", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --over: unknown parameter 'nope'") and "\n" not in err
+    assert err.startswith("error: unknown search parameter 'nope'") and "\n" not in err
 
 
 def test_the_ablation_is_the_prior():
@@ -174,12 +174,29 @@ def test_fanova_finds_the_parameter_that_matters():
     assert math.isclose(sum(shares.values()), 1.0)
 
 
+def test_a_config_goes_into_the_distill_draft_and_back():
+    from workbench.ui.draft import config_draft, draft_values
+
+    config = BASE.replace(
+        weights=LossWeights(0.01, 0.34, 0.53, 0.02),
+        temperature=7.5,
+        response_kind="dkd",
+        dkd_beta=2.0,
+        schedule="multistep",
+        milestones=(1,),
+        layer_pairs=(("fc1", "block2"),),
+        teacher_run="20261203-000000-abcdef",
+    )
+    back = RunConfig.from_dict({**config.to_dict(), **draft_values(config_draft(config))})
+    assert back == config
+
+
 # ---------------------------------------------------------------------- the driver
 def _trial_records(store, search):
     return [r for r in search_runs(store, search["id"]) if r.get("trial") is not None]
 
 
-def test_a_six_trial_search_completes_with_every_run_stored(store):
+def test_a_six_trial_search_completes_with_every_run_stored(store, capsys):
     search = create_search(
         store,
         BASE,
@@ -215,6 +232,10 @@ def test_a_six_trial_search_completes_with_every_run_stored(store):
     diffs = [result["results"]["best"][s] - result["results"]["base"][s] for s in ("1", "2")]
     assert row["contribution"] == pytest.approx(sum(diffs) / 2)
     assert row["pairs"] == 2 * 359  # McNemar over both seeds' test images
+    capsys.readouterr()
+    assert main(["show", records[0]["id"]]) == 0  # a trial's run says why it has no test numbers
+    out = capsys.readouterr().out
+    assert f"not read by trial {records[0]['trial']} of a search" in out and "test acc" not in out
 
 
 def test_the_test_split_is_never_read_before_the_final_comparison(store, monkeypatch):
@@ -337,6 +358,25 @@ def test_an_ablation_of_the_base_gives_the_first_trials(store):
         {"weight_label": 0.0, "weight_response": 0.5},
         {"weight_label": 0.5, "weight_response": 0.0},
     ]
+
+
+def test_store_repair_gives_back_a_search_whose_index_was_lost(home, capsys):
+    """The index deleted under a search: ``store repair`` restores its record from the copy
+    beside its journal, and the study (the journal itself) is whole."""
+    store = Store(home)
+    search = create_search(store, BASE, name="kept", over="weights", trials=3, owner="alice")
+    study = open_study(store, search)
+    trial = study.ask()
+    suggest(trial, parse_over("weights", BASE), BASE)
+    study.tell(trial, 0.75)
+    store.close()
+    (home / "store" / "cache.db").unlink()
+    assert main(["store", "repair"]) == 0
+    assert "restored 1 searches" in capsys.readouterr().out
+    repaired = Store(home)
+    assert get_search(repaired, search["id"]) == search
+    assert [t.value for t in open_study(repaired, search).trials] == [0.75]
+    repaired.close()
 
 
 # ---------------------------------------------------------------------- kill -9 and resume

@@ -160,7 +160,8 @@ def one_line(text: str) -> str:
 def print_record(record: dict[str, Any], epochs: list[dict[str, Any]] | None = None) -> None:
     """One run: its headline test accuracy with the validation one beside it (an unfinished run's
     validation accuracy is that of its last epoch, from ``epochs``, as on the Runs page), the
-    teacher's and the agreement for a student, the final losses."""
+    teacher's and the agreement for a student, the final losses. A run that never read the test
+    split (a search's trial) says so instead of showing blanks."""
     from workbench.ui.tables import latest_accuracy
 
     metrics = record.get("metrics") or {}
@@ -169,11 +170,21 @@ def print_record(record: dict[str, Any], epochs: list[dict[str, Any]] | None = N
     if record.get("error"):
         print(f"  error: {record['error']}")
     val = number(latest_accuracy(record, epochs))
-    print(f"  test accuracy {number(metrics.get('test_acc'))} (validation {val})")
-    if config.get("role") != "teacher":
+    last_agreement = (epochs or [{}])[-1].get("agreement")
+    if config.get("evaluate_test") is False:  # a search's trial: chosen on validation only
+        who = f"trial {record.get('trial')} of a search" if record.get("search") else "this run"
+        print(f"  validation accuracy {val} (the test split is not read by {who})")
+        print(f"  agreement with teacher {number(last_agreement)} (validation)")
+    else:
+        print(f"  test accuracy {number(metrics.get('test_acc'))} (validation {val})")
+    if config.get("role") != "teacher" and config.get("evaluate_test") is not False:
         print(f"  teacher test accuracy {number(metrics.get('teacher_acc'))}")
-        test, val = metrics.get("agreement"), (epochs or [{}])[-1].get("agreement")
-        both = f" (test; validation {number(val)})" if test is not None or val is not None else ""
+        test = metrics.get("agreement")
+        both = (
+            f" (test; validation {number(last_agreement)})"
+            if test is not None or last_agreement is not None
+            else ""
+        )
         print(f"  agreement with teacher {number(test)}{both}")
     for key in COMPONENTS:
         value = metrics.get("final_losses", {}).get(key)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 from workbench.errors import ConfigError, StoreError, quoted
 from workbench.runs import queue as runqueue
@@ -48,12 +49,16 @@ def serve(
     slots: int = 1,
     once: bool = False,
     stop: threading.Event | None = None,
+    started: Callable[[JobManager], None] | None = None,
 ) -> None:
     """Execute queued runs for ``device`` with ``slots`` at once until ``stop`` is set, the
-    process is signalled, or (``once``) nothing is left to do."""
+    process is signalled, or (``once``) nothing is left to do. ``started`` is given the job
+    manager once it runs (``python -m workbench search`` queues through it, which wakes it)."""
     device_slots = _device_slots(device, slots)
     stop = stop or threading.Event()
     manager = JobManager(store, device_slots=device_slots, execute="threads", kind="worker")
+    if started is not None:
+        started(manager)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(

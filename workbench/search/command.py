@@ -66,7 +66,7 @@ def run_search(args: argparse.Namespace, store: Store, user: User, quotas: Any) 
         )
     search = _the_search(args, store, user)
     stop = threading.Event()
-    worker = _start_worker(store, args.slots, stop)
+    worker, submit = _start_worker(store, args.slots, stop, user)
     print(f"[search] {search['name']} ({search['id']}), {search['trials']} trials", file=sys.stderr)
     try:
         with first_ctrl_c_sets(stop):
@@ -77,6 +77,7 @@ def run_search(args: argparse.Namespace, store: Store, user: User, quotas: Any) 
                 quotas=quotas,
                 stop=stop,
                 say=lambda m: print(f"[search] {m}", file=sys.stderr),
+                submit=submit,
             )
     finally:
         stop.set()
@@ -119,20 +120,34 @@ def _the_search(args: argparse.Namespace, store: Store, user: User) -> dict[str,
     )
 
 
-def _start_worker(store: Store, slots: int, stop: threading.Event) -> threading.Thread | None:
+def _start_worker(
+    store: Store, slots: int, stop: threading.Event, user: User
+) -> tuple[threading.Thread | None, Any]:
+    """The worker thread beside the driver, and how the driver queues runs: through the
+    worker's job manager, which wakes it at once (None, the plain submit gate, without one)."""
     from workbench.runs.worker import serve
 
     if slots == 0:
-        return None
+        return None, None
+    managers: list[Any] = []
+    ready = threading.Event()
+
+    def started(manager: Any) -> None:
+        managers.append(manager)
+        ready.set()
+
     thread = threading.Thread(
         target=serve,
         args=(store,),
-        kwargs={"slots": slots, "stop": stop},
+        kwargs={"slots": slots, "stop": stop, "started": started},
         name="search-worker",
         daemon=True,
     )
     thread.start()
-    return thread
+    while not ready.wait(0.05):
+        if not thread.is_alive():  # it failed before its manager ran: say why, in one line
+            raise WorkbenchError("the search's worker could not start; see the lines above")
+    return thread, lambda submissions: managers[0].submit_many(submissions, user)
 
 
 def search_json(store: Store, search: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,13 @@ from workbench.lab.access import check_change
 from workbench.runs import queue as runqueue
 from workbench.runs.submit import Submission, submit_runs
 from workbench.search.result import final_comparison
-from workbench.search.searches import get_search, open_study, search_params, search_runs
+from workbench.search.searches import (
+    get_search,
+    open_study,
+    save_search,
+    search_params,
+    search_runs,
+)
 from workbench.search.space import Param, config_for, prior_params, suggest
 from workbench.storage.store import ACTIVE
 
@@ -60,20 +66,27 @@ def drive(
     user: User,
     quotas: UserQuotas | None = None,
     stop: threading.Event | None = None,
-    poll_s: float = 0.5,
+    poll_s: float = 0.2,
     say: Say | None = None,
+    submit: Submit | None = None,
+    held: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Run search ``search_id`` to its budget of finished trials, then its final comparison on
     test (``workbench.search.result``); returns the search record. ``stop``: return at the next
-    poll, leaving the trial in progress to a later ``drive`` (its runs go on). Only the
-    search's owner (or an admin) drives it; a second driver is refused in one line."""
+    poll, leaving the trial in progress to a later ``drive`` (its runs go on). ``submit``: how
+    runs are queued as ``user`` (a job manager's ``submit_many``, which wakes its executor at
+    once; default: the submit gate with ``quotas``). ``held`` is set once this driver holds the
+    search's lock. Only the search's owner (or an admin) drives it; a second driver is refused
+    in one line."""
     search = get_search(store, search_id)
     check_change(user, search, "run", what="search")
     stop = stop or threading.Event()
     say = say or (lambda _message: None)
 
-    def submit(submissions: list[Submission]) -> list[str]:
+    def gate(submissions: list[Submission]) -> list[str]:
         return submit_runs(store, submissions, user=user, quotas=quotas, check_device_here=False)
+
+    submit = submit or gate
 
     with store.lock(
         f"search:{search_id}",
@@ -81,6 +94,8 @@ def drive(
         on_wait=lambda message: _refuse(search, message),
         report_after=0.0,
     ):
+        if held is not None:
+            held.set()
         study = open_study(store, search)
         enqueue_prior(store, study, search)
         if not _run_trials(store, study, search, submit, stop, poll_s, say):
@@ -91,7 +106,7 @@ def drive(
             if result is None:
                 return get_search(store, search_id)
             search = {**get_search(store, search_id), "result": result}
-            store.set(f"search:{search_id}", search)
+            save_search(store, search)
     return search
 
 

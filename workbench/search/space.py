@@ -102,8 +102,8 @@ def parse_over(text: str, base: RunConfig) -> list[Param]:
     items = [item.strip() for item in (text or "").split(",") if item.strip()]
     if not items:
         raise ConfigError(
-            "the search space is empty: name what to search with --over, e.g. "
-            "--over weights,temperature"
+            "the search space is empty: choose what to search, e.g. weights,temperature "
+            "(--over in the CLI)"
         )
     params: list[Param] = []
     seen: set[str] = set()
@@ -111,7 +111,7 @@ def parse_over(text: str, base: RunConfig) -> list[Param]:
         name, _, span = item.partition("=")
         name = name.strip()
         if name in seen:
-            raise ConfigError(f"--over names {quoted(name)} twice; name each parameter once")
+            raise ConfigError(f"what to search names {quoted(name)} twice; name it once")
         seen.add(name)
         params.extend(_params_for(name, span.strip(), base))
     check_space(params, base)
@@ -126,12 +126,12 @@ def _params_for(name: str, span: str, base: RunConfig) -> list[Param]:
         if getattr(base.weights, term) <= 0:
             raise ConfigError(
                 f"{name} is searched but the {term} weight of the base config is 0: give the "
-                f"{term} term a weight, or leave {name} out of --over"
+                f"{term} term a weight, or do not search {name}"
             )
         return [Param(name, choices=choices)]
     if name not in DEFAULT_RANGES:
         known = ", ".join([*DEFAULT_RANGES, *KIND_SLOTS])
-        raise ConfigError(f"--over: unknown parameter {quoted(name)}; choose from {known}")
+        raise ConfigError(f"unknown search parameter {quoted(name)}; choose from {known}")
     low, high, log = _range(name, span)
     if name == "weights":
         active = base.weights.active()
@@ -178,17 +178,17 @@ def check_space(params: list[Param], base: RunConfig) -> None:
         if hyper in names and "response_kind" not in names and base.response_kind != kind:
             raise ConfigError(
                 f"{hyper} is searched but the response method is {base.response_kind}, which "
-                f"does not use it: set --response-kind {kind} or add response_kind to --over"
+                f"does not use it: set the response method to {kind}, or search response_kind too"
             )
         if hyper in names and base.weights.response <= 0:
             raise ConfigError(
                 f"{hyper} is searched but the response weight of the base config is 0: give "
-                "the response term a weight, or leave it out of --over"
+                "the response term a weight, or do not search it"
             )
     if "temperature" in names and base.weights.response <= 0:
         raise ConfigError(
             "temperature is searched but no term of the base config uses it (the response "
-            "weight is 0): give the response term a weight, or leave temperature out of --over"
+            "weight is 0): give the response term a weight, or do not search temperature"
         )
 
 

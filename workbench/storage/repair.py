@@ -2,7 +2,8 @@
 
 The run index (``store/cache.db``, SQLite via diskcache) is the one place that lists runs; each
 run also keeps a manifest beside its checkpoint (``checkpoints/<run_id>.manifest.json``: record,
-history, epochs) and each suite one of its own (``checkpoints/suite-<id>.manifest.json``).
+history, epochs), each suite one of its own (``checkpoints/suite-<id>.manifest.json``) and each
+search a copy of its record beside its journal (``searches/<id>.json``).
 ``check_store`` compares the two and the files on disk; ``repair_store`` moves a damaged,
 truncated or empty index aside (renamed, never deleted), builds a new one from the manifests,
 and fills in what a readable index lost (a history whose value file is gone, a missing
@@ -83,6 +84,7 @@ class RepairReport:
     histories_restored: list[str]
     leftovers_removed: list[Path]
     after: CheckReport
+    restored_searches: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = []
@@ -92,6 +94,8 @@ class RepairReport:
             f"restored {len(self.restored_runs)} runs and {len(self.restored_suites)} suites "
             "from their manifests"
         )
+        if self.restored_searches:
+            out.append(f"restored {len(self.restored_searches)} searches from searches/*.json")
         if self.histories_restored:
             out.append(f"restored the history of {len(self.histories_restored)} runs")
         if self.manifests_written:
@@ -325,6 +329,7 @@ def repair_store(home: str | Path | None = None) -> RepairReport:
             raise store.read_only
         restored, histories, written = _restore_runs(store, files, overwrite=finishing)
         restored_suites = _restore_suites(store, suites)
+        restored_searches = _restore_searches(store, home / "searches")
         if restored:
             runqueue.recover(store)  # restored `running` runs whose process is gone
     finally:
@@ -337,7 +342,15 @@ def repair_store(home: str | Path | None = None) -> RepairReport:
                 path.unlink()
                 removed.append(path)
     return RepairReport(
-        home, moved, restored, restored_suites, written, histories, removed, check_store(home)
+        home,
+        moved,
+        restored,
+        restored_suites,
+        written,
+        histories,
+        removed,
+        check_store(home),
+        restored_searches,
     )
 
 
@@ -453,6 +466,21 @@ def _restore_suites(store: Store, paths: list[Path]) -> list[str]:
         except KeyError:
             store.save_suite(suite)
             restored.append(suite["id"])
+    return restored
+
+
+def _restore_searches(store: Store, folder: Path) -> list[str]:
+    """The search records (``workbench.search.searches.save_search`` keeps a copy of each
+    beside its journal) that the index lost."""
+    restored = []
+    for path in sorted(folder.glob("search-*.json")) if folder.is_dir() else []:
+        try:
+            search = read_manifest_json(path)
+        except StoreError:
+            continue
+        if store.get(f"search:{search['id']}") is None:
+            store.set(f"search:{search['id']}", search)
+            restored.append(search["id"])
     return restored
 
 

@@ -24,12 +24,14 @@ from workbench.errors import ConfigError, IncompatibleModelsError
 from workbench.ui.form_values import FormError, build_configs, parse_seeds
 
 __all__ = [
+    "DRAFT_FIELDS",
     "FORM_LABELS",
     "MODEL_FIELDS",
     "NOTHING_QUEUED",
     "SLOTS",
     "TEACHER_MODES",
     "check_draft",
+    "config_draft",
     "draft_key",
     "draft_values",
     "form_message",
@@ -183,6 +185,29 @@ def preset_draft(
     if "milestones" in fields:
         fields["milestones"] = ", ".join(str(m) for m in fields["milestones"])
     return fields
+
+
+# RunConfig fields the Distill draft holds under their own names, as they are
+DRAFT_FIELDS = (
+    "dataset", "data_path", "teacher", "student", "teacher_epochs", "temperature",
+    "response_kind", "dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma",
+    "optimizer", "momentum", "weight_decay", "schedule", "lr_decay", "warmup_epochs", "augment",
+    "feature_kind", "relation_kind", "weighting", "epochs", "batch_size", "lr",
+)  # fmt: skip
+
+
+def config_draft(config: RunConfig) -> dict[str, Any]:
+    """The draft keys that show ``config`` in the Distill form (the inverse of
+    ``draft_values``: ``draft_values(config_draft(c))`` gives back ``c``'s fields the form has;
+    seed, train_fraction and log_every are not on the form)."""
+    draft: dict[str, Any] = {field: getattr(config, field) for field in DRAFT_FIELDS}
+    draft.update({f"w_{c}": v for c, v in config.weights.as_dict().items()})
+    draft["milestones"] = ", ".join(str(m) for m in config.milestones)
+    draft["teacher_run"] = config.teacher_run
+    draft["teacher_mode"] = TEACHER_MODES[1] if config.teacher_run else TEACHER_MODES[0]
+    draft["layer_pairs"] = tuple(tuple(p) for p in config.layer_pairs)
+    draft["device"] = config.device
+    return draft
 
 
 def parse_milestones_text(text: Any) -> Any:
