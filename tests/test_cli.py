@@ -279,3 +279,23 @@ def test_runs_with_an_unknown_status_says_so(home, capsys):
     err = capsys.readouterr().err
     assert err == f"error: --status must be one of {', '.join(STATUSES)}, got 'complete'\n"
     assert main(["runs", "--status", "completed"]) == 0
+
+
+def test_submit_queues_a_run_for_a_worker_without_training_it(home, capsys):
+    """``submit`` creates a queued run owned by the user and trains nothing; ``worker --once``
+    then trains it. A run that cannot be admitted leaves no record."""
+    from workbench.storage.store import Store
+
+    args = ["--student", "mlp", "--weights", "label=1", "--epochs", "1", "--device", "cpu"]
+    assert main(["submit", *args, "--name", "for later", "--json", "--user", "carol"]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    store = Store(home)
+    record = store.get_run(run_id)
+    assert (record["status"], record["owner"], record["name"]) == ("queued", "carol", "for later")
+    assert record["started_at"] is None and store.epochs(run_id) == []
+    assert main(["submit", *args, "--batch-size", "4000"]) == 2  # admitted: refused, no record
+    assert "must be at most the 1078 training samples" in capsys.readouterr().err
+    assert [r["id"] for r in store.list_runs()] == [run_id]
+    assert main(["worker", "--once"]) == 0
+    assert store.get_run(run_id)["status"] == "completed"
+    store.close()

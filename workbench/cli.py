@@ -1,5 +1,5 @@
-"""Command line: ``python -m workbench run|ablate|search|resume|cancel|delete|worker|runs|show|
-store|download``, the same engine and the same queue as the app.
+"""Command line: ``python -m workbench run|submit|ablate|search|resume|cancel|delete|worker|runs|
+show|store|download``, the same engine and the same queue as the app.
 
 Every command acts as a user: ``--user NAME``, else ``$KDWB_USER``, else the OS user, under the
 same access rules as the app (``workbench.lab.access``): ``cancel RUN --user bob`` on alice's run is
@@ -48,9 +48,12 @@ def _user(args: argparse.Namespace) -> Any:
     return cli_user(getattr(args, "user", None), settings.current())
 
 
-def _submit_here(store: Any, user: Any, submissions: list[Any], executor: Any = None) -> list[str]:
+def _submit_here(
+    store: Any, user: Any, submissions: list[Any], executor: Any = None, *, queue: bool = False
+) -> list[str]:
     """Runs this process trains itself, through the submit gate (claimed at creation by
-    ``executor``, a new ``cli`` one by default)."""
+    ``executor``, a new ``cli`` one by default); with ``queue``, runs queued for the executors
+    (their device is checked by the one that takes it: a worker may have CUDA this host lacks)."""
     from workbench.lab import settings
     from workbench.runs import queue as runqueue
     from workbench.runs.submit import submit_runs
@@ -60,7 +63,8 @@ def _submit_here(store: Any, user: Any, submissions: list[Any], executor: Any = 
         submissions,
         user=user,
         quotas=settings.current().user_quotas(),
-        executor=executor or runqueue.Executor("cli"),
+        check_device_here=not queue,
+        executor=None if queue else executor or runqueue.Executor("cli"),
     )
 
 
@@ -75,6 +79,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     # a missing dataset, unpairable layers, no CUDA, an unknown teacher run, a limit: no record
     (run_id,) = _submit_here(store, user, [Submission(config, name=name)])
     return _run_here(config, store, run_id, args.json)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Queue one run, admitted like every run, for a worker or the app to train."""
+    from workbench.runs.submit import Submission
+    from workbench.storage.store import Store
+
+    config, name = config_from_args(args), check_run_name(args.name)
+    store = _opened(Store())
+    (run_id,) = _submit_here(store, _user(args), [Submission(config, name=name)], queue=True)
+    queued = f"queued run {run_id}; a worker (`python -m workbench worker`) or the app trains it"
+    print(json.dumps({"run_id": run_id}) if args.json else queued)
+    return 0
 
 
 def _run_here(config: RunConfig, store: Any, run_id: str, as_json: bool) -> int:
@@ -385,27 +402,31 @@ def _add_user(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m workbench", description="KD Workbench command line")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_training_commands(sub: Any) -> list[argparse.ArgumentParser]:
+    """The commands that take the run flags: run, submit, ablate, search."""
     p_run = sub.add_parser("run", help="train one run (the teacher first, if needed)")
-    add_run_flags(p_run)
-    p_run.set_defaults(func=cmd_run)
+    p_submit = sub.add_parser("submit", help="queue one run for a worker or the app to train")
     p_ablate = sub.add_parser(
         "ablate", help="an ablation suite: drop one loss term at a time, several seeds"
     )
-    add_run_flags(p_ablate)
+    p_search = sub.add_parser("search", help="search the loss with Optuna, trials as queued runs")
+    for p, func in ((p_run, cmd_run), (p_submit, cmd_submit), (p_ablate, cmd_ablate)):
+        add_run_flags(p)
+        p.set_defaults(func=func)
     p_ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
     p_ablate.add_argument(
         "--factorial", action="store_true", help="all on/off combinations, with Shapley values"
     )
-    p_ablate.set_defaults(func=cmd_ablate)
-    p_search = sub.add_parser(
-        "search", help="search the loss weights and temperature (Optuna), trials as queued runs"
-    )
     add_run_flags(p_search)
     add_search_flags(p_search)
     p_search.set_defaults(func=cmd_search)
+    return [p_run, p_submit, p_ablate, p_search]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m workbench", description="KD Workbench command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    trained = _add_training_commands(sub)
     p_resume = sub.add_parser(
         "resume", help="continue an interrupted, failed or cancelled run from its last checkpoint"
     )
@@ -442,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_store.add_argument("action", choices=["check", "repair"])
     p_store.set_defaults(func=cmd_store)
-    for p in (p_run, p_ablate, p_search, p_resume, p_cancel, p_delete, p_runs, p_show):
+    for p in (*trained, p_resume, p_cancel, p_delete, p_runs, p_show):
         _add_user(p)
     p_dl = sub.add_parser(
         "download", help="download a torchvision dataset into the store (needs internet)"
