@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,6 +228,24 @@ def url_notes(notes: Sequence[str] = ()) -> None:
     shown = [*(st.session_state.pop(URL_NOTES, None) or ()), *notes]
     if shown:
         st.info("  \n".join(shown), icon=":material/link_off:")
+
+
+def linked_pick(param: str, labels: Mapping[str, str], what: str) -> None:
+    """On a reload or a link, ``?param=ID`` selects that one of ``labels`` (session key
+    ``{param}_pick``); an id not among them (deleted, or someone else's private one) selects
+    none, never another, and is said in one note with the other ignored link values."""
+    ss, pick, missing = st.session_state, f"{param}_pick", f"{param}_missing"
+    if page_entered():
+        linked = st.query_params.get(param)
+        ss[missing] = linked if linked and linked not in labels else None
+        if linked:
+            ss[pick] = linked if linked in labels else None
+    if ss.get(missing) and ss.get(pick) is None:
+        shown = ss[missing] if len(ss[missing]) <= 60 else ss[missing][:59] + "…"
+        note = f"{what} {shown} not found: it was deleted, or it is private. Pick one below."
+        url_notes([plain(note)])
+    else:
+        url_notes()
 
 
 # The draft's fields each page holds in its URL: Distill the whole draft, Models its own choices

@@ -14,15 +14,14 @@ import streamlit as st
 from pages._shared import (
     errors_shown,
     guarded,
+    linked_pick,
     live,
     manager,
-    page_entered,
     require_app,
     set_params,
     show_action_error,
     show_error,
     store,
-    url_notes,
     user,
 )
 from workbench.ablation.describe import (
@@ -76,19 +75,7 @@ def set_suite_private(suite_id: str) -> None:
 st.title("Ablations")
 suites = actions.list_suites(store(), user())  # others' private suites: absent
 labels = {s["id"]: suite_label(s) for s in suites}  # option text: shown as text, not markdown
-if page_entered():  # a reload or a link: the URL says which suite
-    linked = st.query_params.get("suite")
-    ss["suite_missing"] = linked if linked and linked not in labels else None
-    if linked:
-        ss["suite_pick"] = linked if linked in labels else None  # never another suite
-if ss.get("suite_missing") and ss.get("suite_pick") is None:
-    missing = ss["suite_missing"]
-    shown = missing if len(missing) <= 60 else missing[:59] + "…"
-    url_notes(
-        [plain(f"Suite {shown} not found: it was deleted, or it is private. Pick one below.")]
-    )
-else:
-    url_notes()
+linked_pick("suite", labels, "Suite")  # ?suite=ID of a reload or a link
 show_action_error()
 col_demo, col_shows = st.columns([1, 3], vertical_alignment="center")
 col_demo.button(

@@ -15,16 +15,15 @@ import streamlit as st
 
 from pages._shared import (
     guarded,
+    linked_pick,
     live,
     manager,
-    page_entered,
     require_app,
     set_params,
     settings,
     show_action_error,
     show_error,
     store,
-    url_notes,
     user,
 )
 from workbench.config.run_config import RunConfig
@@ -138,19 +137,7 @@ def open_in_distill(config: dict, name: str) -> None:
 st.title("Search")
 searches = [s for s in list_searches(store()) if can_see(user(), s)]  # others' private: absent
 labels = {s["id"]: f"{s['name']} ({s['id']})" for s in searches}  # shown as text
-if page_entered():  # a reload or a link: the URL says which search
-    linked = st.query_params.get("search")
-    ss["search_missing"] = linked if linked and linked not in labels else None
-    if linked:
-        ss["search_pick"] = linked if linked in labels else None  # never another search
-if ss.get("search_missing") and ss.get("search_pick") is None:
-    missing = ss["search_missing"]
-    shown = missing if len(missing) <= 60 else missing[:59] + "…"
-    url_notes(
-        [plain(f"Search {shown} not found: it was deleted, or it is private. Pick one below.")]
-    )
-else:
-    url_notes()
+linked_pick("search", labels, "Search")  # ?search=ID of a reload or a link
 show_action_error()
 if note := ss.pop("search_note", None):
     st.info(note, icon=":material/info:")

@@ -55,6 +55,7 @@ PAGES = {  # page -> its own URL keys
         "cka_run",
     ),
     "pages/ablations.py": ("suite",),
+    "pages/search.py": ("search",),
 }
 JUNK_KEYS = ("", "zzz", "runs[]", "<img src=x>", "k" * 300, "smooth ", "RUN", "\u0430dmin")
 HOSTILE = (
