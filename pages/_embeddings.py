@@ -35,7 +35,7 @@ def embedding_section(
 ) -> list[tuple[str, pd.DataFrame]]:
     """The teacher's and the runs' embedding maps and their scores; returns the report's table."""
     inputs = insight.embedding_inputs(records, probes, names)
-    if not (inputs.features or inputs.older):
+    if not (inputs.features or inputs.older or inputs.blind):
         return []
     st.subheader("Embeddings")
     st.caption(
@@ -44,6 +44,8 @@ def embedding_section(
         "the shared axes compare like with like. kNN: leave-one-out 5-NN accuracy; silhouette "
         "in [-1, 1], higher is better separated; on the full embedding and on the 2-D map."
     )
+    if inputs.blind:
+        st.caption(f"No embeddings for {plain(', '.join(inputs.blind))}: {insight.BLIND_NOTE}.")
     if inputs.older:
         st.caption(
             f"No embeddings for {plain(', '.join(inputs.older))}: they were trained before they "

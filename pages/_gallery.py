@@ -39,7 +39,11 @@ def gallery_section(
     if not students:
         return
     st.subheader("Where the student and the teacher disagree")
-    older = [names.get(r["id"], r["id"]) for r in students if r["id"] not in ready]
+    missing = [r for r in students if r["id"] not in ready]
+    blind = [names.get(r["id"], r["id"]) for r in missing if insight.never_tested(r)]
+    older = [names.get(r["id"], r["id"]) for r in missing if not insight.never_tested(r)]
+    if blind:
+        st.caption(f"No per-image data for {plain(', '.join(blind))}: {insight.BLIND_NOTE}.")
     if older:
         st.caption(
             f"No per-image data for {plain(', '.join(older))}: trained before it was recorded or "

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from workbench.ui.escape import plain
+from workbench.ui.insight import BLIND_NOTE
 from workbench.ui.plots import calibration
 from workbench.ui.quality import quality_views
 
@@ -23,7 +24,7 @@ def quality_section(
 ) -> None:
     """Reliability diagrams and logit-gap heatmaps of the selected student runs."""
     views = quality_views(records, probes, names)
-    if not (views.reliability or views.older):
+    if not (views.reliability or views.older or views.blind):
         return
     st.subheader("Calibration and class similarities")
     st.caption(
@@ -31,6 +32,8 @@ def quality_section(
         "table; the dashed line is the teacher). Gap: |class-mean logits of the student − the "
         "teacher's| per class (row: the images' class), the table's logit_gap is its mean."
     )
+    if views.blind:
+        st.caption(f"No calibration data for {plain(', '.join(views.blind))}: {BLIND_NOTE}.")
     if views.older:
         st.caption(
             f"No calibration data for {plain(', '.join(views.older))}: they were trained before "

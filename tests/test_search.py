@@ -428,3 +428,19 @@ def test_a_search_killed_with_sigkill_resumes_by_name_to_exactly_its_budget(home
     assert len(_trial_records(store, get_search(store, search["id"]))) == 6
     assert out["best"]["number"] in range(6) and out["test"]["comparison"]["n"] == 1
     store.close()
+
+
+def test_compare_says_why_a_trial_has_no_test_views():
+    """A trial's probe has no test view nor calibration: Compare names it as a search trial
+    (it never read the test split), not as an old run to train again."""
+    from workbench.ui.insight import embedding_inputs
+    from workbench.ui.quality import quality_views
+
+    trial = {"id": "t", "role": "student", "config": {"evaluate_test": False}}
+    old = {"id": "o", "role": "student", "config": {"seed": 0}}  # probed before the views
+    probes = {"t": {"pairs": []}, "o": {"pairs": []}}
+    names = {"t": "trial 3", "o": "old run"}
+    inputs = embedding_inputs([trial, old], probes, names)
+    views = quality_views([trial, old], probes, names)
+    assert (inputs.blind, inputs.older) == (["trial 3"], ["old run"])
+    assert (views.blind, views.older) == (["trial 3"], ["old run"])

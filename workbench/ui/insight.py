@@ -30,6 +30,8 @@ __all__ = [
     "gallery_inputs",
     "per_class_on_subset",
     "teacher_label",
+    "BLIND_NOTE",
+    "never_tested",
 ]
 
 MAP_METHODS = ("PCA", "t-SNE")
@@ -43,7 +45,20 @@ class EmbeddingInputs:
     class_names: list[str] = field(default_factory=list)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # of the full embeddings
     older: list[str] = field(default_factory=list)  # probed before the views: run it again
+    blind: list[str] = field(default_factory=list)  # search trials: they never read test
     other_images: list[str] = field(default_factory=list)  # another dataset's test subset
+
+
+# Why a search's trial shows no test view (``workbench.search``), for the pages' captions.
+BLIND_NOTE = (
+    "they are a search's trials, chosen on validation, and never read the test split (the "
+    "search's retrained runs did)"
+)
+
+
+def never_tested(record: Record) -> bool:
+    """Whether the run never read the test split (``evaluate_test`` off: a search's trial)."""
+    return (record.get("config") or {}).get("evaluate_test") is False
 
 
 def teacher_label(record: Record, names: Mapping[str, str], several: bool) -> str:
@@ -68,7 +83,7 @@ def embedding_inputs(
         view = unpack_view(probe)
         name = names.get(record["id"], record["id"])
         if view is None:
-            out.older.append(name)
+            (out.blind if never_tested(record) else out.older).append(name)
         else:
             views.append((record, name, view, probe))
     if not views:

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.ui.insight import never_tested
+
 __all__ = ["QualityViews", "quality_views"]
 
 
@@ -20,6 +22,7 @@ class QualityViews:
     gaps: dict[str, list[list[float]]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     older: list[str] = field(default_factory=list)  # probed before the views: run it again
+    blind: list[str] = field(default_factory=list)  # search trials: they never read test
 
 
 def quality_views(
@@ -29,7 +32,8 @@ def quality_views(
 ) -> QualityViews:
     """The views' data for the student runs among ``records`` (``probes``: run id -> probe,
     ``names``: run id -> shown name). A run without a probe (a teacher run, an unfinished run)
-    is not listed; one whose probe predates these views is in ``older``."""
+    is not listed; one whose probe predates these views is in ``older``, a search's trial (it
+    never read test) in ``blind``."""
     views = QualityViews()
     teachers = set()
     for record in records:
@@ -38,7 +42,7 @@ def quality_views(
             continue
         name = names.get(record["id"], record["id"])
         if "reliability" not in probe:
-            views.older.append(name)
+            (views.blind if never_tested(record) else views.older).append(name)
             continue
         views.reliability[name] = list(probe["reliability"])
         ece = (record.get("metrics") or {}).get("ece")
