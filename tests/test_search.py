@@ -444,3 +444,21 @@ def test_compare_says_why_a_trial_has_no_test_views():
     views = quality_views([trial, old], probes, names)
     assert (inputs.blind, inputs.older) == (["trial 3"], ["old run"])
     assert (views.blind, views.older) == (["trial 3"], ["old run"])
+
+
+def test_runs_a_kill_or_a_cancel_stopped_are_queued_again_and_the_others_left(store):
+    from workbench.search.searches import requeue_stopped
+
+    ids = {status: store.create_run(BASE, status=status) for status in (
+        "interrupted", "cancelled", "completed", "failed", "queued",
+    )}  # fmt: skip
+    records = [store.get_run(i) for i in ids.values()]
+    assert requeue_stopped(store, records) == list(ids.values())
+    after = {status: store.get_run(i)["status"] for status, i in ids.items()}
+    assert after == {
+        "interrupted": "queued",
+        "cancelled": "queued",
+        "completed": "completed",
+        "failed": "failed",  # a failed trial is told fail; a failed retraining is reported
+        "queued": "queued",
+    }

@@ -31,6 +31,7 @@ from workbench.search.result import final_comparison
 from workbench.search.searches import (
     get_search,
     open_study,
+    requeue_stopped,
     save_search,
     search_params,
     search_runs,
@@ -197,10 +198,7 @@ def _trial_runs(
     queued run per seed, validation only."""
     mine = [r for r in search_runs(store, search["id"]) if r.get("trial") == number]
     if mine:
-        for record in mine:
-            if record["status"] in ("interrupted", "cancelled"):
-                runqueue.requeue(store, record["id"])
-        return [r["id"] for r in mine]
+        return requeue_stopped(store, mine)
     submissions = [
         Submission(
             config_for(base, chosen, seed=seed).replace(evaluate_test=False),

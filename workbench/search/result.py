@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.ablation.statistics import noise_floor, paired_comparison
 from workbench.config.run_config import RunConfig
 from workbench.runs.submit import Submission
-from workbench.search.searches import search_runs
+from workbench.search.searches import requeue_stopped, search_runs
 from workbench.search.space import config_for
 from workbench.storage.store import ACTIVE
 
@@ -95,13 +95,14 @@ def _retrain_runs(
     params: dict[str, Any],
     submit: Callable[[list[Submission]], list[str]],
 ) -> list[str]:
-    """The retraining runs: found in the store (queued before a kill), else queued now, the
+    """The retraining runs: found in the store (queued before a kill; those a kill or a cancel
+    stopped are queued again), else queued now, the
     best config's and the base's for each fresh seed (all or none, through the submit gate)."""
     found = [
         r for r in search_runs(store, search["id"]) if r.get("trial") is None and r.get("variant")
     ]
-    if found:
-        return [r["id"] for r in found]
+    if found:  # a stopped one resumes from its checkpoint
+        return requeue_stopped(store, found)
     best = config_for(base, params)
     submissions = [
         Submission(

@@ -18,6 +18,7 @@ queueing a trial's runs and noting them finds them again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ __all__ = [
     "get_search",
     "list_searches",
     "open_study",
+    "requeue_stopped",
     "save_search",
     "search_params",
     "search_runs",
@@ -191,3 +193,15 @@ def search_runs(store: Store, search_id: str) -> list[dict[str, Any]]:
     """The records of every run of the search (its trials' and its retraining's), oldest first."""
     runs = [r for r in store.list_runs() if r.get("search") == search_id]
     return sorted(runs, key=lambda r: r["created_at"])
+
+
+def requeue_stopped(store: Store, records: list[dict[str, Any]]) -> list[str]:
+    """Queue again, to resume from their checkpoints, the runs of ``records`` that a kill or a
+    cancel stopped (``interrupted``, ``cancelled``); returns the ids of all of them, in order."""
+    from workbench.runs import queue as runqueue
+
+    for record in records:
+        if record["status"] in ("interrupted", "cancelled"):
+            with contextlib.suppress(WorkbenchError):  # recovery queued it meanwhile
+                runqueue.requeue(store, record["id"])
+    return [r["id"] for r in records]
