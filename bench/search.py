@@ -25,10 +25,8 @@ Last line: ``search/plain runs: wall X (Y s per trial of overhead), fANOVA Z s``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from workbench.config.run_config import LossWeights, RunConfig  # noqa: E402
 from workbench.lab.identity import User  # noqa: E402
 from workbench.runs.submit import Submission  # noqa: E402
-from workbench.runs.worker import serve  # noqa: E402
+from workbench.runs.worker import worker_thread  # noqa: E402
 from workbench.search.driver import drive  # noqa: E402
 from workbench.search.result import importances  # noqa: E402
 from workbench.search.searches import create_search, open_study, search_runs  # noqa: E402
@@ -47,27 +45,6 @@ from workbench.training.loop import run  # noqa: E402
 from workbench.training.teachers import ensure_teacher  # noqa: E402
 
 USER = User("bench")
-
-
-@contextlib.contextmanager
-def worker(store: Store):
-    """A worker thread; yields its job manager (queueing through it wakes it, as the search
-    command does)."""
-    stop, ready, managers = threading.Event(), threading.Event(), []
-
-    def started(manager):
-        managers.append(manager)
-        ready.set()
-
-    kwargs = {"stop": stop, "started": started}
-    thread = threading.Thread(target=serve, args=(store,), kwargs=kwargs, daemon=True)
-    thread.start()
-    ready.wait()
-    try:
-        yield managers[0]
-    finally:
-        stop.set()
-        thread.join()
 
 
 def base_config(epochs: int) -> RunConfig:
@@ -139,7 +116,7 @@ def main() -> None:
     store = Store(tempfile.mkdtemp(prefix="kdwb-bench-search-"))
     base = base_config(args.epochs)
     ensure_teacher(base, store, owner=USER.name, train=run)
-    with worker(store) as manager:
+    with worker_thread(store) as manager:
         wait_all(store, manager.submit_many([Submission(base)], USER))  # warm-up
         search_s, configs = timed_search(store, manager, base, args.trials)
         plain_s = timed_plain(store, manager, configs)

@@ -316,7 +316,7 @@ def search_view(search_id: str, polling: bool) -> None:
         st.caption("No one drives it now: press Continue to go on from where it stopped.")
     if search.get("error"):
         st.error(plain(f"The driver stopped: {search['error']}"), icon=":material/error:")
-    trials = search_json(store(), search)["trials"]
+    trials = search_json(store(), search, study)["trials"]
     figures(study, trials)
     trial_table(trials)
     if search.get("result") is not None:

@@ -3,7 +3,6 @@ the final comparison, fairness, and a search killed with SIGKILL and resumed by 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -23,7 +22,7 @@ from workbench.data.datasets import DataBundle
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.lab.identity import User
 from workbench.runs import queue as runqueue
-from workbench.runs.worker import serve
+from workbench.runs.worker import worker_thread
 from workbench.search import driver as search_driver
 from workbench.search.driver import drive, enqueue_prior, finished_trials
 from workbench.search.result import importances, noise_note
@@ -51,21 +50,6 @@ TINY = [
     "--teacher", "small_cnn", "--student", "mlp", "--weights", "label=0.5,response=0.5",
     "--epochs", "2", "--teacher-epochs", "1", "--log-every", "50", "--device", "cpu",
 ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def worker(store: Store, slots: int = 1):
-    """A worker thread executing the store's queued runs, as ``python -m workbench worker``."""
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=serve, args=(store,), kwargs={"slots": slots, "stop": stop}, daemon=True
-    )
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=DEADLINE)
 
 
 def _wait(predicate, what: str, deadline: float = DEADLINE) -> None:
@@ -207,7 +191,7 @@ def test_a_six_trial_search_completes_with_every_run_stored(store, capsys):
         seeds=1,
         retrain_seeds=2,
     )
-    with worker(store):
+    with worker_thread(store):
         done = drive(store, search["id"], user=ALICE, poll_s=0.05)
     study = open_study(store, done)
     assert len(finished_trials(study)) == 6
@@ -267,7 +251,7 @@ def test_the_test_split_is_never_read_before_the_final_comparison(store, monkeyp
     search = create_search(
         store, BASE, name="blind", owner="alice", over="weights", trials=2, retrain_seeds=1
     )
-    with worker(store):
+    with worker_thread(store):
         done = drive(store, search["id"], user=ALICE, poll_s=0.05)
     states = {r["status"] for r in _trial_records(store, done)}
     assert states <= {"completed", "cancelled"}, [
@@ -280,7 +264,7 @@ def test_a_pruned_trial_is_cancelled_through_the_normal_cancel_and_kept(store, m
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
     slow = BASE.replace(epochs=6, batch_size=16, log_every=1)
     search = create_search(store, slow, name="pruned", owner="alice", over="temperature", trials=1)
-    with worker(store):
+    with worker_thread(store):
         done = drive(store, search["id"], user=ALICE, poll_s=0.02)
     (trial,) = open_study(store, done).trials
     assert trial.state == optuna.trial.TrialState.PRUNED

@@ -10,7 +10,6 @@ the runs are tiny (digits, a small_cnn teacher of 1 epoch, mlp students of 2 epo
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -51,7 +50,7 @@ TINY_DRAFT = {  # the same, as the Distill draft holds it
 def finished_search(home: Path, *, trials: int, owner: str = "alice", name: str = "tiny") -> dict:
     """A search of ``TINY`` over weights and temperature, driven to its end in this process
     with a worker thread that trains its runs; returns its record."""
-    from workbench.runs.worker import serve
+    from workbench.runs.worker import worker_thread
     from workbench.search.driver import drive
 
     store = Store(home)
@@ -59,16 +58,10 @@ def finished_search(home: Path, *, trials: int, owner: str = "alice", name: str 
         store, TINY, name=name, over="weights,temperature", trials=trials, retrain_seeds=1,
         owner=owner,
     )  # fmt: skip
-    stop = threading.Event()
-    worker = threading.Thread(
-        target=serve, args=(store,), kwargs={"slots": 1, "stop": stop}, daemon=True
-    )
-    worker.start()
     try:
-        return drive(store, search["id"], user=User(owner), poll_s=0.1)
+        with worker_thread(store):
+            return drive(store, search["id"], user=User(owner), poll_s=0.1)
     finally:
-        stop.set()
-        worker.join()
         store.close()
 
 

@@ -10,18 +10,19 @@ executor that polls.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from workbench.errors import ConfigError, StoreError, quoted
+from workbench.errors import ConfigError, StoreError, WorkbenchError, quoted
 from workbench.runs import queue as runqueue
 from workbench.runs.job_manager import JobManager
 from workbench.runs.submit import check_device
 from workbench.storage.store import Store
 
-__all__ = ["serve"]
+__all__ = ["serve", "worker_thread"]
 
 
 def _device_slots(device: str, slots: int) -> dict[str, int]:
@@ -79,3 +80,29 @@ def serve(
         manager.close()
         for run_id in manager.running():  # leave them to recovery, resumable
             print(f"[worker] run {run_id} left running; it will be resumed", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def worker_thread(store: Store, *, slots: int = 1, device: str = "cpu") -> Iterator[JobManager]:
+    """``serve`` in a daemon thread of this process while the block runs; yields its job
+    manager (queueing through its ``submit_many`` wakes it at once). At the end the worker
+    stops and its runs in progress are left to recovery, as when a worker process stops."""
+    stop, ready, managers = threading.Event(), threading.Event(), []
+
+    def started(manager: JobManager) -> None:
+        managers.append(manager)
+        ready.set()
+
+    kwargs = {"device": device, "slots": slots, "stop": stop, "started": started}
+    thread = threading.Thread(
+        target=serve, args=(store,), kwargs=kwargs, name="kdwb-worker", daemon=True
+    )
+    thread.start()
+    try:
+        while not ready.wait(0.05):
+            if not thread.is_alive():  # it failed before its manager ran: it said why
+                raise WorkbenchError("the worker could not start; see the lines above")
+        yield managers[0]
+    finally:
+        stop.set()
+        thread.join()

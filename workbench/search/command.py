@@ -10,6 +10,8 @@ their checkpoints) and ``--resume NAME`` continues the search.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import threading
@@ -20,6 +22,8 @@ from workbench.errors import WorkbenchError, quoted
 from workbench.search.searches import create_search, find_search, open_study, search_runs
 
 if TYPE_CHECKING:
+    import optuna
+
     from workbench.lab.identity import User
     from workbench.storage.store import Store
 
@@ -58,6 +62,7 @@ def add_search_flags(parser: argparse.ArgumentParser) -> None:
 def run_search(args: argparse.Namespace, store: Store, user: User, quotas: Any) -> int:
     """Create (or find, with ``--resume``) the search, drive it to its budget with a worker
     beside it, and print the result; 0 when the search is done, 130 when stopped."""
+    from workbench.runs.worker import worker_thread
     from workbench.search.driver import drive
 
     if not 0 <= args.slots <= MAX_SLOTS:
@@ -66,9 +71,11 @@ def run_search(args: argparse.Namespace, store: Store, user: User, quotas: Any) 
         )
     search = _the_search(args, store, user)
     stop = threading.Event()
-    worker, submit = _start_worker(store, args.slots, stop, user)
     print(f"[search] {search['name']} ({search['id']}), {search['trials']} trials", file=sys.stderr)
-    try:
+    with worker_thread(store, slots=args.slots) if args.slots else contextlib.nullcontext() as jobs:
+        submit = None  # without a worker here: the plain submit gate
+        if jobs is not None:  # through the worker's job manager, which starts them at once
+            submit = functools.partial(jobs.submit_many, user=user)
         with first_ctrl_c_sets(stop):
             search = drive(
                 store,
@@ -79,10 +86,6 @@ def run_search(args: argparse.Namespace, store: Store, user: User, quotas: Any) 
                 say=lambda m: print(f"[search] {m}", file=sys.stderr),
                 submit=submit,
             )
-    finally:
-        stop.set()
-        if worker is not None:
-            worker.join()
     if search.get("result") is None:
         print(
             f"stopped: continue with `python -m workbench search --resume {search['name']}`",
@@ -120,40 +123,13 @@ def _the_search(args: argparse.Namespace, store: Store, user: User) -> dict[str,
     )
 
 
-def _start_worker(
-    store: Store, slots: int, stop: threading.Event, user: User
-) -> tuple[threading.Thread | None, Any]:
-    """The worker thread beside the driver, and how the driver queues runs: through the
-    worker's job manager, which wakes it at once (None, the plain submit gate, without one)."""
-    from workbench.runs.worker import serve
-
-    if slots == 0:
-        return None, None
-    managers: list[Any] = []
-    ready = threading.Event()
-
-    def started(manager: Any) -> None:
-        managers.append(manager)
-        ready.set()
-
-    thread = threading.Thread(
-        target=serve,
-        args=(store,),
-        kwargs={"slots": slots, "stop": stop, "started": started},
-        name="search-worker",
-        daemon=True,
-    )
-    thread.start()
-    while not ready.wait(0.05):
-        if not thread.is_alive():  # it failed before its manager ran: say why, in one line
-            raise WorkbenchError("the search's worker could not start; see the lines above")
-    return thread, lambda submissions: managers[0].submit_many(submissions, user)
-
-
-def search_json(store: Store, search: dict[str, Any]) -> dict[str, Any]:
+def search_json(
+    store: Store, search: dict[str, Any], study: optuna.Study | None = None
+) -> dict[str, Any]:
     """The ``--json`` object: ``trials`` (``number, state, params, value, run_ids``), ``best``
-    and ``test`` (the retrained comparison, with its interval)."""
-    study = open_study(store, search)
+    and ``test`` (the retrained comparison, with its interval); ``study``: the search's, when
+    the caller has opened it already."""
+    study = study or open_study(store, search)
     runs: dict[int, list[str]] = {}
     for record in search_runs(store, search["id"]):
         if record.get("trial") is not None:
