@@ -31,6 +31,10 @@ A complete file (every key optional)::
     [workers]
     app_executes = "auto"           # auto | threads | none (see workbench.runs.job_manager)
     app_cpu_slots = 2               # CPU runs the app trains at once (default: one per core)
+    executor = "ray"                # what `python -m workbench worker` runs: threads | ray
+    ray_address = "10.0.0.5:6379"   # ray: the cluster's head (`ray start --head` prints it)
+    cpus_per_run = 1                # ray: CPUs each run reserves on its node
+    gpus_per_run = 0.25             # ray: GPUs each GPU run reserves (a fraction shares one)
 
 Every mistake (an unknown section or key, a wrong type, a value out of range) is one
 ``SettingsError`` line that names the file, the key and what to write instead.
@@ -50,7 +54,10 @@ from workbench.config.files import read_toml
 from workbench.errors import ConfigError, cut, quoted
 
 __all__ = [
+    "GPUS_PER_RUN",
     "IDENTITY_MODES",
+    "WORKER_EXECUTORS",
+    "gpus_per_run_ok",
     "LabSettings",
     "SettingsError",
     "current",
@@ -61,6 +68,7 @@ __all__ = [
 
 IDENTITY_MODES = ("local", "oidc", "proxy")
 EXECUTE_MODES = ("auto", "threads", "none")  # the same as workbench.runs.job_manager.EXECUTE_MODES
+WORKER_EXECUTORS = ("threads", "ray")  # threads on this machine, or tasks on a Ray cluster
 CONFIG_ENV = "KDWB_CONFIG"
 FILE_NAME = "workbench.toml"
 _HEADER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
@@ -107,6 +115,10 @@ class LabSettings:
     upload_max_mib: int = 100  # = maxUploadSize in .streamlit/config.toml (MB)
     app_executes: str = "auto"
     app_cpu_slots: int = 0  # 0: one per core of this machine
+    worker_executor: str = "threads"
+    ray_address: str = ""  # "": the cluster this machine started (`ray start --head`)
+    cpus_per_run: int = 1
+    gpus_per_run: float | None = None  # None: 1 when the cluster has GPUs, else 0
     quotas_set: bool = False  # a [limits] section was given
     source: str = ""  # the file they were read from ("" for the defaults)
 
@@ -166,6 +178,24 @@ def _folders(v: Any) -> bool:
     return _names(v) and all(Path(x.strip()).expanduser().is_absolute() for x in v)
 
 
+def _ray_address(v: Any) -> bool:
+    """``host:port`` or ``auto`` (what ``ray.init(address=...)`` takes), no blanks."""
+    if not isinstance(v, str) or any(ch.isspace() or not ch.isprintable() for ch in v):
+        return False
+    return v == "auto" or bool(re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", v))
+
+
+def gpus_per_run_ok(v: Any) -> bool:
+    """A fraction of one GPU (0 to 1: runs share it) or a whole number of GPUs up to 8, as
+    Ray's ``num_gpus`` takes them."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    return 0 <= v <= 1 or (float(v).is_integer() and 1 <= v <= 8)
+
+
+GPUS_PER_RUN = "0 (CPU only), a fraction such as 0.25 (runs share a GPU) or a whole number up to 8"
+
+
 def _logout_url(v: Any) -> bool:
     r"""A path on this site (one ``/``, then no second ``/`` or ``\``: browsers read ``//host`` and
     ``/\host`` as another site) or an absolute ``https://`` URL with a host. No blanks or
@@ -220,6 +250,13 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "workers": {
         "app_executes": ("app_executes", _choice(EXECUTE_MODES)),
         "app_cpu_slots": ("app_cpu_slots", _positive(1, 64)),
+        "executor": ("worker_executor", _choice(WORKER_EXECUTORS)),
+        "ray_address": (
+            "ray_address",
+            (_ray_address, "the head of a Ray cluster as host:port (e.g. 10.0.0.5:6379) or auto"),
+        ),
+        "cpus_per_run": ("cpus_per_run", _positive(1, 64)),
+        "gpus_per_run": ("gpus_per_run", (gpus_per_run_ok, GPUS_PER_RUN)),
     },
 }
 

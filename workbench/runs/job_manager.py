@@ -55,7 +55,8 @@ class JobManager:
     ``loop.run`` unless a test injects another. ``poll`` is how often (seconds) the
     dispatcher looks for work, recovers dead runs and heartbeats its claims. ``settings``: the
     instance's (``workbench.lab.settings.current()`` by default): its per-user quotas are checked
-    when runs are queued and when they start.
+    when runs are queued and when they start. ``total_slots``: at most this many runs at once
+    over all devices (the cluster executor, whose runs go wherever Ray places them).
 
     Every action takes the ``user`` who asks (default: the local user) and is checked by
     ``workbench.runs.permitted`` / ``workbench.lab.access``: only a run's owner or an admin may cancel,
@@ -75,6 +76,7 @@ class JobManager:
         poll: float = runqueue.HEARTBEAT_S,
         auto_resume: bool | None = None,
         settings: LabSettings | None = None,
+        total_slots: int | None = None,
     ):
         if execute not in EXECUTE_MODES:
             raise WorkbenchError(
@@ -87,6 +89,7 @@ class JobManager:
         self.device_slots = {"cpu": 1} | {f"cuda:{i}": 1 for i in range(torch.cuda.device_count())}
         self.device_slots.update(device_slots or {})
         self.execute = execute
+        self.total_slots = total_slots
         self.executor = Executor(kind)
         self.auto_resume = auto_resume
         self._runner = runner
@@ -196,7 +199,8 @@ class JobManager:
         workers = runqueue.worker_slots(self.store)
         if workers:
             return workers
-        return sum(self.device_slots.values()) if self.executing() else 0
+        own = self.total_slots or sum(self.device_slots.values())
+        return own if self.executing() else 0
 
     def queue_plan(self, records: list[dict[str, Any]] | None = None) -> dict[str, Place]:
         """run id -> position in the fair order and estimated start, for every queued run."""
@@ -348,6 +352,8 @@ class JobManager:
             busy: dict[str, int] = {}
             for device, _ in self._running.values():
                 busy[device] = busy.get(device, 0) + 1
+        if self.total_slots is not None and sum(busy.values()) >= self.total_slots:
+            return set()
         return {d for d, limit in self.device_slots.items() if busy.get(d, 0) < limit}
 
     def _fill_slots(self) -> None:

@@ -182,7 +182,13 @@ def teacher_source(
                 )  # another run may have built it meanwhile
                 if outputs is None:
                     build_entry(
-                        folder, teacher, paths, train_x, store, limit, meta=_meta(config, paths)
+                        folder,
+                        teacher,
+                        paths,
+                        train_x,
+                        store,
+                        limit,
+                        meta=_meta(config, paths, teacher_id),
                     )
                     built = True
                     outputs = open_entry(folder, n, len(paths))
@@ -429,8 +435,11 @@ def _to_device(key: str, outputs: _Outputs, device: torch.device, size: int) -> 
         return moved
 
 
-def _meta(config: Any, paths: list[str]) -> dict[str, Any]:
+def _meta(config: Any, paths: list[str], teacher_id: str | None) -> dict[str, Any]:
+    """What an entry was built from; ``teacher_id`` (the teacher's run) is how the cluster
+    executor finds the entries to ship with a teacher (``workbench.cluster.payload``)."""
     return {
+        "teacher_id": teacher_id,
         "teacher": getattr(config, "teacher", None),
         "teacher_run": getattr(config, "teacher_run", None) or None,
         "dataset": getattr(config, "dataset", None),

@@ -51,6 +51,7 @@ __all__ = [
     "load_teacher",
     "teacher_for_run",
     "teacher_key",
+    "teacher_run_id",
 ]
 
 Train = Callable[..., dict[str, Any]]  # the loop's ``run``
@@ -244,10 +245,32 @@ def teacher_for_run(
     *,
     train: Train,
 ) -> tuple[nn.Module | None, str | None]:
-    """The frozen teacher a run trains or is probed against, and its run id (or None, None).
+    """The frozen teacher a run trains or is probed against, and its run id (or None, None):
+    the one ``teacher_run_id`` names, loaded (lent warm from the pool with ``leases``)."""
+    teacher_id = teacher_run_id(config, store, run_id, on_step, stop, train=train)
+    if not teacher_id:
+        return None, None
+    key = _warm_teacher_key(teacher_id, store, data, device) if leases is not None else None
+    if key is None:  # no pool to lend from, or a checkpoint it cannot key
+        return load_teacher(teacher_id, store, data, device), teacher_id
+    load = functools.partial(load_teacher, teacher_id, store, data, device)
+    return leases.enter_context(warm.lend_teacher(key, load)), teacher_id
 
-    A resumed run keeps the teacher it started with. A scratch student is probed against a
-    teacher only if one exists already."""
+
+def teacher_run_id(
+    config: RunConfig,
+    store: Store,
+    run_id: str,
+    on_step: OnStep | None,
+    stop: StopFlag | None,
+    *,
+    train: Train,
+) -> str | None:
+    """The id of the teacher run ``run_id`` trains or is probed against (None: none). A resumed
+    run keeps the teacher it started with; a distillation run without one gets one
+    (``ensure_teacher``: found, or trained now with ``train``); a scratch student is probed
+    against a teacher only if one exists already. The cluster executor asks this on the head
+    before it ships a run, so a node never trains a teacher on its own."""
     record = store.get_run(run_id)
     owner = record.get("owner") or ""
     teacher_id = record.get("teacher_run") if config.role == "student" else None
@@ -259,13 +282,7 @@ def teacher_for_run(
         )
     elif not teacher_id and config.role == "student":
         teacher_id = config.teacher_run or find_teacher(store, config.teacher_config(), owner)
-    if not teacher_id:
-        return None, None
-    key = _warm_teacher_key(teacher_id, store, data, device) if leases is not None else None
-    if key is None:  # no pool to lend from, or a checkpoint it cannot key
-        return load_teacher(teacher_id, store, data, device), teacher_id
-    load = functools.partial(load_teacher, teacher_id, store, data, device)
-    return leases.enter_context(warm.lend_teacher(key, load)), teacher_id
+    return teacher_id or None
 
 
 def _warm_teacher_key(
