@@ -19,7 +19,7 @@ $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PIP) install -q -e ".[test,dev,oidc,cam]"
+	$(PIP) install -q -e ".[test,dev,oidc,cam,ray]"
 	touch $@
 
 run: $(VENV)/.installed

@@ -27,6 +27,7 @@ HELPERS = {
 # ends with its wall time).
 MARKERS = {
     "analysis.py": "cka_matrix vs torch-cka: N=",
+    "cluster.py": "cluster: 2 nodes/1 node wall ",
     "cold_start.py": "cold first page (median of 1): paint ",
     "demo_ablation.py": "Wall time: ",
     "engine_overhead.py": "engine/hand step-time ratio: wall ",

@@ -35,6 +35,7 @@ from workbench.cli_output import (
 )
 from workbench.config.run_config import RunConfig, check_run_name, summary_of
 from workbench.errors import ConfigError, WorkbenchError, quoted
+from workbench.runs.worker_options import add_worker_flags
 from workbench.search.command import add_search_flags
 
 __all__ = ["config_from_args", "main"]
@@ -154,10 +155,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Execute queued runs from the store until interrupted (Ctrl-C or SIGTERM)."""
     from workbench.runs.worker import serve
+    from workbench.runs.worker_options import cluster_options
     from workbench.storage.store import Store
 
     check_slots(args.slots)
-    serve(_opened(Store()), device=args.device, slots=args.slots, once=args.once)
+    cluster = cluster_options(args)
+    serve(_opened(Store()), device=args.device, slots=args.slots, once=args.once, cluster=cluster)
     return 0
 
 
@@ -440,11 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_delete.add_argument("run_id")
     p_delete.set_defaults(func=cmd_delete)
     p_worker = sub.add_parser("worker", help="execute queued runs from the store")
-    p_worker.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
-    p_worker.add_argument("--slots", type=int, default=1, help="runs at once (default 1)")
-    p_worker.add_argument(
-        "--once", action="store_true", help="exit when nothing is queued for this worker"
-    )
+    add_worker_flags(p_worker)
     p_worker.set_defaults(func=cmd_worker)
     p_runs = sub.add_parser("runs", help="list the runs in the store")
     p_runs.add_argument("--status")

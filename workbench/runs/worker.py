@@ -15,12 +15,16 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from workbench.errors import ConfigError, StoreError, WorkbenchError, quoted
 from workbench.runs import queue as runqueue
 from workbench.runs.job_manager import JobManager
 from workbench.runs.submit import check_device
 from workbench.storage.store import Store
+
+if TYPE_CHECKING:  # ray is an optional extra: imported only for a cluster
+    from workbench.cluster.executor import ClusterOptions
 
 __all__ = ["serve", "worker_thread"]
 
@@ -43,6 +47,23 @@ def _announce(manager: JobManager, device_slots: dict[str, int]) -> None:
         print(f"[worker {manager.executor.id}] {exc}; retrying", file=sys.stderr)
 
 
+def _manager(
+    store: Store, device: str, slots: int, cluster: ClusterOptions | None
+) -> tuple[JobManager, dict[str, int], Callable[[], None], str]:
+    """The job manager that executes (on this machine's ``device``, or on the cluster), the
+    slots it announces, how to close what it holds, and what it executes, in words."""
+    if cluster is None:
+        device_slots = _device_slots(device, slots)
+        manager = JobManager(store, device_slots=device_slots, execute="threads", kind="worker")
+        return manager, device_slots, lambda: None, f"{device} runs"
+    from workbench.cluster.executor import cluster_manager
+
+    manager, runner = cluster_manager(store, cluster)
+    gpus = f", {runner.gpus_per_run:g} GPU" if runner.gpus_per_run else ""
+    where = f"runs on the Ray cluster at {cluster.address} ({cluster.cpus_per_run} CPU{gpus} each)"
+    return manager, {"ray": slots}, runner.close, where
+
+
 def serve(
     store: Store,
     *,
@@ -51,20 +72,20 @@ def serve(
     once: bool = False,
     stop: threading.Event | None = None,
     started: Callable[[JobManager], None] | None = None,
+    cluster: ClusterOptions | None = None,
 ) -> None:
     """Execute queued runs for ``device`` with ``slots`` at once until ``stop`` is set, the
     process is signalled, or (``once``) nothing is left to do. ``started`` is given the job
-    manager once it runs (``python -m workbench search`` queues through it, which wakes it)."""
-    device_slots = _device_slots(device, slots)
+    manager once it runs (``python -m workbench search`` queues through it, which wakes it).
+    ``cluster``: execute them as tasks on a Ray cluster instead (``workbench.cluster``)."""
+    manager, device_slots, close_cluster, what = _manager(store, device, slots, cluster)
     stop = stop or threading.Event()
-    manager = JobManager(store, device_slots=device_slots, execute="threads", kind="worker")
     if started is not None:
         started(manager)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(
-        f"[worker {manager.executor.id}] executing {device} runs, {slots} at once, "
-        f"store {store.home}",
+        f"[worker {manager.executor.id}] executing {what}, {slots} at once, store {store.home}",
         file=sys.stderr,
     )
     try:
@@ -78,12 +99,15 @@ def serve(
     finally:
         runqueue.unregister_worker(manager.store, manager.executor)
         manager.close()
+        close_cluster()
         for run_id in manager.running():  # leave them to recovery, resumable
             print(f"[worker] run {run_id} left running; it will be resumed", file=sys.stderr)
 
 
 @contextlib.contextmanager
-def worker_thread(store: Store, *, slots: int = 1, device: str = "cpu") -> Iterator[JobManager]:
+def worker_thread(
+    store: Store, *, slots: int = 1, device: str = "cpu", cluster: ClusterOptions | None = None
+) -> Iterator[JobManager]:
     """``serve`` in a daemon thread of this process while the block runs; yields its job
     manager (queueing through its ``submit_many`` wakes it at once). At the end the worker
     stops and its runs in progress are left to recovery, as when a worker process stops."""
@@ -93,7 +117,13 @@ def worker_thread(store: Store, *, slots: int = 1, device: str = "cpu") -> Itera
         managers.append(manager)
         ready.set()
 
-    kwargs = {"device": device, "slots": slots, "stop": stop, "started": started}
+    kwargs = {
+        "device": device,
+        "slots": slots,
+        "stop": stop,
+        "started": started,
+        "cluster": cluster,
+    }
     thread = threading.Thread(
         target=serve, args=(store,), kwargs=kwargs, name="kdwb-worker", daemon=True
     )
