@@ -139,7 +139,7 @@ def _teacher_probe_features(
             with store.lock(f"teacher_outputs:{key}", description="a run caching probe features"):
                 outputs = open_entry(folder, len(x), len(paths))  # another run may have built it
                 if outputs is None:
-                    meta = {"kind": "probe", "teacher_run": teacher_id, "split": "probe"}
+                    meta = {"kind": "probe", "teacher_id": teacher_id, "split": "probe"}
                     meta.update(paths=paths, dtype=str(CACHE_DTYPE))
                     build_entry(folder, teacher, paths, x, store, limit, meta=meta)
                     how = "cache: built now"
