@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -92,10 +93,14 @@ def main() -> None:
         os.environ["KDWB_SCRATCH"] = tmp  # the nodes' scratch stores, inherited by them
         store = Store(Path(tmp) / "home")
         ensure_teacher(base, store, train=run)
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        cluster.add_node(num_cpus=args.cpus)
+        # Ray's session folder holds its Unix sockets, whose paths may not pass 107 bytes: a
+        # short folder of its own, whatever $TMPDIR is (the smoke test sets a long one).
+        ray_tmp = tempfile.mkdtemp(prefix="kdwb-ray-", dir="/tmp")
+        (Path(tempfile.gettempdir()) / "ray").mkdir(exist_ok=True)  # where Ray notes the address
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": ray_tmp})
+        cluster.add_node(num_cpus=args.cpus, temp_dir=ray_tmp)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(address=cluster.address, log_to_driver=False, _temp_dir=ray_tmp)
         try:
             one = ClusterOptions(
                 address=cluster.address, slots=1, cpus_per_run=args.cpus, gpus_per_run=0
@@ -104,7 +109,7 @@ def main() -> None:
             timed(store, configs[:1], cluster=one)
             local = timed(store, configs, slots=1)
             one_node = timed(store, configs, cluster=one)
-            cluster.add_node(num_cpus=args.cpus)
+            cluster.add_node(num_cpus=args.cpus, temp_dir=ray_tmp)
             cluster.wait_for_nodes()
             two = ClusterOptions(
                 address=cluster.address, slots=2, cpus_per_run=args.cpus, gpus_per_run=0
@@ -113,6 +118,7 @@ def main() -> None:
         finally:
             ray.shutdown()
             cluster.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     n = len(configs)
     print(
         f"{n} runs ({args.seeds} seeds x {n // args.seeds} variants), {args.epochs} epochs, digits"

@@ -272,3 +272,21 @@ def test_a_teacher_travels_with_its_checkpoint_mtime_and_cache_entries(teacher_s
     assert "built by an earlier run" in scratch.get_run(node_run)["teacher_note"]
     assert trained["metrics"]["test_acc"] == local["metrics"]["test_acc"]
     scratch.close()
+
+
+def test_a_teacher_trained_for_a_student_keeps_its_claim_past_the_silence_limit(
+    store, options, monkeypatch
+):
+    """A student whose teacher is missing trains it first, as a task of its own that the job
+    manager does not heartbeat: the head beats its claim, so a silence limit shorter than the
+    teacher's training does not hand it to recovery (which would fence both runs out)."""
+    monkeypatch.setenv("KDWB_SILENT_AFTER_S", "5")
+    config = BASE.replace(teacher_epochs=40)  # longer than the silence limit
+    run_id = store.create_run(config)
+    with worker_thread(store, slots=1, cluster=options) as manager:
+        assert manager.wait(timeout=DEADLINE)
+    record = store.get_run(run_id)
+    assert record["status"] == "completed", record.get("error")
+    teacher = store.get_run(record["teacher_run"])
+    assert teacher["status"] == "completed" and teacher["seconds"] > 5
+    assert teacher["executions"] == 1 and not teacher.get("auto_resumes")

@@ -41,6 +41,7 @@ from workbench.errors import WorkbenchError
 from workbench.runs.job_manager import JobManager
 from workbench.storage import training_state as checkpoints
 from workbench.storage.fencing import FencedRun, LostClaim
+from workbench.storage.liveness import beat_fields
 from workbench.storage.store import Store
 from workbench.training.events import OnStep, StopFlag, Stopped
 from workbench.training.teachers import remember_teacher, teacher_run_id
@@ -48,6 +49,7 @@ from workbench.training.teachers import remember_teacher, teacher_run_id
 __all__ = ["POLL_S", "ClusterOptions", "ClusterRunner", "cluster_manager"]
 
 POLL_S = 0.25
+BEAT_S = 1.0  # the head beats a shipped run's claim at least this often while it trains
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class _Mirror:
         self.fields: dict[str, Any] = {}
         self.known: dict[str, Any] = {}
         self.base = fenced.store.get_run(fenced.run_id).get("executions") or 0
+        self.beat = 0.0  # time.monotonic() of the last heartbeat written
 
     def apply(self, changes: dict[str, Any]) -> None:
         """Write ``changes`` (``Relay.changes``) into the head's store; LostClaim when the run
@@ -88,9 +91,11 @@ class _Mirror:
         if changes["epochs"] is not None:
             fenced.set_epochs(changes["epochs"])
         changed = {k: v for k, v in changes["fields"].items() if self.fields.get(k) != v}
-        if changed:
-            fenced.update(**changed)
+        beat = time.monotonic() - self.beat >= BEAT_S
+        if changed or beat:  # the claim's heartbeat too: a teacher trained for a student is
+            fenced.update(**changed, **beat_fields())  # not one of the job manager's runs
             self.fields.update(changed)
+            self.beat = time.monotonic()
         if changes["state"] is not None:
             path = checkpoints.state_path(fenced.store.home, fenced.run_id)
             fenced.replace_file(write_bytes_file(changes["state"]), path)
@@ -119,6 +124,7 @@ class ClusterRunner:
             (1 if self.has_gpus else 0) if options.gpus_per_run is None else options.gpus_per_run
         )
         self.relay = start_relay()
+        self.ray.get(self.relay.ready.remote())  # its process started before any claim waits on it
         self._task = self.ray.remote(train_on_node)
         self._bundles: dict[str, tuple[tuple, Any]] = {}  # teacher run -> (bundle key, ref)
         self._lock = threading.Lock()
@@ -174,6 +180,7 @@ class ClusterRunner:
             started_at=lambda r: r.get("started_at") or time.time(),
             finished_at=None,
             error=None,
+            **beat_fields(),
         )
         if record is None:
             fenced.check()  # raises LostClaim, saying why

@@ -27,6 +27,10 @@ class Relay:
     def __init__(self) -> None:
         self._runs: dict[str, dict[str, Any]] = {}
 
+    def ready(self) -> bool:
+        """True: the actor's process is up (the executor waits for it before it claims)."""
+        return True
+
     def open(self, run_id: str, pack: dict[str, Any]) -> None:
         """A run about to be shipped, starting at ``pack`` (``payload.start_pack``)."""
         self._runs[run_id] = {
