@@ -18,6 +18,7 @@ __all__ = [
     "UnknownNameError",
     "WorkbenchError",
     "cut",
+    "first_line",
     "quoted",
 ]
 
@@ -76,3 +77,10 @@ def cut(text: str, limit: int = QUOTE_MAX) -> str:
         return text
     suffix = f"... ({len(text):,} characters)"
     return text[: max(limit - len(suffix), 8)] + suffix
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none): a library's
+    multi-line error told in one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -7,7 +7,7 @@ import logging
 import socket
 from typing import Any
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 
 __all__ = ["RAY_MISSING", "connect", "require_ray"]
 
@@ -53,5 +53,4 @@ def connect(address: str) -> None:
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as exc:  # ConnectionError, or ray's own on a wrong port
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkbenchError(unreachable.format(why=why)) from None
+        raise WorkbenchError(unreachable.format(why=first_line(exc))) from None

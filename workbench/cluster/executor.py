@@ -37,7 +37,7 @@ from workbench.cluster.payload import (
 from workbench.cluster.relay import start_relay
 from workbench.cluster.task import train_on_node
 from workbench.config.run_config import RunConfig
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 from workbench.runs.job_manager import JobManager
 from workbench.storage import training_state as checkpoints
 from workbench.storage.fencing import FencedRun, LostClaim
@@ -138,12 +138,12 @@ class ClusterRunner:
         store: Store,
         on_step: OnStep | None = None,
         stop: StopFlag | None = None,
-        run_id: str | None = None,
+        *,
+        run_id: str,
         fence: int | None = None,
     ) -> dict[str, Any] | None:
         """Train ``run_id`` (claimed with token ``fence``) on the cluster; its record, or None
         when the executor stopped meanwhile (the run is left to recovery)."""
-        run_id = run_id or store.create_run(config, status="running")
         token = store.get_run(run_id).get("claims") if fence is None else fence
         fenced = FencedRun(store, run_id, token)
         with self._lock:
@@ -243,8 +243,7 @@ class ClusterRunner:
         except ray.exceptions.TaskCancelledError:
             return self._end(fenced, "cancelled", {})
         except ray.exceptions.RayError as exc:
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return self._end(fenced, "failed", {"error": f"the Ray task failed: {why}"})
+            return self._end(fenced, "failed", {"error": f"the Ray task failed: {first_line(exc)}"})
         finally:
             self.relay.close.remote(run_id)
         return self._import(config, fenced, result)

@@ -106,12 +106,10 @@ def _entries_of(store: Store, teacher_id: str) -> list[Any]:
 
 def start_pack(store: Store, run_id: str) -> dict[str, Any]:
     """Where a run starts: its training state's bytes (None: from scratch) and its history and
-    epoch rows up to that state."""
+    epoch rows (``Relay.begin`` drops the rows after the state, at every attempt)."""
     path = checkpoints.state_path(store.home, run_id)
     state = path.read_bytes() if path.exists() else None
-    return trimmed(
-        {"state": state, "history": store.history(run_id), "epochs": store.epochs(run_id)}
-    )
+    return {"state": state, "history": store.history(run_id), "epochs": store.epochs(run_id)}
 
 
 def state_position(state: bytes | None) -> tuple[int, int]:

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from workbench.errors import first_line
 from workbench.ui.plots.style import PlotDataError
 from workbench.ui.url_state import encode_ids
 
@@ -51,8 +52,7 @@ def _drawn(plot: Callable[..., go.Figure], study: optuna.Study, need: int, **kw:
         try:
             figure = plot(study, target_name=VALUE_LABEL, **kw)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # Optuna's "cannot plot"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PlotDataError(f"cannot be drawn yet: {first}") from None
+            raise PlotDataError(f"cannot be drawn yet: {first_line(exc)}") from None
     # the page titles each figure: Optuna's own title would say it twice
     figure.update_layout(title=None, margin={"l": 10, "r": 10, "t": 30, "b": 10}, height=380)
     return figure
